@@ -1,0 +1,1 @@
+//! The Container record. TO BE WRITTEN.

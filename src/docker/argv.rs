@@ -1,0 +1,1 @@
+//! Pure builders for docker CLI argument lists. TO BE WRITTEN (helper D).

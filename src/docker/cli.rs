@@ -1,0 +1,1 @@
+//! Running the docker CLI. TO BE WRITTEN (helper D).

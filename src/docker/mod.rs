@@ -1,0 +1,5 @@
+//! The docker CLI, and nothing else talks to it.
+
+pub mod argv;
+pub mod cli;
+pub mod guard;

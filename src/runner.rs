@@ -1,0 +1,1 @@
+//! The lifecycle of one container. TO BE WRITTEN.

@@ -1,0 +1,1 @@
+//! Store over the Arvados API and Keep. TO BE WRITTEN.

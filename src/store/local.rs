@@ -1,0 +1,1 @@
+//! Store in a local directory. TO BE WRITTEN.

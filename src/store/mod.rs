@@ -1,0 +1,79 @@
+//! The seam between a run and where its records and data live.
+//!
+//! `ApiStore` is the record side (containers, collections, the logs table) and `BlockStore`
+//! the data side (Keep blocks). Two backends implement them: `arvados` (the API server and
+//! Keep over HTTPS) and `local` (a directory, for local runs and the demo). The runner only
+//! ever sees these traits.
+
+pub mod arvados;
+pub mod local;
+
+use std::io::{self, Read, Write};
+
+use serde_json::{Map, Value};
+
+/// What went wrong talking to a store. `what` always names the operation, e.g.
+/// "GET containers/zzzzz-dz642-…". Messages never contain a token.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The server or directory has no such thing (HTTP 404, missing file).
+    #[error("{what}: not found")]
+    NotFound { what: String },
+    /// The server answered and said no (4xx other than 404, or 5xx after retries).
+    #[error("{what}: HTTP {status}: {message}")]
+    Rejected {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    /// Could not reach the server, after retries up to the deadline.
+    #[error("{what}: {message}")]
+    Unavailable { what: String, message: String },
+    /// The data came back but is wrong (bad JSON, md5 mismatch, short block).
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A collection as the store saved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCollection {
+    pub uuid: String,
+    pub portable_data_hash: String,
+}
+
+/// Records: containers, collections, and the legacy logs table.
+pub trait ApiStore: Send + Sync {
+    /// The container record as the server returns it (raw JSON object).
+    fn get_container(&self, uuid: &str) -> Result<Value, StoreError>;
+    /// Update some fields of the container record (`{"container": fields}` on the wire).
+    fn update_container(&self, uuid: &str, fields: &Map<String, Value>) -> Result<(), StoreError>;
+    /// The manifest text (signed where the backend signs) of a collection, by PDH or UUID.
+    fn get_collection_manifest(&self, pdh_or_uuid: &str) -> Result<String, StoreError>;
+    /// Save a new collection with this name and manifest (unique name ensured by the store).
+    fn create_collection(&self, name: &str, manifest_text: &str)
+    -> Result<SavedCollection, StoreError>;
+    /// One entry in the logs table: `object_uuid`, `event_type`, `properties.text`.
+    fn create_log(&self, object_uuid: &str, event_type: &str, text: &str)
+    -> Result<(), StoreError>;
+}
+
+/// Opens a fresh reader over one block's bytes; called again for each retry.
+pub type BlockSource<'a> = dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + 'a;
+
+/// Blocks of data, addressed by `md5hex+size` locators.
+pub trait BlockStore: Send + Sync {
+    /// Store one block of `size` bytes whose md5 is `hash`, read from a reader that `body`
+    /// opens (once per attempt). Returns the locator to put in a manifest (signed by Keep).
+    fn put_block(&self, hash: &str, size: u64, body: &BlockSource<'_>)
+    -> Result<String, StoreError>;
+    /// Stream one whole block into `out`, checking its size and md5. Returns bytes written.
+    /// A failure after some bytes were written is an error (the caller cannot unwrite them).
+    fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
+}
