@@ -5,7 +5,7 @@
 //! - `pub struct Locator { pub hash: String, pub size: u64, pub hints: Vec<String> }`
 //!   with `Locator::parse(&str) -> Result<Locator, ManifestError>` and `Display` (hash+size+hints).
 //! - `pub fn portable_data_hash(manifest_text: &str) -> String`
-//! - `pub struct FileBlocks { pub name: String, pub locators: Vec<String>, pub size: u64 }`
+//! - uses `crate::store::FileBlocks`
 //! - `pub fn single_stream_manifest(files: &[FileBlocks]) -> String` — one "." stream,
 //!   files sorted by name, escaped names; empty files fine.
 //! - `pub struct Manifest` from `Manifest::parse(&str) -> Result<Manifest, ManifestError>`

@@ -77,3 +77,12 @@ pub trait BlockStore: Send + Sync {
     /// A failure after some bytes were written is an error (the caller cannot unwrite them).
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
 }
+
+/// One file of a collection written block by block: its name and the locators (as the
+/// block store returned them, signatures included) of its bytes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBlocks {
+    pub name: String,
+    pub locators: Vec<String>,
+    pub size: u64,
+}
