@@ -1,1 +1,765 @@
-//! The lifecycle of one container. TO BE WRITTEN.
+//! The lifecycle of one container, and only that: fetch the record, get the image into
+//! the engine, create the docker container, mark the record Running, run it, and finish
+//! with exactly one final update.
+//!
+//! Every step after the state check reports into one `Outcome`; `final_update` is the one
+//! place that turns an outcome into the fields sent to the API (reference §2.5, §5.2a).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value, json};
+
+use crate::arvados::container::{Container, State, raw_state};
+use crate::arvados::manifest::{Manifest, single_stream_manifest};
+use crate::config::{Backend, Config};
+use crate::docker::argv::{ContainerSpec, describe_exit};
+use crate::docker::cli::Docker;
+use crate::docker::guard::Guard;
+use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
+use crate::logging::timestamp::SystemClock;
+use crate::redact::Secrets;
+use crate::store::{ApiStore, BlockStore, StoreError};
+
+/// Docker refuses memory limits below a few MiB; the Go crunch-run uses this floor.
+const MIN_DOCKER_RAM: u64 = 16 << 20;
+
+/// What happened to the container, decided once and then only reported.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The user's command ran and exited with this code (any code: it is data).
+    Exited { code: i64 },
+    /// A signal asked us to stop; the container was removed.
+    Cancelled { reason: String, exit_code: Option<i64> },
+    /// Something other than the user's command failed (record, image, engine, Keep, API).
+    Failed { reason: String, exit_code: Option<i64> },
+}
+
+/// How far the record got: decides which fields the API lets us send at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordProgress {
+    /// The record was Queued when we found it: the 2016 API, with its narrower rules.
+    pub legacy_api: bool,
+    /// We set the record to Running.
+    pub running: bool,
+}
+
+/// The final update for an outcome. `log` is the PDH of the saved log collection, if any.
+pub fn final_update(outcome: &Outcome, progress: RecordProgress, log: Option<&str>) -> Map<String, Value> {
+    let mut fields = Map::new();
+    let (state, exit_code, status) = match outcome {
+        Outcome::Exited { code } => (State::Complete, Some(*code), None),
+        Outcome::Cancelled { reason, exit_code } => {
+            (State::Cancelled, *exit_code, Some(("warning", reason)))
+        }
+        Outcome::Failed { reason, exit_code } => (State::Cancelled, *exit_code, Some(("error", reason))),
+    };
+    // A record that never reached Running cannot become Complete.
+    let state = if progress.running { state } else { State::Cancelled };
+    fields.insert("state".into(), json!(state.as_str()));
+    match (progress.legacy_api, progress.running) {
+        // 2016 API: Queued→Cancelled takes nothing else; Running→Cancelled takes log (and
+        // output) but not exit_code; Running→Complete takes log and exit_code.
+        (true, false) => {}
+        (true, true) => {
+            if let Some(log) = log {
+                fields.insert("log".into(), json!(log));
+            }
+            if state == State::Complete {
+                fields.insert("exit_code".into(), json!(exit_code));
+            }
+        }
+        // Current API: Locked→Cancelled takes log and runtime_status; from Running,
+        // Complete and Cancelled both take log, exit_code and runtime_status.
+        (false, running) => {
+            if let Some(log) = log {
+                fields.insert("log".into(), json!(log));
+            }
+            if running {
+                fields.insert("exit_code".into(), json!(exit_code));
+            }
+            if let Some((key, reason)) = status {
+                let mut rs = Map::new();
+                rs.insert(key.into(), json!(first_line(reason)));
+                if reason.contains('\n') || reason.len() > 200 {
+                    rs.insert(format!("{key}Detail"), json!(reason));
+                }
+                fields.insert("runtime_status".into(), Value::Object(rs));
+            }
+        }
+    }
+    fields
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.len() > 200 {
+        let mut cut = 200;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &line[..cut])
+    } else {
+        line.to_string()
+    }
+}
+
+/// Shared between the signal thread and the run: the first reason wins, and the action
+/// registered by the run (remove the docker container) runs at once on the signal thread.
+#[derive(Clone, Default)]
+pub struct CancelFlag(Arc<Mutex<CancelState>>);
+
+#[derive(Default)]
+struct CancelState {
+    reason: Option<String>,
+    action: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+}
+
+impl CancelFlag {
+    /// Record the reason and run the action; returns false if it was already cancelled.
+    pub fn cancel(&self, reason: &str) -> bool {
+        let action = {
+            let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if state.reason.is_some() {
+                return false;
+            }
+            state.reason = Some(reason.to_string());
+            state.action.clone()
+        };
+        if let Some(action) = action {
+            action(reason);
+        }
+        true
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).reason.clone()
+    }
+
+    /// What to do when cancelled; runs now if the cancel already happened.
+    pub fn on_cancel(&self, action: Arc<dyn Fn(&str) + Send + Sync>) {
+        let already = {
+            let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            state.action = Some(action.clone());
+            state.reason.clone()
+        };
+        if let Some(reason) = already {
+            action(&reason);
+        }
+    }
+}
+
+/// Turn SIGTERM, SIGINT and SIGQUIT into a cancel, on a thread of their own.
+pub fn watch_signals(cancel: CancelFlag) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = match signal {
+                    SIGTERM => "SIGTERM",
+                    SIGINT => "SIGINT",
+                    _ => "SIGQUIT",
+                };
+                cancel.cancel(&format!("caught signal {name}"));
+            }
+        })?;
+    Ok(())
+}
+
+/// Open the configured store: the API and Keep, or a local directory.
+fn open_store(config: &Config, secrets: &mut Secrets) -> Result<(Arc<dyn ApiStore>, Arc<dyn BlockStore>), StoreError> {
+    match &config.backend {
+        Backend::Local(dir) => {
+            let store = Arc::new(crate::store::local::LocalStore::open(dir)?);
+            Ok((store.clone(), store))
+        }
+        Backend::Arvados(env) => {
+            secrets.add(&env.token);
+            let store = Arc::new(crate::store::arvados::ArvadosStore::from_env(env)?);
+            Ok((store.clone(), store))
+        }
+    }
+}
+
+/// Run the container named in `config`. Returns the process exit status: 0 when the record
+/// reached its final state, 1 otherwise.
+pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
+    let uuid = config.container_uuid.as_str();
+    let mut secrets = Secrets::new();
+    let (api, blocks) = match open_store(config, &mut secrets) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: {}", secrets.redact(&e.to_string()));
+            return 1;
+        }
+    };
+    let record = match api.get_container(uuid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: cannot fetch the container record: {}", secrets.redact(&e.to_string()));
+            return 1;
+        }
+    };
+    let initial = match raw_state(&record) {
+        Ok(s @ (State::Locked | State::Queued)) => s,
+        Ok(other) => {
+            eprintln!(
+                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
+            return 1;
+        }
+    };
+
+    let run_dir = config.spool_dir.join(format!("crunch-run-{uuid}-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        eprintln!("crunch-run: {uuid}: cannot create {}: {e}", run_dir.display());
+        return finish_without_logs(&*api, uuid, initial, &format!("cannot create spool directory: {e}"));
+    }
+    let pipeline = match LogPipeline::start(
+        LogPipelineConfig {
+            spool_dir: run_dir.join("logs"),
+            container_uuid: uuid.to_string(),
+            logs_table: if config.logs_table { Some(api.clone()) } else { None },
+            echo_crunch_log_to_stderr: true,
+            block_size: 64 << 20,
+            clock: Arc::new(SystemClock),
+        },
+        blocks.clone(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: cannot start logging: {e}");
+            return finish_without_logs(&*api, uuid, initial, &format!("cannot start logging: {e}"));
+        }
+    };
+
+    let log = pipeline.crunch_log();
+    let docker = Docker::new();
+    let name = uuid.to_string();
+    cancel.on_cancel(Arc::new(move |reason: &str| {
+        log.line(&format!("{reason}: removing the docker container"));
+        if let Err(e) = docker.remove(&name) {
+            log.line(&format!("removing docker container {name} failed: {e}"));
+        }
+    }));
+
+    let mut run = ContainerRun {
+        uuid: uuid.to_string(),
+        api,
+        blocks,
+        docker: Docker::new(),
+        log: pipeline.crunch_log(),
+        cancel,
+        secrets,
+        run_dir,
+        progress: RecordProgress {
+            legacy_api: initial == State::Queued,
+            running: false,
+        },
+    };
+    let outcome = run.execute(&record, &pipeline);
+    run.finish(outcome, pipeline)
+}
+
+/// When not even the log pipeline could start: cancel with the reason, no log.
+fn finish_without_logs(api: &dyn ApiStore, uuid: &str, initial: State, reason: &str) -> i32 {
+    let progress = RecordProgress {
+        legacy_api: initial == State::Queued,
+        running: false,
+    };
+    let outcome = Outcome::Failed {
+        reason: reason.to_string(),
+        exit_code: None,
+    };
+    match api.update_container(uuid, &final_update(&outcome, progress, None)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: final update failed: {e}");
+            1
+        }
+    }
+}
+
+struct ContainerRun {
+    uuid: String,
+    api: Arc<dyn ApiStore>,
+    blocks: Arc<dyn BlockStore>,
+    docker: Docker,
+    log: CrunchLog,
+    cancel: CancelFlag,
+    secrets: Secrets,
+    run_dir: PathBuf,
+    progress: RecordProgress,
+}
+
+/// A failure before or around the user's command, already worded for crunch-run.txt.
+type Step<T> = Result<T, Outcome>;
+
+fn failed(reason: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        reason: reason.into(),
+        exit_code: None,
+    }
+}
+
+impl ContainerRun {
+    fn say(&self, text: &str) {
+        self.log.line(&self.secrets.redact(text));
+    }
+
+    fn check_cancel(&self) -> Step<()> {
+        match self.cancel.reason() {
+            Some(reason) => Err(Outcome::Cancelled {
+                reason,
+                exit_code: None,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything from the record check to the container's exit.
+    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> Outcome {
+        self.say(&format!("crunch-run {} started", env!("CARGO_PKG_VERSION")));
+        self.say(&format!("Executing container: {}", self.uuid));
+        if let Ok(host) = hostname() {
+            self.say(&format!("Executing on host '{host}'"));
+        }
+        let result = self.prepare(record).and_then(|(container, image)| self.run_container(&container, &image, pipeline));
+        let outcome = match result {
+            Ok(outcome) | Err(outcome) => outcome,
+        };
+        if let Err(e) = self.docker.remove(&self.uuid) {
+            self.say(&format!("Removing docker container {} failed: {e}", self.uuid));
+        }
+        outcome
+    }
+
+    /// Validate the record, check the engine, get the image. Returns the image id.
+    fn prepare(&mut self, record: &Value) -> Step<(Container, String)> {
+        let container = Container::from_json(record).map_err(|e| failed(e.to_string()))?;
+        match self.docker.server_version() {
+            Ok(v) => self.say(&format!("Using container runtime: docker Engine {v}")),
+            Err(e) => return Err(failed(format!("docker engine is unreachable: {e}"))),
+        }
+        self.check_cancel()?;
+        let image = self.load_image(&container.container_image)?;
+        self.check_cancel()?;
+        Ok((container, image))
+    }
+
+    fn load_image(&self, pdh: &str) -> Step<String> {
+        self.say(&format!("Fetching Docker image from collection '{pdh}'"));
+        let manifest_text = self.api.get_collection_manifest(pdh).map_err(|e| match e {
+            StoreError::NotFound { .. } => failed(format!("image collection {pdh} was not found")),
+            other => failed(format!("cannot fetch image collection {pdh}: {other}")),
+        })?;
+        let manifest = Manifest::parse(&manifest_text)
+            .map_err(|e| failed(format!("image collection {pdh} has a bad manifest: {e}")))?;
+        let tars: Vec<_> = manifest
+            .files()
+            .into_iter()
+            .filter(|f| !f.path.contains('/') && f.path.ends_with(".tar"))
+            .collect();
+        let tar = match tars.as_slice() {
+            [one] => one,
+            [] => return Err(failed(format!("image collection {pdh} does not include a .tar image file"))),
+            many => {
+                let names: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
+                return Err(failed(format!(
+                    "cannot choose from multiple tar files in image collection {pdh}: {}",
+                    names.join(", ")
+                )));
+            }
+        };
+        let image_id = tar.path.trim_end_matches(".tar").to_string();
+        if !is_image_id(&image_id) {
+            return Err(failed(format!(
+                "image file {:?} in collection {pdh} is not named <image id>.tar",
+                tar.path
+            )));
+        }
+        self.say(&format!("Using Docker image id '{image_id}'"));
+        match self.docker.image_id(&image_id) {
+            Ok(Some(_)) => {
+                self.say("Docker image is available");
+                return Ok(image_id);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(failed(format!("cannot inspect docker image {image_id}: {e}"))),
+        }
+        self.say(&format!("Loading Docker image from keep ({} bytes)", tar.size));
+        let cancel = self.cancel.clone();
+        let blocks = self.blocks.clone();
+        let ranges = tar.ranges.clone();
+        let mut feed = move |stdin: &mut dyn Write| -> io::Result<()> {
+            for range in &ranges {
+                if let Some(reason) = cancel.reason() {
+                    return Err(io::Error::other(format!("cancelled: {reason}")));
+                }
+                let mut window = RangeWriter::new(stdin, range.offset, range.len);
+                blocks
+                    .get_block(&range.locator, &mut window)
+                    .map_err(|e| io::Error::other(format!("reading image from Keep: {e}")))?;
+                window.finish()?;
+            }
+            Ok(())
+        };
+        let loaded = self.docker.load_image(&mut feed).map_err(|e| {
+            if let Some(reason) = self.cancel.reason() {
+                Outcome::Cancelled { reason, exit_code: None }
+            } else {
+                failed(format!("failed to load container image: {e}"))
+            }
+        })?;
+        for line in loaded.messages() {
+            self.say(&format!("docker load: {line}"));
+        }
+        match self.docker.image_id(&image_id) {
+            Ok(Some(_)) => Ok(image_id),
+            Ok(None) => Err(failed(format!(
+                "docker load finished but image {image_id} is not in the engine: the tar in collection {pdh} holds a different image"
+            ))),
+            Err(e) => Err(failed(format!("cannot inspect docker image {image_id} after loading: {e}"))),
+        }
+    }
+
+    fn spec(&self, container: &Container, image: &str) -> ContainerSpec {
+        let rc = &container.runtime_constraints;
+        ContainerSpec {
+            name: self.uuid.clone(),
+            image: image.to_string(),
+            command: container.command.clone(),
+            cwd: container.cwd.clone(),
+            env: container.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            network: rc.api,
+            labels: vec![
+                ("org.arvados.container_uuid".into(), self.uuid.clone()),
+                ("org.arvados.crunch-run.pid".into(), std::process::id().to_string()),
+            ],
+            memory_bytes: rc.ram.map(|r| r.max(MIN_DOCKER_RAM)),
+            cpus: rc.vcpus,
+        }
+    }
+
+    fn run_container(&mut self, container: &Container, image: &str, pipeline: &LogPipeline) -> Step<Outcome> {
+        // A container left by an earlier crunch-run for this UUID (killed before its
+        // guard could act) would make the name clash: remove it, and say so.
+        match self.docker.exists(&self.uuid) {
+            Ok(true) => {
+                self.say(&format!("Removing leftover docker container {}", self.uuid));
+                self.docker
+                    .remove(&self.uuid)
+                    .map_err(|e| failed(format!("cannot remove leftover container {}: {e}", self.uuid)))?;
+            }
+            Ok(false) => {}
+            Err(e) => return Err(failed(format!("docker engine error: {e}"))),
+        }
+        let guard = match std::env::current_exe().and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program())) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
+                None
+            }
+        };
+        let outcome = self.create_and_start(container, image, pipeline);
+        if let Err(e) = self.docker.remove(&self.uuid) {
+            self.say(&format!("Removing docker container {} failed: {e}", self.uuid));
+        }
+        if let Some(g) = guard {
+            g.release();
+        }
+        outcome
+    }
+
+    fn create_and_start(&mut self, container: &Container, image: &str, pipeline: &LogPipeline) -> Step<Outcome> {
+        let spec = self.spec(container, image);
+        self.say(&format!("Creating Docker container: docker {}", self.secrets.redact(&spec.display())));
+        let id = self
+            .docker
+            .create(&spec, &self.run_dir)
+            .map_err(|e| failed(format!("cannot create docker container: {e}")))?;
+        self.say(&format!("Created docker container {id}"));
+        self.check_cancel()?;
+
+        let mut running = Map::new();
+        running.insert("state".into(), json!("Running"));
+        self.api
+            .update_container(&self.uuid, &running)
+            .map_err(|e| failed(format!("cannot set the container record to Running: {e}")))?;
+        self.progress.running = true;
+        self.say("Starting Docker container");
+
+        let mut attached = self
+            .docker
+            .start_attached(&self.uuid)
+            .map_err(|e| failed(format!("cannot run docker start: {e}")))?;
+        let copiers = [
+            attached.take_stdout().map(|r| pipeline.spawn_copier("stdout", Box::new(r))),
+            attached.take_stderr().map(|r| pipeline.spawn_copier("stderr", Box::new(r))),
+        ];
+        let cli = attached.wait();
+        for copier in copiers.into_iter().flatten() {
+            match copier.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.say(&format!("error reading container output: {e}")),
+                Err(_) => self.say("error reading container output: reader thread panicked"),
+            }
+        }
+        if let Some(reason) = self.cancel.reason() {
+            return Ok(Outcome::Cancelled { reason, exit_code: None });
+        }
+        // The docker CLI's own status says nothing reliable about the container: ask the
+        // engine (and wait for it, in case only the CLI went away).
+        if let Err(e) = self.docker.wait(&self.uuid) {
+            self.say(&format!("docker wait: {e}"));
+        }
+        let state = self.docker.inspect_state(&self.uuid).map_err(|e| {
+            let cli = match &cli {
+                Ok(s) => format!("docker start exited {s}"),
+                Err(e) => format!("docker start failed: {e}"),
+            };
+            failed(format!("cannot inspect the finished container ({cli}): {e}"))
+        })?;
+        if state.never_started() {
+            let why = if state.error.is_empty() {
+                match &cli {
+                    Ok(s) => format!("docker start exited {s}"),
+                    Err(e) => e.to_string(),
+                }
+            } else {
+                state.error.clone()
+            };
+            let mut reason = format!("could not start container: {why}");
+            if let Some(advice) = crate::docker::cli::classify_start_error(&why) {
+                reason.push('\n');
+                reason.push_str(advice);
+            }
+            return Err(failed(reason));
+        }
+        let code = state.exit_code;
+        self.say(&describe_exit(code));
+        if state.oom_killed {
+            let limit = container
+                .runtime_constraints
+                .ram
+                .map(|r| format!(" (memory limit {} bytes)", r.max(MIN_DOCKER_RAM)))
+                .unwrap_or_default();
+            self.say(&format!("Container was killed by the out-of-memory killer{limit}"));
+        }
+        Ok(Outcome::Exited { code })
+    }
+
+    /// Log the final state, save the log collection, send the final update.
+    fn finish(self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
+        match &outcome {
+            Outcome::Exited { .. } => {}
+            Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
+            Outcome::Failed { reason, .. } => self.say(reason),
+        }
+        let state = final_update(&outcome, self.progress, None)
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("Cancelled")
+            .to_string();
+        self.say(&state);
+        let finished = pipeline.finish();
+        let logs_dir = finished.spool_dir.clone();
+        let saved = if finished.errors.is_empty() {
+            let manifest = single_stream_manifest(&finished.files);
+            self.api
+                .create_collection(&format!("logs for {}", self.uuid), &manifest)
+                .map_err(|e| self.secrets.redact(&e.to_string()))
+        } else {
+            Err(finished.errors.join("; "))
+        };
+        let (outcome, log_pdh) = match saved {
+            Ok(c) => {
+                let _ = std::fs::remove_dir_all(&self.run_dir);
+                (outcome, Some(c.portable_data_hash))
+            }
+            Err(e) => {
+                let msg = format!(
+                    "Saving the log collection failed: {e}. The complete logs are kept on this host in {}",
+                    logs_dir.display()
+                );
+                eprintln!("crunch-run: {}: {msg}", self.uuid);
+                self.post_late_log(&msg);
+                let outcome = match outcome {
+                    Outcome::Exited { code } => Outcome::Failed {
+                        reason: msg,
+                        exit_code: Some(code),
+                    },
+                    other => other,
+                };
+                (outcome, None)
+            }
+        };
+        let fields = final_update(&outcome, self.progress, log_pdh.as_deref());
+        match self.api.update_container(&self.uuid, &fields) {
+            Ok(()) => 0,
+            Err(e) => {
+                let msg = format!("final update of the container record failed: {}", self.secrets.redact(&e.to_string()));
+                eprintln!("crunch-run: {}: {msg}", self.uuid);
+                1
+            }
+        }
+    }
+
+    /// A crunch-run line after the pipeline closed: straight to the logs table.
+    fn post_late_log(&self, text: &str) {
+        let line = format!(
+            "{} {}\n",
+            crate::logging::timestamp::format_timestamp(std::time::SystemTime::now()),
+            self.secrets.redact(text)
+        );
+        if let Err(e) = self.api.create_log(&self.uuid, "crunch-run", &line) {
+            eprintln!("crunch-run: {}: cannot post to the logs table either: {e}", self.uuid);
+        }
+    }
+}
+
+/// `sha256:<64 hex>` or bare 64 hex, as `docker save` names image tars.
+fn is_image_id(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hostname() -> io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())
+}
+
+/// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
+/// part of a Keep block.
+struct RangeWriter<'a> {
+    out: &'a mut dyn Write,
+    skip: u64,
+    left: u64,
+}
+
+impl<'a> RangeWriter<'a> {
+    fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
+        RangeWriter { out, skip: offset, left: len }
+    }
+
+    /// Error if the block was shorter than the range promised.
+    fn finish(self) -> io::Result<()> {
+        if self.left > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("block ended {} bytes before the end of the file range", self.left),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Write for RangeWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        let skip = (self.skip as usize).min(rest.len());
+        rest = &rest[skip..];
+        self.skip -= skip as u64;
+        let take = (self.left as usize).min(rest.len());
+        if take > 0 {
+            self.out.write_all(&rest[..take])?;
+            self.left -= take as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(legacy_api: bool, running: bool) -> RecordProgress {
+        RecordProgress { legacy_api, running }
+    }
+
+    #[test]
+    fn exit_codes_are_data() {
+        for code in [0, 1, 125, 126, 127, 137] {
+            let f = final_update(&Outcome::Exited { code }, progress(false, true), Some("x+1"));
+            assert_eq!(f["state"], "Complete");
+            assert_eq!(f["exit_code"], code);
+            assert_eq!(f["log"], "x+1");
+            assert!(!f.contains_key("runtime_status"));
+        }
+    }
+
+    #[test]
+    fn failure_before_running_cancels_with_log_and_reason_but_no_exit_code() {
+        let f = final_update(
+            &Outcome::Failed { reason: "image collection x was not found".into(), exit_code: None },
+            progress(false, false),
+            Some("x+1"),
+        );
+        assert_eq!(f["state"], "Cancelled");
+        assert_eq!(f["log"], "x+1");
+        assert!(!f.contains_key("exit_code"));
+        assert_eq!(f["runtime_status"]["error"], "image collection x was not found");
+    }
+
+    #[test]
+    fn signal_after_running_is_a_warning_not_an_error() {
+        let f = final_update(
+            &Outcome::Cancelled { reason: "caught signal SIGTERM".into(), exit_code: None },
+            progress(false, true),
+            Some("x+1"),
+        );
+        assert_eq!(f["state"], "Cancelled");
+        assert_eq!(f["exit_code"], Value::Null);
+        assert_eq!(f["runtime_status"]["warning"], "caught signal SIGTERM");
+    }
+
+    #[test]
+    fn legacy_api_gets_only_what_it_permitted() {
+        let f = final_update(&Outcome::Failed { reason: "x".into(), exit_code: None }, progress(true, false), Some("x+1"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        let f = final_update(&Outcome::Cancelled { reason: "x".into(), exit_code: Some(1) }, progress(true, true), Some("x+1"));
+        assert_eq!(f.keys().collect::<Vec<_>>(), ["log", "state"]);
+        let f = final_update(&Outcome::Exited { code: 3 }, progress(true, true), Some("x+1"));
+        assert_eq!(f["exit_code"], 3);
+    }
+
+    #[test]
+    fn long_reasons_keep_their_detail() {
+        let reason = "could not start container: exec failed\nPossible causes: …";
+        let f = final_update(&Outcome::Failed { reason: reason.into(), exit_code: None }, progress(false, true), None);
+        assert_eq!(f["runtime_status"]["error"], "could not start container: exec failed");
+        assert_eq!(f["runtime_status"]["errorDetail"], reason);
+    }
+
+    #[test]
+    fn range_writer_passes_only_the_range() {
+        let mut out = Vec::new();
+        let mut w = RangeWriter::new(&mut out, 3, 4);
+        w.write_all(b"ab").unwrap();
+        w.write_all(b"cdefghij").unwrap();
+        w.finish().unwrap();
+        assert_eq!(out, b"defg");
+        let mut out = Vec::new();
+        let mut w = RangeWriter::new(&mut out, 0, 5);
+        w.write_all(b"abc").unwrap();
+        assert!(w.finish().is_err());
+    }
+
+    #[test]
+    fn image_ids() {
+        let hex = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
+        assert!(is_image_id(hex));
+        assert!(is_image_id(&format!("sha256:{hex}")));
+        assert!(!is_image_id("busybox:latest"));
+    }
+}

@@ -1,1 +1,301 @@
-//! The Container record. TO BE WRITTEN.
+//! The Container record: the fields crunch-run acts on, read from the raw JSON with every
+//! shape check in one place, so a malformed record becomes one clear error instead of a
+//! surprise later in the run.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Container states of the Arvados API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Locked,
+    Running,
+    Complete,
+    Cancelled,
+}
+
+impl State {
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "Queued" => State::Queued,
+            "Locked" => State::Locked,
+            "Running" => State::Running,
+            "Complete" => State::Complete,
+            "Cancelled" => State::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "Queued",
+            State::Locked => "Locked",
+            State::Running => "Running",
+            State::Complete => "Complete",
+            State::Cancelled => "Cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `runtime_constraints` as far as this crunch-run honours them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuntimeConstraints {
+    pub api: bool,
+    pub ram: Option<u64>,
+    pub vcpus: Option<f64>,
+}
+
+/// A validated container record.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub uuid: String,
+    pub state: State,
+    pub command: Vec<String>,
+    pub container_image: String,
+    /// `None` when the record says "." (the image's own working directory).
+    pub cwd: Option<String>,
+    pub environment: BTreeMap<String, String>,
+    pub output_path: String,
+    pub runtime_constraints: RuntimeConstraints,
+}
+
+/// Why a record cannot be run. The message is written to crunch-run.txt as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed container record: {0}")]
+pub struct RecordError(pub String);
+
+/// The `state` of a raw record, read on its own: it decides whether we may touch the
+/// record at all, before anything else is checked.
+pub fn raw_state(record: &Value) -> Result<State, RecordError> {
+    let s = record
+        .get("state")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RecordError("state is missing or not a string".into()))?;
+    State::parse(s).ok_or_else(|| RecordError(format!("unknown state {s:?}")))
+}
+
+/// True for a portable data hash: 32 lowercase hex digits, "+", a size.
+pub fn is_pdh(s: &str) -> bool {
+    match s.split_once('+') {
+        Some((hash, size)) => {
+            hash.len() == 32
+                && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && !size.is_empty()
+                && size.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+impl Container {
+    pub fn from_json(record: &Value) -> Result<Container, RecordError> {
+        let field = |name: &str| record.get(name).filter(|v| !v.is_null());
+        let string = |name: &str| -> Result<Option<String>, RecordError> {
+            match field(name) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => Err(RecordError(format!(
+                    "{name} must be a string, got {}",
+                    kind_of(other)
+                ))),
+            }
+        };
+
+        let uuid = string("uuid")?.ok_or_else(|| RecordError("uuid is missing".into()))?;
+        let state = raw_state(record)?;
+
+        let command = match field("command") {
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(RecordError(format!(
+                        "command[{i}] must be a string, got {}",
+                        kind_of(other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(Value::Array(_)) | None => {
+                return Err(RecordError("command is empty".into()));
+            }
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "command must be an array of strings, got {}",
+                    kind_of(other)
+                )));
+            }
+        };
+
+        let container_image = string("container_image")?.unwrap_or_default();
+        if !is_pdh(&container_image) {
+            return Err(RecordError(format!(
+                "container_image {container_image:?} is not a portable data hash"
+            )));
+        }
+
+        let cwd = match string("cwd")? {
+            None => None,
+            Some(c) if c == "." || c.is_empty() => None,
+            Some(c) if c.starts_with('/') => Some(c),
+            Some(c) => {
+                return Err(RecordError(format!(
+                    "cwd {c:?} must be \".\" or an absolute path"
+                )));
+            }
+        };
+
+        let mut environment = BTreeMap::new();
+        match field("environment") {
+            None => {}
+            Some(Value::Object(map)) => {
+                for (k, v) in map {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        return Err(RecordError(format!(
+                            "environment variable name {k:?} is not valid"
+                        )));
+                    }
+                    match v {
+                        Value::String(s) if !s.contains('\0') => {
+                            environment.insert(k.clone(), s.clone());
+                        }
+                        Value::String(_) => {
+                            return Err(RecordError(format!(
+                                "environment[{k:?}] contains a NUL byte"
+                            )));
+                        }
+                        other => {
+                            return Err(RecordError(format!(
+                                "environment[{k:?}] must be a string, got {}",
+                                kind_of(other)
+                            )));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "environment must be an object, got {}",
+                    kind_of(other)
+                )));
+            }
+        }
+
+        let output_path = string("output_path")?.unwrap_or_default();
+        let runtime_constraints = match field("runtime_constraints") {
+            None => RuntimeConstraints::default(),
+            Some(Value::Object(rc)) => RuntimeConstraints {
+                api: rc.get("API").and_then(Value::as_bool).unwrap_or(false),
+                ram: rc.get("ram").and_then(Value::as_u64).filter(|r| *r > 0),
+                vcpus: rc.get("vcpus").and_then(Value::as_f64).filter(|v| *v > 0.0),
+            },
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "runtime_constraints must be an object, got {}",
+                    kind_of(other)
+                )));
+            }
+        };
+
+        Ok(Container {
+            uuid,
+            state,
+            command,
+            container_image,
+            cwd,
+            environment,
+            output_path,
+            runtime_constraints,
+        })
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hello() -> Value {
+        json!({
+            "uuid": "zzzzz-dz642-0123456789abcde",
+            "state": "Locked",
+            "command": ["echo", "hello world"],
+            "container_image": "d740a57097711e08eb9b2a93518f20ab+174",
+            "cwd": ".",
+            "environment": {"FROBIZ": "bilbo"},
+            "mounts": {},
+            "output_path": "/tmp",
+            "priority": 1,
+            "runtime_constraints": {"ram": 12000000000u64, "vcpus": 4, "API": false}
+        })
+    }
+
+    #[test]
+    fn reads_the_story_record() {
+        let c = Container::from_json(&hello()).unwrap();
+        assert_eq!(c.command, ["echo", "hello world"]);
+        assert_eq!(c.cwd, None);
+        assert_eq!(c.state, State::Locked);
+        assert_eq!(c.environment.get("FROBIZ").map(String::as_str), Some("bilbo"));
+        assert_eq!(c.runtime_constraints.ram, Some(12_000_000_000));
+        assert_eq!(c.runtime_constraints.vcpus, Some(4.0));
+    }
+
+    #[test]
+    fn set_cwd_is_kept() {
+        let mut r = hello();
+        r["cwd"] = json!("/bin");
+        assert_eq!(Container::from_json(&r).unwrap().cwd.as_deref(), Some("/bin"));
+    }
+
+    #[test]
+    fn malformed_records_say_what_is_wrong() {
+        let cases = [
+            ("command", json!([]), "command is empty"),
+            ("command", json!(["echo", 3]), "command[1] must be a string, got a number"),
+            ("command", json!("echo"), "command must be an array of strings, got a string"),
+            ("environment", json!({"A": 1}), "environment[\"A\"] must be a string, got a number"),
+            ("container_image", json!("debian:8"), "container_image \"debian:8\" is not a portable data hash"),
+            ("cwd", json!("tmp"), "cwd \"tmp\" must be \".\" or an absolute path"),
+        ];
+        for (field, value, want) in cases {
+            let mut r = hello();
+            r[field] = value;
+            let err = Container::from_json(&r).unwrap_err();
+            assert_eq!(err.0, want, "{field}");
+        }
+    }
+
+    #[test]
+    fn pdh_shape() {
+        assert!(is_pdh("d41d8cd98f00b204e9800998ecf8427e+0"));
+        assert!(!is_pdh("d41d8cd98f00b204e9800998ecf8427e"));
+        assert!(!is_pdh("D41D8CD98F00B204E9800998ECF8427E+0"));
+        assert!(!is_pdh("d41d8cd98f00b204e9800998ecf8427e+"));
+    }
+
+    #[test]
+    fn state_is_read_before_anything_else() {
+        let r = json!({"state": "Complete", "command": 7});
+        assert_eq!(raw_state(&r).unwrap(), State::Complete);
+    }
+}

@@ -1,1 +1,366 @@
-//! Store in a local directory. TO BE WRITTEN.
+//! A store in a local directory, for local runs and the demo: the same run, no servers.
+//!
+//! Layout under the store directory:
+//! - `containers/<uuid>.json`: container records; updates follow the API's state rules;
+//! - `keep/<md5>+<size>`: blocks, named by their locator;
+//! - `collections/<uuid>.json`: `{uuid, name, portable_data_hash, manifest_text}`;
+//! - `logs.jsonl`: the logs table, one JSON object per line.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use md5::{Digest, Md5};
+use serde_json::{Map, Value, json};
+
+use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
+use crate::arvados::container::{State, is_pdh};
+use crate::arvados::manifest::portable_data_hash;
+
+pub struct LocalStore {
+    dir: PathBuf,
+    /// Serialises read-modify-write of records and appends to logs.jsonl.
+    lock: Mutex<()>,
+}
+
+impl LocalStore {
+    /// Open (and create the sub-directories of) a store directory.
+    pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
+        for sub in ["containers", "keep", "collections"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+                what: format!("create {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(LocalStore {
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    pub fn container_path(&self, uuid: &str) -> PathBuf {
+        self.dir.join("containers").join(format!("{uuid}.json"))
+    }
+
+    fn block_path(&self, hash: &str, size: u64) -> PathBuf {
+        self.dir.join("keep").join(format!("{hash}+{size}"))
+    }
+
+    fn read_json(&self, path: &Path) -> Result<Value, StoreError> {
+        let what = format!("read {}", path.display());
+        let text = fs::read_to_string(path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                StoreError::NotFound { what: what.clone() }
+            } else {
+                StoreError::Io {
+                    what: what.clone(),
+                    source,
+                }
+            }
+        })?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Invalid {
+            what,
+            message: e.to_string(),
+        })
+    }
+
+    fn write_json(&self, path: &Path, value: &Value) -> Result<(), StoreError> {
+        let text = serde_json::to_string_pretty(value).map_err(|e| StoreError::Invalid {
+            what: format!("encode {}", path.display()),
+            message: e.to_string(),
+        })?;
+        write_atomically(path, text.as_bytes())
+    }
+
+    fn now() -> String {
+        humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(io::Error) -> StoreError {
+    move |source| StoreError::Io { what, source }
+}
+
+/// Write to a temporary file beside `path`, then rename, so readers never see half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(io_err(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io_err(format!("rename to {}", path.display())))
+}
+
+/// The API's state machine (reference §2.5), plus Queued→Running for the 2016 API.
+fn transition_allowed(from: State, to: State) -> bool {
+    use State::*;
+    from == to
+        || matches!(
+            (from, to),
+            (Queued, Locked | Cancelled | Running)
+                | (Locked, Queued | Running | Cancelled)
+                | (Running, Complete | Cancelled)
+                | (Complete, Cancelled)
+        )
+}
+
+impl ApiStore for LocalStore {
+    fn get_container(&self, uuid: &str) -> Result<Value, StoreError> {
+        self.read_json(&self.container_path(uuid))
+    }
+
+    fn update_container(&self, uuid: &str, fields: &Map<String, Value>) -> Result<(), StoreError> {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.container_path(uuid);
+        let mut record = self.read_json(&path)?;
+        let what = format!("update container {uuid}");
+        let old = record
+            .get("state")
+            .and_then(Value::as_str)
+            .and_then(State::parse);
+        if let Some(new) = fields.get("state") {
+            let new = new.as_str().and_then(State::parse);
+            match (old, new) {
+                (Some(old), Some(new)) if transition_allowed(old, new) => {
+                    if old != new && new == State::Running {
+                        record["started_at"] = json!(Self::now());
+                    }
+                    if old != new && matches!(new, State::Complete | State::Cancelled) {
+                        record["finished_at"] = json!(Self::now());
+                    }
+                }
+                (old, new) => {
+                    return Err(StoreError::Rejected {
+                        what,
+                        status: 422,
+                        message: format!("cannot change from {old:?} to {new:?}"),
+                    });
+                }
+            }
+        }
+        if let Some(obj) = record.as_object_mut() {
+            for (k, v) in fields {
+                obj.insert(k.clone(), v.clone());
+            }
+            obj.insert("modified_at".into(), json!(Self::now()));
+        }
+        self.write_json(&path, &record)
+    }
+
+    fn get_collection_manifest(&self, pdh_or_uuid: &str) -> Result<String, StoreError> {
+        let what = format!("get collection {pdh_or_uuid}");
+        let record = if is_pdh(pdh_or_uuid) {
+            self.find_collection_by_pdh(pdh_or_uuid)?
+                .ok_or(StoreError::NotFound { what: what.clone() })?
+        } else {
+            self.read_json(
+                &self
+                    .dir
+                    .join("collections")
+                    .join(format!("{pdh_or_uuid}.json")),
+            )?
+        };
+        record
+            .get("manifest_text")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(StoreError::Invalid {
+                what,
+                message: "manifest_text missing".into(),
+            })
+    }
+
+    fn create_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+    ) -> Result<SavedCollection, StoreError> {
+        let pdh = portable_data_hash(manifest_text);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let count = fs::read_dir(self.dir.join("collections"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let uuid = format!("local-4zz18-{:015x}", count + 1);
+        let record = json!({
+            "uuid": uuid,
+            "name": name,
+            "portable_data_hash": pdh,
+            "manifest_text": manifest_text,
+            "created_at": Self::now(),
+        });
+        self.write_json(
+            &self.dir.join("collections").join(format!("{uuid}.json")),
+            &record,
+        )?;
+        Ok(SavedCollection {
+            uuid,
+            portable_data_hash: pdh,
+        })
+    }
+
+    fn create_log(&self, object_uuid: &str, event_type: &str, text: &str) -> Result<(), StoreError> {
+        let line = json!({
+            "object_uuid": object_uuid,
+            "event_type": event_type,
+            "properties": {"text": text},
+            "created_at": Self::now(),
+        });
+        let path = self.dir.join("logs.jsonl");
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
+        writeln!(file, "{line}").map_err(io_err(format!("append to {}", path.display())))
+    }
+}
+
+impl LocalStore {
+    fn find_collection_by_pdh(&self, pdh: &str) -> Result<Option<Value>, StoreError> {
+        let dir = self.dir.join("collections");
+        let entries = fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))?;
+        for entry in entries.flatten() {
+            if let Ok(record) = self.read_json(&entry.path())
+                && record.get("portable_data_hash").and_then(Value::as_str) == Some(pdh)
+            {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl BlockStore for LocalStore {
+    fn put_block(&self, hash: &str, size: u64, body: &BlockSource<'_>) -> Result<String, StoreError> {
+        let path = self.block_path(hash, size);
+        let what = format!("store block {hash}+{size}");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut reader = body().map_err(io_err(what.clone()))?;
+        let mut file = File::create(&tmp).map_err(io_err(what.clone()))?;
+        let mut md5 = Md5::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(&mut buf).map_err(io_err(what.clone()))?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(io_err(what.clone()))?;
+            total += n as u64;
+        }
+        let got = hex(&md5.finalize());
+        if got != hash || total != size {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Invalid {
+                what,
+                message: format!("data is {got}+{total}"),
+            });
+        }
+        fs::rename(&tmp, &path).map_err(io_err(what))?;
+        Ok(format!("{hash}+{size}"))
+    }
+
+    fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let mut parts = locator.split('+');
+        let hash = parts.next().unwrap_or_default();
+        let size: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let what = format!("read block {hash}+{size}");
+        if size == 0 {
+            return Ok(0);
+        }
+        let path = self.block_path(hash, size);
+        let mut file = File::open(&path).map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                StoreError::NotFound { what: what.clone() }
+            } else {
+                StoreError::Io {
+                    what: what.clone(),
+                    source,
+                }
+            }
+        })?;
+        let mut md5 = Md5::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(what.clone()))?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err(what.clone()))?;
+            total += n as u64;
+        }
+        if hex(&md5.finalize()) != hash || total != size {
+            return Err(StoreError::Invalid {
+                what,
+                message: "block content does not match its locator".into(),
+            });
+        }
+        Ok(total)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn blocks_round_trip_and_are_checked() {
+        let (_d, s) = store();
+        let body = |data: &'static [u8]| {
+            move || -> io::Result<Box<dyn Read + Send>> { Ok(Box::new(data)) }
+        };
+        let loc = s
+            .put_block("acbd18db4cc2f85cedef654fccc4a4d8", 3, &body(b"foo"))
+            .unwrap();
+        assert_eq!(loc, "acbd18db4cc2f85cedef654fccc4a4d8+3");
+        let mut out = Vec::new();
+        s.get_block(&loc, &mut out).unwrap();
+        assert_eq!(out, b"foo");
+        assert!(matches!(
+            s.put_block("acbd18db4cc2f85cedef654fccc4a4d8", 3, &body(b"bar")),
+            Err(StoreError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn container_updates_follow_the_state_rules() {
+        let (_d, s) = store();
+        let uuid = "zzzzz-dz642-0123456789abcde";
+        s.write_json(&s.container_path(uuid), &json!({"uuid": uuid, "state": "Locked"}))
+            .unwrap();
+        let mut f = Map::new();
+        f.insert("state".into(), json!("Complete"));
+        assert!(matches!(
+            s.update_container(uuid, &f),
+            Err(StoreError::Rejected { .. })
+        ));
+        f.insert("state".into(), json!("Running"));
+        s.update_container(uuid, &f).unwrap();
+        let r = s.get_container(uuid).unwrap();
+        assert_eq!(r["state"], "Running");
+        assert!(r["started_at"].is_string());
+    }
+
+    #[test]
+    fn collections_are_found_by_pdh_and_uuid() {
+        let (_d, s) = store();
+        let m = ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n";
+        let saved = s.create_collection("x", m).unwrap();
+        assert_eq!(saved.portable_data_hash, "1f4b0bc7583c2a7f9102c395f4ffc5e3+45");
+        assert_eq!(s.get_collection_manifest(&saved.portable_data_hash).unwrap(), m);
+        assert_eq!(s.get_collection_manifest(&saved.uuid).unwrap(), m);
+    }
+}
