@@ -1,0 +1,44 @@
+# crunch-run: the two set-up commands are `make demo` and `make test`.
+
+CARGO ?= cargo
+PYTHON ?= python3
+
+.PHONY: all build release engine pyenv demo test lint bench clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+# A Docker engine that answers `docker info` (installs and starts one if needed).
+engine:
+	sh tests/scripts/ensure-docker.sh
+
+# The real Arvados Python SDK, used by tests to read our log collections back.
+pyenv: .venv/.done
+.venv/.done:
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check arvados-python-client
+	touch $@
+
+# Run a real container end to end through a local store and show the result.
+demo: engine release
+	sh tests/scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Everything: unit, component (fake docker + fake API/Keep) and real-engine tests.
+test: engine pyenv lint
+	$(CARGO) test -- --test-threads=4
+
+bench: engine release
+	sh bench/run.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv demo
