@@ -122,7 +122,9 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsStr
                 rest_positional = true;
                 None
             }
-            Some(s) if !rest_positional && is_go_long_flag(s) => Some(OsString::from(format!("-{s}"))),
+            Some(s) if !rest_positional && is_go_long_flag(s) => {
+                Some(OsString::from(format!("-{s}")))
+            }
             _ => None,
         };
         out.push(rewritten.unwrap_or(arg));
@@ -203,7 +205,11 @@ impl Config {
         let spool_dir = args
             .spool_dir
             .clone()
-            .or_else(|| env.get("TMPDIR").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                env.get("TMPDIR")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         Ok(Config {
             container_uuid: uuid,
@@ -258,7 +264,12 @@ mod tests {
 
     #[test]
     fn go_style_flags_are_accepted() {
-        let a = parse(&["-runtime-engine=docker", "-cgroup-parent-subsystem", "cpu", UUID]);
+        let a = parse(&[
+            "-runtime-engine=docker",
+            "-cgroup-parent-subsystem",
+            "cpu",
+            UUID,
+        ]);
         assert_eq!(a.runtime_engine, "docker");
         assert_eq!(a.cgroup_parent_subsystem.as_deref(), Some("cpu"));
         assert_eq!(a.container_uuid.as_deref(), Some(UUID));
@@ -283,7 +294,11 @@ mod tests {
 
     #[test]
     fn bad_uuid_shape_is_rejected() {
-        for bad in ["zzzzz-4zz18-0123456789abcde", "zzzzz-dz642-short", "ZZZZZ-dz642-0123456789abcde"] {
+        for bad in [
+            "zzzzz-4zz18-0123456789abcde",
+            "zzzzz-dz642-short",
+            "ZZZZZ-dz642-0123456789abcde",
+        ] {
             let a = parse(&[bad]);
             assert!(Config::from_args(&a, &env(&[])).is_err(), "{bad}");
         }
@@ -322,7 +337,8 @@ mod tests {
 
     #[test]
     fn stdin_config_env_is_read() {
-        let e = parse_stdin_config(r#"{"Env":{"ARVADOS_API_HOST":"a:1"},"KeepBuffers":2}"#).unwrap();
+        let e =
+            parse_stdin_config(r#"{"Env":{"ARVADOS_API_HOST":"a:1"},"KeepBuffers":2}"#).unwrap();
         assert_eq!(e.get("ARVADOS_API_HOST").map(String::as_str), Some("a:1"));
         assert!(parse_stdin_config(r#"{"Env":{"X":1}}"#).is_err());
     }

@@ -31,9 +31,15 @@ pub enum Outcome {
     /// The user's command ran and exited with this code (any code: it is data).
     Exited { code: i64 },
     /// A signal asked us to stop; the container was removed.
-    Cancelled { reason: String, exit_code: Option<i64> },
+    Cancelled {
+        reason: String,
+        exit_code: Option<i64>,
+    },
     /// Something other than the user's command failed (record, image, engine, Keep, API).
-    Failed { reason: String, exit_code: Option<i64> },
+    Failed {
+        reason: String,
+        exit_code: Option<i64>,
+    },
 }
 
 /// How far the record got: decides which fields the API lets us send at the end.
@@ -46,17 +52,27 @@ pub struct RecordProgress {
 }
 
 /// The final update for an outcome. `log` is the PDH of the saved log collection, if any.
-pub fn final_update(outcome: &Outcome, progress: RecordProgress, log: Option<&str>) -> Map<String, Value> {
+pub fn final_update(
+    outcome: &Outcome,
+    progress: RecordProgress,
+    log: Option<&str>,
+) -> Map<String, Value> {
     let mut fields = Map::new();
     let (state, exit_code, status) = match outcome {
         Outcome::Exited { code } => (State::Complete, Some(*code), None),
         Outcome::Cancelled { reason, exit_code } => {
             (State::Cancelled, *exit_code, Some(("warning", reason)))
         }
-        Outcome::Failed { reason, exit_code } => (State::Cancelled, *exit_code, Some(("error", reason))),
+        Outcome::Failed { reason, exit_code } => {
+            (State::Cancelled, *exit_code, Some(("error", reason)))
+        }
     };
     // A record that never reached Running cannot become Complete.
-    let state = if progress.running { state } else { State::Cancelled };
+    let state = if progress.running {
+        state
+    } else {
+        State::Cancelled
+    };
     fields.insert("state".into(), json!(state.as_str()));
     match (progress.legacy_api, progress.running) {
         // 2016 API: Queued→Cancelled takes nothing else; Running→Cancelled takes log (and
@@ -134,7 +150,11 @@ impl CancelFlag {
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).reason.clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reason
+            .clone()
     }
 
     /// What to do when cancelled; runs now if the cancel already happened.
@@ -170,7 +190,10 @@ pub fn watch_signals(cancel: CancelFlag) -> io::Result<()> {
 }
 
 /// Open the configured store: the API and Keep, or a local directory.
-fn open_store(config: &Config, secrets: &mut Secrets) -> Result<(Arc<dyn ApiStore>, Arc<dyn BlockStore>), StoreError> {
+fn open_store(
+    config: &Config,
+    secrets: &mut Secrets,
+) -> Result<(Arc<dyn ApiStore>, Arc<dyn BlockStore>), StoreError> {
     match &config.backend {
         Backend::Local(dir) => {
             let store = Arc::new(crate::store::local::LocalStore::open(dir)?);
@@ -199,7 +222,10 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
     let record = match api.get_container(uuid) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crunch-run: {uuid}: cannot fetch the container record: {}", secrets.redact(&e.to_string()));
+            eprintln!(
+                "crunch-run: {uuid}: cannot fetch the container record: {}",
+                secrets.redact(&e.to_string())
+            );
             return 1;
         }
     };
@@ -217,16 +243,30 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         }
     };
 
-    let run_dir = config.spool_dir.join(format!("crunch-run-{uuid}-{}", std::process::id()));
+    let run_dir = config
+        .spool_dir
+        .join(format!("crunch-run-{uuid}-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        eprintln!("crunch-run: {uuid}: cannot create {}: {e}", run_dir.display());
-        return finish_without_logs(&*api, uuid, initial, &format!("cannot create spool directory: {e}"));
+        eprintln!(
+            "crunch-run: {uuid}: cannot create {}: {e}",
+            run_dir.display()
+        );
+        return finish_without_logs(
+            &*api,
+            uuid,
+            initial,
+            &format!("cannot create spool directory: {e}"),
+        );
     }
     let pipeline = match LogPipeline::start(
         LogPipelineConfig {
             spool_dir: run_dir.join("logs"),
             container_uuid: uuid.to_string(),
-            logs_table: if config.logs_table { Some(api.clone()) } else { None },
+            logs_table: if config.logs_table {
+                Some(api.clone())
+            } else {
+                None
+            },
             echo_crunch_log_to_stderr: true,
             block_size: 64 << 20,
             clock: Arc::new(SystemClock),
@@ -236,7 +276,12 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         Ok(p) => p,
         Err(e) => {
             eprintln!("crunch-run: {uuid}: cannot start logging: {e}");
-            return finish_without_logs(&*api, uuid, initial, &format!("cannot start logging: {e}"));
+            return finish_without_logs(
+                &*api,
+                uuid,
+                initial,
+                &format!("cannot start logging: {e}"),
+            );
         }
     };
 
@@ -331,12 +376,17 @@ impl ContainerRun {
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
-        let result = self.prepare(record).and_then(|(container, image)| self.run_container(&container, &image, pipeline));
+        let result = self
+            .prepare(record)
+            .and_then(|(container, image)| self.run_container(&container, &image, pipeline));
         let outcome = match result {
             Ok(outcome) | Err(outcome) => outcome,
         };
         if let Err(e) = self.docker.remove(&self.uuid) {
-            self.say(&format!("Removing docker container {} failed: {e}", self.uuid));
+            self.say(&format!(
+                "Removing docker container {} failed: {e}",
+                self.uuid
+            ));
         }
         outcome
     }
@@ -369,7 +419,11 @@ impl ContainerRun {
             .collect();
         let tar = match tars.as_slice() {
             [one] => one,
-            [] => return Err(failed(format!("image collection {pdh} does not include a .tar image file"))),
+            [] => {
+                return Err(failed(format!(
+                    "image collection {pdh} does not include a .tar image file"
+                )));
+            }
             many => {
                 let names: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
                 return Err(failed(format!(
@@ -392,9 +446,16 @@ impl ContainerRun {
                 return Ok(image_id);
             }
             Ok(None) => {}
-            Err(e) => return Err(failed(format!("cannot inspect docker image {image_id}: {e}"))),
+            Err(e) => {
+                return Err(failed(format!(
+                    "cannot inspect docker image {image_id}: {e}"
+                )));
+            }
         }
-        self.say(&format!("Loading Docker image from keep ({} bytes)", tar.size));
+        self.say(&format!(
+            "Loading Docker image from keep ({} bytes)",
+            tar.size
+        ));
         let cancel = self.cancel.clone();
         let blocks = self.blocks.clone();
         let ranges = tar.ranges.clone();
@@ -413,7 +474,10 @@ impl ContainerRun {
         };
         let loaded = self.docker.load_image(&mut feed).map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
-                Outcome::Cancelled { reason, exit_code: None }
+                Outcome::Cancelled {
+                    reason,
+                    exit_code: None,
+                }
             } else {
                 failed(format!("failed to load container image: {e}"))
             }
@@ -426,7 +490,9 @@ impl ContainerRun {
             Ok(None) => Err(failed(format!(
                 "docker load finished but image {image_id} is not in the engine: the tar in collection {pdh} holds a different image"
             ))),
-            Err(e) => Err(failed(format!("cannot inspect docker image {image_id} after loading: {e}"))),
+            Err(e) => Err(failed(format!(
+                "cannot inspect docker image {image_id} after loading: {e}"
+            ))),
         }
     }
 
@@ -437,31 +503,48 @@ impl ContainerRun {
             image: image.to_string(),
             command: container.command.clone(),
             cwd: container.cwd.clone(),
-            env: container.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: container
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             network: rc.api,
             labels: vec![
                 ("org.arvados.container_uuid".into(), self.uuid.clone()),
-                ("org.arvados.crunch-run.pid".into(), std::process::id().to_string()),
+                (
+                    "org.arvados.crunch-run.pid".into(),
+                    std::process::id().to_string(),
+                ),
             ],
             memory_bytes: rc.ram.map(|r| r.max(MIN_DOCKER_RAM)),
             cpus: rc.vcpus,
         }
     }
 
-    fn run_container(&mut self, container: &Container, image: &str, pipeline: &LogPipeline) -> Step<Outcome> {
+    fn run_container(
+        &mut self,
+        container: &Container,
+        image: &str,
+        pipeline: &LogPipeline,
+    ) -> Step<Outcome> {
         // A container left by an earlier crunch-run for this UUID (killed before its
         // guard could act) would make the name clash: remove it, and say so.
         match self.docker.exists(&self.uuid) {
             Ok(true) => {
                 self.say(&format!("Removing leftover docker container {}", self.uuid));
-                self.docker
-                    .remove(&self.uuid)
-                    .map_err(|e| failed(format!("cannot remove leftover container {}: {e}", self.uuid)))?;
+                self.docker.remove(&self.uuid).map_err(|e| {
+                    failed(format!(
+                        "cannot remove leftover container {}: {e}",
+                        self.uuid
+                    ))
+                })?;
             }
             Ok(false) => {}
             Err(e) => return Err(failed(format!("docker engine error: {e}"))),
         }
-        let guard = match std::env::current_exe().and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program())) {
+        let guard = match std::env::current_exe()
+            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
+        {
             Ok(g) => Some(g),
             Err(e) => {
                 self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
@@ -470,7 +553,10 @@ impl ContainerRun {
         };
         let outcome = self.create_and_start(container, image, pipeline);
         if let Err(e) = self.docker.remove(&self.uuid) {
-            self.say(&format!("Removing docker container {} failed: {e}", self.uuid));
+            self.say(&format!(
+                "Removing docker container {} failed: {e}",
+                self.uuid
+            ));
         }
         if let Some(g) = guard {
             g.release();
@@ -478,9 +564,17 @@ impl ContainerRun {
         outcome
     }
 
-    fn create_and_start(&mut self, container: &Container, image: &str, pipeline: &LogPipeline) -> Step<Outcome> {
+    fn create_and_start(
+        &mut self,
+        container: &Container,
+        image: &str,
+        pipeline: &LogPipeline,
+    ) -> Step<Outcome> {
         let spec = self.spec(container, image);
-        self.say(&format!("Creating Docker container: docker {}", self.secrets.redact(&spec.display())));
+        self.say(&format!(
+            "Creating Docker container: docker {}",
+            self.secrets.redact(&spec.display())
+        ));
         let id = self
             .docker
             .create(&spec, &self.run_dir)
@@ -501,8 +595,12 @@ impl ContainerRun {
             .start_attached(&self.uuid)
             .map_err(|e| failed(format!("cannot run docker start: {e}")))?;
         let copiers = [
-            attached.take_stdout().map(|r| pipeline.spawn_copier("stdout", Box::new(r))),
-            attached.take_stderr().map(|r| pipeline.spawn_copier("stderr", Box::new(r))),
+            attached
+                .take_stdout()
+                .map(|r| pipeline.spawn_copier("stdout", Box::new(r))),
+            attached
+                .take_stderr()
+                .map(|r| pipeline.spawn_copier("stderr", Box::new(r))),
         ];
         let cli = attached.wait();
         for copier in copiers.into_iter().flatten() {
@@ -513,7 +611,10 @@ impl ContainerRun {
             }
         }
         if let Some(reason) = self.cancel.reason() {
-            return Ok(Outcome::Cancelled { reason, exit_code: None });
+            return Ok(Outcome::Cancelled {
+                reason,
+                exit_code: None,
+            });
         }
         // The docker CLI's own status says nothing reliable about the container: ask the
         // engine (and wait for it, in case only the CLI went away).
@@ -525,7 +626,9 @@ impl ContainerRun {
                 Ok(s) => format!("docker start exited {s}"),
                 Err(e) => format!("docker start failed: {e}"),
             };
-            failed(format!("cannot inspect the finished container ({cli}): {e}"))
+            failed(format!(
+                "cannot inspect the finished container ({cli}): {e}"
+            ))
         })?;
         if state.never_started() {
             let why = if state.error.is_empty() {
@@ -551,7 +654,9 @@ impl ContainerRun {
                 .ram
                 .map(|r| format!(" (memory limit {} bytes)", r.max(MIN_DOCKER_RAM)))
                 .unwrap_or_default();
-            self.say(&format!("Container was killed by the out-of-memory killer{limit}"));
+            self.say(&format!(
+                "Container was killed by the out-of-memory killer{limit}"
+            ));
         }
         Ok(Outcome::Exited { code })
     }
@@ -605,7 +710,10 @@ impl ContainerRun {
         match self.api.update_container(&self.uuid, &fields) {
             Ok(()) => 0,
             Err(e) => {
-                let msg = format!("final update of the container record failed: {}", self.secrets.redact(&e.to_string()));
+                let msg = format!(
+                    "final update of the container record failed: {}",
+                    self.secrets.redact(&e.to_string())
+                );
                 eprintln!("crunch-run: {}: {msg}", self.uuid);
                 1
             }
@@ -620,7 +728,10 @@ impl ContainerRun {
             self.secrets.redact(text)
         );
         if let Err(e) = self.api.create_log(&self.uuid, "crunch-run", &line) {
-            eprintln!("crunch-run: {}: cannot post to the logs table either: {e}", self.uuid);
+            eprintln!(
+                "crunch-run: {}: cannot post to the logs table either: {e}",
+                self.uuid
+            );
         }
     }
 }
@@ -628,7 +739,10 @@ impl ContainerRun {
 /// `sha256:<64 hex>` or bare 64 hex, as `docker save` names image tars.
 fn is_image_id(s: &str) -> bool {
     let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn hostname() -> io::Result<String> {
@@ -645,7 +759,11 @@ struct RangeWriter<'a> {
 
 impl<'a> RangeWriter<'a> {
     fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
-        RangeWriter { out, skip: offset, left: len }
+        RangeWriter {
+            out,
+            skip: offset,
+            left: len,
+        }
     }
 
     /// Error if the block was shorter than the range promised.
@@ -653,7 +771,10 @@ impl<'a> RangeWriter<'a> {
         if self.left > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("block ended {} bytes before the end of the file range", self.left),
+                format!(
+                    "block ended {} bytes before the end of the file range",
+                    self.left
+                ),
             ));
         }
         Ok(())
@@ -684,13 +805,20 @@ mod tests {
     use super::*;
 
     fn progress(legacy_api: bool, running: bool) -> RecordProgress {
-        RecordProgress { legacy_api, running }
+        RecordProgress {
+            legacy_api,
+            running,
+        }
     }
 
     #[test]
     fn exit_codes_are_data() {
         for code in [0, 1, 125, 126, 127, 137] {
-            let f = final_update(&Outcome::Exited { code }, progress(false, true), Some("x+1"));
+            let f = final_update(
+                &Outcome::Exited { code },
+                progress(false, true),
+                Some("x+1"),
+            );
             assert_eq!(f["state"], "Complete");
             assert_eq!(f["exit_code"], code);
             assert_eq!(f["log"], "x+1");
@@ -701,20 +829,29 @@ mod tests {
     #[test]
     fn failure_before_running_cancels_with_log_and_reason_but_no_exit_code() {
         let f = final_update(
-            &Outcome::Failed { reason: "image collection x was not found".into(), exit_code: None },
+            &Outcome::Failed {
+                reason: "image collection x was not found".into(),
+                exit_code: None,
+            },
             progress(false, false),
             Some("x+1"),
         );
         assert_eq!(f["state"], "Cancelled");
         assert_eq!(f["log"], "x+1");
         assert!(!f.contains_key("exit_code"));
-        assert_eq!(f["runtime_status"]["error"], "image collection x was not found");
+        assert_eq!(
+            f["runtime_status"]["error"],
+            "image collection x was not found"
+        );
     }
 
     #[test]
     fn signal_after_running_is_a_warning_not_an_error() {
         let f = final_update(
-            &Outcome::Cancelled { reason: "caught signal SIGTERM".into(), exit_code: None },
+            &Outcome::Cancelled {
+                reason: "caught signal SIGTERM".into(),
+                exit_code: None,
+            },
             progress(false, true),
             Some("x+1"),
         );
@@ -725,19 +862,47 @@ mod tests {
 
     #[test]
     fn legacy_api_gets_only_what_it_permitted() {
-        let f = final_update(&Outcome::Failed { reason: "x".into(), exit_code: None }, progress(true, false), Some("x+1"));
+        let f = final_update(
+            &Outcome::Failed {
+                reason: "x".into(),
+                exit_code: None,
+            },
+            progress(true, false),
+            Some("x+1"),
+        );
         assert_eq!(f.len(), 1, "{f:?}");
-        let f = final_update(&Outcome::Cancelled { reason: "x".into(), exit_code: Some(1) }, progress(true, true), Some("x+1"));
+        let f = final_update(
+            &Outcome::Cancelled {
+                reason: "x".into(),
+                exit_code: Some(1),
+            },
+            progress(true, true),
+            Some("x+1"),
+        );
         assert_eq!(f.keys().collect::<Vec<_>>(), ["log", "state"]);
-        let f = final_update(&Outcome::Exited { code: 3 }, progress(true, true), Some("x+1"));
+        let f = final_update(
+            &Outcome::Exited { code: 3 },
+            progress(true, true),
+            Some("x+1"),
+        );
         assert_eq!(f["exit_code"], 3);
     }
 
     #[test]
     fn long_reasons_keep_their_detail() {
         let reason = "could not start container: exec failed\nPossible causes: …";
-        let f = final_update(&Outcome::Failed { reason: reason.into(), exit_code: None }, progress(false, true), None);
-        assert_eq!(f["runtime_status"]["error"], "could not start container: exec failed");
+        let f = final_update(
+            &Outcome::Failed {
+                reason: reason.into(),
+                exit_code: None,
+            },
+            progress(false, true),
+            None,
+        );
+        assert_eq!(
+            f["runtime_status"]["error"],
+            "could not start container: exec failed"
+        );
         assert_eq!(f["runtime_status"]["errorDetail"], reason);
     }
 

@@ -87,7 +87,9 @@ pub fn is_pdh(s: &str) -> bool {
     match s.split_once('+') {
         Some((hash, size)) => {
             hash.len() == 32
-                && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
                 && !size.is_empty()
                 && size.bytes().all(|b| b.is_ascii_digit())
         }
@@ -255,7 +257,10 @@ mod tests {
         assert_eq!(c.command, ["echo", "hello world"]);
         assert_eq!(c.cwd, None);
         assert_eq!(c.state, State::Locked);
-        assert_eq!(c.environment.get("FROBIZ").map(String::as_str), Some("bilbo"));
+        assert_eq!(
+            c.environment.get("FROBIZ").map(String::as_str),
+            Some("bilbo")
+        );
         assert_eq!(c.runtime_constraints.ram, Some(12_000_000_000));
         assert_eq!(c.runtime_constraints.vcpus, Some(4.0));
     }
@@ -264,18 +269,41 @@ mod tests {
     fn set_cwd_is_kept() {
         let mut r = hello();
         r["cwd"] = json!("/bin");
-        assert_eq!(Container::from_json(&r).unwrap().cwd.as_deref(), Some("/bin"));
+        assert_eq!(
+            Container::from_json(&r).unwrap().cwd.as_deref(),
+            Some("/bin")
+        );
     }
 
     #[test]
     fn malformed_records_say_what_is_wrong() {
         let cases = [
             ("command", json!([]), "command is empty"),
-            ("command", json!(["echo", 3]), "command[1] must be a string, got a number"),
-            ("command", json!("echo"), "command must be an array of strings, got a string"),
-            ("environment", json!({"A": 1}), "environment[\"A\"] must be a string, got a number"),
-            ("container_image", json!("debian:8"), "container_image \"debian:8\" is not a portable data hash"),
-            ("cwd", json!("tmp"), "cwd \"tmp\" must be \".\" or an absolute path"),
+            (
+                "command",
+                json!(["echo", 3]),
+                "command[1] must be a string, got a number",
+            ),
+            (
+                "command",
+                json!("echo"),
+                "command must be an array of strings, got a string",
+            ),
+            (
+                "environment",
+                json!({"A": 1}),
+                "environment[\"A\"] must be a string, got a number",
+            ),
+            (
+                "container_image",
+                json!("debian:8"),
+                "container_image \"debian:8\" is not a portable data hash",
+            ),
+            (
+                "cwd",
+                json!("tmp"),
+                "cwd \"tmp\" must be \".\" or an absolute path",
+            ),
         ];
         for (field, value, want) in cases {
             let mut r = hello();

@@ -19,7 +19,12 @@ const BLOCK_SIZE: u64 = 64 << 20;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["put", dir, name, files @ ..] if !files.is_empty() => put(dir, name, files),
         ["cat", dir, pdh, path] => cat(dir, pdh, path),
         ["show", dir, uuid] => show(dir, uuid),
@@ -89,14 +94,21 @@ fn cat(dir: &str, pdh: &str, path: &str) -> Result<(), Error> {
         store.get_block(&range.locator, &mut block)?;
         let start = range.offset as usize;
         let end = start + range.len as usize;
-        out.write_all(block.get(start..end).ok_or("block shorter than its file segment")?)?;
+        out.write_all(
+            block
+                .get(start..end)
+                .ok_or("block shorter than its file segment")?,
+        )?;
     }
     Ok(())
 }
 
 fn show(dir: &str, uuid: &str) -> Result<(), Error> {
     let store = LocalStore::open(Path::new(dir))?;
-    println!("{}", serde_json::to_string_pretty(&store.get_container(uuid)?)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&store.get_container(uuid)?)?
+    );
     Ok(())
 }
 

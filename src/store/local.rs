@@ -197,7 +197,12 @@ impl ApiStore for LocalStore {
         })
     }
 
-    fn create_log(&self, object_uuid: &str, event_type: &str, text: &str) -> Result<(), StoreError> {
+    fn create_log(
+        &self,
+        object_uuid: &str,
+        event_type: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
         let line = json!({
             "object_uuid": object_uuid,
             "event_type": event_type,
@@ -231,7 +236,12 @@ impl LocalStore {
 }
 
 impl BlockStore for LocalStore {
-    fn put_block(&self, hash: &str, size: u64, body: &BlockSource<'_>) -> Result<String, StoreError> {
+    fn put_block(
+        &self,
+        hash: &str,
+        size: u64,
+        body: &BlockSource<'_>,
+    ) -> Result<String, StoreError> {
         let path = self.block_path(hash, size);
         let what = format!("store block {hash}+{size}");
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -339,8 +349,11 @@ mod tests {
     fn container_updates_follow_the_state_rules() {
         let (_d, s) = store();
         let uuid = "zzzzz-dz642-0123456789abcde";
-        s.write_json(&s.container_path(uuid), &json!({"uuid": uuid, "state": "Locked"}))
-            .unwrap();
+        s.write_json(
+            &s.container_path(uuid),
+            &json!({"uuid": uuid, "state": "Locked"}),
+        )
+        .unwrap();
         let mut f = Map::new();
         f.insert("state".into(), json!("Complete"));
         assert!(matches!(
@@ -359,8 +372,15 @@ mod tests {
         let (_d, s) = store();
         let m = ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n";
         let saved = s.create_collection("x", m).unwrap();
-        assert_eq!(saved.portable_data_hash, "1f4b0bc7583c2a7f9102c395f4ffc5e3+45");
-        assert_eq!(s.get_collection_manifest(&saved.portable_data_hash).unwrap(), m);
+        assert_eq!(
+            saved.portable_data_hash,
+            "1f4b0bc7583c2a7f9102c395f4ffc5e3+45"
+        );
+        assert_eq!(
+            s.get_collection_manifest(&saved.portable_data_hash)
+                .unwrap(),
+            m
+        );
         assert_eq!(s.get_collection_manifest(&saved.uuid).unwrap(), m);
     }
 }

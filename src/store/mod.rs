@@ -57,8 +57,11 @@ pub trait ApiStore: Send + Sync {
     /// The manifest text (signed where the backend signs) of a collection, by PDH or UUID.
     fn get_collection_manifest(&self, pdh_or_uuid: &str) -> Result<String, StoreError>;
     /// Save a new collection with this name and manifest (unique name ensured by the store).
-    fn create_collection(&self, name: &str, manifest_text: &str)
-    -> Result<SavedCollection, StoreError>;
+    fn create_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+    ) -> Result<SavedCollection, StoreError>;
     /// One entry in the logs table: `object_uuid`, `event_type`, `properties.text`.
     fn create_log(&self, object_uuid: &str, event_type: &str, text: &str)
     -> Result<(), StoreError>;
@@ -71,8 +74,12 @@ pub type BlockSource<'a> = dyn Fn() -> io::Result<Box<dyn Read + Send + 'a>> + '
 pub trait BlockStore: Send + Sync {
     /// Store one block of `size` bytes whose md5 is `hash`, read from a reader that `body`
     /// opens (once per attempt). Returns the locator to put in a manifest (signed by Keep).
-    fn put_block(&self, hash: &str, size: u64, body: &BlockSource<'_>)
-    -> Result<String, StoreError>;
+    fn put_block(
+        &self,
+        hash: &str,
+        size: u64,
+        body: &BlockSource<'_>,
+    ) -> Result<String, StoreError>;
     /// Stream one whole block into `out`, checking its size and md5. Returns bytes written.
     /// A failure after some bytes were written is an error (the caller cannot unwrite them).
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
