@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""make bench: crunch-run against bare `docker run`, as ratios measured in one run.
+
+(a) wall-time overhead of crunch-run for `echo hello` (image already loaded, local store)
+    against `docker run --rm --network none --log-driver none IMAGE echo hello`;
+(b) throughput of forwarding N MB of stdout lines into the log collection against
+    `docker run --log-driver none IMAGE ... > /dev/null`;
+(c) crunch-run's own peak RSS (VmHWM) during those floods, for 50 MB and 500 MB.
+
+Figures are printed, never asserted: the machines are shared and noisy.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(TOP, "target", "release")
+UUID = "zzzzz-dz642-0000000000bench"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+LINE = "crunch-run bench line of text that is a bit longer than the usual log line ok"
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw).stdout.strip()
+
+
+def make_image():
+    image = sh(os.path.join(TOP, "tests", "scripts", "make-test-image.sh"), "crunch-run-bench:latest", "crunch-run bench")
+    return image
+
+
+def store_image(store, image):
+    tmp = tempfile.mkdtemp()
+    tar = os.path.join(tmp, image + ".tar")
+    sh("docker", "save", "-o", tar, image)
+    pdh = sh(os.path.join(BIN, "arv-local"), "put", store, "bench image", tar)
+    shutil.rmtree(tmp)
+    return pdh
+
+
+def write_record(store, pdh, command):
+    os.makedirs(os.path.join(store, "containers"), exist_ok=True)
+    rec = {"uuid": UUID, "state": "Locked", "command": command, "container_image": pdh,
+           "cwd": ".", "environment": {}, "mounts": {}, "output_path": "/tmp",
+           "priority": 1, "runtime_constraints": {}}
+    with open(os.path.join(store, "containers", UUID + ".json"), "w") as f:
+        json.dump(rec, f)
+
+
+def run_crunch(store, spool):
+    """Run crunch-run once; return (seconds, peak RSS bytes, exit status)."""
+    start = time.monotonic()
+    p = subprocess.Popen([os.path.join(BIN, "crunch-run"), "--local-store", store, "--spool-dir", spool, UUID],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    status_path = "/proc/%d/status" % p.pid
+    while p.poll() is None:
+        try:
+            with open(status_path) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        time.sleep(0.02)
+    return time.monotonic() - start, peak, p.returncode
+
+
+def run_bare(image, command):
+    start = time.monotonic()
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--log-driver", "none", image] + command,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.monotonic() - start
+
+
+def flood_command(mb):
+    return ["sh", "-c", "yes '%s' | head -c %d" % (LINE, mb * 1000 * 1000)]
+
+
+def main():
+    load = os.getloadavg()
+    print("machine: %d cores, load average %.2f %.2f %.2f" % (os.cpu_count(), *load))
+    image = make_image()
+    work = tempfile.mkdtemp(prefix="crunch-run-bench-")
+    store = os.path.join(work, "store")
+    spool = os.path.join(work, "spool")
+    os.makedirs(spool)
+    pdh = store_image(store, image)
+
+    # (a) overhead for echo hello, alternating to share the machine's noise.
+    write_record(store, pdh, ["echo", "hello"])
+    crunch, bare = [], []
+    for _ in range(ROUNDS):
+        write_record(store, pdh, ["echo", "hello"])
+        t, _, rc = run_crunch(store, spool)
+        if rc != 0:
+            sys.exit("crunch-run failed (exit %d)" % rc)
+        crunch.append(t)
+        bare.append(run_bare(image, ["echo", "hello"]))
+    c, b = statistics.median(crunch), statistics.median(bare)
+    print("(a) echo hello, median of %d: crunch-run %.3f s, bare docker run %.3f s, ratio %.2fx (target <= 1.2x)"
+          % (ROUNDS, c, b, c / b))
+
+    # (b) + (c) floods.
+    for mb in (50, 500):
+        write_record(store, pdh, flood_command(mb))
+        t, peak, rc = run_crunch(store, spool)
+        if rc != 0:
+            sys.exit("crunch-run failed on the %d MB flood (exit %d)" % (mb, rc))
+        tb = run_bare(image, flood_command(mb))
+        print("(b) %d MB of stdout lines: crunch-run %.2f s (%.0f MB/s), bare docker run > /dev/null %.2f s (%.0f MB/s), throughput ratio %.2f (target >= 0.8)"
+              % (mb, t, mb / t, tb, mb / tb, tb / t))
+        print("(c) %d MB flood: crunch-run peak RSS %.1f MiB (target <= 32 MiB)" % (mb, peak / 2**20))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
