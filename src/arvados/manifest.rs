@@ -1,13 +1,955 @@
 //! Manifests and portable data hashes: parse, build (normalized), and hash, following
-//! Arvados' own rules (reference §3). TO BE WRITTEN (helper A).
+//! Arvados' own rules (reference §3).
 //!
-//! Public interface (fixed):
-//! - `pub struct Locator { pub hash: String, pub size: u64, pub hints: Vec<String> }`
-//!   with `Locator::parse(&str) -> Result<Locator, ManifestError>` and `Display` (hash+size+hints).
-//! - `pub fn portable_data_hash(manifest_text: &str) -> String`
-//! - uses `crate::store::FileBlocks`
-//! - `pub fn single_stream_manifest(files: &[FileBlocks]) -> String` — one "." stream,
-//!   files sorted by name, escaped names; empty files fine.
-//! - `pub struct Manifest` from `Manifest::parse(&str) -> Result<Manifest, ManifestError>`
-//!   with `files(&self) -> Vec<ManifestFile>`; `ManifestFile { path: String, size: u64,
-//!   ranges: Vec<BlockRange> }`, `BlockRange { locator: String, offset: u64, len: u64 }`.
+//! - [`Locator`]: one block locator `md5hex+size(+Hint)*`.
+//! - [`portable_data_hash`]: md5 of the manifest with every locator hint stripped, plus its
+//!   length (the API server's `compute_pdh`).
+//! - [`escape_name`] / [`unescape_name`]: the `\NNN` octal escapes of stream and file names.
+//! - [`single_stream_manifest`]: the normalized manifest of a set of files written block by
+//!   block (what the Python SDK's `normalize()` would produce for them).
+//! - [`Manifest`]: a validated parse of a manifest, and its files as ranges of blocks.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use md5::{Digest, Md5};
+
+use crate::store::FileBlocks;
+
+/// The locator of the empty block, used wherever a stream has no data.
+pub const EMPTY_BLOCK_LOCATOR: &str = "d41d8cd98f00b204e9800998ecf8427e+0";
+
+/// What is wrong with a manifest or locator. Messages name the line (1-based) and token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("invalid locator {token:?}: {reason}")]
+    BadLocator { token: String, reason: String },
+    #[error("manifest line {line}: {reason}")]
+    BadLine { line: usize, reason: String },
+    #[error("manifest line {line}: token {token:?}: {reason}")]
+    BadToken {
+        line: usize,
+        token: String,
+        reason: String,
+    },
+    #[error("manifest does not end with a newline")]
+    NoFinalNewline,
+    #[error("bad escape in name {name:?}: {reason}")]
+    BadEscape { name: String, reason: String },
+}
+
+/// Lowercase hex md5 of `data`.
+pub fn md5_hex(data: &[u8]) -> String {
+    hex(&Md5::digest(data))
+}
+
+/// Lowercase hex of some bytes (digests).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn is_lower_hex32(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A block locator: `hash+size` followed by hints such as `+A<sig>@<expiry>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locator {
+    /// 32 lowercase hex digits.
+    pub hash: String,
+    pub size: u64,
+    /// The hints without their leading `+`, e.g. `"Aabc…@5693216f"`, in order.
+    pub hints: Vec<String>,
+}
+
+impl Locator {
+    /// Parse a locator token; the rule is
+    /// `^([0-9a-f]{32})\+([0-9]+)(\+[A-Z][-A-Za-z0-9@_]*)*$`.
+    pub fn parse(token: &str) -> Result<Locator, ManifestError> {
+        let bad = |reason: &str| ManifestError::BadLocator {
+            token: token.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut parts = token.split('+');
+        let hash = parts.next().unwrap_or_default();
+        if !is_lower_hex32(hash) {
+            return Err(bad("does not start with 32 lowercase hex digits"));
+        }
+        let size_text = parts.next().ok_or_else(|| bad("no +size after the hash"))?;
+        if size_text.is_empty() || !size_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("size is not a decimal number"));
+        }
+        let size: u64 = size_text.parse().map_err(|_| bad("size is too large"))?;
+        let mut hints = Vec::new();
+        for hint in parts {
+            let mut bytes = hint.bytes();
+            match bytes.next() {
+                Some(b'A'..=b'Z') => {}
+                _ => return Err(bad("a hint must start with an uppercase letter")),
+            }
+            if !bytes.all(|b| b.is_ascii_alphanumeric() || b"-@_".contains(&b)) {
+                return Err(bad(
+                    "a hint may only contain letters, digits, '-', '@', '_'",
+                ));
+            }
+            hints.push(hint.to_string());
+        }
+        Ok(Locator {
+            hash: hash.to_string(),
+            size,
+            hints,
+        })
+    }
+
+    /// `hash+size`, without any hints.
+    pub fn portable(&self) -> String {
+        format!("{}+{}", self.hash, self.size)
+    }
+
+    /// Whether this is the empty block `d41d8cd98f00b204e9800998ecf8427e+0`.
+    pub fn is_empty_block(&self) -> bool {
+        self.size == 0 && self.hash == EMPTY_BLOCK_LOCATOR[..32]
+    }
+}
+
+impl fmt::Display for Locator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.hash, self.size)?;
+        for hint in &self.hints {
+            write!(f, "+{hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a manifest token (not the first of its line) is a block locator, in the sense of
+/// the Go SDK's `PortableDataHash`: 32 chars without `:` then `+`, not starting with `.`.
+fn looks_like_locator(token: &str) -> bool {
+    let b = token.as_bytes();
+    b.len() > 33 && b[32] == b'+' && !b[..32].contains(&b':') && b[0] != b'.'
+}
+
+/// The manifest text with every hint removed from every locator (`hash+size` only).
+pub fn portable_manifest_text(manifest_text: &str) -> String {
+    let mut out = String::with_capacity(manifest_text.len());
+    for (i, line) in manifest_text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (j, token) in line.split(' ').enumerate() {
+            if j > 0 {
+                out.push(' ');
+            }
+            if j > 0 && looks_like_locator(token) {
+                // Keep `hash+size`: cut at the first '+' after the size's '+'.
+                let end = token[33..].find('+').map_or(token.len(), |k| 33 + k);
+                out.push_str(&token[..end]);
+            } else {
+                out.push_str(token);
+            }
+        }
+    }
+    out
+}
+
+/// The portable data hash of a manifest: md5 of the hint-stripped text, `+`, its length.
+/// `""` gives `d41d8cd98f00b204e9800998ecf8427e+0`.
+pub fn portable_data_hash(manifest_text: &str) -> String {
+    let portable = portable_manifest_text(manifest_text);
+    format!("{}+{}", md5_hex(portable.as_bytes()), portable.len())
+}
+
+/// Escape a stream or file name for a manifest: every byte in `[\000-\040:\\]` (which covers
+/// all ASCII whitespace) becomes a 3-digit octal escape, e.g. `\040`, `\072`, `\134`.
+pub fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        if ch <= ' ' || ch == ':' || ch == '\\' {
+            out.push_str(&format!("\\{:03o}", ch as u32));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Undo [`escape_name`]: `\NNN` (three octal digits) is that byte, `\\` is a backslash. Any
+/// other backslash, or a result that is not UTF-8, is an error.
+pub fn unescape_name(escaped: &str) -> Result<String, ManifestError> {
+    if !escaped.contains('\\') {
+        return Ok(escaped.to_string());
+    }
+    let bad = |reason: &str| ManifestError::BadEscape {
+        name: escaped.to_string(),
+        reason: reason.to_string(),
+    };
+    let b = escaped.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let digits = b
+                .get(i + 1..i + 4)
+                .ok_or_else(|| bad("backslash not followed by three octal digits (name ends)"))?;
+            if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                return Err(bad("backslash not followed by three octal digits"));
+            }
+            let value = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            let byte = u8::try_from(value).map_err(|_| bad("octal escape above \\377"))?;
+            out.push(byte);
+            i += 4;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad("name is not UTF-8 once unescaped"))
+}
+
+/// Size of a locator token, or 0 if it does not parse (never the case for tokens from a
+/// block store).
+fn locator_size(token: &str) -> u64 {
+    Locator::parse(token).map(|l| l.size).unwrap_or(0)
+}
+
+/// Split a file name into its directory components and its base name, dropping empty and
+/// `.` components (so `"a//b/./c"` is `(["a","b"], "c")`).
+fn split_path(name: &str) -> (Vec<&str>, &str) {
+    let mut parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let base = parts.pop().unwrap_or("");
+    (parts, base)
+}
+
+/// The normalized manifest of files written block by block.
+///
+/// All files whose names have no `/` go in one `.` stream, which is the intended use (log
+/// and output files of one directory); a name with `/` goes in the stream of its directory
+/// (`./dir`), streams in depth-first order of sorted names, so the result is still normalized.
+/// Within a stream, files are sorted by name, each distinct block is listed once in the
+/// order of first use, and adjacent segments of a file are merged into one `pos:len:name`.
+/// A file with no data is `0:0:name`. A stream without any data gets the empty block
+/// locator. No files gives `""`.
+///
+/// Segment lengths come from the locators' size fields (so the text is always consistent);
+/// `FileBlocks::size` is expected to equal their sum. Locators are kept as given, signed.
+pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
+    // Group by directory.
+    type Dir<'a> = (Vec<&'a str>, Vec<(&'a str, &'a FileBlocks)>);
+    let mut dirs: Vec<Dir<'_>> = Vec::new();
+    for f in files {
+        let (dir, base) = split_path(&f.name);
+        match dirs.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, list)) => list.push((base, f)),
+            None => dirs.push((dir, vec![(base, f)])),
+        }
+    }
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut out = String::new();
+    for (dir, mut list) in dirs {
+        list.sort_by(|a, b| a.0.cmp(b.0));
+        let mut line = String::from(".");
+        for component in &dir {
+            line.push('/');
+            line.push_str(&escape_name(component));
+        }
+        // Each distinct block once, at its offset in the stream.
+        let mut offsets: HashMap<&str, u64> = HashMap::new();
+        let mut stream_len = 0u64;
+        let mut any_block = false;
+        for (_, f) in &list {
+            for loc in &f.locators {
+                let size = locator_size(loc);
+                if size == 0 || offsets.contains_key(loc.as_str()) {
+                    continue;
+                }
+                offsets.insert(loc.as_str(), stream_len);
+                stream_len += size;
+                line.push(' ');
+                line.push_str(loc);
+                any_block = true;
+            }
+        }
+        if !any_block {
+            line.push(' ');
+            line.push_str(EMPTY_BLOCK_LOCATOR);
+        }
+        for (base, f) in &list {
+            let name = escape_name(base);
+            let mut span: Option<(u64, u64)> = None; // (start, end)
+            for loc in &f.locators {
+                let size = locator_size(loc);
+                if size == 0 {
+                    continue;
+                }
+                let start = offsets.get(loc.as_str()).copied().unwrap_or(0);
+                span = match span {
+                    Some((s, e)) if e == start => Some((s, e + size)),
+                    Some((s, e)) => {
+                        line.push_str(&format!(" {}:{}:{}", s, e - s, name));
+                        Some((start, start + size))
+                    }
+                    None => Some((start, start + size)),
+                };
+            }
+            let (s, e) = span.unwrap_or((0, 0));
+            line.push_str(&format!(" {}:{}:{}", s, e - s, name));
+        }
+        line.push('\n');
+        out.push_str(&line);
+    }
+    out
+}
+
+/// A byte range inside one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRange {
+    /// The locator token as it appears in the manifest (signature included).
+    pub locator: String,
+    /// Offset of the range within the block.
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One file of a manifest: its path and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// `"name"` for files of the `.` stream, `"dir/sub/name"` otherwise (unescaped).
+    pub path: String,
+    pub size: u64,
+    /// The file's bytes, in order. Empty for an empty file.
+    pub ranges: Vec<BlockRange>,
+}
+
+/// One `pos:len:name` token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    pos: u64,
+    len: u64,
+    /// Unescaped.
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stream {
+    /// Unescaped, `"."` or `"./dir/…"`.
+    name: String,
+    /// Locator tokens as written.
+    locators: Vec<String>,
+    /// Offset of each block within the stream, and the stream's total length at the end.
+    starts: Vec<u64>,
+    segments: Vec<Segment>,
+}
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    streams: Vec<Stream>,
+}
+
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl Manifest {
+    /// Parse and validate manifest text: each line is a stream name (`.` or `./…`), one or
+    /// more locators, one or more `pos:len:name` segments within the stream's data, single
+    /// spaces, `\n` at the end of every line. `""` is the empty manifest.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        if text.is_empty() {
+            return Ok(Manifest { streams: vec![] });
+        }
+        let Some(body) = text.strip_suffix('\n') else {
+            return Err(ManifestError::NoFinalNewline);
+        };
+        let mut streams = Vec::new();
+        for (idx, line) in body.split('\n').enumerate() {
+            streams.push(Self::parse_line(idx + 1, line)?);
+        }
+        Ok(Manifest { streams })
+    }
+
+    fn parse_line(line_no: usize, line: &str) -> Result<Stream, ManifestError> {
+        let bad_line = |reason: &str| ManifestError::BadLine {
+            line: line_no,
+            reason: reason.to_string(),
+        };
+        let bad_token = |token: &str, reason: &str| ManifestError::BadToken {
+            line: line_no,
+            token: token.to_string(),
+            reason: reason.to_string(),
+        };
+        if line.is_empty() {
+            return Err(bad_line("empty line"));
+        }
+        let mut tokens = line.split(' ');
+        let raw_name = tokens.next().unwrap_or_default();
+        let name = unescape_name(raw_name).map_err(|e| bad_token(raw_name, &e.to_string()))?;
+        if name != "." {
+            let Some(rest) = name.strip_prefix("./") else {
+                return Err(bad_token(
+                    raw_name,
+                    "stream name must be \".\" or start with \"./\"",
+                ));
+            };
+            if rest
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return Err(bad_token(
+                    raw_name,
+                    "stream name has an empty, \".\" or \"..\" component",
+                ));
+            }
+        }
+        let mut stream = Stream {
+            name,
+            locators: Vec::new(),
+            starts: vec![0],
+            segments: Vec::new(),
+        };
+        for token in tokens {
+            if token.is_empty() {
+                return Err(bad_line("empty token (double or trailing space)"));
+            }
+            if stream.segments.is_empty() && !token.contains(':') {
+                let loc = Locator::parse(token).map_err(|e| match e {
+                    ManifestError::BadLocator { reason, .. } => bad_token(token, &reason),
+                    other => other,
+                })?;
+                let end = stream.starts[stream.starts.len() - 1]
+                    .checked_add(loc.size)
+                    .ok_or_else(|| bad_token(token, "stream too long"))?;
+                stream.starts.push(end);
+                stream.locators.push(token.to_string());
+                continue;
+            }
+            if stream.locators.is_empty() {
+                return Err(bad_token(token, "file segment before any locator"));
+            }
+            let mut parts = token.splitn(3, ':');
+            let (Some(p), Some(l), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad_token(token, "expected a locator or pos:len:name"));
+            };
+            let (Some(pos), Some(len)) = (parse_decimal(p), parse_decimal(l)) else {
+                return Err(bad_token(
+                    token,
+                    "segment position and length must be decimal",
+                ));
+            };
+            let total = stream.starts[stream.starts.len() - 1];
+            if pos.checked_add(len).is_none_or(|end| end > total) {
+                return Err(bad_token(
+                    token,
+                    &format!("segment extends past the stream's {total} bytes"),
+                ));
+            }
+            if n.is_empty() {
+                return Err(bad_token(token, "empty file name"));
+            }
+            let name = unescape_name(n).map_err(|e| bad_token(token, &e.to_string()))?;
+            if name.split('/').any(|c| c.is_empty() || c == "..") {
+                return Err(bad_token(
+                    token,
+                    "file name has an empty or \"..\" path component",
+                ));
+            }
+            stream.segments.push(Segment { pos, len, name });
+        }
+        if stream.locators.is_empty() {
+            return Err(bad_line("stream has no locators"));
+        }
+        if stream.segments.is_empty() {
+            return Err(bad_line("stream has no file segments"));
+        }
+        Ok(stream)
+    }
+
+    /// Every file, in order of first appearance, with its byte ranges. Several segments of
+    /// the same path (also from different lines with the same stream name) concatenate.
+    /// Files named `.` (the `\056` empty-directory markers) are left out: they hold no data
+    /// and are not files.
+    pub fn files(&self) -> Vec<ManifestFile> {
+        let mut files: Vec<ManifestFile> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for stream in &self.streams {
+            let dir = stream.name.strip_prefix("./");
+            for seg in &stream.segments {
+                let segment_name = seg.name.as_str();
+                // Normalize "a/./b" style names; skip the "." marker.
+                let comps: Vec<&str> = segment_name.split('/').filter(|c| *c != ".").collect();
+                if comps.is_empty() {
+                    continue;
+                }
+                let path = match dir {
+                    Some(d) => format!("{}/{}", d, comps.join("/")),
+                    None => comps.join("/"),
+                };
+                let i = *index.entry(path.clone()).or_insert_with(|| {
+                    files.push(ManifestFile {
+                        path,
+                        size: 0,
+                        ranges: vec![],
+                    });
+                    files.len() - 1
+                });
+                let file = &mut files[i];
+                file.size += seg.len;
+                stream.ranges_into(seg.pos, seg.len, &mut file.ranges);
+            }
+        }
+        files
+    }
+
+    /// All locator tokens, in order, as written (duplicates included).
+    pub fn locators(&self) -> impl Iterator<Item = &str> {
+        self.streams
+            .iter()
+            .flat_map(|s| s.locators.iter().map(String::as_str))
+    }
+}
+
+impl Stream {
+    /// Append the block ranges covering `[pos, pos+len)` of this stream.
+    fn ranges_into(&self, pos: u64, len: u64, out: &mut Vec<BlockRange>) {
+        let end = pos + len;
+        // First block whose end is beyond pos.
+        let mut b = self.starts[1..].partition_point(|&block_end| block_end <= pos);
+        let mut at = pos;
+        while at < end && b < self.locators.len() {
+            let (bstart, bend) = (self.starts[b], self.starts[b + 1]);
+            let take_end = end.min(bend);
+            if take_end > at {
+                // Merge with the previous range if it is the same block and contiguous.
+                match out.last_mut() {
+                    Some(last)
+                        if last.locator == self.locators[b]
+                            && last.offset + last.len == at - bstart =>
+                    {
+                        last.len += take_end - at;
+                    }
+                    _ => out.push(BlockRange {
+                        locator: self.locators[b].clone(),
+                        offset: at - bstart,
+                        len: take_end - at,
+                    }),
+                }
+                at = take_end;
+            }
+            b += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HW_MANIFEST: &str = ". 82ab40c24fc8df01798e57ba66795bb1+841216+Aa124ac75e5168396c73c0a18eda641a4f41791c0@569fa8c3 0:841216:9c31ee32b3d15268a0754e8edc74d4f815ee014b693bc5109058e431dd5caea7.tar\n";
+
+    fn fb(name: &str, locators: &[&str]) -> FileBlocks {
+        let size = locators.iter().map(|l| locator_size(l)).sum();
+        FileBlocks {
+            name: name.to_string(),
+            locators: locators.iter().map(|s| s.to_string()).collect(),
+            size,
+        }
+    }
+
+    #[test]
+    fn pdh_vectors_from_the_reference() {
+        let d8 = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678.tar";
+        let vectors: Vec<(String, &str)> = vec![
+            (HW_MANIFEST.to_string(), "a45557269dcb65a6b78f9ac061c0850b+120"),
+            (
+                ". 68a84f561b1d1708c6baff5e019a9ab3+46+Ae5d0af96944a3690becb1decdf60cc1c937f556d@5693216f 0:46:md5sum.txt\n".to_string(),
+                "a3e8f74c6f101eae01fa08bfb4e49b3a+54",
+            ),
+            (
+                ". 744b2e4553123b02fa7b452ec5c18993+123 0:123:crunch-run.txt\n".to_string(),
+                "63da7bdacf08c40f604daad80c261e9a+60",
+            ),
+            (
+                ". 37b51d194a7513e45b56f6524f2d51f2+3 0:3:bar\n".to_string(),
+                "fa7aeb5140e2848d39b416daeef4ffc5+45",
+            ),
+            (
+                ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n".to_string(),
+                "1f4b0bc7583c2a7f9102c395f4ffc5e3+45",
+            ),
+            (
+                format!(". d21353cfe035e3e384563ee55eadbb2f+67108864 5c77a43e329b9838cbec18ff42790e57+55605760 0:122714624:{d8}\n"),
+                "fa3c1a9cb6783f85f2ecda037e07b8c3+167",
+            ),
+            (
+                format!(". d21353cfe035e3e384563ee55eadbb2f+67108864 5c77a43e329b9838cbec18ff42790e57+55605760 0:122714624:sha256:{d8}\n"),
+                "d740a57097711e08eb9b2a93518f20ab+174",
+            ),
+            (
+                ". 204e43b8a1185621ca55a94839582e6f+67108864+Afake0000000000000000000000000000000000000@5693216f b9677abbac956bd3e86b1deb28dfac03+67108864+K@zzzzz fc15aff2a762b13f521baf042140acec+67108864 323d2a3ce20370c4ca1d3462a344f8fd+25885655 0:227212247:var-GS000016015-ASM.tsv.bz2\n".to_string(),
+                "c1bad4b39ca5a924e481008009d94e32+210",
+            ),
+            (String::new(), "d41d8cd98f00b204e9800998ecf8427e+0"),
+        ];
+        for (manifest, pdh) in vectors {
+            assert_eq!(portable_data_hash(&manifest), pdh, "manifest {manifest:?}");
+            // Every vector is also a valid manifest.
+            Manifest::parse(&manifest).unwrap();
+        }
+    }
+
+    #[test]
+    fn portable_text_strips_all_hints_only_from_locators() {
+        assert_eq!(
+            portable_manifest_text(HW_MANIFEST),
+            ". 82ab40c24fc8df01798e57ba66795bb1+841216 0:841216:9c31ee32b3d15268a0754e8edc74d4f815ee014b693bc5109058e431dd5caea7.tar\n"
+        );
+        // A stream named like a locator is not touched (first token), nor are file tokens.
+        let m = "./acbd18db4cc2f85cedef654fccc4a4d8+3+Ax acbd18db4cc2f85cedef654fccc4a4d8+3+Ab@c+K@x 0:3:f+Ax\n";
+        assert_eq!(
+            portable_manifest_text(m),
+            "./acbd18db4cc2f85cedef654fccc4a4d8+3+Ax acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:f+Ax\n"
+        );
+    }
+
+    #[test]
+    fn locator_parse_display_portable() {
+        let l = Locator::parse(
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+A89118b78732c33104a4d6231e8b5a5fa1e4301e3@7fffffff+K@zzzzz",
+        )
+        .unwrap();
+        assert_eq!(l.hash, "acbd18db4cc2f85cedef654fccc4a4d8");
+        assert_eq!(l.size, 3);
+        assert_eq!(
+            l.hints,
+            vec![
+                "A89118b78732c33104a4d6231e8b5a5fa1e4301e3@7fffffff",
+                "K@zzzzz"
+            ]
+        );
+        assert_eq!(
+            l.to_string(),
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+A89118b78732c33104a4d6231e8b5a5fa1e4301e3@7fffffff+K@zzzzz"
+        );
+        assert_eq!(l.portable(), "acbd18db4cc2f85cedef654fccc4a4d8+3");
+        assert!(!l.is_empty_block());
+        assert!(
+            Locator::parse(EMPTY_BLOCK_LOCATOR)
+                .unwrap()
+                .is_empty_block()
+        );
+
+        for bad in [
+            "",
+            "acbd18db4cc2f85cedef654fccc4a4d8",
+            "acbd18db4cc2f85cedef654fccc4a4d8+",
+            "ACBD18DB4CC2F85CEDEF654FCCC4A4D8+3",
+            "acbd18db4cc2f85cedef654fccc4a4d+3",
+            "acbd18db4cc2f85cedef654fccc4a4d8+3x",
+            "acbd18db4cc2f85cedef654fccc4a4d8+-3",
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+",
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+a123",
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+A1 2",
+            "acbd18db4cc2f85cedef654fccc4a4d8+3+A1:2",
+            "acbd18db4cc2f85cedef654fccc4a4d8+99999999999999999999999",
+        ] {
+            let err = Locator::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn escapes_round_trip() {
+        assert_eq!(escape_name("a b"), "a\\040b");
+        assert_eq!(escape_name("x:y"), "x\\072y");
+        assert_eq!(escape_name("back\\slash"), "back\\134slash");
+        assert_eq!(escape_name("tab\tnl\ncr\r"), "tab\\011nl\\012cr\\015");
+        assert_eq!(escape_name("\u{0}"), "\\000");
+        assert_eq!(escape_name("plain-Ünïcode.txt"), "plain-Ünïcode.txt");
+        for name in [
+            "a b",
+            "x:y\\z",
+            "all\t\n\r\x0b\x0c \x01:",
+            "ünï cödé",
+            ".",
+            "",
+        ] {
+            assert_eq!(unescape_name(&escape_name(name)).unwrap(), name);
+        }
+        assert_eq!(unescape_name("a\\\\b").unwrap(), "a\\b");
+        assert_eq!(unescape_name("\\056").unwrap(), ".");
+        assert_eq!(unescape_name("\\303\\274").unwrap(), "ü");
+        for bad in ["a\\", "a\\04", "a\\09x", "a\\400", "\\377"] {
+            assert!(unescape_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn single_stream_commit_logs_vector() {
+        let m = single_stream_manifest(&[fb(
+            "crunch-run.txt",
+            &["744b2e4553123b02fa7b452ec5c18993+123"],
+        )]);
+        assert_eq!(
+            m,
+            ". 744b2e4553123b02fa7b452ec5c18993+123 0:123:crunch-run.txt\n"
+        );
+        assert_eq!(
+            portable_data_hash(&m),
+            "63da7bdacf08c40f604daad80c261e9a+60"
+        );
+    }
+
+    #[test]
+    fn single_stream_write_logs_large_vector() {
+        let m = single_stream_manifest(&[fb(
+            "crunch-run.txt",
+            &[
+                "9c2c05d1fae6aaa8af85113ba725716d+67108864",
+                "80b821383a07266c2a66a4566835e26e+21780065",
+            ],
+        )]);
+        assert_eq!(
+            m,
+            ". 9c2c05d1fae6aaa8af85113ba725716d+67108864 80b821383a07266c2a66a4566835e26e+21780065 0:88888929:crunch-run.txt\n"
+        );
+    }
+
+    #[test]
+    fn single_stream_sorts_escapes_and_handles_empty_files() {
+        let signed = "408672f5b5325f7d20edfbf899faee42+83+A0000000000000000000000000000000000000000@7fffffff";
+        let m = single_stream_manifest(&[
+            fb("stdout.txt", &["c556a293010069fa79a6790a931531d5+80"]),
+            fb("stderr.txt", &[]),
+            fb("crunch-run.txt", &[signed]),
+            fb("my file:1", &[EMPTY_BLOCK_LOCATOR]),
+        ]);
+        assert_eq!(
+            m,
+            format!(
+                ". {signed} c556a293010069fa79a6790a931531d5+80 0:83:crunch-run.txt 0:0:my\\040file\\0721 0:0:stderr.txt 83:80:stdout.txt\n"
+            )
+        );
+        let parsed = Manifest::parse(&m).unwrap();
+        let files = parsed.files();
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["crunch-run.txt", "my file:1", "stderr.txt", "stdout.txt"]
+        );
+        assert_eq!(files[1].size, 0);
+        assert!(files[1].ranges.is_empty());
+        assert_eq!(
+            files[3].ranges,
+            vec![BlockRange {
+                locator: "c556a293010069fa79a6790a931531d5+80".into(),
+                offset: 0,
+                len: 80
+            }]
+        );
+    }
+
+    #[test]
+    fn single_stream_only_empty_files_and_no_files() {
+        assert_eq!(single_stream_manifest(&[]), "");
+        let m = single_stream_manifest(&[fb("b", &[]), fb("a", &[])]);
+        assert_eq!(m, format!(". {EMPTY_BLOCK_LOCATOR} 0:0:a 0:0:b\n"));
+        Manifest::parse(&m).unwrap();
+    }
+
+    #[test]
+    fn single_stream_shares_repeated_blocks_like_python_normalize() {
+        let foo = "acbd18db4cc2f85cedef654fccc4a4d8+3";
+        let bar = "37b51d194a7513e45b56f6524f2d51f2+3";
+        let m = single_stream_manifest(&[fb("x", &[foo, bar, foo]), fb("y", &[bar])]);
+        assert_eq!(m, format!(". {foo} {bar} 0:6:x 0:3:x 3:3:y\n"));
+        let files = Manifest::parse(&m).unwrap().files();
+        assert_eq!(files[0].size, 9);
+        assert_eq!(
+            files[0]
+                .ranges
+                .iter()
+                .map(|r| (r.locator.as_str(), r.offset, r.len))
+                .collect::<Vec<_>>(),
+            vec![(foo, 0, 3), (bar, 0, 3), (foo, 0, 3)]
+        );
+    }
+
+    #[test]
+    fn names_with_slashes_go_to_their_directory_streams() {
+        let foo = "acbd18db4cc2f85cedef654fccc4a4d8+3";
+        let bar = "37b51d194a7513e45b56f6524f2d51f2+3";
+        let m = single_stream_manifest(&[
+            fb("b/c.out", &[foo]),
+            fb("top", &[bar]),
+            fb("a b/x", &[bar]),
+            fb("a/x/y", &[foo]),
+            fb("a/z", &[foo]),
+        ]);
+        assert_eq!(
+            m,
+            format!(
+                ". {bar} 0:3:top\n./a {foo} 0:3:z\n./a/x {foo} 0:3:y\n./a\\040b {bar} 0:3:x\n./b {foo} 0:3:c.out\n"
+            )
+        );
+        let paths: Vec<String> = Manifest::parse(&m)
+            .unwrap()
+            .files()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(paths, vec!["top", "a/z", "a/x/y", "a b/x", "b/c.out"]);
+    }
+
+    #[test]
+    fn parse_multiple_streams_and_concatenation() {
+        // TestWriteMultipleLogs (ORIG): two "." streams, not normalized.
+        let m = ". 408672f5b5325f7d20edfbf899faee42+83 0:83:crunch-run.txt\n. c556a293010069fa79a6790a931531d5+80 0:80:stdout.txt\n";
+        let files = Manifest::parse(m).unwrap().files();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].path, "crunch-run.txt");
+        assert_eq!(files[1].path, "stdout.txt");
+        assert_eq!(files[1].size, 80);
+        assert_eq!(
+            files[1].ranges[0].locator,
+            "c556a293010069fa79a6790a931531d5+80"
+        );
+
+        // Same path in two lines of the same stream name concatenates.
+        let m = "./d acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:f\n./d 37b51d194a7513e45b56f6524f2d51f2+3 1:2:f\n";
+        let files = Manifest::parse(m).unwrap().files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "d/f");
+        assert_eq!(files[0].size, 5);
+        assert_eq!(
+            files[0].ranges,
+            vec![
+                BlockRange {
+                    locator: "acbd18db4cc2f85cedef654fccc4a4d8+3".into(),
+                    offset: 0,
+                    len: 3
+                },
+                BlockRange {
+                    locator: "37b51d194a7513e45b56f6524f2d51f2+3".into(),
+                    offset: 1,
+                    len: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn files_ranges_across_blocks() {
+        // Denormalized: a file spanning the end of block 1 and the start of block 2, and a
+        // file made of two segments, one of them inside a single block.
+        let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10+A1@2";
+        let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+10";
+        let c = "cccccccccccccccccccccccccccccccc+5";
+        let m = format!(". {a} {b} {c} 7:6:x 0:2:y 12:8:y 2:0:sub\\040dir/z\\072 2:0:\\056\n");
+        let files = Manifest::parse(&m).unwrap().files();
+        let r = |l: &str, offset, len| BlockRange {
+            locator: l.into(),
+            offset,
+            len,
+        };
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[0].path, "x");
+        assert_eq!(files[0].size, 6);
+        assert_eq!(files[0].ranges, vec![r(a, 7, 3), r(b, 0, 3)]);
+        assert_eq!(files[1].path, "y");
+        assert_eq!(files[1].size, 10);
+        assert_eq!(files[1].ranges, vec![r(a, 0, 2), r(b, 2, 8)]);
+        assert_eq!(files[2].path, "sub dir/z:");
+        assert_eq!(files[2].size, 0);
+
+        // A whole large file over several blocks, as in the docker image fixture.
+        let m = ". d21353cfe035e3e384563ee55eadbb2f+67108864 5c77a43e329b9838cbec18ff42790e57+55605760 0:122714624:img.tar\n";
+        let files = Manifest::parse(m).unwrap().files();
+        assert_eq!(files[0].size, 122714624);
+        assert_eq!(
+            files[0].ranges,
+            vec![
+                r("d21353cfe035e3e384563ee55eadbb2f+67108864", 0, 67108864),
+                r("5c77a43e329b9838cbec18ff42790e57+55605760", 0, 55605760)
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_dir_markers_are_not_files() {
+        let m = format!(
+            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:foo\n./emptydir {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n"
+        );
+        let manifest = Manifest::parse(&m).unwrap();
+        let files = manifest.files();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "foo");
+        assert_eq!(
+            manifest.locators().collect::<Vec<_>>(),
+            vec!["acbd18db4cc2f85cedef654fccc4a4d8+3", EMPTY_BLOCK_LOCATOR]
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_token() {
+        let foo = "acbd18db4cc2f85cedef654fccc4a4d8+3";
+        let cases: Vec<(String, &str)> = vec![
+            (format!(". {foo} 0:3:foo"), "does not end with a newline"),
+            (format!(". {foo} 0:3:foo\n\n"), "line 2: empty line"),
+            (format!("x {foo} 0:3:foo\n"), "line 1: token \"x\""),
+            (format!("./a/../b {foo} 0:3:foo\n"), "\"..\""),
+            (format!(". {foo}  0:3:foo\n"), "double or trailing space"),
+            (format!(". {foo} 0:3:foo \n"), "double or trailing space"),
+            (". 0:0:foo\n".to_string(), "before any locator"),
+            (format!(". {foo}\n"), "no file segments"),
+            (". \n".to_string(), "empty token"),
+            (".\n".to_string(), "no locators"),
+            (format!(". {foo} 0:4:foo\n"), "past the stream's 3 bytes"),
+            (format!(". {foo} 2:2:foo\n"), "token \"2:2:foo\""),
+            (format!(". {foo} 0:3:\n"), "empty file name"),
+            (format!(". {foo} 0:x:foo\n"), "must be decimal"),
+            (format!(". {foo} 0:3:foo {foo}\n"), "expected a locator"),
+            (format!(". {foo}+a 0:3:foo\n"), "uppercase"),
+            (
+                ". ACBD18DB4CC2F85CEDEF654FCCC4A4D8+3 0:3:foo\n".to_string(),
+                "hex",
+            ),
+            (format!(". {foo} 0:3:a\\9\n"), "octal"),
+            (format!(". {foo} 0:3:../etc\n"), "\"..\""),
+            (
+                format!(". {foo} 0:3:foo\n. {foo} 0:3:a//b\n"),
+                "line 2: token \"0:3:a//b\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Manifest::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn md5_hex_vectors() {
+        assert_eq!(md5_hex(b"foo"), "acbd18db4cc2f85cedef654fccc4a4d8");
+        assert_eq!(md5_hex(b"hello\n"), "b1946ac92492d2347c6235b4d2611184");
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+}
