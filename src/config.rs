@@ -41,6 +41,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 
+    /// How long API and Keep requests keep retrying transient failures (connection
+    /// errors, 429, 5xx) before the run gives up, e.g. "10m", "30s".
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub api_retry_deadline: std::time::Duration,
+
     /// Read {"Env": {"ARVADOS_API_HOST": …, "ARVADOS_API_TOKEN": …}} from stdin, as
     /// arvados-dispatch-cloud sends it. Values there win over the process environment.
     #[arg(long)]
@@ -104,6 +109,7 @@ pub struct Config {
     pub backend: Backend,
     pub logs_table: bool,
     pub spool_dir: PathBuf,
+    pub api_retry_deadline: std::time::Duration,
 }
 
 /// A usage problem: printed as one line, exit status 2.
@@ -216,6 +222,7 @@ impl Config {
             backend,
             logs_table: !args.no_logs_table,
             spool_dir,
+            api_retry_deadline: args.api_retry_deadline,
         })
     }
 }
@@ -333,6 +340,13 @@ mod tests {
         let c = Config::from_args(&a, &env(&[])).unwrap();
         assert!(matches!(c.backend, Backend::Local(_)));
         assert!(!c.logs_table);
+    }
+
+    #[test]
+    fn retry_deadline_takes_a_human_duration() {
+        let a = parse(&["-api-retry-deadline=90s", UUID]);
+        assert_eq!(a.api_retry_deadline, std::time::Duration::from_secs(90));
+        assert_eq!(parse(&[UUID]).api_retry_deadline, std::time::Duration::from_secs(600));
     }
 
     #[test]

@@ -201,7 +201,20 @@ fn open_store(
         }
         Backend::Arvados(env) => {
             secrets.add(&env.token);
-            let store = Arc::new(crate::store::arvados::ArvadosStore::from_env(env)?);
+            let settings = crate::arvados::client::ApiSettings {
+                host: env.host.clone(),
+                token: env.token.clone(),
+                insecure: env.insecure,
+                extra_ca_file: env.ca_file.clone(),
+                retry: crate::arvados::client::RetryPolicy {
+                    deadline: config.api_retry_deadline,
+                    ..Default::default()
+                },
+            };
+            let store = Arc::new(crate::store::arvados::ArvadosStore::connect(
+                settings,
+                env.keep_services.as_deref(),
+            )?);
             Ok((store.clone(), store))
         }
     }
