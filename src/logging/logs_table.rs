@@ -195,6 +195,22 @@ impl LineSplitter {
         self.report_skipped(emit);
     }
 
+    /// Drop everything up to the last `\n` of `data` unseen (the caller knows none of it
+    /// can be posted): returns how many bytes of `data` that was and how many bytes of
+    /// log text (newlines not counted) were dropped, including the unfinished line held.
+    /// `None` (nothing done) if `data` has no `\n` or a resync is under way.
+    pub fn discard_lines(&mut self, data: &[u8]) -> Option<(usize, u64)> {
+        if self.resyncing {
+            return None;
+        }
+        let last = data.iter().rposition(|&b| b == b'\n')?;
+        let newlines = data[..last].iter().filter(|&&b| b == b'\n').count() + 1;
+        let held = self.prefix.len() + self.segment.len();
+        self.segment.clear();
+        self.reset_line();
+        Some((last + 1, (held + last + 1 - newlines) as u64))
+    }
+
     fn at_line_start(&self) -> bool {
         self.in_prefix && self.prefix.is_empty() && !self.resyncing
     }
@@ -290,6 +306,16 @@ impl Throttle {
             self.lines_so_far = 0;
             self.open = true;
         }
+    }
+
+    /// True if a line arriving at `now` would be skipped.
+    pub fn is_silenced(&self, now: SystemTime) -> bool {
+        !self.open && now <= self.reset_time
+    }
+
+    /// Count bytes skipped without looking at them (see `LineSplitter::discard_lines`).
+    pub fn add_skipped(&mut self, bytes: u64) {
+        self.skipped += bytes;
     }
 
     /// Report the skipped bytes now (at a period reset, or when the stream closes).
@@ -475,8 +501,16 @@ impl LogsTable {
     }
 
     /// Timestamped bytes of a stream, in order.
-    pub fn write(&mut self, event_type: &'static str, data: &[u8]) {
+    pub fn write(&mut self, event_type: &'static str, mut data: &[u8]) {
         let i = self.stream_index(event_type);
+        let s = &mut self.streams[i];
+        if s.throttle.is_silenced(self.clock.now()) {
+            // Fast path: whole lines that the throttle would skip are only counted.
+            if let Some((n, skipped)) = s.splitter.discard_lines(data) {
+                s.throttle.add_skipped(skipped);
+                data = &data[n..];
+            }
+        }
         self.feed(i, |splitter, emit| splitter.feed(data, emit));
     }
 
@@ -912,6 +946,43 @@ mod tests {
                 format_timestamp(t(0))
             )
         );
+    }
+
+    #[test]
+    fn silenced_stream_counts_skipped_bytes_the_same_on_the_fast_path() {
+        let api = Arc::new(MemApi::default());
+        let clock = Arc::new(TestClock::new(t(0)));
+        let cfg = LogsTableConfig {
+            throttle_lines: 1,
+            ..LogsTableConfig::default()
+        };
+        let mut tab = table(api.clone(), clock.clone(), cfg);
+        let l = |s: &str| format!("{TS} {s}\n");
+        // Open at the start of the chunk: the slow path lets "a" pass and replaces "bb".
+        tab.write("stdout", (l("a") + &l("bb") + &l("ccc")).as_bytes());
+        // Silenced: the fast path counts whole lines, the tail goes through the splitter.
+        tab.write(
+            "stdout",
+            (l("dddd") + &l("eeeee") + &format!("{TS} ff")).as_bytes(),
+        );
+        tab.write("stdout", b"f\n");
+        clock.advance(Duration::from_secs(61));
+        tab.write("stdout", l("back").as_bytes());
+        tab.close();
+        let skipped = [2, 3, 4, 5, 3]
+            .iter()
+            .map(|n| TS.len() + 1 + n)
+            .sum::<usize>();
+        let text = api.texts("stdout").concat();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0], format!("{TS} a"));
+        assert!(lines[1].contains("Exceeded rate 1 lines per 60 seconds"));
+        assert_eq!(
+            lines[2],
+            format!("{} Skipped {skipped} bytes of log", format_timestamp(t(61)))
+        );
+        assert_eq!(lines[3], format!("{TS} back"));
     }
 
     fn table(api: Arc<MemApi>, clock: Arc<TestClock>, cfg: LogsTableConfig) -> LogsTable {
