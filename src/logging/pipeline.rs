@@ -1,1 +1,821 @@
-//! TO BE WRITTEN (helper B).
+//! The log pipeline of one run: crunch-run's own log lines and the container's stdout and
+//! stderr, timestamped, spooled to the log collection files (`crunch-run.txt`,
+//! `stderr.txt`, `stdout.txt`) and offered to the live logs table.
+//!
+//! ```text
+//! docker stdout ─┐ copier thread: read ≤64 KiB, timestamp line starts
+//! docker stderr ─┤ copier thread                  │ bounded channel (backpressure)
+//! CrunchLog     ─┘ (crunch-run stream)            ▼
+//!                                  fan-out thread ├─► SpoolFile per stream → Uploader → BlockStore
+//!                                                 ├─► LogsTableSink (try_send: drops, never waits)
+//!                                                 └─► stderr, crunch-run stream only
+//! ```
+//!
+//! Memory stays flat: the channels are bounded, buffers are fixed-size and recycled, and
+//! blocks are read back from the spool files for upload. Only the Keep copy applies
+//! backpressure (a slow disk slows the container down); the logs table never does.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::logs_table::{Chunk, LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
+use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
+use super::timestamp::{
+    Clock, LinePrefixer, SystemClock, TIMESTAMP_LEN, Timestamper, format_timestamp_into,
+};
+use crate::store::{ApiStore, BlockStore, FileBlocks};
+
+/// The streams, in the order of `LogsFinished::files`.
+const STREAMS: [&str; 3] = ["crunch-run", "stderr", "stdout"];
+const CRUNCH_RUN: usize = 0;
+
+/// Bytes read from a pipe at a time.
+const READ_SIZE: usize = 64 * 1024;
+/// Input timestamped per step: bounds the output of one step (a slice of empty lines
+/// grows 32-fold) so a message stays below about 256 KiB.
+const STAMP_SLICE: usize = 8 * 1024;
+/// Messages waiting for the fan-out thread.
+const DATA_QUEUE: usize = 16;
+/// Chunks waiting for the logs table before it drops.
+const SINK_QUEUE: usize = 16;
+/// Spare buffers kept for reuse; larger ones are freed.
+const POOL_SIZE: usize = 32;
+const POOL_MAX_CAPACITY: usize = 512 * 1024;
+/// How long `finish` waits for the logs table.
+pub const DEFAULT_LOGS_TABLE_WAIT: Duration = Duration::from_secs(5);
+
+pub struct LogPipelineConfig {
+    /// Where the log files are spooled (created if missing). Left in place by `finish`.
+    pub spool_dir: PathBuf,
+    /// The container: `object_uuid` of the logs-table entries, prefix of echoed lines.
+    pub container_uuid: String,
+    /// The live logs table, if any.
+    pub logs_table: Option<Arc<dyn ApiStore>>,
+    /// Also write the crunch-run stream to our stderr, as `<uuid> <ts> line`.
+    pub echo_crunch_log_to_stderr: bool,
+    /// Keep block size; 0 means the default 64 MiB.
+    pub block_size: u64,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LogPipelineConfig {
+    /// Defaults: no logs table, echo on, 64 MiB blocks, the system clock.
+    pub fn new(spool_dir: impl Into<PathBuf>, container_uuid: impl Into<String>) -> Self {
+        LogPipelineConfig {
+            spool_dir: spool_dir.into(),
+            container_uuid: container_uuid.into(),
+            logs_table: None,
+            echo_crunch_log_to_stderr: true,
+            block_size: DEFAULT_BLOCK_SIZE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What the pipeline left when it finished.
+#[derive(Debug)]
+pub struct LogsFinished {
+    /// `crunch-run.txt`, `stderr.txt`, `stdout.txt`, always all three (empty ones too).
+    /// A file whose upload failed is given as its longest prefix that the store confirmed.
+    pub files: Vec<FileBlocks>,
+    /// Spooling and upload failures: the files in `spool_dir` are then the only copy.
+    pub errors: Vec<String>,
+    pub spool_dir: PathBuf,
+    /// Bytes of log that never reached the logs table because it was too slow (dropped at
+    /// its queue), failed to post, or were still waiting at the close deadline. Throttled
+    /// bytes are not counted: the table reports those itself.
+    pub logs_table_dropped_bytes: u64,
+    /// What became of the logs table (None without one).
+    pub logs_table: Option<LogsTableReport>,
+}
+
+enum Event {
+    Data { stream: usize, data: Vec<u8> },
+    Shutdown,
+}
+
+/// What the copiers, `CrunchLog`s and the fan-out thread share.
+struct Shared {
+    tx: Sender<Event>,
+    pool_rx: Receiver<Vec<u8>>,
+    clock: Arc<dyn Clock>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn buffer(&self) -> Vec<u8> {
+        self.pool_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(READ_SIZE + READ_SIZE / 4))
+    }
+
+    /// Send to the fan-out thread, waiting for room. False if the pipeline is closed.
+    fn send(&self, stream: usize, data: Vec<u8>) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.tx.send(Event::Data { stream, data }).is_ok()
+    }
+}
+
+fn recycle(pool: &Sender<Vec<u8>>, mut buf: Vec<u8>) {
+    if buf.capacity() <= POOL_MAX_CAPACITY {
+        buf.clear();
+        let _ = pool.try_send(buf);
+    }
+}
+
+/// Writes crunch-run's own log lines. Cheap to clone; after the pipeline finished, writing
+/// does nothing.
+#[derive(Clone)]
+pub struct CrunchLog {
+    shared: Arc<Shared>,
+}
+
+impl CrunchLog {
+    /// Log `text`: each `\n`-separated line gets the current timestamp (a single trailing
+    /// `\n` is ignored). Waits if the pipeline is busy; never fails.
+    pub fn line(&self, text: &str) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut ts = [b'0'; TIMESTAMP_LEN];
+        format_timestamp_into(self.shared.clock.now(), &mut ts);
+        let mut buf = self.shared.buffer();
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        for line in text.split('\n') {
+            buf.extend_from_slice(&ts);
+            buf.push(b' ');
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+        }
+        self.shared.send(CRUNCH_RUN, buf);
+    }
+}
+
+/// The running pipeline. Call `finish` once the copiers have returned.
+pub struct LogPipeline {
+    shared: Arc<Shared>,
+    spool_dir: PathBuf,
+    fanout: Option<JoinHandle<FanOut>>,
+    uploader: Option<Uploader>,
+}
+
+impl LogPipeline {
+    pub fn start(cfg: LogPipelineConfig, blocks: Arc<dyn BlockStore>) -> io::Result<LogPipeline> {
+        let echo: Option<Box<dyn Write + Send>> = if cfg.echo_crunch_log_to_stderr {
+            Some(Box::new(io::stderr()))
+        } else {
+            None
+        };
+        LogPipeline::start_with_echo(cfg, blocks, echo)
+    }
+
+    /// `start`, echoing the crunch-run stream to `echo` instead of stderr.
+    fn start_with_echo(
+        cfg: LogPipelineConfig,
+        blocks: Arc<dyn BlockStore>,
+        echo: Option<Box<dyn Write + Send>>,
+    ) -> io::Result<LogPipeline> {
+        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "creating log spool directory {}: {e}",
+                    cfg.spool_dir.display()
+                ),
+            )
+        })?;
+        let block_size = if cfg.block_size == 0 {
+            DEFAULT_BLOCK_SIZE
+        } else {
+            cfg.block_size
+        };
+        let uploader = Uploader::start(blocks)?;
+        let mut spools = Vec::with_capacity(STREAMS.len());
+        for name in STREAMS {
+            spools.push(SpoolFile::create(
+                &cfg.spool_dir,
+                &format!("{name}.txt"),
+                block_size,
+                &uploader,
+            )?);
+        }
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded(POOL_SIZE);
+        let sink = match &cfg.logs_table {
+            Some(api) => {
+                let table = LogsTable::new(
+                    Arc::clone(api),
+                    cfg.container_uuid.clone(),
+                    Arc::clone(&cfg.clock),
+                    LogsTableConfig::default(),
+                );
+                Some(LogsTableSink::start(
+                    table,
+                    SINK_QUEUE,
+                    Some(pool_tx.clone()),
+                )?)
+            }
+            None => None,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(DATA_QUEUE);
+        let mut fanout = FanOut {
+            spools,
+            sink,
+            echo: echo.map(|w| {
+                (
+                    w,
+                    LinePrefixer::new(format!("{} ", cfg.container_uuid)),
+                    Vec::new(),
+                )
+            }),
+            at_line_start: [true; STREAMS.len()],
+            dropped: [0; STREAMS.len()],
+            dropped_total: 0,
+            pool: pool_tx.clone(),
+        };
+        let thread = thread::Builder::new()
+            .name("log-fanout".into())
+            .spawn(move || {
+                fanout.run(&rx);
+                fanout
+            })?;
+        Ok(LogPipeline {
+            shared: Arc::new(Shared {
+                tx,
+                pool_rx,
+                clock: cfg.clock,
+                closed: AtomicBool::new(false),
+            }),
+            spool_dir: cfg.spool_dir,
+            fanout: Some(thread),
+            uploader: Some(uploader),
+        })
+    }
+
+    /// A writer of the crunch-run stream.
+    pub fn crunch_log(&self) -> CrunchLog {
+        CrunchLog {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Copy `reader` ("stdout" or "stderr") into its log stream on a new thread. The thread
+    /// reads until EOF no matter what (even after `finish`, discarding), so the container
+    /// never blocks on a full pipe, and returns the number of bytes read. A read error is
+    /// logged to the crunch-run stream and returned.
+    pub fn spawn_copier(
+        &self,
+        stream: &'static str,
+        reader: Box<dyn Read + Send>,
+    ) -> io::Result<JoinHandle<io::Result<u64>>> {
+        let index = STREAMS
+            .iter()
+            .position(|s| *s == stream && *s != STREAMS[CRUNCH_RUN]);
+        let shared = Arc::clone(&self.shared);
+        thread::Builder::new()
+            .name(format!("log-copy-{stream}"))
+            .spawn(move || match index {
+                Some(index) => copy(&shared, stream, index, reader),
+                None => {
+                    let drained = io::copy(&mut { reader }, &mut io::sink());
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "no log stream {stream:?} (read {drained:?} bytes and dropped them)"
+                        ),
+                    ))
+                }
+            })
+    }
+
+    /// Close the crunch-run stream, write out everything queued, flush the logs table
+    /// (waiting at most `DEFAULT_LOGS_TABLE_WAIT`) and finish the uploads.
+    pub fn finish(self) -> LogsFinished {
+        self.finish_with_timeout(DEFAULT_LOGS_TABLE_WAIT)
+    }
+
+    /// `finish`, waiting at most `logs_table_wait` for the logs table.
+    pub fn finish_with_timeout(mut self, logs_table_wait: Duration) -> LogsFinished {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.shared.tx.send(Event::Shutdown);
+        let mut finished = LogsFinished {
+            files: Vec::with_capacity(STREAMS.len()),
+            errors: Vec::new(),
+            spool_dir: self.spool_dir.clone(),
+            logs_table_dropped_bytes: 0,
+            logs_table: None,
+        };
+        let fanout = match self.fanout.take().map(|t| t.join()) {
+            Some(Ok(fanout)) => fanout,
+            _ => {
+                finished.errors.push(format!(
+                    "the log fan-out thread failed; the logs written so far are in {}",
+                    self.spool_dir.display()
+                ));
+                finished.files = STREAMS
+                    .iter()
+                    .map(|s| FileBlocks {
+                        name: format!("{s}.txt"),
+                        locators: vec![],
+                        size: 0,
+                    })
+                    .collect();
+                return finished;
+            }
+        };
+        finished.logs_table_dropped_bytes = fanout.dropped_total;
+        if let Some(sink) = fanout.sink {
+            let report = sink.close(Instant::now() + logs_table_wait);
+            finished.logs_table_dropped_bytes += report.unposted_bytes;
+            finished.logs_table = Some(report);
+        }
+        for spool in fanout.spools {
+            match spool.finish() {
+                Ok(file) => finished.files.push(file),
+                Err(failure) => {
+                    finished.errors.push(failure.message);
+                    finished.files.push(failure.uploaded);
+                }
+            }
+        }
+        if let Some(uploader) = self.uploader.take() {
+            uploader.shutdown();
+        }
+        finished
+    }
+}
+
+impl Drop for LogPipeline {
+    fn drop(&mut self) {
+        // Not finished (an early return or a panic in the caller): let the threads end.
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.shared.tx.try_send(Event::Shutdown);
+    }
+}
+
+/// The copier loop of one pipe.
+fn copy(
+    shared: &Arc<Shared>,
+    stream: &'static str,
+    index: usize,
+    mut reader: Box<dyn Read + Send>,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut stamper = Timestamper::new(Arc::clone(&shared.clock));
+    let mut total = 0u64;
+    let mut open = true;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                CrunchLog {
+                    shared: Arc::clone(shared),
+                }
+                .line(&format!("error reading container {stream}: {e}"));
+                return Err(e);
+            }
+        };
+        total += n as u64;
+        if !open {
+            continue;
+        }
+        let mut out = shared.buffer();
+        for slice in buf[..n].chunks(STAMP_SLICE) {
+            stamper.stamp(slice, &mut out);
+            if out.len() >= READ_SIZE {
+                open = shared.send(index, std::mem::replace(&mut out, shared.buffer()));
+                if !open {
+                    break;
+                }
+            }
+        }
+        if open && !out.is_empty() {
+            open = shared.send(index, out);
+        }
+    }
+}
+
+/// The fan-out thread's state: one spool file per stream, the logs table, the echo.
+struct FanOut {
+    spools: Vec<SpoolFile>,
+    sink: Option<LogsTableSink>,
+    echo: Option<(Box<dyn Write + Send>, LinePrefixer, Vec<u8>)>,
+    at_line_start: [bool; STREAMS.len()],
+    dropped: [u64; STREAMS.len()],
+    dropped_total: u64,
+    pool: Sender<Vec<u8>>,
+}
+
+impl FanOut {
+    fn run(&mut self, rx: &Receiver<Event>) {
+        while let Ok(event) = rx.recv() {
+            match event {
+                Event::Data { stream, data } => self.handle(stream, data),
+                Event::Shutdown => {
+                    // Take what was queued before the shutdown, then stop.
+                    while let Ok(Event::Data { stream, data }) = rx.try_recv() {
+                        self.handle(stream, data);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, stream: usize, data: Vec<u8>) {
+        if let Some(spool) = self.spools.get_mut(stream) {
+            // A write error is kept by the spool file and reported by its finish().
+            let _ = spool.write(&data);
+        }
+        if let (CRUNCH_RUN, Some((w, prefixer, buf))) = (stream, &mut self.echo) {
+            buf.clear();
+            prefixer.prefix(&data, buf);
+            let _ = w.write_all(buf).and_then(|()| w.flush());
+        }
+        let at_line_start =
+            std::mem::replace(&mut self.at_line_start[stream], data.last() == Some(&b'\n'));
+        let Some(sink) = &self.sink else {
+            recycle(&self.pool, data);
+            return;
+        };
+        let len = data.len() as u64;
+        let chunk = Chunk {
+            event_type: STREAMS[stream],
+            data,
+            dropped_before: self.dropped[stream],
+            at_line_start,
+        };
+        match sink.try_send(chunk) {
+            Ok(()) => self.dropped[stream] = 0,
+            Err(chunk) => {
+                self.dropped[stream] += len;
+                self.dropped_total += len;
+                recycle(&self.pool, chunk.data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logging::fakes::{MemApi, MemBlocks};
+    use crate::logging::timestamp::{TestClock, format_timestamp};
+    use std::sync::Mutex;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const UUID: &str = "zzzzz-dz642-xxxxxxxxxxxxxxx";
+
+    fn t0() -> SystemTime {
+        UNIX_EPOCH + Duration::new(1_451_404_305, 1) // 2015-12-29T15:51:45.000000001Z
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        blocks: Arc<MemBlocks>,
+        api: Arc<MemApi>,
+        clock: Arc<TestClock>,
+    }
+
+    impl Setup {
+        fn new(api: MemApi) -> Setup {
+            Setup {
+                dir: tempfile::tempdir().unwrap(),
+                blocks: Arc::new(MemBlocks::default()),
+                api: Arc::new(api),
+                clock: Arc::new(TestClock::new(t0())),
+            }
+        }
+
+        fn config(&self) -> LogPipelineConfig {
+            LogPipelineConfig {
+                spool_dir: self.dir.path().join("logs"),
+                container_uuid: UUID.into(),
+                logs_table: Some(self.api.clone()),
+                echo_crunch_log_to_stderr: false,
+                block_size: 64,
+                clock: self.clock.clone(),
+            }
+        }
+
+        fn start(&self) -> LogPipeline {
+            LogPipeline::start(self.config(), self.blocks.clone()).unwrap()
+        }
+
+        fn keep_file(&self, files: &[FileBlocks], name: &str) -> Vec<u8> {
+            let f = files.iter().find(|f| f.name == name).unwrap();
+            let data = self.blocks.file(&f.locators);
+            assert_eq!(data.len() as u64, f.size);
+            data
+        }
+    }
+
+    fn ts() -> String {
+        format_timestamp(t0())
+    }
+
+    #[test]
+    fn streams_go_to_separate_timestamped_files_and_the_logs_table() {
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let log = p.crunch_log();
+        log.line("Hello world!");
+        let out = p
+            .spawn_copier("stdout", Box::new(&b"out 1\nout 2\n"[..]))
+            .unwrap();
+        let err = p
+            .spawn_copier("stderr", Box::new(&b"err 1\nno newline"[..]))
+            .unwrap();
+        assert_eq!(out.join().unwrap().unwrap(), 12);
+        assert_eq!(err.join().unwrap().unwrap(), 16);
+        log.line("two\nlines\n");
+        let done = p.finish();
+        assert!(done.errors.is_empty(), "{:?}", done.errors);
+        let names: Vec<&str> = done.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["crunch-run.txt", "stderr.txt", "stdout.txt"]);
+        let ts = ts();
+        let crunch = format!("{ts} Hello world!\n{ts} two\n{ts} lines\n");
+        let stdout = format!("{ts} out 1\n{ts} out 2\n");
+        let stderr = format!("{ts} err 1\n{ts} no newline");
+        assert_eq!(
+            s.keep_file(&done.files, "crunch-run.txt"),
+            crunch.as_bytes()
+        );
+        assert_eq!(s.keep_file(&done.files, "stdout.txt"), stdout.as_bytes());
+        assert_eq!(s.keep_file(&done.files, "stderr.txt"), stderr.as_bytes());
+        // Blocks were cut at the configured size.
+        assert_eq!(done.files[0].locators.len(), crunch.len().div_ceil(64));
+        // The spool is left for the caller.
+        let spooled = std::fs::read(done.spool_dir.join("stdout.txt")).unwrap();
+        assert_eq!(spooled, stdout.as_bytes());
+        // The logs table got the same text with the same timestamps, one POST per stream.
+        assert_eq!(s.api.texts("crunch-run"), vec![crunch]);
+        assert_eq!(s.api.texts("stdout"), vec![stdout]);
+        assert_eq!(s.api.texts("stderr"), vec![stderr + "\n"]);
+        assert!(s.api.logs.lock().unwrap().iter().all(|(u, _, _)| u == UUID));
+        assert_eq!(done.logs_table_dropped_bytes, 0);
+        assert!(done.logs_table.unwrap().finished);
+    }
+
+    #[test]
+    fn empty_streams_still_give_three_files() {
+        let s = Setup::new(MemApi::default());
+        let done = s.start().finish();
+        assert!(done.errors.is_empty());
+        let want: Vec<FileBlocks> = ["crunch-run.txt", "stderr.txt", "stdout.txt"]
+            .iter()
+            .map(|n| FileBlocks {
+                name: n.to_string(),
+                locators: vec![],
+                size: 0,
+            })
+            .collect();
+        assert_eq!(done.files, want);
+        assert!(s.api.logs.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn binary_output_is_byte_exact_in_keep() {
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let mut data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+        data.extend_from_slice(b"\xff\xfe");
+        let h = p
+            .spawn_copier("stdout", Box::new(io::Cursor::new(data.clone())))
+            .unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), data.len() as u64);
+        let done = p.finish();
+        let kept = s.keep_file(&done.files, "stdout.txt");
+        // Removing the timestamps gives back the input exactly.
+        let prefix = format!("{} ", ts()).into_bytes();
+        let mut unstamped = Vec::new();
+        let mut at_start = true;
+        let mut rest = &kept[..];
+        while !rest.is_empty() {
+            if at_start {
+                assert!(rest.starts_with(&prefix));
+                rest = &rest[prefix.len()..];
+            }
+            let end = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            unstamped.extend_from_slice(&rest[..end]);
+            at_start = rest[end - 1] == b'\n';
+            rest = &rest[end..];
+        }
+        assert_eq!(unstamped, data);
+    }
+
+    #[test]
+    fn a_hanging_logs_table_does_not_slow_the_container() {
+        let s = Setup::new(MemApi {
+            hang: Some(Duration::from_secs(60)),
+            ..MemApi::default()
+        });
+        let mut cfg = s.config();
+        cfg.block_size = 1 << 20;
+        let p = LogPipeline::start(cfg, s.blocks.clone()).unwrap();
+        let started = Instant::now();
+        let line = b"0123456789 this is a line of container output\n";
+        let data: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(line.len() * 100_000)
+            .collect();
+        let h = p
+            .spawn_copier("stdout", Box::new(io::Cursor::new(data.clone())))
+            .unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), data.len() as u64);
+        let done = p.finish_with_timeout(Duration::from_millis(300));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(done.errors.is_empty());
+        assert!(!done.logs_table.unwrap().finished);
+        assert!(done.logs_table_dropped_bytes > 0);
+        let kept = s.keep_file(&done.files, "stdout.txt");
+        let stamped_line = format!("{} {}", ts(), std::str::from_utf8(line).unwrap());
+        assert_eq!(kept, stamped_line.repeat(100_000).as_bytes());
+    }
+
+    #[test]
+    fn a_failed_upload_is_reported_and_the_spool_kept() {
+        let s = Setup::new(MemApi::default());
+        s.blocks
+            .fail_next
+            .store(100, std::sync::atomic::Ordering::SeqCst);
+        let p = s.start();
+        p.crunch_log().line("will not reach Keep");
+        let done = p.finish();
+        assert_eq!(done.errors.len(), 1);
+        assert!(
+            done.errors[0].starts_with("crunch-run.txt: could not store the log in Keep: block 0"),
+            "{}",
+            done.errors[0]
+        );
+        assert_eq!(done.files[0].locators, Vec::<String>::new());
+        let spooled = std::fs::read_to_string(done.spool_dir.join("crunch-run.txt")).unwrap();
+        assert_eq!(spooled, format!("{} will not reach Keep\n", ts()));
+    }
+
+    #[test]
+    fn crunch_log_after_finish_is_a_no_op_and_copiers_drain_to_eof() {
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let log = p.crunch_log();
+        // A pipe that is still written after finish: the copier keeps reading.
+        let (r, mut w) = std::io::pipe().unwrap();
+        let h = p.spawn_copier("stderr", Box::new(r)).unwrap();
+        let done = p.finish();
+        log.line("too late");
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..64 {
+                w.write_all(&chunk).unwrap();
+            }
+        });
+        writer.join().unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), 64 * 64 * 1024);
+        assert_eq!(done.files[0].size, 0);
+    }
+
+    #[test]
+    fn unknown_stream_is_refused_but_drained() {
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let h = p.spawn_copier("crunch-run", Box::new(&b"abc"[..])).unwrap();
+        let err = h.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        p.finish();
+    }
+
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+    impl Write for SharedBuf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn crunch_run_stream_is_echoed_with_the_container_uuid() {
+        let s = Setup::new(MemApi::default());
+        let echoed = Arc::new(Mutex::new(Vec::new()));
+        let p = LogPipeline::start_with_echo(
+            s.config(),
+            s.blocks.clone(),
+            Some(Box::new(SharedBuf(echoed.clone()))),
+        )
+        .unwrap();
+        p.crunch_log().line("starting");
+        let h = p
+            .spawn_copier("stdout", Box::new(&b"not echoed\n"[..]))
+            .unwrap();
+        h.join().unwrap().unwrap();
+        p.finish();
+        assert_eq!(
+            String::from_utf8(echoed.lock().unwrap().clone()).unwrap(),
+            format!("{UUID} {} starting\n", ts())
+        );
+    }
+
+    #[test]
+    fn read_errors_are_logged_and_returned() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("pipe broke"))
+            }
+        }
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let h = p.spawn_copier("stdout", Box::new(Failing)).unwrap();
+        assert!(h.join().unwrap().is_err());
+        let done = p.finish();
+        assert_eq!(
+            s.keep_file(&done.files, "crunch-run.txt"),
+            format!("{} error reading container stdout: pipe broke\n", ts()).as_bytes()
+        );
+    }
+
+    /// Throughput and memory check: `cargo test --release --lib -- --ignored throughput --nocapture`.
+    #[test]
+    #[ignore]
+    fn throughput() {
+        struct Gen(u64);
+        impl Read for Gen {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Ok(0);
+                }
+                let line = b"some typical container output line, 60 bytes long.........\n";
+                let n = buf.len().min(self.0 as usize) / line.len() * line.len();
+                let n = n.max(1.min(self.0 as usize));
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    *b = line[i % line.len()];
+                }
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LogPipelineConfig::new(dir.path(), UUID);
+        cfg.logs_table = Some(Arc::new(MemApi::default()));
+        cfg.echo_crunch_log_to_stderr = false;
+        /// Reads each block back from the spool and forgets it.
+        struct NullBlocks;
+        impl BlockStore for NullBlocks {
+            fn put_block(
+                &self,
+                hash: &str,
+                size: u64,
+                body: &crate::store::BlockSource<'_>,
+            ) -> Result<String, crate::store::StoreError> {
+                io::copy(&mut body().unwrap(), &mut io::sink()).unwrap();
+                Ok(format!("{hash}+{size}"))
+            }
+            fn get_block(
+                &self,
+                _: &str,
+                _: &mut dyn Write,
+            ) -> Result<u64, crate::store::StoreError> {
+                unimplemented!()
+            }
+        }
+        let p = LogPipeline::start(cfg, Arc::new(NullBlocks)).unwrap();
+        let total = 500_000_000u64;
+        let started = Instant::now();
+        let h = p.spawn_copier("stdout", Box::new(Gen(total))).unwrap();
+        h.join().unwrap().unwrap();
+        let done = p.finish();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "{} MB in {secs:.2}s = {:.0} MB/s; {:?}",
+            total / 1_000_000,
+            total as f64 / secs / 1e6,
+            done.logs_table
+        );
+        eprintln!(
+            "{}",
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+}

@@ -1,1 +1,326 @@
-//! TO BE WRITTEN (helper B).
+//! Timestamps for log lines: the clock they come from, their fixed-width format, and the
+//! `Timestamper` that puts one in front of every line of a byte stream.
+//!
+//! Every line of every log file starts with `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ ` (UTC, always nine
+//! digits of nanoseconds, then one space). The bytes of the line itself pass through
+//! untouched: binary output and invalid UTF-8 stay byte-exact.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where "now" comes from. Injected so tests of timestamps and throttling need not sleep.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> SystemTime;
+}
+
+/// The real wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock for tests: starts at a given time, moves only when told to, or by `step` after
+/// every reading (like the counter timestamper of the Go tests).
+#[derive(Debug)]
+pub struct TestClock {
+    state: Mutex<(SystemTime, Duration)>,
+}
+
+impl TestClock {
+    /// A clock standing still at `start`.
+    pub fn new(start: SystemTime) -> TestClock {
+        TestClock::with_step(start, Duration::ZERO)
+    }
+
+    /// A clock that reads `start` first and then advances by `step` after each reading.
+    pub fn with_step(start: SystemTime, step: Duration) -> TestClock {
+        TestClock {
+            state: Mutex::new((start, step)),
+        }
+    }
+
+    /// Move the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += by;
+    }
+
+    /// Set the clock to `t`.
+    pub fn set(&self, t: SystemTime) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = t;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> SystemTime {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (t, step) = *state;
+        state.0 = t + step;
+        t
+    }
+}
+
+/// Length of a formatted timestamp, without the space that follows it in a log line.
+pub const TIMESTAMP_LEN: usize = 30;
+
+/// The latest instant the format can show (9999-12-31T23:59:59.999999999Z).
+const MAX_FORMATTABLE_SECS: u64 = 253_402_300_799;
+
+/// Format `t` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` into a fixed buffer, without allocating.
+/// Times before 1970 or after 9999 are clamped to the nearest representable instant.
+pub fn format_timestamp_into(t: SystemTime, buf: &mut [u8; TIMESTAMP_LEN]) {
+    let since_epoch = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let max = Duration::new(MAX_FORMATTABLE_SECS, 999_999_999);
+    let t = UNIX_EPOCH + since_epoch.min(max);
+    let mut cursor: &mut [u8] = &mut buf[..];
+    // Cannot fail once clamped: the output is exactly TIMESTAMP_LEN bytes.
+    let _ = write!(cursor, "{}", humantime::format_rfc3339_nanos(t));
+}
+
+/// Format `t` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC, always nine fractional digits).
+pub fn format_timestamp(t: SystemTime) -> String {
+    let mut buf = *b"1970-01-01T00:00:00.000000000Z";
+    format_timestamp_into(t, &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Copies `chunk` to `out`, calling `prefix(out)` at every line start: at the very start if
+/// `at_line_start`, and after every `\n` that is followed by more bytes. Updates
+/// `at_line_start` for the next chunk. The building block of `Timestamper` and `LinePrefixer`.
+pub fn prefix_lines(
+    at_line_start: &mut bool,
+    chunk: &[u8],
+    out: &mut Vec<u8>,
+    mut prefix: impl FnMut(&mut Vec<u8>),
+) {
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        if *at_line_start {
+            prefix(out);
+        }
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                out.extend_from_slice(&rest[..=i]);
+                rest = &rest[i + 1..];
+                *at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                *at_line_start = false;
+                return;
+            }
+        }
+    }
+}
+
+/// Inserts `<timestamp> ` at every line start of a byte stream fed in arbitrary chunks.
+///
+/// A line gets the time at which its first byte arrived; a line continued over many chunks
+/// gets one timestamp. The clock is read at most once per chunk: the lines that start in one
+/// chunk arrived together. A final line without `\n` is passed on as it is.
+pub struct Timestamper {
+    clock: Arc<dyn Clock>,
+    at_line_start: bool,
+}
+
+impl Timestamper {
+    pub fn new(clock: Arc<dyn Clock>) -> Timestamper {
+        Timestamper {
+            clock,
+            at_line_start: true,
+        }
+    }
+
+    /// True if the next byte fed in starts a new line.
+    pub fn at_line_start(&self) -> bool {
+        self.at_line_start
+    }
+
+    /// Append `chunk` to `out` with a timestamp inserted at every line start.
+    pub fn stamp(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let clock = &self.clock;
+        let mut stamp: Option<[u8; TIMESTAMP_LEN]> = None;
+        prefix_lines(&mut self.at_line_start, chunk, out, |out| {
+            let ts = stamp.get_or_insert_with(|| {
+                let mut buf = [b'0'; TIMESTAMP_LEN];
+                format_timestamp_into(clock.now(), &mut buf);
+                buf
+            });
+            out.extend_from_slice(ts);
+            out.push(b' ');
+        });
+    }
+}
+
+/// Inserts a fixed prefix (e.g. `<container uuid> `) at every line start of a byte stream.
+pub struct LinePrefixer {
+    prefix: Vec<u8>,
+    at_line_start: bool,
+}
+
+impl LinePrefixer {
+    pub fn new(prefix: impl Into<Vec<u8>>) -> LinePrefixer {
+        LinePrefixer {
+            prefix: prefix.into(),
+            at_line_start: true,
+        }
+    }
+
+    /// Append `chunk` to `out` with the prefix inserted at every line start.
+    pub fn prefix(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let prefix = &self.prefix;
+        prefix_lines(&mut self.at_line_start, chunk, out, |out| {
+            out.extend_from_slice(prefix)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    // 2015-12-29T15:51:45Z, the instant of the Go logging tests.
+    const T0: u64 = 1_451_404_305;
+
+    #[test]
+    fn format_is_fixed_width_nanoseconds() {
+        assert_eq!(
+            format_timestamp(at(T0, 1)),
+            "2015-12-29T15:51:45.000000001Z"
+        );
+        assert_eq!(
+            format_timestamp(at(T0, 0)),
+            "2015-12-29T15:51:45.000000000Z"
+        );
+        assert_eq!(
+            format_timestamp(at(T0, 999_999_999)),
+            "2015-12-29T15:51:45.999999999Z"
+        );
+        assert_eq!(
+            format_timestamp(at(T0, 120_000_000)),
+            "2015-12-29T15:51:45.120000000Z"
+        );
+        for t in [at(0, 0), at(T0, 0), at(T0, 5), at(4_102_444_800, 1)] {
+            assert_eq!(format_timestamp(t).len(), TIMESTAMP_LEN);
+        }
+    }
+
+    #[test]
+    fn format_clamps_instead_of_panicking() {
+        let before_epoch = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(
+            format_timestamp(before_epoch),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        let far_future = UNIX_EPOCH + Duration::from_secs(MAX_FORMATTABLE_SECS + 1000);
+        assert_eq!(
+            format_timestamp(far_future),
+            "9999-12-31T23:59:59.999999999Z"
+        );
+    }
+
+    fn stamper(step_ns: u64) -> Timestamper {
+        Timestamper::new(Arc::new(TestClock::with_step(
+            at(T0, 1),
+            Duration::from_nanos(step_ns),
+        )))
+    }
+
+    fn stamp_all(ts: &mut Timestamper, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in chunks {
+            ts.stamp(c, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn every_line_gets_a_timestamp() {
+        let mut ts = stamper(1);
+        let out = stamp_all(&mut ts, &[b"Hello world!\n", b"Goodbye\n"]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2015-12-29T15:51:45.000000001Z Hello world!\n\
+             2015-12-29T15:51:45.000000002Z Goodbye\n"
+        );
+        assert!(ts.at_line_start());
+    }
+
+    #[test]
+    fn line_split_over_chunks_gets_one_timestamp() {
+        let mut ts = stamper(1);
+        let out = stamp_all(
+            &mut ts,
+            &[b"hel", b"lo", b" world\nsecond", b"\n", b"third"],
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2015-12-29T15:51:45.000000001Z hello world\n\
+             2015-12-29T15:51:45.000000002Z second\n\
+             2015-12-29T15:51:45.000000003Z third"
+        );
+        assert!(!ts.at_line_start());
+    }
+
+    #[test]
+    fn lines_starting_in_one_chunk_share_one_clock_reading() {
+        let mut ts = stamper(1);
+        let out = stamp_all(&mut ts, &[b"a\nb\n\n"]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2015-12-29T15:51:45.000000001Z a\n\
+             2015-12-29T15:51:45.000000001Z b\n\
+             2015-12-29T15:51:45.000000001Z \n"
+        );
+    }
+
+    #[test]
+    fn binary_and_invalid_utf8_pass_through_byte_exact() {
+        let mut ts = stamper(0);
+        let data: &[u8] = b"\xff\xfe\x00bin\r\n\x80\x81";
+        let out = stamp_all(&mut ts, &[data]);
+        let mut want = b"2015-12-29T15:51:45.000000001Z \xff\xfe\x00bin\r\n".to_vec();
+        want.extend_from_slice(b"2015-12-29T15:51:45.000000001Z \x80\x81");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn empty_chunk_adds_nothing() {
+        let mut ts = stamper(1);
+        assert!(stamp_all(&mut ts, &[b""]).is_empty());
+        assert!(ts.at_line_start());
+    }
+
+    #[test]
+    fn line_prefixer_prefixes_each_line_once() {
+        let mut p = LinePrefixer::new("zzzzz-dz642-000000000000000 ");
+        let mut out = Vec::new();
+        p.prefix(b"one\ntw", &mut out);
+        p.prefix(b"o\n", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "zzzzz-dz642-000000000000000 one\nzzzzz-dz642-000000000000000 two\n"
+        );
+    }
+
+    #[test]
+    fn test_clock_steps_and_advances() {
+        let c = TestClock::with_step(at(T0, 0), Duration::from_secs(1));
+        assert_eq!(c.now(), at(T0, 0));
+        assert_eq!(c.now(), at(T0 + 1, 0));
+        c.advance(Duration::from_secs(10));
+        assert_eq!(c.now(), at(T0 + 12, 0));
+        c.set(at(5, 0));
+        assert_eq!(c.now(), at(5, 0));
+    }
+}
