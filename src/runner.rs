@@ -607,16 +607,17 @@ impl ContainerRun {
             .docker
             .start_attached(&self.uuid)
             .map_err(|e| failed(format!("cannot run docker start: {e}")))?;
-        let copiers = [
-            attached
-                .take_stdout()
-                .map(|r| pipeline.spawn_copier("stdout", Box::new(r))),
-            attached
-                .take_stderr()
-                .map(|r| pipeline.spawn_copier("stderr", Box::new(r))),
-        ];
+        let streams = [("stdout", attached.take_stdout()), ("stderr", attached.take_stderr())];
+        let mut copiers = Vec::new();
+        for (name, reader) in streams {
+            let Some(reader) = reader else { continue };
+            match pipeline.spawn_copier(name, Box::new(reader)) {
+                Ok(handle) => copiers.push(handle),
+                Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
+            }
+        }
         let cli = attached.wait();
-        for copier in copiers.into_iter().flatten() {
+        for copier in copiers {
             match copier.join() {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => self.say(&format!("error reading container output: {e}")),
