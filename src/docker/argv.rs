@@ -91,6 +91,8 @@ pub enum ArgvError {
     BadCpus(f64),
     #[error("no image given for container {0:?}")]
     NoImage(String),
+    #[error("invalid image {0:?}: it would be read as a docker option")]
+    BadImage(String),
 }
 
 /// Build `docker create` arguments for `spec`:
@@ -98,11 +100,15 @@ pub enum ArgvError {
 /// `create --name <name> --label k=v… --log-driver none --network none|default
 ///  [--memory N --memory-swap N] [--cpus X] [-w cwd] -e NAME… [--env-file F] <image> <command…>`
 ///
-/// No `--` goes before the image (docker create rejects it); none is needed after it either,
-/// because docker stops parsing options at the image, so a command word like `-v` is safe.
+/// No `--` goes before the image (older docker CLIs are said to reject it; an image starting
+/// with `-` is refused instead); none is needed after it either, because docker stops parsing
+/// options at the image, so a command word like `-v` is safe.
 pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
     if spec.image.is_empty() {
         return Err(ArgvError::NoImage(spec.name.clone()));
+    }
+    if spec.image.starts_with('-') {
+        return Err(ArgvError::BadImage(spec.image.clone()));
     }
     let mut options: Vec<String> = vec!["create".into(), "--name".into(), spec.name.clone()];
     for (k, v) in &spec.labels {
@@ -145,13 +151,13 @@ pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
     })
 }
 
+type EnvVar = (String, String);
+
 /// Split the container environment into `-e NAME` variables (values for the CLI child's
 /// environment) and env-file lines. Later duplicates of a name win, as they would in docker.
-fn split_env(
-    vars: &[(String, String)],
-) -> Result<(Vec<(String, String)>, Option<String>), ArgvError> {
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut file: Vec<(String, String)> = Vec::new();
+fn split_env(vars: &[EnvVar]) -> Result<(Vec<EnvVar>, Option<String>), ArgvError> {
+    let mut env: Vec<EnvVar> = Vec::new();
+    let mut file: Vec<EnvVar> = Vec::new();
     for (name, value) in vars {
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             return Err(ArgvError::BadEnvName { name: name.clone() });
@@ -504,6 +510,11 @@ mod tests {
             ..spec()
         };
         assert!(matches!(create_argv(&s), Err(ArgvError::NoImage(_))));
+        let s = ContainerSpec {
+            image: "--privileged".into(),
+            ..spec()
+        };
+        assert!(matches!(create_argv(&s), Err(ArgvError::BadImage(_))));
     }
 
     #[test]
