@@ -574,18 +574,9 @@ impl Attached {
 
     /// Kill the CLI client (for when the container is gone but the client hangs on).
     /// The container is not affected.
-    pub fn kill_client(&mut self) -> Result<(), DockerError> {
-        if self.status.is_some() {
-            return Ok(());
-        }
-        match self.child.kill() {
-            Ok(()) => Ok(()),
-            // Already exited, not yet reaped.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-            Err(source) => Err(DockerError::Io {
-                op: "start",
-                source,
-            }),
+    pub fn kill_client(&mut self) {
+        if self.status.is_none() {
+            kill_group(&mut self.child);
         }
     }
 }
@@ -593,7 +584,7 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         if self.status.is_none() {
-            let _ = self.child.kill();
+            kill_group(&mut self.child);
             let _ = self.child.wait();
         }
     }
@@ -777,7 +768,7 @@ impl Running {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
+        kill_group(&mut self.child);
     }
 
     /// Wait for exit (killing the child after `timeout`), then for both pipes to be drained.
@@ -818,10 +809,24 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
-            let _ = self.child.kill();
+            kill_group(&mut self.child);
             let _ = self.child.wait();
         }
     }
+}
+
+/// SIGKILL a docker child and whatever it started: each docker child leads its own process
+/// group (`process_group(0)`), so helpers it spawned cannot keep our pipes open after it.
+/// Only for children not yet reaped, while their pid still names the group.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) touches no memory of ours. The group id is the unreaped child's pid,
+        // which cannot have been reused yet.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
 }
 
 /// `Ok(None)` if `timeout` passed first. Polls with a growing pause (1 ms up to 50 ms): cheap
