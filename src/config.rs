@@ -346,7 +346,10 @@ mod tests {
     fn retry_deadline_takes_a_human_duration() {
         let a = parse(&["-api-retry-deadline=90s", UUID]);
         assert_eq!(a.api_retry_deadline, std::time::Duration::from_secs(90));
-        assert_eq!(parse(&[UUID]).api_retry_deadline, std::time::Duration::from_secs(600));
+        assert_eq!(
+            parse(&[UUID]).api_retry_deadline,
+            std::time::Duration::from_secs(600)
+        );
     }
 
     #[test]

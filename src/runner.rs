@@ -6,7 +6,7 @@
 //! place that turns an outcome into the fields sent to the API (reference §2.5, §5.2a).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::arvados::container::{Container, State, raw_state};
 use crate::arvados::manifest::{Manifest, single_stream_manifest};
 use crate::config::{Backend, Config};
-use crate::docker::argv::{ContainerSpec, describe_exit};
+use crate::docker::argv::{ContainerExit, ContainerSpec, create_argv, display_argv};
 use crate::docker::cli::Docker;
 use crate::docker::guard::Guard;
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
@@ -495,7 +495,7 @@ impl ContainerRun {
                 failed(format!("failed to load container image: {e}"))
             }
         })?;
-        for line in loaded.messages() {
+        for line in loaded.output.lines() {
             self.say(&format!("docker load: {line}"));
         }
         match self.docker.image_id(&image_id) {
@@ -572,7 +572,9 @@ impl ContainerRun {
             ));
         }
         if let Some(g) = guard {
-            g.release();
+            if let Err(e) = g.release() {
+                self.say(&format!("Warning: releasing the guard process failed: {e}"));
+            }
         }
         outcome
     }
@@ -584,9 +586,13 @@ impl ContainerRun {
         pipeline: &LogPipeline,
     ) -> Step<Outcome> {
         let spec = self.spec(container, image);
+        let args = create_argv(&spec)
+            .map_err(|e| failed(format!("cannot build the docker command: {e}")))?;
+        // Environment values travel in the docker CLI's own environment, never in argv.
+        let argv = args.argv(Path::new("<env-file>"));
         self.say(&format!(
             "Creating Docker container: docker {}",
-            self.secrets.redact(&spec.display())
+            display_argv(&argv)
         ));
         let id = self
             .docker
@@ -607,11 +613,14 @@ impl ContainerRun {
             .docker
             .start_attached(&self.uuid)
             .map_err(|e| failed(format!("cannot run docker start: {e}")))?;
-        let streams = [("stdout", attached.take_stdout()), ("stderr", attached.take_stderr())];
+        let streams: [(&'static str, Option<Box<dyn io::Read + Send>>); 2] = [
+            ("stdout", attached.take_stdout().map(|r| Box::new(r) as _)),
+            ("stderr", attached.take_stderr().map(|r| Box::new(r) as _)),
+        ];
         let mut copiers = Vec::new();
         for (name, reader) in streams {
             let Some(reader) = reader else { continue };
-            match pipeline.spawn_copier(name, Box::new(reader)) {
+            match pipeline.spawn_copier(name, reader) {
                 Ok(handle) => copiers.push(handle),
                 Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
             }
@@ -661,7 +670,7 @@ impl ContainerRun {
             return Err(failed(reason));
         }
         let code = state.exit_code;
-        self.say(&describe_exit(code));
+        self.say(&ContainerExit::new(code).to_string());
         if state.oom_killed {
             let limit = container
                 .runtime_constraints
