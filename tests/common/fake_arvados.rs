@@ -44,6 +44,7 @@
 //   keep_puts() -> usize            successful keep PUTs (all services)
 //   keep_block(hash) -> Option<Vec<u8>>
 //   keep_requests() -> Vec<KeepRecorded>
+//   sign_locator("hash+size", token) -> String  as the keep services sign
 //
 //   logs() -> Vec<LogEntry>         POST /arvados/v1/logs bodies
 //   requests() -> Vec<Recorded>     every API request, in completion order
@@ -642,6 +643,18 @@ impl FakeArvados {
             .map(|d| d.to_vec())
     }
 
+    /// Sign `hash+size` for `token` as this fake's keep services would.
+    pub fn sign_locator(&self, bare_locator: &str, token: &str) -> String {
+        let l = Locator::parse(bare_locator).expect("locator hash+size");
+        sign_locator(
+            &self.shared.key,
+            &l.hash,
+            l.size,
+            token,
+            now_unix() + BLOB_SIGNATURE_TTL,
+        )
+    }
+
     pub fn keep_requests(&self) -> Vec<KeepRecorded> {
         self.shared.lock().keep_requests.clone()
     }
@@ -1154,7 +1167,7 @@ fn route_api(
     let segs: Vec<String> = rest
         .trim_end_matches('/')
         .split('/')
-        .map(super::fake_support::url_decode)
+        .map(super::fake_support::path_decode)
         .collect();
     let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
     match (method, segs.as_slice()) {

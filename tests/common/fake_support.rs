@@ -444,12 +444,21 @@ pub fn sign_manifest(key: &[u8], text: &str, token: &str, expiry: u64) -> String
 
 /// Percent-decoding for query strings and form bodies (`+` means space).
 pub fn url_decode(s: &str) -> String {
+    percent_decode(s, true)
+}
+
+/// Percent-decoding for URL paths (`+` stays `+`, as in a PDH).
+pub fn path_decode(s: &str) -> String {
+    percent_decode(s, false)
+}
+
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < b.len()
                 && b[i + 1].is_ascii_hexdigit()
                 && b[i + 2].is_ascii_hexdigit() =>
