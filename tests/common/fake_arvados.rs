@@ -22,7 +22,8 @@
 //   keep_service_urls() -> Vec<String>
 //
 //   add_container(record)           uuid required; missing fields get the
-//                                   defaults of reference §2.3(a) (state Locked)
+//                                   defaults of reference §2.3(a) (state Locked,
+//                                   or Queued in 2016 mode)
 //   container(uuid) -> Value        current record
 //   container_updates(uuid)         accepted `container` maps of PUT/PATCH, in order
 //   set_container_fields(uuid, map) change a record bypassing all rules
@@ -400,7 +401,8 @@ impl FakeArvados {
     // ----------------------------------------------------------- containers
 
     /// Add a container record. `record["uuid"]` is required; missing fields
-    /// are filled with the defaults of reference §2.3(a), state "Locked".
+    /// are filled with the defaults of reference §2.3(a), state "Locked"
+    /// ("Queued" in 2016 mode).
     pub fn add_container(&self, record: Value) {
         let mut rec = default_container(
             record["uuid"]
@@ -408,6 +410,11 @@ impl FakeArvados {
                 .expect("add_container: record needs a uuid"),
         );
         let obj = rec.as_object_mut().expect("object");
+        if self.shared.mode_2016 {
+            // there was no Locked state in 2016
+            obj.insert("state".into(), json!("Queued"));
+            obj.insert("lock_count".into(), json!(0));
+        }
         for (k, v) in record
             .as_object()
             .expect("add_container: record must be an object")
@@ -2114,6 +2121,11 @@ fn keep_route(
                     format!("bad locator {target:?} (size hint required)\n"),
                 );
             };
+            if loc.hash == EMPTY_BLOCK_HASH && loc.size == 0 {
+                let mut r = Reply::text(200, Vec::new());
+                r.content_type = "application/octet-stream";
+                return r;
+            }
             if let Err(p) = check_signature(&sh.key, &loc, token, now_unix()) {
                 return Reply::text(403, format!("Forbidden: signature {p:?}\n"));
             }
