@@ -49,6 +49,8 @@
 //
 //   logs() -> Vec<LogEntry>         POST /arvados/v1/logs bodies
 //   requests() -> Vec<Recorded>     every API request, in completion order
+//                                   (path as sent, e.g. a PDH's + may be %2B;
+//                                   also records token and status)
 //
 // Fault injection (combinable; each can be changed at any time):
 //   fail_api(method, path_prefix, status, Times)   method "*" = any
@@ -60,6 +62,21 @@
 //                                   the same port
 //   set_api_down(bool)
 //   clear_faults()                  all of the above back to normal
+//
+// Endpoints (API): GET /discovery/v1/apis/arvados/v1/rest (no token),
+// GET/PUT/PATCH containers/{uuid} (JSON `{"container":{..},"select":[..]}`,
+// un-nested JSON attrs, or form `container=<json>`), GET containers (filters
+// "="/"in"), GET containers/{uuid}/auth|secret_mounts, POST
+// containers/{uuid}/lock|unlock, GET collections/{pdh|uuid}, POST
+// collections, PUT/PATCH collections/{uuid}, POST logs, GET
+// keep_services[/accessible], GET config, GET users/current. Keep: PUT /<md5>
+// (Content-Length required, md5 checked, ≤ 64 MiB), GET|HEAD /<hash+size+A..>.
+// Errors are `{"errors":[..]}`; state-rule violations are 422 with
+// "state cannot change from A to B" or
+// "<field> cannot be modified in state '<to>' (<old>, <new>)" (Ruby inspect:
+// nil, "str", 0). Unchanged values (numbers compared by value) are never
+// violations; unknown attributes are. Per §2.5 a requeue (Locked→Queued)
+// may change only priority, so a changed cost there is refused.
 //
 // Tokens: the admin token may do everything except /secret_mounts. The
 // container token (see container_token; also the bare AUTH_SECRET or a v2
