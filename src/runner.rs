@@ -126,10 +126,13 @@ fn first_line(s: &str) -> String {
 #[derive(Clone, Default)]
 pub struct CancelFlag(Arc<Mutex<CancelState>>);
 
+/// Runs on the signal thread when the run is cancelled.
+pub type CancelAction = Arc<dyn Fn(&str) + Send + Sync>;
+
 #[derive(Default)]
 struct CancelState {
     reason: Option<String>,
-    action: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    action: Option<CancelAction>,
 }
 
 impl CancelFlag {
@@ -158,7 +161,7 @@ impl CancelFlag {
     }
 
     /// What to do when cancelled; runs now if the cancel already happened.
-    pub fn on_cancel(&self, action: Arc<dyn Fn(&str) + Send + Sync>) {
+    pub fn on_cancel(&self, action: CancelAction) {
         let already = {
             let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
             state.action = Some(action.clone());
@@ -189,11 +192,11 @@ pub fn watch_signals(cancel: CancelFlag) -> io::Result<()> {
     Ok(())
 }
 
+/// The record side and the data side of one store.
+type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
+
 /// Open the configured store: the API and Keep, or a local directory.
-fn open_store(
-    config: &Config,
-    secrets: &mut Secrets,
-) -> Result<(Arc<dyn ApiStore>, Arc<dyn BlockStore>), StoreError> {
+fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreError> {
     match &config.backend {
         Backend::Local(dir) => {
             let store = Arc::new(crate::store::local::LocalStore::open(dir)?);
@@ -480,7 +483,15 @@ impl ContainerRun {
                 let mut window = RangeWriter::new(stdin, range.offset, range.len);
                 blocks
                     .get_block(&range.locator, &mut window)
-                    .map_err(|e| io::Error::other(format!("reading image from Keep: {e}")))?;
+                    .map_err(|e| match e {
+                        // docker load gave up reading: let it tell why.
+                        StoreError::Io { source, .. }
+                            if source.kind() == io::ErrorKind::BrokenPipe =>
+                        {
+                            source
+                        }
+                        other => io::Error::other(format!("reading image from Keep: {other}")),
+                    })?;
                 window.finish()?;
             }
             Ok(())
@@ -571,10 +582,8 @@ impl ContainerRun {
                 self.uuid
             ));
         }
-        if let Some(g) = guard {
-            if let Err(e) = g.release() {
-                self.say(&format!("Warning: releasing the guard process failed: {e}"));
-            }
+        if let Some(Err(e)) = guard.map(Guard::release) {
+            self.say(&format!("Warning: releasing the guard process failed: {e}"));
         }
         outcome
     }

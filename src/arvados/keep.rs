@@ -351,17 +351,15 @@ impl KeepClient {
             }
             return status_outcome(status, &text);
         }
-        match response.body().content_length() {
-            Some(len) if len == size => {}
-            other => {
-                return Outcome::Permanent {
-                    status: None,
-                    message: format!(
-                        "Content-Length is {}, the locator says {size}",
-                        other.map_or("missing".to_string(), |l| l.to_string())
-                    ),
-                };
-            }
+        // A missing Content-Length (chunked, e.g. through a proxy) is fine: the size is
+        // checked as the bytes arrive. A wrong one is refused before anything is written.
+        if let Some(len) = response.body().content_length()
+            && len != size
+        {
+            return Outcome::Permanent {
+                status: None,
+                message: format!("Content-Length is {len}, the locator says {size}"),
+            };
         }
         let mut reader = response.body_mut().as_reader();
         let mut buf = vec![0u8; GET_BUFFER];

@@ -1009,8 +1009,10 @@ impl Reply {
 }
 
 fn send(rq: tiny_http::Request, reply: Reply) {
+    // Like keepstore and the API server: a Content-Length, never chunked encoding.
     let mut resp = tiny_http::Response::from_data(reply.body)
-        .with_status_code(tiny_http::StatusCode(reply.status));
+        .with_status_code(tiny_http::StatusCode(reply.status))
+        .with_chunked_threshold(usize::MAX);
     if let Ok(h) =
         tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
     {

@@ -80,3 +80,4 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
     }
     out.stdout
 }
+pub mod harness;

@@ -1,0 +1,632 @@
+// Component tests: the real crunch-run binary against the fake docker CLI in binstubs/ and
+// a fake Arvados API + Keep over HTTPS. Each test asserts on what the servers received and
+// on the final record, as the story's test cases (Arvados #7816) ask.
+
+mod common;
+
+use common::harness::{Harness, UUID, assert_timestamped, record, strip_timestamps, wait_for};
+use serde_json::{Value, json};
+
+const IMAGE_HEX: &str = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
+
+fn image_id() -> String {
+    format!("sha256:{IMAGE_HEX}")
+}
+
+/// A harness with an image collection holding one fake `<id>.tar`; returns its PDH.
+fn setup() -> (Harness, String) {
+    let h = Harness::with_fake_docker();
+    let tar: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let pdh = h
+        .fake
+        .add_collection(&[(&format!("{}.tar", image_id()), &tar)]);
+    (h, pdh)
+}
+
+fn load_env() -> Vec<(&'static str, String)> {
+    vec![("FAKE_DOCKER_LOAD_ID", image_id())]
+}
+
+fn run_with(h: &Harness, extra: &[(&str, &str)]) -> std::process::Output {
+    let mut env: Vec<(&str, String)> = load_env();
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    h.run(UUID, &env)
+}
+
+fn final_record(h: &Harness) -> Value {
+    h.fake.container(UUID)
+}
+
+/// The API refused no write (a 404 on a GET is an expected answer, not a refusal).
+fn assert_no_rejections(h: &Harness) {
+    let rejected: Vec<_> = h
+        .fake
+        .rejected()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(rejected.is_empty(), "the API refused: {rejected:?}");
+}
+
+#[test]
+fn hello_world_runs_to_complete_with_logs_everywhere() {
+    let (h, pdh) = setup();
+    h.fake
+        .add_container(record(UUID, &pdh, &["echo", "hello world"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hello world\n")]);
+    assert!(out.status.success());
+
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(rec["exit_code"], 0);
+    let updates = h.fake.container_updates(UUID);
+    assert_eq!(
+        updates.first().map(|u| u["state"].clone()),
+        Some(json!("Running"))
+    );
+    assert_eq!(
+        updates.len(),
+        2,
+        "Running, then one final update: {updates:?}"
+    );
+    assert_no_rejections(&h);
+
+    // The image was not in the engine, so it was loaded from Keep.
+    let calls = h.docker_calls();
+    assert!(calls.iter().any(|c| c.starts_with("load")), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with(&format!("create --name {UUID} "))),
+        "{calls:?}"
+    );
+
+    // "hello world" in the logs table and in stdout.txt of the log collection.
+    assert!(h.logs_table("stdout").contains(" hello world\n"));
+    let stdout = h.log_text(UUID, "stdout.txt");
+    assert_timestamped(&stdout);
+    assert_eq!(strip_timestamps(&stdout), "hello world\n");
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert_timestamped(&crunch);
+    assert!(
+        crunch.contains("Loading Docker image from keep"),
+        "{crunch}"
+    );
+    assert!(
+        crunch.contains("Container exited with status code 0"),
+        "{crunch}"
+    );
+    assert!(crunch.trim_end().ends_with("Complete"), "{crunch}");
+    assert_eq!(h.log_text(UUID, "stderr.txt"), "");
+
+    // The log collection was named for the container, and the real Python SDK reads it.
+    let created = h.fake.collections_created();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["name"], format!("logs for {UUID}"));
+    let pdh = rec["log"].as_str().unwrap();
+    assert_eq!(
+        common::python_reads_collection(&h.fake, pdh, "stdout.txt"),
+        h.log_file(UUID, "stdout.txt")
+    );
+    // The spool was removed once the collection was saved.
+    assert_eq!(std::fs::read_dir(h.spool_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn queued_record_of_the_2016_api_runs_too() {
+    let h = Harness::new(common::fake_arvados::FakeArvados::start_2016(), true);
+    let tar = b"not really a tar".to_vec();
+    let pdh = h
+        .fake
+        .add_collection(&[(&format!("{}.tar", image_id()), &tar)]);
+    let mut rec = record(UUID, &pdh, &["echo", "hi"]);
+    rec["state"] = json!("Queued");
+    h.fake.add_container(rec);
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hi\n")]);
+    assert!(out.status.success());
+    assert_eq!(final_record(&h)["state"], "Complete");
+    assert_no_rejections(&h);
+}
+
+#[test]
+fn false_records_exit_code_1() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["false"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_EXIT", "1")]);
+    assert!(out.status.success());
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(rec["exit_code"], 1);
+}
+
+#[test]
+fn the_containers_own_125_126_127_and_137_are_data() {
+    for code in ["125", "126", "127", "137"] {
+        let (h, pdh) = setup();
+        h.fake
+            .add_container(record(UUID, &pdh, &["sh", "-c", "exit $X"]));
+        let out = run_with(&h, &[("FAKE_DOCKER_EXIT", code)]);
+        assert!(out.status.success());
+        let rec = final_record(&h);
+        assert_eq!(rec["state"], "Complete", "exit {code}");
+        assert_eq!(rec["exit_code"].to_string(), code);
+        let crunch = h.log_text(UUID, "crunch-run.txt");
+        assert!(
+            crunch.contains(&format!("Container exited with status code {code}")),
+            "{crunch}"
+        );
+        if code == "137" {
+            assert!(crunch.contains("(signal 9, SIGKILL)"), "{crunch}");
+        }
+    }
+}
+
+#[test]
+fn cwd_dot_means_the_image_default_and_a_set_cwd_is_passed() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["pwd"]));
+    run_with(&h, &[]);
+    let args = h.removed_container_file(UUID, "args");
+    assert!(
+        !args.lines().any(|a| a == "-w" || a == "--workdir"),
+        "{args}"
+    );
+
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["pwd"]);
+    rec["cwd"] = json!("/bin");
+    h.fake.add_container(rec);
+    run_with(&h, &[]);
+    let args = h.removed_container_file(UUID, "args");
+    assert!(args.contains("-w\n/bin\n"), "{args}");
+}
+
+#[test]
+fn stdout_and_stderr_are_kept_apart() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(
+        UUID,
+        &pdh,
+        &["sh", "-c", "echo hello; echo world >&2"],
+    ));
+    run_with(
+        &h,
+        &[
+            ("FAKE_DOCKER_STDOUT", "hello\n"),
+            ("FAKE_DOCKER_STDERR", "world\n"),
+            ("FAKE_DOCKER_EXIT", "1"),
+        ],
+    );
+    assert_eq!(final_record(&h)["exit_code"], 1);
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hello\n");
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stderr.txt")), "world\n");
+    assert!(h.logs_table("stderr").contains(" world\n"));
+}
+
+#[test]
+fn binary_output_and_a_last_line_without_newline_are_kept_byte_exact() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["cat", "blob"]));
+    run_with(
+        &h,
+        &[("FAKE_DOCKER_STDOUT", "\\0001\\0377\\0376bin\\0000ary\nlast")],
+    );
+    let raw = h.log_file(UUID, "stdout.txt");
+    // Two lines, each timestamped; the bytes after the timestamps are unchanged.
+    let newline = raw.iter().position(|&b| b == b'\n').unwrap();
+    let (first, second) = raw.split_at(newline + 1);
+    assert_eq!(&first[31..], b"\x01\xff\xfebin\x00ary\n");
+    assert_eq!(&second[31..], b"last");
+    assert_timestamped(&String::from_utf8_lossy(&raw));
+}
+
+#[test]
+fn environment_values_never_appear_in_argv() {
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["env"]);
+    rec["environment"] = json!({"FROBIZ": "bilbo", "HOME": "/home/x"});
+    h.fake.add_container(rec);
+    run_with(&h, &[]);
+    let calls = h.docker_calls();
+    let create = calls.iter().find(|c| c.starts_with("create")).unwrap();
+    assert!(
+        !create.contains("bilbo") && !create.contains("/home/x"),
+        "{create}"
+    );
+    assert!(
+        h.removed_container_file(UUID, "env")
+            .contains("FROBIZ=bilbo")
+    );
+    assert!(
+        h.removed_container_file(UUID, "env-file")
+            .contains("HOME=/home/x")
+    );
+}
+
+#[test]
+fn the_api_token_appears_nowhere() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["echo", "x"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "x\n")]);
+    let token = h.fake.token().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains(&token));
+    for name in ["crunch-run.txt", "stdout.txt", "stderr.txt"] {
+        assert!(!h.log_text(UUID, name).contains(&token), "{name}");
+    }
+    for l in h.fake.logs() {
+        assert!(!l.text.contains(&token));
+    }
+    let calls = h.docker_calls().join("\n");
+    assert!(!calls.contains(&token));
+    // docker children never even receive our ARVADOS_* variables.
+    let leaked =
+        std::fs::read_to_string(h.docker_state().join("arvados-env.log")).unwrap_or_default();
+    assert_eq!(leaked, "", "docker saw {leaked}");
+}
+
+#[test]
+fn an_image_already_in_the_engine_is_not_fetched_from_keep() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let image = image_id();
+    let out = run_with(&h, &[("FAKE_DOCKER_IMAGES", &image)]);
+    assert!(out.status.success());
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("load")));
+    let gets: Vec<_> = h
+        .fake
+        .keep_requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(gets.is_empty(), "{gets:?}");
+    assert!(
+        h.log_text(UUID, "crunch-run.txt")
+            .contains("Docker image is available")
+    );
+}
+
+/// Runs a broken case and returns (final record, crunch-run.txt).
+fn cancelled_case(h: &Harness, extra: &[(&str, &str)]) -> (Value, String) {
+    let out = run_with(h, extra);
+    let rec = final_record(h);
+    assert!(
+        out.status.success(),
+        "the record should still reach its final state"
+    );
+    assert_eq!(rec["state"], "Cancelled", "{rec}");
+    assert_no_rejections(h);
+    (rec.clone(), h.log_text(UUID, "crunch-run.txt"))
+}
+
+#[test]
+fn missing_image_collection_is_logged_and_cancels() {
+    let h = Harness::with_fake_docker();
+    h.fake.add_container(record(
+        UUID,
+        "acbd18db4cc2f85cedef654fccc4a4d8+99",
+        &["true"],
+    ));
+    let (rec, crunch) = cancelled_case(&h, &[]);
+    assert!(
+        crunch.contains("image collection acbd18db4cc2f85cedef654fccc4a4d8+99 was not found"),
+        "{crunch}"
+    );
+    assert!(
+        rec["runtime_status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("was not found")
+    );
+    assert!(h.logs_table("crunch-run").contains("was not found"));
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("create")));
+}
+
+#[test]
+fn image_collection_without_a_tar_or_with_two_is_an_error() {
+    let h = Harness::with_fake_docker();
+    let pdh = h.fake.add_collection(&[("md5sum.txt", b"x".as_slice())]);
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let (_, crunch) = cancelled_case(&h, &[]);
+    assert!(
+        crunch.contains("does not include a .tar image file"),
+        "{crunch}"
+    );
+
+    let h = Harness::with_fake_docker();
+    let pdh = h
+        .fake
+        .add_collection(&[("a.tar", b"x".as_slice()), ("b.tar", b"y".as_slice())]);
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let (_, crunch) = cancelled_case(&h, &[]);
+    assert!(
+        crunch.contains("cannot choose from multiple tar files"),
+        "{crunch}"
+    );
+    assert!(crunch.contains("a.tar, b.tar"), "{crunch}");
+}
+
+#[test]
+fn keep_failure_while_fetching_the_image_is_logged() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    h.fake
+        .fail_keep("GET", &[0, 1], 404, common::fake_arvados::Times::Always);
+    let (_, crunch) = cancelled_case(&h, &[]);
+    assert!(
+        crunch.contains("failed to load container image"),
+        "{crunch}"
+    );
+    assert!(crunch.contains("reading image from Keep"), "{crunch}");
+}
+
+#[test]
+fn docker_load_failure_and_wrong_image_are_logged() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let (_, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_LOAD_FAIL", "1")]);
+    assert!(
+        crunch.contains("failed to load container image"),
+        "{crunch}"
+    );
+    assert!(crunch.contains("invalid tar header"), "{crunch}");
+
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let other = format!("sha256:{}", "1".repeat(64));
+    let (_, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_LOAD_ID", &other)]);
+    assert!(crunch.contains("holds a different image"), "{crunch}");
+}
+
+#[test]
+fn engine_down_is_logged_and_cancels() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let (rec, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_ENGINE_DOWN", "1")]);
+    assert!(crunch.contains("docker engine is unreachable"), "{crunch}");
+    assert!(
+        crunch.contains("Cannot connect to the Docker daemon"),
+        "{crunch}"
+    );
+    assert!(rec["exit_code"].is_null());
+}
+
+#[test]
+fn a_command_that_cannot_start_is_logged_with_advice() {
+    let (h, pdh) = setup();
+    h.fake
+        .add_container(record(UUID, &pdh, &["/no/such/command"]));
+    let msg = "failed to create task for container: exec: \"/no/such/command\": stat /no/such/command: no such file or directory: unknown";
+    let (rec, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_START_FAIL", msg)]);
+    assert!(crunch.contains("could not start container"), "{crunch}");
+    assert!(crunch.contains("no such file or directory"), "{crunch}");
+    assert!(
+        rec["runtime_status"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not start container")
+    );
+    // It had been set Running; the docker CLI's status was not taken for the container's.
+    assert_eq!(h.fake.container_updates(UUID)[0]["state"], "Running");
+    assert!(rec["exit_code"].is_null());
+}
+
+#[test]
+fn create_failure_cancels_before_running() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let (_, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_CREATE_FAIL", "invalid mount config")]);
+    assert!(
+        crunch.contains("cannot create docker container"),
+        "{crunch}"
+    );
+    assert!(
+        h.fake
+            .container_updates(UUID)
+            .iter()
+            .all(|u| u["state"] != "Running")
+    );
+}
+
+#[test]
+fn malformed_records_are_cancelled_with_the_reason() {
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("command", json!([]), "command is empty"),
+        ("command", json!(["echo", 1]), "command[1] must be a string"),
+        (
+            "environment",
+            json!({"A": false}),
+            "environment[\"A\"] must be a string",
+        ),
+        (
+            "container_image",
+            json!("debian:8"),
+            "is not a portable data hash",
+        ),
+    ];
+    for (field, value, want) in cases {
+        let h = Harness::with_fake_docker();
+        let mut rec = record(UUID, "acbd18db4cc2f85cedef654fccc4a4d8+3", &["true"]);
+        rec[field] = value;
+        h.fake.add_container(rec);
+        let (_, crunch) = cancelled_case(&h, &[]);
+        assert!(crunch.contains(want), "{field}: {crunch}");
+        assert!(
+            h.docker_calls().is_empty()
+                || !h.docker_calls().iter().any(|c| c.starts_with("create"))
+        );
+    }
+}
+
+#[test]
+fn records_in_other_states_are_left_alone() {
+    for state in ["Running", "Complete", "Cancelled"] {
+        let (h, pdh) = setup();
+        let mut rec = record(UUID, &pdh, &["true"]);
+        rec["state"] = json!(state);
+        h.fake.add_container(rec);
+        let out = run_with(&h, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("container is {state}")));
+        assert!(h.fake.container_updates(UUID).is_empty());
+        assert!(h.docker_calls().is_empty());
+    }
+}
+
+#[test]
+fn log_collection_failure_is_logged_and_the_logs_table_left_alone() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["echo", "hello"]));
+    h.fake.fail_api(
+        "POST",
+        "/arvados/v1/collections",
+        500,
+        common::fake_arvados::Times::Always,
+    );
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hello\n")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Saving the log collection failed"),
+        "{stderr}"
+    );
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Cancelled");
+    assert!(rec["log"].is_null(), "no bogus log PDH: {rec}");
+    assert_eq!(rec["exit_code"], 0, "the exit code is still recorded");
+    // The logs table still has everything, and says what went wrong.
+    assert!(h.logs_table("stdout").contains(" hello\n"));
+    assert!(
+        h.logs_table("crunch-run")
+            .contains("Saving the log collection failed")
+    );
+    // The local copy is where the message says.
+    let kept = std::fs::read_dir(h.spool_dir())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stdout = std::fs::read_to_string(kept.join("logs/stdout.txt")).unwrap();
+    assert_eq!(strip_timestamps(&stdout), "hello\n");
+    assert!(stderr.contains(&kept.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn keep_down_while_saving_logs_keeps_the_local_copy() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["echo", "hello"]));
+    h.fake
+        .fail_keep("PUT", &[0, 1], 503, common::fake_arvados::Times::Always);
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hello\n")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Saving the log collection failed"));
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Cancelled");
+    assert!(rec["log"].is_null());
+    assert_eq!(h.fake.collections_created().len(), 0);
+}
+
+#[test]
+fn transient_api_errors_are_retried() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    h.fake.fail_api(
+        "GET",
+        &format!("/arvados/v1/containers/{UUID}"),
+        503,
+        common::fake_arvados::Times::Next(2),
+    );
+    h.fake.fail_api(
+        "PUT",
+        &format!("/arvados/v1/containers/{UUID}"),
+        502,
+        common::fake_arvados::Times::Next(1),
+    );
+    let out = run_with(&h, &[]);
+    assert!(out.status.success());
+    assert_eq!(final_record(&h)["state"], "Complete");
+}
+
+#[test]
+fn cancel_by_signal_removes_the_container_and_keeps_the_logs() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+        let (h, pdh) = setup();
+        h.fake
+            .add_container(record(UUID, &pdh, &["sh", "-c", "echo foo; sleep 60"]));
+        let image = image_id();
+        let mut child = h.spawn(
+            UUID,
+            &[
+                ("FAKE_DOCKER_LOAD_ID", &image),
+                ("FAKE_DOCKER_STDOUT", "foo\n"),
+                ("FAKE_DOCKER_SLEEP", "60"),
+            ],
+        );
+        assert!(wait_for(20, || h.fake.container(UUID)["state"] == "Running"));
+        assert!(wait_for(10, || h.logs_table("stdout").contains("foo")));
+        let started = std::time::Instant::now();
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(status.success());
+        let rec = final_record(&h);
+        assert_eq!(rec["state"], "Cancelled");
+        assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "foo\n");
+        let crunch = h.log_text(UUID, "crunch-run.txt");
+        assert!(crunch.contains("caught signal"), "{crunch}");
+        assert!(h.docker_calls().iter().any(|c| c.starts_with("rm -f")));
+        assert!(!h.docker_state().join("containers").join(UUID).exists());
+        assert_no_rejections(&h);
+    }
+}
+
+#[test]
+fn logs_table_can_be_turned_off() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["echo", "hi"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("--no-logs-table")
+        .env("FAKE_DOCKER_LOAD_ID", image_id())
+        .env("FAKE_DOCKER_STDOUT", "hi\n");
+    assert!(cmd.output().unwrap().status.success());
+    assert!(h.fake.logs().is_empty());
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hi\n");
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_line() {
+    let h = Harness::with_fake_docker();
+    let out = h.command("not-a-uuid").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a container UUID"));
+
+    let mut cmd = h.command(UUID);
+    cmd.env_remove("ARVADOS_API_TOKEN");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ARVADOS_API_TOKEN"));
+
+    let mut cmd = h.command(UUID);
+    cmd.arg("-runtime-engine=singularity");
+    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+}
+
+#[test]
+fn a_log_flood_reaches_keep_whole_while_the_logs_table_is_throttled() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["yes"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_FLOOD_BYTES", "3000000")]);
+    assert!(out.status.success());
+    let stdout = h.log_file(UUID, "stdout.txt");
+    // 1.5 M lines of "y\n", each with a 31-byte prefix.
+    assert_eq!(stdout.len(), 3_000_000 + 1_500_000 * 31);
+    let table = h.logs_table("stdout");
+    assert!(
+        table.len() < 200_000,
+        "logs table got {} bytes",
+        table.len()
+    );
+    assert!(table.contains("Exceeded rate"), "throttle message missing");
+}
