@@ -80,4 +80,5 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
     }
     out.stdout
 }
+pub mod engine;
 pub mod harness;

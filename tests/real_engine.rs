@@ -1,0 +1,243 @@
+// Real-engine tests: the crunch-run binary against a real Docker daemon, with a busybox
+// image built at test time and served from the fake Keep. The same cases as the component
+// tests, plus what only a real engine can show: the image really loads, exit codes and
+// OOM kills come from the engine, the network is off, and nothing is left running when
+// crunch-run is cancelled or killed outright.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::engine::{self, TestImage};
+use common::harness::{Harness, assert_timestamped, record, strip_timestamps, wait_for};
+use serde_json::{Value, json};
+
+/// Each test has its own container UUID, so that parallel tests never share a name.
+fn uuid(n: u32) -> String {
+    format!("zzzzz-dz642-rt{n:013}")
+}
+
+struct Case {
+    h: Harness,
+    uuid: String,
+}
+
+impl Case {
+    /// A fake Arvados holding `image`, and a Locked record for `command`.
+    fn new(n: u32, image: &TestImage, command: &[&str]) -> Case {
+        engine::require_engine();
+        let h = Harness::new(common::fake_arvados::FakeArvados::start(), false);
+        let pdh = h.fake.add_collection(&[(&image.tar_name(), &image.tar)]);
+        let uuid = uuid(n);
+        engine::force_remove(&uuid);
+        h.fake.add_container(record(&uuid, &pdh, command));
+        Case { h, uuid }
+    }
+
+    fn with_shared_image(n: u32, command: &[&str]) -> Case {
+        Case::new(n, engine::shared_image(), command)
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut rec = self.h.fake.container(&self.uuid);
+        f(&mut rec);
+        self.h.fake.add_container(rec);
+    }
+
+    fn run(&self) -> Value {
+        let out = self.h.run(&self.uuid, &[]);
+        assert!(out.status.success(), "crunch-run exited {}", out.status);
+        assert!(
+            engine::containers_named(&self.uuid).is_empty(),
+            "docker container {} left behind",
+            self.uuid
+        );
+        self.h.fake.container(&self.uuid)
+    }
+
+    fn stdout(&self) -> String {
+        strip_timestamps(&self.h.log_text(&self.uuid, "stdout.txt"))
+    }
+
+    fn crunch_log(&self) -> String {
+        self.h.log_text(&self.uuid, "crunch-run.txt")
+    }
+}
+
+#[test]
+fn hello_world_loads_the_image_from_keep_and_completes() {
+    let image = engine::fresh_image("hello");
+    let c = Case::new(1, &image, &["echo", "hello world"]);
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(rec["exit_code"], 0);
+    assert_eq!(c.h.fake.container_updates(&c.uuid)[0]["state"], "Running");
+    assert_eq!(c.stdout(), "hello world\n");
+    assert_timestamped(&c.h.log_text(&c.uuid, "stdout.txt"));
+    let crunch = c.crunch_log();
+    assert!(
+        crunch.contains("Loading Docker image from keep"),
+        "{crunch}"
+    );
+    assert!(engine::image_exists(&image.id), "image was not loaded");
+    assert!(c.h.logs_table("stdout").contains(" hello world\n"));
+    let pdh = rec["log"].as_str().unwrap();
+    let via_python = common::python_reads_collection(&c.h.fake, pdh, "stdout.txt");
+    assert_eq!(via_python, c.h.log_file(&c.uuid, "stdout.txt"));
+    engine::remove_image(&image.id);
+}
+
+#[test]
+fn exit_codes_come_from_the_engine() {
+    let cases: [(&[&str], i64); 4] = [
+        (&["false"], 1),
+        (&["sh", "-c", "exit 125"], 125),
+        (&["sh", "-c", "exit 127"], 127),
+        // PID 1 ignores its own SIGKILL; a child killed by SIGKILL exits 137 through it.
+        (&["sh", "-c", "sh -c 'kill -9 $$'; exit $?"], 137),
+    ];
+    for (i, (command, code)) in cases.into_iter().enumerate() {
+        let c = Case::with_shared_image(10 + i as u32, command);
+        let rec = c.run();
+        assert_eq!(rec["state"], "Complete", "{command:?}");
+        assert_eq!(rec["exit_code"], code, "{command:?}");
+        assert!(
+            c.crunch_log()
+                .contains(&format!("Container exited with status code {code}"))
+        );
+    }
+}
+
+#[test]
+fn pwd_with_cwd_dot_and_with_a_set_cwd() {
+    let c = Case::with_shared_image(20, &["pwd"]);
+    c.run();
+    assert_eq!(c.stdout(), "/root\n", "the image's WORKDIR");
+
+    let c = Case::with_shared_image(21, &["pwd"]);
+    c.edit(|r| r["cwd"] = json!("/bin"));
+    c.run();
+    assert_eq!(c.stdout(), "/bin\n");
+}
+
+#[test]
+fn stdout_stderr_and_environment() {
+    let c = Case::with_shared_image(
+        30,
+        &["sh", "-c", "echo hello $FROBIZ; echo world >&2; exit 1"],
+    );
+    c.edit(|r| r["environment"] = json!({"FROBIZ": "bilbo"}));
+    let rec = c.run();
+    assert_eq!(rec["exit_code"], 1);
+    assert_eq!(c.stdout(), "hello bilbo\n");
+    assert_eq!(
+        strip_timestamps(&c.h.log_text(&c.uuid, "stderr.txt")),
+        "world\n"
+    );
+}
+
+#[test]
+fn no_network_unless_the_api_is_asked_for() {
+    let c = Case::with_shared_image(40, &["ls", "/sys/class/net"]);
+    c.run();
+    assert_eq!(c.stdout(), "lo\n");
+}
+
+#[test]
+fn output_arrives_byte_exact() {
+    // 2^20 + 1 bytes of 11-byte lines, the last one cut short (docker/cli#4338 shape).
+    let c = Case::with_shared_image(50, &["sh", "-c", "yes abcdefghij | head -c 1048577"]);
+    c.run();
+    let want: String = "abcdefghij\n".repeat(1048577 / 11 + 1)[..1048577].to_string();
+    let got = c.stdout();
+    // strip_timestamps adds a newline after the unterminated last line.
+    assert_eq!(got.len(), want.len() + 1);
+    assert_eq!(&got[..want.len()], want);
+}
+
+#[test]
+fn a_command_that_cannot_start_is_cancelled_with_the_reason() {
+    let c = Case::with_shared_image(60, &["/no/such/command"]);
+    let rec = c.run();
+    assert_eq!(rec["state"], "Cancelled");
+    assert!(rec["exit_code"].is_null());
+    let crunch = c.crunch_log();
+    assert!(crunch.contains("could not start container"), "{crunch}");
+    assert!(
+        rec["runtime_status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not start container")
+    );
+}
+
+#[test]
+fn a_garbage_image_tar_is_a_clear_error() {
+    let garbage = TestImage {
+        id: format!("sha256:{}", "7".repeat(64)),
+        tar: b"this is not a tar file at all".repeat(100),
+    };
+    let c = Case::new(70, &garbage, &["true"]);
+    let rec = c.run();
+    assert_eq!(rec["state"], "Cancelled");
+    let crunch = c.crunch_log();
+    assert!(
+        crunch.contains("failed to load container image"),
+        "{crunch}"
+    );
+}
+
+#[test]
+fn out_of_memory_kills_are_reported() {
+    let c = Case::with_shared_image(
+        80,
+        &["sh", "-c", "a=0123456789; while true; do a=$a$a; done"],
+    );
+    c.edit(|r| r["runtime_constraints"] = json!({"ram": 32 << 20, "vcpus": 1}));
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(rec["exit_code"], 137);
+    let crunch = c.crunch_log();
+    assert!(crunch.contains("--memory 33554432"), "{crunch}");
+    assert!(crunch.contains("out-of-memory"), "{crunch}");
+}
+
+#[test]
+fn sigterm_removes_the_container_and_cancels() {
+    let c = Case::with_shared_image(90, &["sh", "-c", "echo started; sleep 60"]);
+    let mut child = c.h.spawn(&c.uuid, &[]);
+    assert!(wait_for(60, || c
+        .h
+        .logs_table("stdout")
+        .contains("started")));
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(status.success());
+    assert!(engine::containers_named(&c.uuid).is_empty());
+    let rec = c.h.fake.container(&c.uuid);
+    assert_eq!(rec["state"], "Cancelled");
+    assert_eq!(c.stdout(), "started\n");
+}
+
+#[test]
+fn sigkill_of_crunch_run_does_not_leave_the_container_running() {
+    let c = Case::with_shared_image(91, &["sh", "-c", "echo started; sleep 120"]);
+    let mut child = c.h.spawn(&c.uuid, &[]);
+    assert!(wait_for(60, || c
+        .h
+        .logs_table("stdout")
+        .contains("started")));
+    assert_eq!(engine::containers_named(&c.uuid).len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_for(15, || engine::containers_named(&c.uuid).is_empty()),
+        "the guard did not remove the container"
+    );
+}
