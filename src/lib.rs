@@ -9,6 +9,7 @@
 pub mod arvados;
 pub mod config;
 pub mod docker;
+pub mod image;
 pub mod logging;
 pub mod redact;
 pub mod runner;

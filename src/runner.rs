@@ -12,18 +12,19 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
-use crate::arvados::manifest::{Manifest, single_stream_manifest};
+use crate::arvados::manifest::single_stream_manifest;
 use crate::config::{Backend, Config};
-use crate::docker::argv::{ContainerExit, ContainerSpec, create_argv, display_argv};
-use crate::docker::cli::Docker;
+use crate::docker::argv::{
+    ContainerExit, ContainerSpec, MIN_MEMORY_BYTES, create_argv, display_argv,
+};
+use crate::docker::cli::{ContainerState, Docker, run_argv};
 use crate::docker::guard::Guard;
+use crate::docker::tail::TailReader;
+use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, StoreError};
-
-/// Docker refuses memory limits below a few MiB; the Go crunch-run uses this floor.
-const MIN_DOCKER_RAM: u64 = 16 << 20;
 
 /// What happened to the container, decided once and then only reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +325,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
             legacy_api: initial == State::Queued,
             running: false,
         },
+        cleanup: None,
     };
     let outcome = run.execute(&record, &pipeline);
     run.finish(outcome, pipeline)
@@ -358,6 +360,33 @@ struct ContainerRun {
     secrets: Secrets,
     run_dir: PathBuf,
     progress: RecordProgress,
+    /// Set once the docker container may exist: what removes it.
+    cleanup: Option<Cleanup>,
+}
+
+/// Removing the docker container and releasing the guard: done on a thread of its own
+/// while the logs are saved, and waited for before crunch-run exits.
+struct Cleanup {
+    docker: Docker,
+    name: String,
+    guard: Option<Guard>,
+}
+
+impl Cleanup {
+    /// Returns what went wrong, for stderr (the log collection is closed by then).
+    fn run(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.docker.remove(&self.name) {
+            problems.push(format!(
+                "removing docker container {} failed: {e}",
+                self.name
+            ));
+        }
+        if let Some(Err(e)) = self.guard.map(Guard::release) {
+            problems.push(format!("releasing the guard process failed: {e}"));
+        }
+        problems
+    }
 }
 
 /// A failure before or around the user's command, already worded for crunch-run.txt.
@@ -395,107 +424,87 @@ impl ContainerRun {
         let result = self
             .prepare(record)
             .and_then(|(container, image)| self.run_container(&container, &image, pipeline));
-        let outcome = match result {
+        match result {
             Ok(outcome) | Err(outcome) => outcome,
-        };
-        if let Err(e) = self.docker.remove(&self.uuid) {
-            self.say(&format!(
-                "Removing docker container {} failed: {e}",
-                self.uuid
-            ));
         }
-        outcome
     }
 
-    /// Validate the record, check the engine, get the image. Returns the image id.
+    /// Validate the record, check the engine, get the image into it. Returns the image id.
     fn prepare(&mut self, record: &Value) -> Step<(Container, String)> {
         let container = Container::from_json(record).map_err(|e| failed(e.to_string()))?;
-        match self.docker.server_version() {
-            Ok(v) => self.say(&format!("Using container runtime: docker Engine {v}")),
-            Err(e) => return Err(failed(format!("docker engine is unreachable: {e}"))),
+        // Three independent questions at once (each docker client costs a start-up): is
+        // the engine there, is a container of an earlier run left under our name, and
+        // is the image already loaded.
+        let (version, leftover, image) = std::thread::scope(|s| {
+            let version = s.spawn(|| self.docker.server_version());
+            let leftover = s.spawn(|| self.remove_leftover());
+            let image = self.find_image(&container.container_image);
+            (version.join(), leftover.join(), image)
+        });
+        match version {
+            Ok(Ok(v)) => self.say(&format!("Using container runtime: docker Engine {v}")),
+            Ok(Err(e)) => return Err(failed(format!("docker engine is unreachable: {e}"))),
+            Err(_) => return Err(failed("checking the docker engine failed unexpectedly")),
+        }
+        leftover
+            .unwrap_or_else(|_| Err(failed("removing a leftover container failed unexpectedly")))?;
+        let (tar, present) = image?;
+        self.check_cancel()?;
+        if present {
+            self.say("Docker image is available");
+        } else {
+            self.load_image(&tar)?;
         }
         self.check_cancel()?;
-        let image = self.load_image(&container.container_image)?;
-        self.check_cancel()?;
-        Ok((container, image))
+        Ok((container, tar.id))
     }
 
-    fn load_image(&self, pdh: &str) -> Step<String> {
+    /// A container named like ours can only be left from an earlier crunch-run for this
+    /// UUID that was killed before its guard acted: remove it, and say so.
+    fn remove_leftover(&self) -> Step<()> {
+        match self.docker.exists(&self.uuid) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                self.say(&format!("Removing leftover docker container {}", self.uuid));
+                self.docker.remove(&self.uuid).map_err(|e| {
+                    failed(format!(
+                        "cannot remove leftover container {}: {e}",
+                        self.uuid
+                    ))
+                })
+            }
+            // The version check reports an unreachable engine more plainly.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The image tar of the record's image collection, and whether the engine has it.
+    fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let manifest_text = self.api.get_collection_manifest(pdh).map_err(|e| match e {
-            StoreError::NotFound { .. } => failed(format!("image collection {pdh} was not found")),
-            other => failed(format!("cannot fetch image collection {pdh}: {other}")),
-        })?;
-        let manifest = Manifest::parse(&manifest_text)
-            .map_err(|e| failed(format!("image collection {pdh} has a bad manifest: {e}")))?;
-        let tars: Vec<_> = manifest
-            .files()
-            .into_iter()
-            .filter(|f| !f.path.contains('/') && f.path.ends_with(".tar"))
-            .collect();
-        let tar = match tars.as_slice() {
-            [one] => one,
-            [] => {
-                return Err(failed(format!(
-                    "image collection {pdh} does not include a .tar image file"
-                )));
-            }
-            many => {
-                let names: Vec<&str> = many.iter().map(|f| f.path.as_str()).collect();
-                return Err(failed(format!(
-                    "cannot choose from multiple tar files in image collection {pdh}: {}",
-                    names.join(", ")
-                )));
-            }
-        };
-        let image_id = tar.path.trim_end_matches(".tar").to_string();
-        if !is_image_id(&image_id) {
-            return Err(failed(format!(
-                "image file {:?} in collection {pdh} is not named <image id>.tar",
-                tar.path
-            )));
+        let tar = find_image_tar(&*self.api, pdh).map_err(failed)?;
+        self.say(&format!("Using Docker image id '{}'", tar.id));
+        match self.docker.image_id(&tar.id) {
+            Ok(found) => Ok((tar, found.is_some())),
+            Err(e) if e.is_engine_down() => Ok((tar, false)),
+            Err(e) => Err(failed(format!(
+                "cannot inspect docker image {}: {e}",
+                tar.id
+            ))),
         }
-        self.say(&format!("Using Docker image id '{image_id}'"));
-        match self.docker.image_id(&image_id) {
-            Ok(Some(_)) => {
-                self.say("Docker image is available");
-                return Ok(image_id);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return Err(failed(format!(
-                    "cannot inspect docker image {image_id}: {e}"
-                )));
-            }
-        }
+    }
+
+    fn load_image(&self, tar: &ImageTar) -> Step<()> {
         self.say(&format!(
             "Loading Docker image from keep ({} bytes)",
-            tar.size
+            tar.file.size
         ));
         let cancel = self.cancel.clone();
-        let blocks = self.blocks.clone();
-        let ranges = tar.ranges.clone();
-        let mut feed = move |stdin: &mut dyn Write| -> io::Result<()> {
-            for range in &ranges {
-                if let Some(reason) = cancel.reason() {
-                    return Err(io::Error::other(format!("cancelled: {reason}")));
-                }
-                let mut window = RangeWriter::new(stdin, range.offset, range.len);
-                blocks
-                    .get_block(&range.locator, &mut window)
-                    .map_err(|e| match e {
-                        // docker load gave up reading: let it tell why.
-                        StoreError::Io { source, .. }
-                            if source.kind() == io::ErrorKind::BrokenPipe =>
-                        {
-                            source
-                        }
-                        other => io::Error::other(format!("reading image from Keep: {other}")),
-                    })?;
-                window.finish()?;
-            }
-            Ok(())
+        let keep_going = move || match cancel.reason() {
+            Some(reason) => Err(io::Error::other(format!("cancelled: {reason}"))),
+            None => Ok(()),
         };
+        let blocks = self.blocks.clone();
+        let mut feed = |stdin: &mut dyn Write| stream_file(&*blocks, &tar.file, stdin, &keep_going);
         let loaded = self.docker.load_image(&mut feed).map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
@@ -509,13 +518,15 @@ impl ContainerRun {
         for line in loaded.output.lines() {
             self.say(&format!("docker load: {line}"));
         }
-        match self.docker.image_id(&image_id) {
-            Ok(Some(_)) => Ok(image_id),
+        match self.docker.image_id(&tar.id) {
+            Ok(Some(_)) => Ok(()),
             Ok(None) => Err(failed(format!(
-                "docker load finished but image {image_id} is not in the engine: the tar in collection {pdh} holds a different image"
+                "docker load finished but image {} is not in the engine: the tar holds a different image",
+                tar.id
             ))),
             Err(e) => Err(failed(format!(
-                "cannot inspect docker image {image_id} after loading: {e}"
+                "cannot inspect docker image {} after loading: {e}",
+                tar.id
             ))),
         }
     }
@@ -540,55 +551,14 @@ impl ContainerRun {
                     std::process::id().to_string(),
                 ),
             ],
-            memory_bytes: rc.ram.map(|r| r.max(MIN_DOCKER_RAM)),
+            memory_bytes: rc.ram,
             cpus: rc.vcpus,
         }
     }
 
+    /// Mark the record Running, run the container attached, and ask the engine how it
+    /// ended. The container is removed (with the guard released) by `self.cleanup`.
     fn run_container(
-        &mut self,
-        container: &Container,
-        image: &str,
-        pipeline: &LogPipeline,
-    ) -> Step<Outcome> {
-        // A container left by an earlier crunch-run for this UUID (killed before its
-        // guard could act) would make the name clash: remove it, and say so.
-        match self.docker.exists(&self.uuid) {
-            Ok(true) => {
-                self.say(&format!("Removing leftover docker container {}", self.uuid));
-                self.docker.remove(&self.uuid).map_err(|e| {
-                    failed(format!(
-                        "cannot remove leftover container {}: {e}",
-                        self.uuid
-                    ))
-                })?;
-            }
-            Ok(false) => {}
-            Err(e) => return Err(failed(format!("docker engine error: {e}"))),
-        }
-        let guard = match std::env::current_exe()
-            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
-        {
-            Ok(g) => Some(g),
-            Err(e) => {
-                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
-                None
-            }
-        };
-        let outcome = self.create_and_start(container, image, pipeline);
-        if let Err(e) = self.docker.remove(&self.uuid) {
-            self.say(&format!(
-                "Removing docker container {} failed: {e}",
-                self.uuid
-            ));
-        }
-        if let Some(Err(e)) = guard.map(Guard::release) {
-            self.say(&format!("Warning: releasing the guard process failed: {e}"));
-        }
-        outcome
-    }
-
-    fn create_and_start(
         &mut self,
         container: &Container,
         image: &str,
@@ -598,16 +568,7 @@ impl ContainerRun {
         let args = create_argv(&spec)
             .map_err(|e| failed(format!("cannot build the docker command: {e}")))?;
         // Environment values travel in the docker CLI's own environment, never in argv.
-        let argv = args.argv(Path::new("<env-file>"));
-        self.say(&format!(
-            "Creating Docker container: docker {}",
-            display_argv(&argv)
-        ));
-        let id = self
-            .docker
-            .create(&spec, &self.run_dir)
-            .map_err(|e| failed(format!("cannot create docker container: {e}")))?;
-        self.say(&format!("Created docker container {id}"));
+        let argv = run_argv(&args.argv(Path::new("<env-file>")));
         self.check_cancel()?;
 
         let mut running = Map::new();
@@ -616,15 +577,39 @@ impl ContainerRun {
             .update_container(&self.uuid, &running)
             .map_err(|e| failed(format!("cannot set the container record to Running: {e}")))?;
         self.progress.running = true;
-        self.say("Starting Docker container");
 
+        let guard = match std::env::current_exe()
+            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
+                None
+            }
+        };
+        self.cleanup = Some(Cleanup {
+            docker: self.docker.clone(),
+            name: self.uuid.clone(),
+            guard,
+        });
+        self.say(&format!("Running: docker {}", display_argv(&argv)));
         let mut attached = self
             .docker
-            .start_attached(&self.uuid)
-            .map_err(|e| failed(format!("cannot run docker start: {e}")))?;
+            .run_attached(&spec, &self.run_dir)
+            .map_err(|e| failed(format!("cannot run docker: {e}")))?;
+        let (stderr, client_tail) = match attached.take_stderr() {
+            Some(r) => {
+                let (reader, tail) = TailReader::new(r, 2048);
+                (
+                    Some(Box::new(reader) as Box<dyn io::Read + Send>),
+                    Some(tail),
+                )
+            }
+            None => (None, None),
+        };
         let streams: [(&'static str, Option<Box<dyn io::Read + Send>>); 2] = [
             ("stdout", attached.take_stdout().map(|r| Box::new(r) as _)),
-            ("stderr", attached.take_stderr().map(|r| Box::new(r) as _)),
+            ("stderr", stderr),
         ];
         let mut copiers = Vec::new();
         for (name, reader) in streams {
@@ -634,7 +619,7 @@ impl ContainerRun {
                 Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
             }
         }
-        let cli = attached.wait();
+        let client = attached.wait();
         for copier in copiers {
             match copier.join() {
                 Ok(Ok(_)) => {}
@@ -648,26 +633,24 @@ impl ContainerRun {
                 exit_code: None,
             });
         }
-        // The docker CLI's own status says nothing reliable about the container: ask the
-        // engine (and wait for it, in case only the CLI went away).
-        if let Err(e) = self.docker.wait(&self.uuid) {
-            self.say(&format!("docker wait: {e}"));
-        }
-        let state = self.docker.inspect_state(&self.uuid).map_err(|e| {
-            let cli = match &cli {
-                Ok(s) => format!("docker start exited {s}"),
-                Err(e) => format!("docker start failed: {e}"),
-            };
+        let client = match &client {
+            Ok(status) => format!("docker run exited {status}"),
+            Err(e) => format!("docker run failed: {e}"),
+        };
+        let client_said = client_tail.map(|t| t.text()).unwrap_or_default();
+        let state = self.engine_state().map_err(|e| {
             failed(format!(
-                "cannot inspect the finished container ({cli}): {e}"
+                "the container was not created or cannot be inspected ({client}): {e}{}",
+                if client_said.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{client_said}")
+                }
             ))
         })?;
         if state.never_started() {
             let why = if state.error.is_empty() {
-                match &cli {
-                    Ok(s) => format!("docker start exited {s}"),
-                    Err(e) => e.to_string(),
-                }
+                format!("{client}: {client_said}")
             } else {
                 state.error.clone()
             };
@@ -681,10 +664,9 @@ impl ContainerRun {
         let code = state.exit_code;
         self.say(&ContainerExit::new(code).to_string());
         if state.oom_killed {
-            let limit = container
-                .runtime_constraints
-                .ram
-                .map(|r| format!(" (memory limit {} bytes)", r.max(MIN_DOCKER_RAM)))
+            let limit = spec
+                .memory_bytes
+                .map(|r| format!(" (memory limit {} bytes)", r.max(MIN_MEMORY_BYTES)))
                 .unwrap_or_default();
             self.say(&format!(
                 "Container was killed by the out-of-memory killer{limit}"
@@ -693,8 +675,25 @@ impl ContainerRun {
         Ok(Outcome::Exited { code })
     }
 
+    /// The container's state from the engine, once it has stopped: the docker client's
+    /// own exit says nothing reliable (it may have died while the container runs on).
+    fn engine_state(&self) -> Result<ContainerState, crate::docker::cli::DockerError> {
+        let state = self.docker.inspect_state(&self.uuid)?;
+        if !state.running {
+            return Ok(state);
+        }
+        if let Err(e) = self.docker.wait(&self.uuid) {
+            self.say(&format!("docker wait: {e}"));
+        }
+        self.docker.inspect_state(&self.uuid)
+    }
+
     /// Log the final state, save the log collection, send the final update.
-    fn finish(self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
+    fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
+        let cleanup = self
+            .cleanup
+            .take()
+            .map(|c| std::thread::spawn(move || c.run()));
         match &outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
@@ -739,7 +738,7 @@ impl ContainerRun {
             }
         };
         let fields = final_update(&outcome, self.progress, log_pdh.as_deref());
-        match self.api.update_container(&self.uuid, &fields) {
+        let status = match self.api.update_container(&self.uuid, &fields) {
             Ok(()) => 0,
             Err(e) => {
                 let msg = format!(
@@ -749,7 +748,17 @@ impl ContainerRun {
                 eprintln!("crunch-run: {}: {msg}", self.uuid);
                 1
             }
+        };
+        let problems = match cleanup.map(|t| t.join()) {
+            None => Vec::new(),
+            Some(Ok(problems)) => problems,
+            Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
+        };
+        for problem in problems {
+            eprintln!("crunch-run: {}: {problem}", self.uuid);
+            self.post_late_log(&problem);
         }
+        status
     }
 
     /// A crunch-run line after the pipeline closed: straight to the logs table.
@@ -768,68 +777,8 @@ impl ContainerRun {
     }
 }
 
-/// `sha256:<64 hex>` or bare 64 hex, as `docker save` names image tars.
-fn is_image_id(s: &str) -> bool {
-    let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn hostname() -> io::Result<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())
-}
-
-/// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
-/// part of a Keep block.
-struct RangeWriter<'a> {
-    out: &'a mut dyn Write,
-    skip: u64,
-    left: u64,
-}
-
-impl<'a> RangeWriter<'a> {
-    fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
-        RangeWriter {
-            out,
-            skip: offset,
-            left: len,
-        }
-    }
-
-    /// Error if the block was shorter than the range promised.
-    fn finish(self) -> io::Result<()> {
-        if self.left > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "block ended {} bytes before the end of the file range",
-                    self.left
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Write for RangeWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        let skip = (self.skip as usize).min(rest.len());
-        rest = &rest[skip..];
-        self.skip -= skip as u64;
-        let take = (self.left as usize).min(rest.len());
-        if take > 0 {
-            self.out.write_all(&rest[..take])?;
-            self.left -= take as u64;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
 }
 
 #[cfg(test)]
@@ -936,27 +885,5 @@ mod tests {
             "could not start container: exec failed"
         );
         assert_eq!(f["runtime_status"]["errorDetail"], reason);
-    }
-
-    #[test]
-    fn range_writer_passes_only_the_range() {
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 3, 4);
-        w.write_all(b"ab").unwrap();
-        w.write_all(b"cdefghij").unwrap();
-        w.finish().unwrap();
-        assert_eq!(out, b"defg");
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 0, 5);
-        w.write_all(b"abc").unwrap();
-        assert!(w.finish().is_err());
-    }
-
-    #[test]
-    fn image_ids() {
-        let hex = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
-        assert!(is_image_id(hex));
-        assert!(is_image_id(&format!("sha256:{hex}")));
-        assert!(!is_image_id("busybox:latest"));
     }
 }

@@ -253,6 +253,15 @@ impl ContainerState {
     }
 }
 
+/// `docker create …` arguments turned into `docker run …` ones: the options are the same.
+pub fn run_argv(create_argv: &[String]) -> Vec<String> {
+    let mut argv = create_argv.to_vec();
+    if let Some(first) = argv.first_mut() {
+        *first = "run".to_string();
+    }
+    argv
+}
+
 /// The docker CLI, as crunch-run runs it.
 #[derive(Debug, Clone)]
 pub struct Docker {
@@ -437,6 +446,48 @@ impl Docker {
             stdout,
             stderr,
             status: None,
+            env_file: None,
+        })
+    }
+
+    /// Spawn `docker run` for `spec`: create, attach and start in one client (one client
+    /// start-up less than create + start), the container's stdout and stderr piped. The
+    /// caller takes both for its reader threads and must drain them. The env file, if
+    /// any, lives until the client exits. The CLI's exit status is not the container's:
+    /// ask [`Docker::inspect_state`].
+    pub fn run_attached(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+    ) -> Result<Attached, DockerError> {
+        let op = "run";
+        let args = create_argv(spec)?;
+        let env_path = scratch_dir.join(format!(
+            ".docker-env-{}-{}",
+            std::process::id(),
+            file_safe(&spec.name)
+        ));
+        let env_file = match &args.env_file {
+            Some(content) => Some(EnvFile::write(&env_path, content)?),
+            None => None,
+        };
+        let argv = run_argv(&args.argv(&env_path));
+        let mut cmd = self.command(&argv);
+        cmd.envs(args.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| spawn_error(op, &self.program, source))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        Ok(Attached {
+            child,
+            stdout,
+            stderr,
+            status: None,
+            env_file,
         })
     }
 
@@ -530,6 +581,8 @@ pub struct Attached {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     status: Option<ExitStatus>,
+    /// Removed once the client has exited (it reads the file when it starts).
+    env_file: Option<EnvFile>,
 }
 
 impl Attached {
@@ -558,6 +611,7 @@ impl Attached {
             source,
         })?;
         self.status = Some(status);
+        self.env_file = None;
         Ok(status)
     }
 
@@ -591,6 +645,7 @@ impl Drop for Attached {
 }
 
 /// Write an env file with mode 0600; removed when dropped.
+#[derive(Debug)]
 struct EnvFile {
     path: PathBuf,
 }

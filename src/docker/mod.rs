@@ -3,3 +3,4 @@
 pub mod argv;
 pub mod cli;
 pub mod guard;
+pub mod tail;
