@@ -553,6 +553,7 @@ impl ContainerRun {
             ],
             memory_bytes: rc.ram,
             cpus: rc.vcpus,
+            ..Default::default()
         }
     }
 

@@ -42,6 +42,28 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<u64>,
     /// `--cpus`.
     pub cpus: Option<f64>,
+    /// `--mount type=bind,…` each, in order (parents before children).
+    pub binds: Vec<Bind>,
+    /// `--gpus`: which GPUs the container gets.
+    pub gpus: Option<Gpus>,
+    /// `-i`: the container reads a stdin the caller feeds.
+    pub stdin: bool,
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub host: std::path::PathBuf,
+    pub container: String,
+    pub read_only: bool,
+}
+
+/// GPUs for `--gpus`: a count, or the device ids a scheduler assigned
+/// (`CUDA_VISIBLE_DEVICES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gpus {
+    Count(u32),
+    Devices(Vec<String>),
 }
 
 /// The result of [`create_argv`]: the words after `docker`, and how to hand over the environment.
@@ -74,6 +96,12 @@ impl CreateArgs {
 /// Why a spec could not be turned into a command line. Never contains an environment value.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArgvError {
+    #[error(
+        "mount path {0:?} cannot be passed to docker (it must be absolute and have no newline)"
+    )]
+    BadMountPath(String),
+    #[error("GPU device ids {0:?} are not valid")]
+    BadGpuDevices(String),
     #[error(
         "invalid environment variable name {name:?}: it must be non-empty and contain no '=' or NUL"
     )]
@@ -135,6 +163,28 @@ pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
     if let Some(cwd) = &spec.cwd {
         options.extend(["-w".into(), cwd.clone()]);
     }
+    for bind in &spec.binds {
+        options.extend(["--mount".into(), mount_option(bind)?]);
+    }
+    match &spec.gpus {
+        None => {}
+        Some(Gpus::Count(n)) => options.extend(["--gpus".into(), n.to_string()]),
+        Some(Gpus::Devices(ids)) => {
+            if ids.iter().any(|id| {
+                id.is_empty()
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b':')
+            }) {
+                return Err(ArgvError::BadGpuDevices(ids.join(",")));
+            }
+            // The CLI parses --gpus as CSV: the list needs quotes to stay one field.
+            options.extend(["--gpus".into(), format!("\"device={}\"", ids.join(","))]);
+        }
+    }
+    if spec.stdin {
+        options.push("-i".into());
+    }
 
     let (env, env_file) = split_env(&spec.env)?;
     for (name, _) in &env {
@@ -149,6 +199,34 @@ pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
         env,
         env_file,
     })
+}
+
+/// `type=bind,source=…,target=…[,readonly]`. The CLI parses the value as CSV, so a field
+/// holding a comma or a quote is quoted (quotes doubled).
+fn mount_option(bind: &Bind) -> Result<String, ArgvError> {
+    let host = bind
+        .host
+        .to_str()
+        .ok_or_else(|| ArgvError::BadMountPath(bind.host.display().to_string()))?;
+    if !bind.container.starts_with('/') || bind.container.contains('\n') || host.contains('\n') {
+        return Err(ArgvError::BadMountPath(bind.container.clone()));
+    }
+    let field = |f: String| {
+        if f.contains(',') || f.contains('"') {
+            format!("\"{}\"", f.replace('"', "\"\""))
+        } else {
+            f
+        }
+    };
+    let mut option = format!(
+        "type=bind,{},{}",
+        field(format!("source={host}")),
+        field(format!("target={}", bind.container))
+    );
+    if bind.read_only {
+        option.push_str(",readonly");
+    }
+    Ok(option)
 }
 
 type EnvVar = (String, String);
@@ -551,5 +629,69 @@ mod tests {
         );
         assert_eq!(ContainerExit::new(255).signal(), None);
         assert_eq!(ContainerExit::new(-1).signal(), None);
+    }
+
+    #[test]
+    fn binds_gpus_and_stdin() {
+        let spec = ContainerSpec {
+            name: "n".into(),
+            image: "img".into(),
+            binds: vec![
+                Bind {
+                    host: "/run/x/tmp0".into(),
+                    container: "/tmp".into(),
+                    read_only: false,
+                },
+                Bind {
+                    host: "/run/x/in".into(),
+                    container: "/mnt/a,b \"c\"".into(),
+                    read_only: true,
+                },
+            ],
+            gpus: Some(Gpus::Devices(vec!["0".into(), "2".into()])),
+            stdin: true,
+            ..Default::default()
+        };
+        let argv = create_argv(&spec).unwrap().argv(Path::new("/e"));
+        let joined = argv.join(" ");
+        assert!(
+            joined.contains("--mount type=bind,source=/run/x/tmp0,target=/tmp --mount"),
+            "{joined}"
+        );
+        assert!(
+            argv.contains(
+                &"type=bind,source=/run/x/in,\"target=/mnt/a,b \"\"c\"\"\",readonly".to_string()
+            ),
+            "{argv:?}"
+        );
+        assert!(joined.contains("--gpus \"device=0,2\" -i img"), "{joined}");
+        let count = ContainerSpec {
+            gpus: Some(Gpus::Count(2)),
+            ..spec.clone()
+        };
+        assert!(
+            create_argv(&count)
+                .unwrap()
+                .argv(Path::new("/e"))
+                .join(" ")
+                .contains("--gpus 2")
+        );
+        let bad = ContainerSpec {
+            gpus: Some(Gpus::Devices(vec!["0;rm".into()])),
+            ..spec.clone()
+        };
+        assert!(create_argv(&bad).is_err());
+        let relative = ContainerSpec {
+            binds: vec![Bind {
+                host: "/h".into(),
+                container: "tmp".into(),
+                read_only: false,
+            }],
+            ..spec
+        };
+        assert!(matches!(
+            create_argv(&relative),
+            Err(ArgvError::BadMountPath(_))
+        ));
     }
 }

@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -443,6 +443,7 @@ impl Docker {
         let stderr = child.stderr.take();
         Ok(Attached {
             child,
+            stdin: None,
             stdout,
             stderr,
             status: None,
@@ -474,16 +475,22 @@ impl Docker {
         let argv = run_argv(&args.argv(&env_path));
         let mut cmd = self.command(&argv);
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .map_err(|source| spawn_error(op, &self.program, source))?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         Ok(Attached {
             child,
+            stdin,
             stdout,
             stderr,
             status: None,
@@ -578,6 +585,7 @@ impl Docker {
 #[derive(Debug)]
 pub struct Attached {
     child: Child,
+    stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     status: Option<ExitStatus>,
@@ -586,6 +594,11 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// The container's stdin, when the spec asked for one. Drop it to send EOF.
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
     /// The container's stdout, as relayed by the CLI. `None` after the first call.
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.stdout.take()
