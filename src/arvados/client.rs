@@ -305,6 +305,19 @@ fn url_encode(s: &str) -> String {
 }
 
 impl ApiClient {
+    /// The same client acting with another token (the container's).
+    pub fn with_token(&self, token: &str) -> ApiClient {
+        let mut secrets = self.secrets.clone();
+        secrets.add(token);
+        ApiClient {
+            base_url: self.base_url.clone(),
+            token: token.to_string(),
+            retry: self.retry,
+            agent: self.agent.clone(),
+            secrets,
+        }
+    }
+
     /// Build a client. Fails only on bad TLS settings (unreadable or empty SSL_CERT_FILE).
     pub fn new(settings: ApiSettings) -> Result<ApiClient, StoreError> {
         let agent = build_agent(&settings)?;

@@ -102,6 +102,20 @@ fn join_host_port(host: &str, port: u64) -> String {
 }
 
 impl KeepClient {
+    /// The same services acting with another token (the container's).
+    pub fn with_token(&self, token: &str) -> KeepClient {
+        let mut secrets = self.secrets.clone();
+        secrets.add(token);
+        KeepClient {
+            agent: self.agent.clone(),
+            token: token.to_string(),
+            secrets,
+            services: self.services.clone(),
+            want_replicas: self.want_replicas,
+            retry: self.retry,
+        }
+    }
+
     /// A client for these services, authenticating with `token`. `want_replicas` is 2.
     pub fn new(
         agent: ureq::Agent,

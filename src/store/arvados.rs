@@ -4,12 +4,16 @@
 //! Bodies are JSON with the resource key the API expects (`{"container": …}`,
 //! `{"collection": …}`, `{"log": …}`) and a `select` list so answers stay small.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 use crate::arvados::client::{ApiClient, ApiSettings};
 use crate::arvados::keep::KeepClient;
 use crate::arvados::manifest::portable_data_hash;
-use crate::store::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
+use crate::store::{
+    ApiStore, BlockSource, BlockStore, ContainerAccess, SavedCollection, StoreError,
+};
 
 /// The Arvados backend of the store traits.
 #[derive(Debug)]
@@ -117,29 +121,49 @@ impl ApiStore for ArvadosStore {
         name: &str,
         manifest_text: &str,
     ) -> Result<SavedCollection, StoreError> {
-        let path = "/arvados/v1/collections";
-        let what = format!("POST {path}");
-        let body = json!({
-            "collection": {"name": name, "manifest_text": manifest_text},
-            "ensure_unique_name": true,
-            "select": ["uuid", "portable_data_hash"],
-        });
-        let v = self.api.post(path, &body)?;
-        let uuid = string_field(&v, "uuid", &what)?;
-        let pdh = string_field(&v, "portable_data_hash", &what)?;
-        let ours = portable_data_hash(manifest_text);
-        if pdh != ours {
-            return Err(StoreError::Invalid {
-                what,
-                message: format!(
-                    "collection {uuid} was saved with portable data hash {pdh}, expected {ours}"
-                ),
-            });
+        self.post_collection(json!({"name": name, "manifest_text": manifest_text}))
+    }
+
+    fn create_output_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+    ) -> Result<SavedCollection, StoreError> {
+        self.post_collection(
+            json!({"name": name, "manifest_text": manifest_text, "is_trashed": true}),
+        )
+    }
+
+    fn container_access(&self, uuid: &str) -> Result<Option<ContainerAccess>, StoreError> {
+        let token = self.container_token(uuid)?;
+        let api = self.api.with_token(&token);
+        let keep = self.keep.with_token(&token);
+        let store = Arc::new(ArvadosStore { api, keep });
+        Ok(Some(ContainerAccess {
+            token,
+            api: store.clone(),
+            blocks: store,
+        }))
+    }
+
+    fn secret_mounts(&self, uuid: &str) -> Result<Value, StoreError> {
+        let path = format!(
+            "/arvados/v1/containers/{}/secret_mounts",
+            path_segment(uuid)
+        );
+        match self.api.get(&path, &[]) {
+            Ok(v) => match v.get("secret_mounts") {
+                Some(m @ Value::Object(_)) => Ok(m.clone()),
+                None | Some(Value::Null) => Ok(json!({})),
+                Some(_) => Err(StoreError::Invalid {
+                    what: format!("GET {path}"),
+                    message: "secret_mounts is not an object".into(),
+                }),
+            },
+            // An API server older than secret mounts.
+            Err(StoreError::NotFound { .. }) => Ok(json!({})),
+            Err(e) => Err(e),
         }
-        Ok(SavedCollection {
-            uuid,
-            portable_data_hash: pdh,
-        })
     }
 
     fn create_log(
@@ -158,6 +182,40 @@ impl ApiStore for ArvadosStore {
         });
         self.api.post("/arvados/v1/logs", &body)?;
         Ok(())
+    }
+}
+
+impl ArvadosStore {
+    /// `POST /arvados/v1/collections`, checking the PDH the server computed against ours.
+    fn post_collection(&self, collection: Value) -> Result<SavedCollection, StoreError> {
+        let manifest_text = collection
+            .get("manifest_text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let path = "/arvados/v1/collections";
+        let what = format!("POST {path}");
+        let body = json!({
+            "collection": collection,
+            "ensure_unique_name": true,
+            "select": ["uuid", "portable_data_hash"],
+        });
+        let v = self.api.post(path, &body)?;
+        let uuid = string_field(&v, "uuid", &what)?;
+        let pdh = string_field(&v, "portable_data_hash", &what)?;
+        let ours = portable_data_hash(&manifest_text);
+        if pdh != ours {
+            return Err(StoreError::Invalid {
+                what,
+                message: format!(
+                    "collection {uuid} was saved with portable data hash {pdh}, expected {ours}"
+                ),
+            });
+        }
+        Ok(SavedCollection {
+            uuid,
+            portable_data_hash: pdh,
+        })
     }
 }
 

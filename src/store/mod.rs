@@ -9,8 +9,9 @@ pub mod arvados;
 pub mod local;
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// What went wrong talking to a store. `what` always names the operation, e.g.
 /// "GET containers/zzzzz-dz642-…". Messages never contain a token.
@@ -65,6 +66,37 @@ pub trait ApiStore: Send + Sync {
     /// One entry in the logs table: `object_uuid`, `event_type`, `properties.text`.
     fn create_log(&self, object_uuid: &str, event_type: &str, text: &str)
     -> Result<(), StoreError>;
+
+    /// The container's own token, and the store acting with it: secret mounts and the
+    /// output collection are read and written as the container (reference §2.3).
+    /// `None` for a store without tokens (the local store).
+    fn container_access(&self, _uuid: &str) -> Result<Option<ContainerAccess>, StoreError> {
+        Ok(None)
+    }
+
+    /// The container's `secret_mounts` (an object; empty when there are none).
+    fn secret_mounts(&self, _uuid: &str) -> Result<Value, StoreError> {
+        Ok(json!({}))
+    }
+
+    /// Save an output collection. The API's container-request finalizer copies it, so
+    /// the Arvados store creates it trashed, as the Go crunch-run does.
+    fn create_output_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+    ) -> Result<SavedCollection, StoreError> {
+        self.create_collection(name, manifest_text)
+    }
+}
+
+/// The container's token (a secret: it goes into the container's environment, never into
+/// a log) and the stores that act with it.
+#[derive(Clone)]
+pub struct ContainerAccess {
+    pub token: String,
+    pub api: Arc<dyn ApiStore>,
+    pub blocks: Arc<dyn BlockStore>,
 }
 
 /// Opens a fresh reader over one block's bytes; called again for each retry.
