@@ -13,9 +13,9 @@ use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
 use crate::arvados::manifest::single_stream_manifest;
-use crate::config::{Backend, Config};
+use crate::config::{ApiEnv, Backend, Config};
 use crate::docker::argv::{
-    ContainerExit, ContainerSpec, MIN_MEMORY_BYTES, create_argv, display_argv,
+    ContainerExit, ContainerSpec, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
 };
 use crate::docker::cli::{ContainerState, Docker, run_argv};
 use crate::docker::guard::Guard;
@@ -24,7 +24,7 @@ use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
 use crate::redact::Secrets;
-use crate::store::{ApiStore, BlockStore, StoreError};
+use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 /// What happened to the container, decided once and then only reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -326,6 +326,11 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
             running: false,
         },
         cleanup: None,
+        api_env: match &config.backend {
+            Backend::Arvados(env) => Some(env.clone()),
+            Backend::Local(_) => None,
+        },
+        access: None,
     };
     let outcome = run.execute(&record, &pipeline);
     run.finish(outcome, pipeline)
@@ -362,6 +367,10 @@ struct ContainerRun {
     progress: RecordProgress,
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
+    /// How we reach the API (what a container with `API: true` is given).
+    api_env: Option<ApiEnv>,
+    /// The container's own token and stores, once fetched.
+    access: Option<ContainerAccess>,
 }
 
 /// Removing the docker container and releasing the guard: done on a thread of its own
@@ -435,11 +444,16 @@ impl ContainerRun {
         // Three independent questions at once (each docker client costs a start-up): is
         // the engine there, is a container of an earlier run left under our name, and
         // is the image already loaded.
-        let (version, leftover, image) = std::thread::scope(|s| {
+        let (version, leftover, access, image) = std::thread::scope(|s| {
             let version = s.spawn(|| self.docker.server_version());
             let leftover = s.spawn(|| self.remove_leftover());
+            // The 2016 API (a Queued record) had no container tokens.
+            let access = s.spawn(|| match self.progress.legacy_api {
+                true => Ok(None),
+                false => self.api.container_access(&self.uuid),
+            });
             let image = self.find_image(&container.container_image);
-            (version.join(), leftover.join(), image)
+            (version.join(), leftover.join(), access.join(), image)
         });
         match version {
             Ok(Ok(v)) => self.say(&format!("Using container runtime: docker Engine {v}")),
@@ -448,6 +462,16 @@ impl ContainerRun {
         }
         leftover
             .unwrap_or_else(|_| Err(failed("removing a leftover container failed unexpectedly")))?;
+        match access {
+            Ok(Ok(access)) => {
+                if let Some(a) = &access {
+                    self.secrets.add(&a.token);
+                }
+                self.access = access;
+            }
+            Ok(Err(e)) => return Err(failed(format!("cannot get the container's token: {e}"))),
+            Err(_) => return Err(failed("getting the container's token failed unexpectedly")),
+        }
         let (tar, present) = image?;
         self.check_cancel()?;
         if present {
@@ -533,16 +557,29 @@ impl ContainerRun {
 
     fn spec(&self, container: &Container, image: &str) -> ContainerSpec {
         let rc = &container.runtime_constraints;
+        let mut env: Vec<(String, String)> = container
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if rc.api {
+            env.extend(self.api_env_for_container());
+        }
+        let gpus = (rc.gpu_count > 0).then(|| {
+            // A scheduler that assigned devices says which in CUDA_VISIBLE_DEVICES.
+            match std::env::var("CUDA_VISIBLE_DEVICES") {
+                Ok(ids) if !ids.trim().is_empty() => {
+                    Gpus::Devices(ids.split(',').map(|id| id.trim().to_string()).collect())
+                }
+                _ => Gpus::Count(rc.gpu_count),
+            }
+        });
         ContainerSpec {
             name: self.uuid.clone(),
             image: image.to_string(),
             command: container.command.clone(),
             cwd: container.cwd.clone(),
-            env: container
-                .environment
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env,
             network: rc.api,
             labels: vec![
                 ("org.arvados.container_uuid".into(), self.uuid.clone()),
@@ -553,7 +590,33 @@ impl ContainerRun {
             ],
             memory_bytes: rc.ram,
             cpus: rc.vcpus,
+            gpus,
             ..Default::default()
+        }
+    }
+
+    /// What a container with `runtime_constraints.API` gets: our API host, its own token
+    /// (never ours), and our TLS setting.
+    fn api_env_for_container(&self) -> Vec<(String, String)> {
+        match (&self.api_env, &self.access) {
+            (Some(env), Some(access)) => {
+                let mut vars = vec![
+                    ("ARVADOS_API_HOST".to_string(), env.host.clone()),
+                    ("ARVADOS_API_TOKEN".to_string(), access.token.clone()),
+                    (
+                        "ARVADOS_API_HOST_INSECURE".to_string(),
+                        if env.insecure { "1" } else { "0" }.to_string(),
+                    ),
+                ];
+                if let Some(keep) = &env.keep_services {
+                    vars.push(("ARVADOS_KEEP_SERVICES".to_string(), keep.clone()));
+                }
+                vars
+            }
+            _ => {
+                self.say("Warning: the container asks for API access, but this run has no API server (local store): none is given");
+                Vec::new()
+            }
         }
     }
 
@@ -578,6 +641,9 @@ impl ContainerRun {
             .update_container(&self.uuid, &running)
             .map_err(|e| failed(format!("cannot set the container record to Running: {e}")))?;
         self.progress.running = true;
+        let run_time_limit = container
+            .max_run_time
+            .map(|limit| self.limit_run_time(limit));
 
         let guard = match std::env::current_exe()
             .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
@@ -628,6 +694,7 @@ impl ContainerRun {
                 Err(_) => self.say("error reading container output: reader thread panicked"),
             }
         }
+        drop(run_time_limit);
         if let Some(reason) = self.cancel.reason() {
             return Ok(Outcome::Cancelled {
                 reason,
@@ -674,6 +741,27 @@ impl ContainerRun {
             ));
         }
         Ok(Outcome::Exited { code })
+    }
+
+    /// Cancel the run when `limit` passes before the returned sender is dropped.
+    fn limit_run_time(&self, limit: std::time::Duration) -> crossbeam_channel::Sender<()> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let cancel = self.cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("max-run-time".into())
+            .spawn(move || {
+                if stopped.recv_timeout(limit) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    cancel.cancel(&format!(
+                        "maximum run time exceeded ({})",
+                        humantime::format_duration(limit)
+                    ));
+                }
+            });
+        if let Err(e) = spawned {
+            self.say(&format!("Warning: cannot enforce max_run_time: {e}"));
+        }
+        stop
     }
 
     /// The container's state from the engine, once it has stopped: the docker client's

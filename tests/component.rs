@@ -621,3 +621,69 @@ fn a_log_flood_reaches_keep_whole_while_the_logs_table_is_throttled() {
     );
     assert!(table.contains("Exceeded rate"), "throttle message missing");
 }
+
+#[test]
+fn api_access_gives_the_container_its_own_token_and_a_network() {
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["env"]);
+    rec["runtime_constraints"]["API"] = json!(true);
+    h.fake.add_container(rec);
+    run_with(&h, &[]);
+    assert_eq!(final_record(&h)["state"], "Complete");
+    let env = h.removed_container_file(UUID, "env");
+    let container_token = h.fake.container_token(UUID);
+    assert!(
+        env.contains(&format!("ARVADOS_API_TOKEN={container_token}\n")),
+        "{env}"
+    );
+    assert!(!env.contains(h.fake.token()), "our own token leaked: {env}");
+    assert!(env.contains(&format!("ARVADOS_API_HOST={}\n", h.fake.api_host())));
+    let args = h.removed_container_file(UUID, "args");
+    assert!(args.contains("--network\ndefault\n"), "{args}");
+    // The container token is a secret like ours: not in any log.
+    for name in ["crunch-run.txt", "stdout.txt", "stderr.txt"] {
+        assert!(!h.log_text(UUID, name).contains(&container_token));
+    }
+}
+
+#[test]
+fn ram_vcpus_and_gpus_become_docker_limits() {
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["true"]);
+    rec["runtime_constraints"] = json!({"ram": 1000, "vcpus": 2, "cuda": {"device_count": 2}});
+    h.fake.add_container(rec);
+    run_with(&h, &[]);
+    let args = h.removed_container_file(UUID, "args");
+    // Below docker's floor: raised to 16 MiB, and no swap.
+    assert!(
+        args.contains("--memory\n16777216\n--memory-swap\n16777216\n"),
+        "{args}"
+    );
+    assert!(args.contains("--cpus\n2\n"), "{args}");
+    assert!(args.contains("--gpus\n2\n"), "{args}");
+
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["true"]);
+    rec["runtime_constraints"]["gpu"] = json!({"stack": "cuda", "device_count": 2});
+    h.fake.add_container(rec);
+    run_with(&h, &[("CUDA_VISIBLE_DEVICES", "1,3")]);
+    let args = h.removed_container_file(UUID, "args");
+    assert!(args.contains("--gpus\n\"device=1,3\"\n"), "{args}");
+}
+
+#[test]
+fn max_run_time_stops_the_container_and_cancels() {
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["sleep", "60"]);
+    rec["scheduling_parameters"] = json!({"max_run_time": 1});
+    h.fake.add_container(rec);
+    let t0 = std::time::Instant::now();
+    let out = run_with(&h, &[("FAKE_DOCKER_SLEEP", "60")]);
+    assert!(out.status.success());
+    assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Cancelled");
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert!(crunch.contains("maximum run time exceeded"), "{crunch}");
+    assert_no_rejections(&h);
+}

@@ -51,6 +51,8 @@ pub struct RuntimeConstraints {
     pub api: bool,
     pub ram: Option<u64>,
     pub vcpus: Option<f64>,
+    /// GPUs asked for: `gpu.device_count`, or the legacy `cuda.device_count`.
+    pub gpu_count: u32,
 }
 
 /// A validated container record.
@@ -65,6 +67,12 @@ pub struct Container {
     pub environment: BTreeMap<String, String>,
     pub output_path: String,
     pub runtime_constraints: RuntimeConstraints,
+    /// `mounts` as the record has it; `mounts.rs` checks and stages them.
+    pub mounts: Value,
+    /// `output_glob`: which output files to keep (empty: all).
+    pub output_glob: Vec<String>,
+    /// `scheduling_parameters.max_run_time`, when set (0 means no limit).
+    pub max_run_time: Option<std::time::Duration>,
 }
 
 /// Why a record cannot be run. The message is written to crunch-run.txt as is.
@@ -198,6 +206,11 @@ impl Container {
                 api: rc.get("API").and_then(Value::as_bool).unwrap_or(false),
                 ram: rc.get("ram").and_then(Value::as_u64).filter(|r| *r > 0),
                 vcpus: rc.get("vcpus").and_then(Value::as_f64).filter(|v| *v > 0.0),
+                gpu_count: ["gpu", "cuda"]
+                    .iter()
+                    .filter_map(|k| rc.get(*k)?.get("device_count")?.as_u64())
+                    .find(|n| *n > 0)
+                    .map_or(0, |n| n.min(u32::MAX as u64) as u32),
             },
             Some(other) => {
                 return Err(RecordError(format!(
@@ -206,6 +219,42 @@ impl Container {
                 )));
             }
         };
+
+        let mounts = match field("mounts") {
+            None => Value::Object(Default::default()),
+            Some(m @ Value::Object(_)) => m.clone(),
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "mounts must be an object, got {}",
+                    kind_of(other)
+                )));
+            }
+        };
+        let output_glob = match field("output_glob") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        RecordError(format!(
+                            "output_glob entries must be strings, got {}",
+                            kind_of(v)
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "output_glob must be an array of strings, got {}",
+                    kind_of(other)
+                )));
+            }
+        };
+        let max_run_time = field("scheduling_parameters")
+            .and_then(|sp| sp.get("max_run_time"))
+            .and_then(Value::as_u64)
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs);
 
         Ok(Container {
             uuid,
@@ -216,6 +265,9 @@ impl Container {
             environment,
             output_path,
             runtime_constraints,
+            mounts,
+            output_glob,
+            max_run_time,
         })
     }
 }
@@ -311,6 +363,28 @@ mod tests {
             let err = Container::from_json(&r).unwrap_err();
             assert_eq!(err.0, want, "{field}");
         }
+    }
+
+    #[test]
+    fn gpus_globs_and_max_run_time() {
+        let mut r = hello();
+        r["runtime_constraints"]["cuda"] = json!({"device_count": 2, "driver_version": "11.0"});
+        r["output_glob"] = json!(["*.txt", "**/keep/**"]);
+        r["scheduling_parameters"] = json!({"max_run_time": 3600});
+        let c = Container::from_json(&r).unwrap();
+        assert_eq!(c.runtime_constraints.gpu_count, 2);
+        assert_eq!(c.output_glob, ["*.txt", "**/keep/**"]);
+        assert_eq!(c.max_run_time, Some(std::time::Duration::from_secs(3600)));
+        r["runtime_constraints"]["gpu"] = json!({"stack": "cuda", "device_count": 1});
+        assert_eq!(
+            Container::from_json(&r)
+                .unwrap()
+                .runtime_constraints
+                .gpu_count,
+            1
+        );
+        r["output_glob"] = json!([1]);
+        assert!(Container::from_json(&r).is_err());
     }
 
     #[test]
