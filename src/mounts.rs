@@ -1312,3 +1312,834 @@ fn manifest_dirs(text: &str) -> Vec<String> {
     dirs.dedup();
     dirs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arvados::manifest::md5_hex;
+    use crate::store::local::LocalStore;
+    use crate::store::{BlockSource, SavedCollection};
+    use serde_json::json;
+    use std::io::Read;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Collections in memory; blocks in a LocalStore, with every fetch counted.
+    struct Fake {
+        _dir: tempfile::TempDir,
+        local: LocalStore,
+        manifests: Mutex<HashMap<String, String>>,
+        fetches: AtomicUsize,
+        /// Hand out these bytes instead of the block's, without complaint.
+        lie: Mutex<Option<Vec<u8>>>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let dir = tempfile::tempdir().unwrap();
+            let local = LocalStore::open(dir.path()).unwrap();
+            Fake {
+                _dir: dir,
+                local,
+                manifests: Mutex::new(HashMap::new()),
+                fetches: AtomicUsize::new(0),
+                lie: Mutex::new(None),
+            }
+        }
+
+        /// Store a block, return its locator with a fake signature.
+        fn put(&self, data: &[u8]) -> String {
+            let owned = data.to_vec();
+            let body = move || -> io::Result<Box<dyn Read + Send>> {
+                Ok(Box::new(io::Cursor::new(owned.clone())))
+            };
+            let loc = self
+                .local
+                .put_block(&md5_hex(data), data.len() as u64, &body)
+                .unwrap();
+            format!("{loc}+A0123456789abcdef@12345678")
+        }
+
+        fn collection(&self, id: &str, manifest: &str) {
+            self.manifests
+                .lock()
+                .unwrap()
+                .insert(id.to_string(), manifest.to_string());
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    impl ApiStore for Fake {
+        fn get_container(&self, _: &str) -> Result<Value, StoreError> {
+            unimplemented!()
+        }
+        fn update_container(&self, _: &str, _: &Map<String, Value>) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        fn get_collection_manifest(&self, id: &str) -> Result<String, StoreError> {
+            self.manifests
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .ok_or(StoreError::NotFound {
+                    what: format!("GET collections/{id}"),
+                })
+        }
+        fn create_collection(&self, _: &str, _: &str) -> Result<SavedCollection, StoreError> {
+            unimplemented!()
+        }
+        fn create_log(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+    }
+
+    impl BlockStore for Fake {
+        fn put_block(&self, h: &str, s: u64, b: &BlockSource<'_>) -> Result<String, StoreError> {
+            self.local.put_block(h, s, b)
+        }
+        fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if let Some(bytes) = self.lie.lock().unwrap().clone() {
+                out.write_all(&bytes).unwrap();
+                return Ok(bytes.len() as u64);
+            }
+            self.local.get_block(locator, out)
+        }
+    }
+
+    const PDH: &str = "59389a8f9ee9d399be35462a0f92541c+53";
+    const PDH2: &str = "59389a8f9ee9d399be35462a0f92541d+53";
+
+    /// A collection with files in the root and in subdirectories, an empty file and an
+    /// empty directory; three small files share one block and `big` spans two blocks.
+    fn fixture(fake: &Fake) {
+        let b1 = fake.put(b"foobarbaz");
+        let b2 = fake.put(b"0123456789");
+        let b3 = fake.put(b"abcdef");
+        let manifest = format!(
+            ". {b1} 0:3:foo 3:3:bar 0:0:empty\n\
+             ./sub {b1} {b2} {b3} 6:3:baz 9:16:big\n\
+             ./sub/deep {b1} 0:0:\\056\n"
+        );
+        fake.collection(PDH, &manifest);
+    }
+
+    fn run_stage(
+        fake: &Fake,
+        mounts: Value,
+        output_path: &str,
+    ) -> (tempfile::TempDir, Result<StagedMounts, MountError>) {
+        run_stage_secret(fake, mounts, Value::Null, output_path)
+    }
+
+    fn run_stage_secret(
+        fake: &Fake,
+        mounts: Value,
+        secret: Value,
+        output_path: &str,
+    ) -> (tempfile::TempDir, Result<StagedMounts, MountError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = parse_mounts(&mounts, &secret, output_path).unwrap();
+        let staged = stage(&plan, fake, fake, &dir.path().join("run"), &|_| {});
+        (dir, staged)
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn read(p: &Path) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    fn bind_of<'a>(s: &'a StagedMounts, target: &str) -> &'a Bind {
+        s.binds.iter().find(|b| b.container == target).unwrap()
+    }
+
+    // ----- parsing -----
+
+    fn parse_err(mounts: Value, secret: Value, output_path: &str) -> String {
+        parse_mounts(&mounts, &secret, output_path)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn parse_errors_say_what_is_wrong() {
+        let tmp = json!({"kind": "tmp"});
+        let cases: Vec<(Value, &str)> = vec![
+            (json!([]), "mounts must be a JSON object, got an array"),
+            (
+                json!({"/tmp": tmp, "/x": "tmp"}),
+                "mount \"/x\" must be a JSON object, got a string",
+            ),
+            (json!({"/tmp": tmp, "/x": {}}), "mount \"/x\" has no kind"),
+            (
+                json!({"/tmp": tmp, "/x": {"kind": 3}}),
+                "mount \"/x\": kind must be a string, got a number",
+            ),
+            (
+                json!({"/tmp": tmp, "/x": {"kind": "git_tree"}}),
+                "mount \"/x\": unknown mount kind \"git_tree\"",
+            ),
+            (
+                json!({"/tmp": tmp, "/keep": {"kind": "keep"}}),
+                "mount \"/keep\": kind 'keep' is not supported",
+            ),
+            (
+                json!({"/tmp": tmp, "/x": {"kind": "file", "path": "/tmp/x"}}),
+                "mount \"/x\": kind 'file' is only supported for stdout and stderr",
+            ),
+            (
+                json!({"/tmp": tmp, "tmp2": tmp}),
+                "mount point \"tmp2\" must be \"stdin\", \"stdout\", \"stderr\" or an absolute path without empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "/a/../etc": tmp}),
+                "mount point \"/a/../etc\" must be \"stdin\", \"stdout\", \"stderr\" or an absolute path without empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "/a/": tmp}),
+                "mount point \"/a/\" must be \"stdin\", \"stdout\", \"stderr\" or an absolute path without empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "/mnt/test.txt": {"kind": "text", "content": null}}),
+                "content for mount \"/mnt/test.txt\" must be a string",
+            ),
+            (
+                json!({"/tmp": tmp, "/mnt/test.txt": {"kind": "text", "content": {"foo": 123456789123456789u64}}}),
+                "content for mount \"/mnt/test.txt\" must be a string",
+            ),
+            (
+                json!({"/tmp": tmp, "/tmp/foo": tmp}),
+                "only mount points of kind 'collection', 'text' or 'json' are supported underneath the output_path for \"/tmp/foo\", was \"tmp\"",
+            ),
+            (
+                json!({"/tmp": tmp, "stdin": tmp}),
+                "unsupported mount kind 'tmp' for stdin: only 'collection' and 'json' are supported",
+            ),
+            (
+                json!({"/tmp": tmp, "stdin": {"kind": "collection", "portable_data_hash": PDH}}),
+                "stdin mount of kind 'collection' needs a portable_data_hash or uuid and the path of a file in it",
+            ),
+            (
+                json!({"/tmp": tmp, "stdout": {"kind": "file", "path": "/tmpa.out"}}),
+                "Stdout path does not start with OutputPath: /tmpa.out, /tmp/",
+            ),
+            (
+                json!({"/tmp": tmp, "stderr": {"kind": "file", "path": "/etc/err"}}),
+                "Stderr path does not start with OutputPath: /etc/err, /tmp/",
+            ),
+            (
+                json!({"/tmp": tmp, "stdout": {"kind": "file", "path": "/tmp/../etc/x"}}),
+                "Stdout path \"/tmp/../etc/x\" must not contain empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "stdout": {"kind": "tmp", "path": "/tmp/a.out"}}),
+                "unsupported mount kind 'tmp' for stdout: only 'file' is supported",
+            ),
+            (
+                json!({"/tmp": tmp, "stdout": {"kind": "collection", "path": "/tmp/a.out"}}),
+                "unsupported mount kind 'collection' for stdout: only 'file' is supported",
+            ),
+            (
+                json!({"/in": {"kind": "tmp"}}),
+                "output path does not correspond to a writable mount point",
+            ),
+            (
+                json!({"/tmp": {"kind": "collection", "portable_data_hash": PDH}}),
+                "output path does not correspond to a writable mount point",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde", "writable": true}}),
+                "writing to existing collections currently not permitted",
+            ),
+            (
+                json!({"/tmp": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde", "writable": true}}),
+                "writing to existing collections currently not permitted",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde", "portable_data_hash": PDH}}),
+                "cannot specify both 'uuid' and 'portable_data_hash' for a collection mount",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "portable_data_hash": PDH, "writable": true}}),
+                "can never write to a collection specified by portable data hash",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection"}}),
+                "mount \"/c\": a read-only collection mount needs a portable_data_hash or uuid",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "portable_data_hash": "foo+3"}}),
+                "mount \"/c\": portable_data_hash \"foo+3\" is not a portable data hash",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "uuid": "zzzzz-j7d0g-0123456789abcde"}}),
+                "mount \"/c\": uuid \"zzzzz-j7d0g-0123456789abcde\" is not a collection UUID",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "portable_data_hash": PDH, "path": "a/../../b"}}),
+                "mount \"/c\": path \"a/../../b\" must not contain empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "portable_data_hash": format!("{PDH}/a/../b")}}),
+                "mount \"/c\": path \"a/../b\" must not contain empty, \".\" or \"..\" components",
+            ),
+            (
+                json!({"/tmp": tmp, "/c": {"kind": "collection", "portable_data_hash": PDH, "writable": "yes"}}),
+                "mount \"/c\": writable must be a boolean, got a string",
+            ),
+            (
+                json!({"/tmp": {"kind": "tmp", "capacity": -1}}),
+                "mount \"/tmp\": capacity must be a non-negative integer, got a number",
+            ),
+        ];
+        for (mounts, want) in cases {
+            assert_eq!(
+                parse_err(mounts.clone(), Value::Null, "/tmp"),
+                want,
+                "{mounts}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_mount_errors() {
+        let mounts = json!({"/tmp": {"kind": "tmp"}, "/etc/x": {"kind": "text", "content": "a"}});
+        assert_eq!(
+            parse_err(
+                mounts.clone(),
+                json!({"/etc/x": {"kind": "text", "content": "b"}}),
+                "/tmp"
+            ),
+            "secret mount \"/etc/x\" conflicts with regular mount"
+        );
+        assert_eq!(
+            parse_err(
+                mounts.clone(),
+                json!({"/etc/y": {"kind": "collection", "portable_data_hash": PDH}}),
+                "/tmp"
+            ),
+            "secret mount \"/etc/y\" type is \"collection\" but only 'json' and 'text' are permitted"
+        );
+        assert_eq!(
+            parse_err(
+                mounts,
+                json!({"stdin": {"kind": "json", "content": 1}}),
+                "/tmp"
+            ),
+            "secret mount \"stdin\" must be an absolute path without empty, \".\" or \"..\" components"
+        );
+    }
+
+    #[test]
+    fn plan_orders_parents_first_and_splits_pdh_paths() {
+        let plan = parse_mounts(
+            &json!({
+                "/tmp/b": {"kind": "collection", "portable_data_hash": format!("{PDH}/sub/baz"), "exclude_from_output": true},
+                "/tmp": {"kind": "tmp", "capacity": 0},
+                "/tmp-x": {"kind": "tmp"},
+                "/tmp/a": {"kind": "json", "content": [1]},
+                "stdout": {"kind": "file", "path": "/tmp/out.txt"},
+                "stdin": {"kind": "json", "content": "in"},
+            }),
+            &Value::Null,
+            "/tmp",
+        )
+        .unwrap();
+        let targets: Vec<&str> = plan.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, ["/tmp", "/tmp/a", "/tmp/b", "/tmp-x"]);
+        assert_eq!(plan.mounts[0].kind, MountKind::Tmp { capacity: None });
+        assert_eq!(
+            plan.mounts[2].kind,
+            MountKind::Collection {
+                pdh: Some(PDH.into()),
+                uuid: None,
+                path: Some("sub/baz".into()),
+                writable: false
+            }
+        );
+        assert!(plan.mounts[2].exclude_from_output);
+        assert_eq!(
+            plan.stdout.unwrap().kind,
+            MountKind::File {
+                path: "/tmp/out.txt".into()
+            }
+        );
+        assert_eq!(plan.stdin.unwrap().kind, MountKind::Json(json!("in")));
+    }
+
+    // ----- staging: the TestSetupMounts cases -----
+
+    #[test]
+    fn tmp_output_dir() {
+        let fake = Fake::new();
+        let (dir, staged) = run_stage(&fake, json!({"/tmp": {"kind": "tmp"}}), "/tmp");
+        let s = staged.unwrap();
+        let run = dir.path().join("run");
+        assert_eq!(
+            s.binds,
+            [Bind {
+                host: run.join("tmp1"),
+                container: "/tmp".into(),
+                read_only: false
+            }]
+        );
+        assert_eq!(s.output_dir, run.join("tmp1"));
+        assert_eq!(mode(&s.output_dir), 0o2777);
+        assert!(s.output_refs.is_empty() && s.secrets.is_empty());
+        assert_eq!((s.stdin, s.stdout, s.stderr), (None, None, None));
+    }
+
+    #[test]
+    fn two_tmps() {
+        let fake = Fake::new();
+        let (dir, staged) = run_stage(
+            &fake,
+            json!({"/out": {"kind": "tmp"}, "/tmp": {"kind": "tmp"}}),
+            "/out",
+        );
+        let s = staged.unwrap();
+        let run = dir.path().join("run");
+        let binds: Vec<(PathBuf, &str, bool)> = s
+            .binds
+            .iter()
+            .map(|b| (b.host.clone(), b.container.as_str(), b.read_only))
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                (run.join("tmp1"), "/out", false),
+                (run.join("tmp2"), "/tmp", false)
+            ]
+        );
+        assert_eq!(s.output_dir, run.join("tmp1"));
+    }
+
+    #[test]
+    fn read_only_input_and_writable_output_collection() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/keepinp": {"kind": "collection", "portable_data_hash": PDH},
+                "/keepout": {"kind": "collection", "writable": true},
+            }),
+            "/keepout",
+        );
+        let s = staged.unwrap();
+        let inp = bind_of(&s, "/keepinp");
+        assert!(inp.read_only);
+        let out = bind_of(&s, "/keepout");
+        assert!(!out.read_only);
+        assert_eq!(out.host, s.output_dir);
+        assert_eq!(fs::read_dir(&s.output_dir).unwrap().count(), 0);
+
+        let h = &inp.host;
+        assert_eq!(read(&h.join("foo")), "foo");
+        assert_eq!(read(&h.join("bar")), "bar");
+        assert_eq!(read(&h.join("empty")), "");
+        assert_eq!(read(&h.join("sub/baz")), "baz");
+        assert_eq!(read(&h.join("sub/big")), "0123456789abcdef");
+        assert!(h.join("sub/deep").is_dir());
+        assert_eq!(fs::read_dir(h.join("sub/deep")).unwrap().count(), 0);
+        // Read-only on the host too.
+        assert_eq!(mode(&h.join("foo")), 0o444);
+        assert_eq!(mode(&h.join("sub/big")), 0o444);
+        assert_eq!(mode(h), 0o555);
+        assert_eq!(mode(&h.join("sub/deep")), 0o555);
+    }
+
+    #[test]
+    fn shared_block_is_fetched_once() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/in": {"kind": "collection", "portable_data_hash": PDH},
+                "/out": {"kind": "tmp"},
+            }),
+            "/out",
+        );
+        staged.unwrap();
+        // foo, bar, sub/baz share b1; big spans b2 and b3: three blocks, three fetches.
+        assert_eq!(fake.fetches(), 3);
+    }
+
+    #[test]
+    fn collection_path_to_a_file_and_to_a_dir() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/out": {"kind": "tmp"},
+                "/f": {"kind": "collection", "portable_data_hash": PDH, "path": "sub/big"},
+                "/d": {"kind": "collection", "portable_data_hash": PDH, "path": "/sub/"},
+                "/g": {"kind": "collection", "portable_data_hash": format!("{PDH}/./foo")},
+            }),
+            "/out",
+        );
+        let s = staged.unwrap();
+        let f = bind_of(&s, "/f");
+        assert!(f.host.is_file() && f.read_only);
+        assert_eq!(read(&f.host), "0123456789abcdef");
+        assert_eq!(f.host.file_name().unwrap(), "big");
+        assert_eq!(read(&bind_of(&s, "/g").host), "foo");
+        let d = &bind_of(&s, "/d").host;
+        assert_eq!(read(&d.join("baz")), "baz");
+        assert!(d.join("deep").is_dir());
+        assert!(!d.join("foo").exists());
+        // b1 for /g, b1+b2+b3 for /d, b2+b3 for /f: once per mount that needs them.
+        assert_eq!(fake.fetches(), 6);
+    }
+
+    #[test]
+    fn missing_path_in_collection() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/out": {"kind": "tmp"}, "/f": {"kind": "collection", "portable_data_hash": PDH, "path": "nope"}}),
+            "/out",
+        );
+        assert_eq!(
+            staged.unwrap_err().to_string(),
+            format!("mount \"/f\": path \"nope\" not found in collection {PDH}")
+        );
+    }
+
+    #[test]
+    fn writable_collections_are_copied_into_the_output() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let quux = fake.put(b"bar");
+        fake.collection(PDH2, &format!("./baz {quux} 0:3:quux\n"));
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/tmp": {"kind": "tmp"},
+                "/tmp/foo": {"kind": "collection", "portable_data_hash": PDH, "writable": true},
+                "/tmp/bar": {"kind": "collection", "portable_data_hash": PDH2, "path": "baz", "writable": true},
+            }),
+            "/tmp",
+        );
+        let s = staged.unwrap();
+        assert_eq!(s.binds.len(), 1, "copies need no binds: {:?}", s.binds);
+        let out = &s.output_dir;
+        assert_eq!(read(&out.join("foo/sub/big")), "0123456789abcdef");
+        assert!(out.join("foo/sub/deep").is_dir());
+        assert_eq!(read(&out.join("bar/quux")), "bar");
+        assert_eq!(mode(&out.join("bar/quux")), 0o666);
+        assert_eq!(mode(&out.join("foo/sub")), 0o2777);
+        let copied: Vec<(&str, u64, usize)> = s
+            .output_refs
+            .iter()
+            .map(|r| match r {
+                OutputRef::Copied {
+                    rel, size, ranges, ..
+                } => (rel.as_str(), *size, ranges.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            copied,
+            [
+                ("bar/quux", 3, 1),
+                ("foo/foo", 3, 1),
+                ("foo/bar", 3, 1),
+                ("foo/empty", 0, 0),
+                ("foo/sub/baz", 3, 1),
+                ("foo/sub/big", 16, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn writable_collection_at_the_output_path_is_prepopulated() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/out": {"kind": "collection", "portable_data_hash": PDH, "writable": true}}),
+            "/out",
+        );
+        let s = staged.unwrap();
+        assert_eq!(bind_of(&s, "/out").host, s.output_dir);
+        assert_eq!(read(&s.output_dir.join("sub/baz")), "baz");
+        assert_eq!(mode(&s.output_dir), 0o2777);
+        assert!(matches!(&s.output_refs[0], OutputRef::Copied { rel, .. } if rel == "foo"));
+    }
+
+    #[test]
+    fn json_content_vectors() {
+        for (content, want) in [
+            (json!("foo"), "\"foo\""),
+            (Value::Null, "null"),
+            (
+                json!({"foo": 123456789123456789u64}),
+                "{\"foo\":123456789123456789}",
+            ),
+        ] {
+            let fake = Fake::new();
+            let (dir, staged) = run_stage(
+                &fake,
+                json!({"/tmp": {"kind": "tmp"}, "/mnt/test.json": {"kind": "json", "content": content}}),
+                "/tmp",
+            );
+            let s = staged.unwrap();
+            let b = bind_of(&s, "/mnt/test.json");
+            assert_eq!(b.host, dir.path().join("run/json1/mountdata.json"));
+            assert!(b.read_only);
+            assert_eq!(read(&b.host), want);
+            assert_eq!(mode(&b.host), 0o444);
+        }
+    }
+
+    #[test]
+    fn json_missing_content_is_null_and_text_is_raw() {
+        let fake = Fake::new();
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/j": {"kind": "json"}, "/mnt/test.txt": {"kind": "text", "content": "foo"}}),
+            "/tmp",
+        );
+        let s = staged.unwrap();
+        assert_eq!(read(&bind_of(&s, "/j").host), "null");
+        let t = bind_of(&s, "/mnt/test.txt");
+        assert!(t.host.ends_with("mountdata.text"));
+        assert_eq!(read(&t.host), "foo");
+    }
+
+    #[test]
+    fn mounts_under_the_output_path() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/tmp": {"kind": "tmp"},
+                "/tmp/foo": {"kind": "collection", "portable_data_hash": PDH, "path": "sub"},
+                "/tmp/skip": {"kind": "collection", "portable_data_hash": PDH, "exclude_from_output": true},
+                "/tmp/a.json": {"kind": "json", "content": {"a": 1}},
+                "/tmp/x/b.txt": {"kind": "text", "content": "bee", "exclude_from_output": true},
+            }),
+            "/tmp",
+        );
+        let s = staged.unwrap();
+        let targets: Vec<&str> = s.binds.iter().map(|b| b.container.as_str()).collect();
+        assert_eq!(targets, ["/tmp", "/tmp/foo", "/tmp/skip", "/tmp/x/b.txt"]);
+        assert!(bind_of(&s, "/tmp/foo").read_only);
+        // The json file is output; the excluded text file is bound from elsewhere.
+        assert_eq!(read(&s.output_dir.join("a.json")), "{\"a\":1}");
+        assert!(!s.output_dir.join("x").exists());
+        assert_eq!(read(&bind_of(&s, "/tmp/x/b.txt").host), "bee");
+
+        assert_eq!(s.output_refs.len(), 3, "{:?}", s.output_refs);
+        let OutputRef::Collection { rel, files, dirs } = &s.output_refs[0] else {
+            panic!("{:?}", s.output_refs[0]);
+        };
+        assert_eq!(rel, "foo");
+        let paths: Vec<(&str, u64)> = files.iter().map(|f| (f.path.as_str(), f.size)).collect();
+        assert_eq!(paths, [("foo/baz", 3), ("foo/big", 16)]);
+        assert_eq!(files[1].ranges.len(), 2);
+        assert_eq!(dirs, &["foo/deep"]);
+        assert_eq!(s.output_refs[1], OutputRef::Excluded { rel: "skip".into() });
+        assert_eq!(
+            s.output_refs[2],
+            OutputRef::Excluded {
+                rel: "x/b.txt".into()
+            }
+        );
+    }
+
+    #[test]
+    fn stdio_files() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({
+                "/tmp": {"kind": "tmp"},
+                "stdout": {"kind": "file", "path": "/tmp/a/b/c.out"},
+                "stderr": {"kind": "file", "path": "/tmp/b/err.txt"},
+                "stdin": {"kind": "collection", "portable_data_hash": PDH, "path": "sub/big"},
+            }),
+            "/tmp",
+        );
+        let s = staged.unwrap();
+        let out = s.stdout.unwrap();
+        assert_eq!(out, s.output_dir.join("a/b/c.out"));
+        assert_eq!(read(&out), "");
+        assert_eq!(s.stderr.unwrap(), s.output_dir.join("b/err.txt"));
+        assert_eq!(read(&s.stdin.unwrap()), "0123456789abcdef");
+        assert_eq!(s.binds.len(), 1);
+    }
+
+    #[test]
+    fn stdin_json_and_stdin_directory() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "stdin": {"kind": "json", "content": {"x": [1, "y"]}}}),
+            "/tmp",
+        );
+        assert_eq!(read(&staged.unwrap().stdin.unwrap()), "{\"x\":[1,\"y\"]}");
+
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "stdin": {"kind": "collection", "portable_data_hash": PDH, "path": "sub"}}),
+            "/tmp",
+        );
+        assert_eq!(
+            staged.unwrap_err().to_string(),
+            format!("stdin mount: path \"sub\" of collection {PDH} is a directory, not a file")
+        );
+    }
+
+    #[test]
+    fn secrets_are_bound_separately_and_reported() {
+        let fake = Fake::new();
+        let (_dir, staged) = run_stage_secret(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/tmp/plain.conf": {"kind": "text", "content": "not secret"}}),
+            json!({
+                "/tmp/secret.conf": {"kind": "text", "content": "hunter2hunter2"},
+                "/etc/token.json": {"kind": "json", "content": "s3cr3t-t0ken"},
+            }),
+            "/tmp",
+        );
+        let s = staged.unwrap();
+        assert_eq!(read(&s.output_dir.join("plain.conf")), "not secret");
+        assert!(!s.output_dir.join("secret.conf").exists());
+        let b = bind_of(&s, "/tmp/secret.conf");
+        assert!(b.read_only && !b.host.starts_with(&s.output_dir));
+        assert_eq!(read(&b.host), "hunter2hunter2");
+        assert_eq!(mode(b.host.parent().unwrap()), 0o700);
+        assert_eq!(
+            read(&bind_of(&s, "/etc/token.json").host),
+            "\"s3cr3t-t0ken\""
+        );
+        assert_eq!(
+            s.secrets,
+            ["\"s3cr3t-t0ken\"", "s3cr3t-t0ken", "hunter2hunter2"]
+        );
+        assert_eq!(
+            s.output_refs,
+            [
+                OutputRef::Secret {
+                    rel: None,
+                    host: bind_of(&s, "/etc/token.json").host.clone()
+                },
+                OutputRef::Secret {
+                    rel: Some("secret.conf".into()),
+                    host: b.host.clone()
+                },
+            ]
+        );
+    }
+
+    // ----- failures -----
+
+    #[test]
+    fn corrupt_block_in_the_store_is_an_error() {
+        let fake = Fake::new();
+        let loc = fake.put(b"hello");
+        fake.collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
+        let block = fake
+            ._dir
+            .path()
+            .join("keep")
+            .join(format!("{}+5", md5_hex(b"hello")));
+        fs::write(&block, b"jello").unwrap();
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
+            "/tmp",
+        );
+        let err = staged.unwrap_err().to_string();
+        assert!(
+            err.starts_with("mount \"/in\": fetching block 5d41402abc4b2a76b9719d911017c592+5:")
+                && err.contains("does not match its locator"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_bytes_from_a_careless_store_are_caught() {
+        let fake = Fake::new();
+        let loc = fake.put(b"hello");
+        fake.collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
+        *fake.lie.lock().unwrap() = Some(b"jello".to_vec());
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
+            "/tmp",
+        );
+        assert_eq!(
+            staged.unwrap_err().to_string(),
+            format!(
+                "mount \"/in\": block 5d41402abc4b2a76b9719d911017c592+5 from Keep does not match its locator (got 5 bytes with md5 {})",
+                md5_hex(b"jello")
+            )
+        );
+    }
+
+    #[test]
+    fn missing_collection_is_an_error() {
+        let fake = Fake::new();
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde"}}),
+            "/tmp",
+        );
+        assert_eq!(
+            staged.unwrap_err().to_string(),
+            "mount \"/in\": fetching collection zzzzz-4zz18-0123456789abcde: GET collections/zzzzz-4zz18-0123456789abcde: not found"
+        );
+    }
+
+    #[test]
+    fn capacity_must_fit_on_the_disk() {
+        let fake = Fake::new();
+        let (_dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp", "capacity": 1000000}}),
+            "/tmp",
+        );
+        staged.unwrap();
+
+        let (dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp", "capacity": u64::MAX / 2}}),
+            "/tmp",
+        );
+        let err = staged.unwrap_err().to_string();
+        let want = format!(
+            "tmp mount \"/tmp\" asks for a capacity of {} bytes but only ",
+            u64::MAX / 2
+        );
+        assert!(err.starts_with(&want), "{err}");
+        assert!(
+            err.ends_with(&format!(
+                "bytes are free on the filesystem of {}",
+                dir.path().join("run").display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn manifest_dirs_finds_streams_and_markers() {
+        let text = ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:a/b/\\056 0:0:f\n./s\\040t d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n";
+        assert_eq!(manifest_dirs(text), ["a/b", "s t"]);
+    }
+}
