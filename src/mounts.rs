@@ -653,6 +653,31 @@ pub fn stage(
     })
 }
 
+/// Remove everything [`stage`] made under `run_dir` (the output directory included, so
+/// capture it first). Staged collections are read-only on the host, which would stop a
+/// plain recursive delete by a non-root user, so directories are made writable first.
+pub fn remove_staged(run_dir: &Path) -> Result<(), MountError> {
+    if fs::symlink_metadata(run_dir).is_err() {
+        return Ok(());
+    }
+    make_dirs_writable(run_dir)?;
+    fs::remove_dir_all(run_dir).map_err(io_err(format!("remove {}", run_dir.display())))
+}
+
+fn make_dirs_writable(path: &Path) -> Result<(), MountError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err(format!("stat {}", path.display())))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    set_mode(path, 0o700)?;
+    let entries = fs::read_dir(path).map_err(io_err(format!("list {}", path.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("list {}", path.display())))?;
+        make_dirs_writable(&entry.path())?;
+    }
+    Ok(())
+}
+
 /// Free bytes for an unprivileged user on the filesystem holding `path`.
 fn free_bytes(path: &Path) -> io::Result<u64> {
     let c_path = CString::new(path.as_os_str().as_bytes())
@@ -1428,11 +1453,27 @@ mod tests {
         fake.collection(PDH, &manifest);
     }
 
+    /// The temp dir of one staging; removes the read-only staged trees first, so a
+    /// non-root test run leaves nothing behind.
+    struct RunDir(tempfile::TempDir);
+
+    impl RunDir {
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for RunDir {
+        fn drop(&mut self) {
+            let _ = remove_staged(&self.0.path().join("run"));
+        }
+    }
+
     fn run_stage(
         fake: &Fake,
         mounts: Value,
         output_path: &str,
-    ) -> (tempfile::TempDir, Result<StagedMounts, MountError>) {
+    ) -> (RunDir, Result<StagedMounts, MountError>) {
         run_stage_secret(fake, mounts, Value::Null, output_path)
     }
 
@@ -1441,8 +1482,8 @@ mod tests {
         mounts: Value,
         secret: Value,
         output_path: &str,
-    ) -> (tempfile::TempDir, Result<StagedMounts, MountError>) {
-        let dir = tempfile::tempdir().unwrap();
+    ) -> (RunDir, Result<StagedMounts, MountError>) {
+        let dir = RunDir(tempfile::tempdir().unwrap());
         let plan = parse_mounts(&mounts, &secret, output_path).unwrap();
         let staged = stage(&plan, fake, fake, &dir.path().join("run"), &|_| {});
         (dir, staged)
@@ -1771,6 +1812,23 @@ mod tests {
         staged.unwrap();
         // foo, bar, sub/baz share b1; big spans b2 and b3: three blocks, three fetches.
         assert_eq!(fake.fetches(), 3);
+
+        let said = Mutex::new(Vec::new());
+        let plan = parse_mounts(
+            &json!({"/in": {"kind": "collection", "portable_data_hash": PDH}, "/out": {"kind": "tmp"}}),
+            &Value::Null,
+            "/out",
+        )
+        .unwrap();
+        let dir = RunDir(tempfile::tempdir().unwrap());
+        let say = |line: &str| said.lock().unwrap().push(line.to_string());
+        stage(&plan, &fake, &fake, &dir.path().join("run"), &say).unwrap();
+        assert_eq!(
+            *said.lock().unwrap(),
+            [format!(
+                "mount /in: copied 5 files, 25 bytes in 3 blocks from collection {PDH}"
+            )]
+        );
     }
 
     #[test]
@@ -2135,6 +2193,22 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    #[test]
+    fn remove_staged_removes_read_only_trees() {
+        let fake = Fake::new();
+        fixture(&fake);
+        let (dir, staged) = run_stage(
+            &fake,
+            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
+            "/tmp",
+        );
+        staged.unwrap();
+        let run = dir.path().join("run");
+        remove_staged(&run).unwrap();
+        assert!(!run.exists());
+        remove_staged(&run).unwrap();
     }
 
     #[test]
