@@ -3,14 +3,16 @@
 //! The binary in `main.rs` is glue; everything it does lives here, one module per job:
 //! `config` turns flags and environment into a `Config`, `store` is the seam between the
 //! run and where records and blocks live (the Arvados API and Keep, or a local directory),
-//! `docker` drives the docker CLI, `logging` timestamps and fans out every log line, and
-//! `runner` is the lifecycle of one container and decides its final state.
+//! `docker` drives the docker CLI, `logging` timestamps and fans out every log line,
+//! `mounts` checks the record's mounts and lays them out on the host, and `runner` is the
+//! lifecycle of one container and decides its final state.
 
 pub mod arvados;
 pub mod config;
 pub mod docker;
 pub mod image;
 pub mod logging;
+pub mod mounts;
 pub mod redact;
 pub mod runner;
 pub mod store;
