@@ -3,13 +3,15 @@
 //! The binary in `main.rs` is glue; everything it does lives here, one module per job:
 //! `config` turns flags and environment into a `Config`, `store` is the seam between the
 //! run and where records and blocks live (the Arvados API and Keep, or a local directory),
-//! `docker` drives the docker CLI, `logging` timestamps and fans out every log line, and
+//! `docker` drives the docker CLI, `logging` timestamps and fans out every log line,
+//! `output` turns the output directory into the output collection's manifest, and
 //! `runner` is the lifecycle of one container and decides its final state.
 
 pub mod arvados;
 pub mod config;
 pub mod docker;
 pub mod logging;
+pub mod output;
 pub mod redact;
 pub mod runner;
 pub mod store;
