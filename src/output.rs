@@ -1047,6 +1047,21 @@ mod tests {
     }
 
     #[test]
+    fn blocks_larger_than_the_read_buffer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let size = 5 * READ_BUFFER + 3;
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        fs::write(tmp.path().join("big"), &body).unwrap();
+        let store = Recorder::default();
+        let block = 2 * READ_BUFFER as u64 + 1;
+        let text = capture_small(&spec(tmp.path()), &store, block, &mut Vec::new()).unwrap();
+        let files = Manifest::parse(&text).unwrap().files();
+        let lens: Vec<u64> = files[0].ranges.iter().map(|r| r.len).collect();
+        assert_eq!(lens, vec![block, block, size as u64 - 2 * block]);
+        assert!(store.bytes(&files[0].ranges) == body);
+    }
+
+    #[test]
     fn symlinks_inside_output_are_followed() {
         // Go's TestSymlink.
         let tmp = tempfile::tempdir().unwrap();

@@ -297,7 +297,7 @@ fn compile_alternative(chars: &[char]) -> Option<Compiled> {
     let mut components = Vec::new();
     let mut start = 0;
     loop {
-        let end = find_unescaped(chars, start, |c| c == '/').unwrap_or(chars.len());
+        let (end, next) = find_separator(chars, start);
         let part = &chars[start..end];
         if part == ['*', '*'] {
             // Consecutive `**` components mean the same as one.
@@ -307,11 +307,30 @@ fn compile_alternative(chars: &[char]) -> Option<Compiled> {
         } else {
             components.push(Component::Pattern(compile_component(part)?));
         }
-        if end == chars.len() {
+        if next > chars.len() {
             return Some(components);
         }
-        start = end + 1;
+        start = next;
     }
+}
+
+/// The next path separator at or after `from`, outside classes: `/`, or an escaped `\/`
+/// (a path component never contains `/`, so it can only mean the separator). Returns
+/// where the component before it ends and where the next one starts (past the end of
+/// `chars` when there is no separator).
+fn find_separator(chars: &[char], from: usize) -> (usize, usize) {
+    let mut i = from;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' if chars.get(i + 1) == Some(&'/') => return (i, i + 2),
+            '\\' => i += 1,
+            '[' => i = skip_class(chars, i).unwrap_or(chars.len()),
+            '/' => return (i, i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (chars.len(), chars.len() + 1)
 }
 
 fn compile_component(chars: &[char]) -> Option<Vec<Token>> {
@@ -537,6 +556,8 @@ mod tests {
             ("x{,y}", "x"),
             ("[{]", "{"),
             ("é?", "éé"),
+            ("a\\/b", "a/b"),
+            ("a\\/*", "a/b"),
         ];
         for (p, name) in yes {
             assert!(glob_match(p, name), "{p} should match {name}");
