@@ -4,8 +4,10 @@
 //! `config` turns flags and environment into a `Config`, `store` is the seam between the
 //! run and where records and blocks live (the Arvados API and Keep, or a local directory),
 //! `docker` drives the docker CLI, `logging` timestamps and fans out every log line,
-//! `mounts` checks the record's mounts and lays them out on the host, and `runner` is the
-//! lifecycle of one container and decides its final state.
+//! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
+//! and lays them out on the host, `output` turns the output directory into the output
+//! collection's manifest, and `runner` is the lifecycle of one container and decides its
+//! final state.
 
 pub mod arvados;
 pub mod config;
@@ -13,6 +15,7 @@ pub mod docker;
 pub mod image;
 pub mod logging;
 pub mod mounts;
+pub mod output;
 pub mod redact;
 pub mod runner;
 pub mod store;

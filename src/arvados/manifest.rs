@@ -317,6 +317,136 @@ pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
     out
 }
 
+/// The normalized manifest of a tree of files given as block ranges, plus empty directories.
+///
+/// `files` are `(path, ranges)` with `/`-separated paths relative to the collection root
+/// (`"a/b/c.out"`); each range is a piece of a block, its locator kept as given (signed).
+/// `empty_dirs` are directory paths to keep even though no file is under them; one that
+/// does have a file or another directory under it is implied by that and left out.
+///
+/// Streams come in depth-first order of their sorted (unescaped) path components, as the
+/// Python SDK's and Go SDK's normalizers write them; files are sorted within a stream;
+/// every distinct locator is listed once per stream, in order of first use; contiguous
+/// pieces of a file merge into one `pos:len:name`; an empty file is `0:0:name`; a stream
+/// with no data gets the empty block locator; an empty directory is
+/// `./dir d41d8cd98f00b204e9800998ecf8427e+0 0:0:\056`. No files and no dirs gives `""`.
+pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[String]) -> String {
+    // (directory components, base name, index into files or None for an empty-dir marker)
+    type Entry<'a> = (Vec<&'a str>, &'a str, Option<usize>);
+    let mut entries: Vec<Entry<'_>> = Vec::with_capacity(files.len());
+    for (i, (path, _)) in files.iter().enumerate() {
+        let (dir, base) = split_path(path);
+        if !base.is_empty() {
+            entries.push((dir, base, Some(i)));
+        }
+    }
+    let mut occupied: std::collections::HashSet<Vec<&str>> = std::collections::HashSet::new();
+    for (dir, _, _) in &entries {
+        for n in 1..=dir.len() {
+            occupied.insert(dir[..n].to_vec());
+        }
+    }
+    let mut dirs: Vec<Vec<&str>> = empty_dirs
+        .iter()
+        .map(|d| split_path(d))
+        .map(|(mut dir, base)| {
+            if !base.is_empty() {
+                dir.push(base);
+            }
+            dir
+        })
+        .filter(|d| !d.is_empty())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        for n in 1..d.len() {
+            occupied.insert(d[..n].to_vec());
+        }
+    }
+    for d in dirs {
+        if !occupied.contains(&d) {
+            entries.push((d, ".", None));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+
+    let mut out = String::new();
+    let mut start = 0;
+    while start < entries.len() {
+        let end = start
+            + entries[start..]
+                .iter()
+                .take_while(|e| e.0 == entries[start].0)
+                .count();
+        write_stream(&mut out, &entries[start..end], files);
+        start = end;
+    }
+    out
+}
+
+/// One stream line of [`normalized_manifest`]: `entries` all share the same directory.
+fn write_stream(
+    out: &mut String,
+    entries: &[(Vec<&str>, &str, Option<usize>)],
+    files: &[(String, Vec<BlockRange>)],
+) {
+    let Some((dir, _, _)) = entries.first() else {
+        return;
+    };
+    out.push('.');
+    for component in dir {
+        out.push('/');
+        out.push_str(&escape_name(component));
+    }
+    let ranges_of = |e: &(Vec<&str>, &str, Option<usize>)| -> &[BlockRange] {
+        e.2.map_or(&[], |i| files[i].1.as_slice())
+    };
+    // Each distinct block once, at its offset in the stream.
+    let mut offsets: HashMap<&str, u64> = HashMap::new();
+    let mut stream_len = 0u64;
+    for e in entries {
+        for r in ranges_of(e) {
+            if r.len == 0 || offsets.contains_key(r.locator.as_str()) {
+                continue;
+            }
+            offsets.insert(r.locator.as_str(), stream_len);
+            stream_len += locator_size(&r.locator);
+            out.push(' ');
+            out.push_str(&r.locator);
+        }
+    }
+    if offsets.is_empty() {
+        out.push(' ');
+        out.push_str(EMPTY_BLOCK_LOCATOR);
+    }
+    for e in entries {
+        // The empty-directory marker is a file named `.`, always written escaped.
+        let name = match e.2 {
+            Some(_) => escape_name(e.1),
+            None => "\\056".to_string(),
+        };
+        let mut span: Option<(u64, u64)> = None; // (start, end) in the stream
+        for r in ranges_of(e) {
+            if r.len == 0 {
+                continue;
+            }
+            let start = offsets.get(r.locator.as_str()).copied().unwrap_or(0) + r.offset;
+            span = match span {
+                Some((s, end)) if end == start => Some((s, end + r.len)),
+                Some((s, end)) => {
+                    out.push_str(&format!(" {}:{}:{}", s, end - s, name));
+                    Some((start, start + r.len))
+                }
+                None => Some((start, start + r.len)),
+            };
+        }
+        let (s, end) = span.unwrap_or((0, 0));
+        out.push_str(&format!(" {}:{}:{}", s, end - s, name));
+    }
+    out.push('\n');
+}
+
 /// A byte range inside one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRange {
@@ -943,6 +1073,107 @@ mod tests {
         for (text, want) in cases {
             let err = Manifest::parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    fn br(locator: &str, offset: u64, len: u64) -> BlockRange {
+        BlockRange {
+            locator: locator.to_string(),
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn normalized_manifest_of_mounted_pieces_matches_go_vector() {
+        // TestStdoutWithMultipleMountPointsUnderOutputDir: pieces of one collection
+        // spliced into a new tree, signed locators kept.
+        let l1 = "3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0abcdefgh11234567890@569fa8c3";
+        let l2 = "3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396cabcdefghij6419876543234@569fa8c4";
+        let l3 = "3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0bcdefghijk544332211@569fa8c5";
+        let files = vec![
+            ("foo/sub1file2".to_string(), vec![br(l2, 9, 18)]),
+            ("foo/bar".to_string(), vec![br(l1, 9, 18)]),
+            (
+                "a/b/c.out".to_string(),
+                vec![br("307372fa8fd5c146b22ae7a45b49bc31+6", 0, 6)],
+            ),
+            ("foo/baz/sub2file2".to_string(), vec![br(l3, 9, 18)]),
+            (
+                "foo/sub1/file1_in_subdir1.txt".to_string(),
+                vec![br(l2, 0, 9)],
+            ),
+            (
+                "foo/sub1/file2_in_subdir1.txt".to_string(),
+                vec![br(l2, 9, 18)],
+            ),
+            (
+                "foo/sub1/subdir2/file2_in_subdir2.txt".to_string(),
+                vec![br(l3, 9, 18)],
+            ),
+            (
+                "foo/sub1/subdir2/file1_in_subdir2.txt".to_string(),
+                vec![br(l3, 0, 9)],
+            ),
+        ];
+        let want = format!(
+            "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6 0:6:c.out\n\
+             ./foo {l1} {l2} 9:18:bar 36:18:sub1file2\n\
+             ./foo/baz {l3} 9:18:sub2file2\n\
+             ./foo/sub1 {l2} 0:9:file1_in_subdir1.txt 9:18:file2_in_subdir1.txt\n\
+             ./foo/sub1/subdir2 {l3} 0:9:file1_in_subdir2.txt 9:18:file2_in_subdir2.txt\n"
+        );
+        let dirs = vec!["a".to_string(), "a/b".to_string(), "foo".to_string()];
+        assert_eq!(normalized_manifest(&files, &dirs), want);
+        Manifest::parse(&want).unwrap();
+    }
+
+    #[test]
+    fn normalized_manifest_empty_dirs_empty_files_and_nothing() {
+        assert_eq!(normalized_manifest(&[], &[]), "");
+        assert_eq!(normalized_manifest(&[], &["".to_string()]), "");
+        let e = EMPTY_BLOCK_LOCATOR;
+        let files = vec![
+            ("d/x".to_string(), vec![]),
+            ("d/y".to_string(), vec![br(e, 0, 0)]),
+        ];
+        let dirs: Vec<String> = ["d", "empty", "deep/er/est", "deep", "deep/er", "empty"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let want =
+            format!("./d {e} 0:0:x 0:0:y\n./deep/er/est {e} 0:0:\\056\n./empty {e} 0:0:\\056\n");
+        assert_eq!(normalized_manifest(&files, &dirs), want);
+        let parsed = Manifest::parse(&want).unwrap();
+        assert_eq!(parsed.files().len(), 2);
+    }
+
+    #[test]
+    fn normalized_manifest_dedups_blocks_merges_pieces_and_escapes() {
+        let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa+10";
+        let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+10";
+        let files = vec![
+            // Across two blocks: one segment.
+            ("big".to_string(), vec![br(a, 0, 10), br(b, 0, 10)]),
+            // Non-contiguous pieces: two segments.
+            ("gappy".to_string(), vec![br(b, 2, 3), br(a, 1, 1)]),
+            ("sp ace/co:lon\\".to_string(), vec![br(a, 4, 2)]),
+            ("a b/x".to_string(), vec![br(b, 0, 1)]),
+            ("a/x".to_string(), vec![br(b, 0, 1)]),
+        ];
+        let text = normalized_manifest(&files, &[]);
+        assert_eq!(
+            text,
+            format!(
+                ". {a} {b} 0:20:big 12:3:gappy 1:1:gappy\n./a {b} 0:1:x\n./a\\040b {b} 0:1:x\n./sp\\040ace {a} 4:2:co\\072lon\\134\n"
+            )
+        );
+        // What goes in comes back out.
+        let parsed = Manifest::parse(&text).unwrap().files();
+        let got: Vec<(String, Vec<BlockRange>)> =
+            parsed.into_iter().map(|f| (f.path, f.ranges)).collect();
+        for f in &files {
+            assert!(got.contains(f), "{f:?} not in {got:?}");
         }
     }
 
