@@ -97,13 +97,8 @@ pub struct MountPlan {
     pub stderr: Option<Mount>,
 }
 
-/// One `docker create -v` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bind {
-    pub host: PathBuf,
-    pub container: String,
-    pub read_only: bool,
-}
+/// One bind mount for docker (`--mount type=bind,…`).
+pub use crate::docker::argv::Bind;
 
 /// What output capture must know about the output directory. Every `rel` is relative to
 /// the host output directory (and to the output path in the container), `""` being the

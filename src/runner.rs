@@ -15,7 +15,7 @@ use crate::arvados::container::{Container, State, raw_state};
 use crate::arvados::manifest::single_stream_manifest;
 use crate::config::{ApiEnv, Backend, Config};
 use crate::docker::argv::{
-    ContainerExit, ContainerSpec, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
+    Bind, ContainerExit, ContainerSpec, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
 };
 use crate::docker::cli::{ContainerState, Docker, run_argv};
 use crate::docker::guard::Guard;
@@ -23,6 +23,7 @@ use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
+use crate::mounts::{self, MountPlan, StagedMounts};
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -331,6 +332,8 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
             Backend::Local(_) => None,
         },
         access: None,
+        mount_plan: None,
+        staged: None,
     };
     let outcome = run.execute(&record, &pipeline);
     run.finish(outcome, pipeline)
@@ -371,6 +374,9 @@ struct ContainerRun {
     api_env: Option<ApiEnv>,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
+    /// The checked mounts, and what was staged for them on the host.
+    mount_plan: Option<MountPlan>,
+    staged: Option<StagedMounts>,
 }
 
 /// Removing the docker container and releasing the guard: done on a thread of its own
@@ -472,6 +478,7 @@ impl ContainerRun {
             Ok(Err(e)) => return Err(failed(format!("cannot get the container's token: {e}"))),
             Err(_) => return Err(failed("getting the container's token failed unexpectedly")),
         }
+        self.mount_plan = self.plan_mounts(&container)?;
         let (tar, present) = image?;
         self.check_cancel()?;
         if present {
@@ -480,7 +487,53 @@ impl ContainerRun {
             self.load_image(&tar)?;
         }
         self.check_cancel()?;
+        if let Some(plan) = &self.mount_plan {
+            let (api, blocks) = self.container_stores();
+            let say = |line: &str| self.say(line);
+            let staged = mounts::stage(plan, &*api, &*blocks, &self.mounts_dir(), &say)
+                .map_err(|e| failed(format!("While setting up mounts: {e}")))?;
+            for secret in &staged.secrets {
+                self.secrets.add(secret);
+            }
+            self.staged = Some(staged);
+        }
+        self.check_cancel()?;
         Ok((container, tar.id))
+    }
+
+    /// Check the record's mounts and secret mounts. A record without any mounts (as in
+    /// the 2016 API's tests) runs without an output directory.
+    fn plan_mounts(&self, container: &Container) -> Step<Option<MountPlan>> {
+        // Secret mounts are read with the container's token; without one (the local
+        // store, the 2016 API) there are none.
+        let secret_mounts = match &self.access {
+            Some(access) => access
+                .api
+                .secret_mounts(&self.uuid)
+                .map_err(|e| failed(format!("cannot fetch the secret mounts: {e}")))?,
+            None => json!({}),
+        };
+        let no_mounts = container.mounts.as_object().is_none_or(|m| m.is_empty());
+        let no_secrets = secret_mounts.as_object().is_none_or(|m| m.is_empty());
+        if no_mounts && no_secrets {
+            self.say("The record has no mounts: the output will not be captured");
+            return Ok(None);
+        }
+        mounts::parse_mounts(&container.mounts, &secret_mounts, &container.output_path)
+            .map(Some)
+            .map_err(|e| failed(format!("While setting up mounts: {e}")))
+    }
+
+    /// The stores that act as the container (its token), or ours when there is none.
+    fn container_stores(&self) -> (Arc<dyn ApiStore>, Arc<dyn BlockStore>) {
+        match &self.access {
+            Some(a) => (a.api.clone(), a.blocks.clone()),
+            None => (self.api.clone(), self.blocks.clone()),
+        }
+    }
+
+    fn mounts_dir(&self) -> PathBuf {
+        self.run_dir.join("mounts")
     }
 
     /// A container named like ours can only be left from an earlier crunch-run for this
@@ -591,8 +644,28 @@ impl ContainerRun {
             memory_bytes: rc.ram,
             cpus: rc.vcpus,
             gpus,
-            ..Default::default()
+            binds: self.binds(rc.api),
+            stdin: self.staged.as_ref().is_some_and(|m| m.stdin.is_some()),
         }
+    }
+
+    /// The staged mounts, and for API access our CA bundle where the Arvados SDKs look.
+    fn binds(&self, api: bool) -> Vec<Bind> {
+        let mut binds = self
+            .staged
+            .as_ref()
+            .map(|m| m.binds.clone())
+            .unwrap_or_default();
+        if let Some(ca) = self.api_env.as_ref().and_then(|e| e.ca_file.clone())
+            && api
+        {
+            binds.push(Bind {
+                host: ca,
+                container: "/etc/arvados/ca-certificates.crt".into(),
+                read_only: true,
+            });
+        }
+        binds
     }
 
     /// What a container with `runtime_constraints.API` gets: our API host, its own token
@@ -674,18 +747,46 @@ impl ContainerRun {
             }
             None => (None, None),
         };
-        let streams: [(&'static str, Option<Box<dyn io::Read + Send>>); 2] = [
-            ("stdout", attached.take_stdout().map(|r| Box::new(r) as _)),
-            ("stderr", stderr),
+        let (stdout_file, stderr_file, stdin_file) = match &self.staged {
+            Some(m) => (m.stdout.clone(), m.stderr.clone(), m.stdin.clone()),
+            None => (None, None, None),
+        };
+        let streams: [Stream; 2] = [
+            (
+                "stdout",
+                attached.take_stdout().map(|r| Box::new(r) as _),
+                stdout_file,
+            ),
+            ("stderr", stderr, stderr_file),
         ];
         let mut copiers = Vec::new();
-        for (name, reader) in streams {
+        for (name, reader, redirect) in streams {
             let Some(reader) = reader else { continue };
-            match pipeline.spawn_copier(name, reader) {
+            let spawned = match redirect {
+                Some(path) => {
+                    self.say(&format!(
+                        "{name} is written as is to {}, in the output",
+                        path.display()
+                    ));
+                    spawn_raw_copy(reader, path)
+                }
+                None => pipeline.spawn_copier(name, reader),
+            };
+            match spawned {
                 Ok(handle) => copiers.push(handle),
                 Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
             }
         }
+        let feeder = match (attached.take_stdin(), stdin_file) {
+            (Some(stdin), Some(path)) => match spawn_stdin_feed(path, stdin) {
+                Ok(feeder) => Some(feeder),
+                Err(e) => {
+                    self.say(&format!("cannot start feeding the container's stdin: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
         let client = attached.wait();
         for copier in copiers {
             match copier.join() {
@@ -695,6 +796,9 @@ impl ContainerRun {
             }
         }
         drop(run_time_limit);
+        if let Some(Ok(Err(e))) = feeder.map(|f| f.join()) {
+            self.say(&format!("error feeding the container's stdin: {e}"));
+        }
         if let Some(reason) = self.cancel.reason() {
             return Ok(Outcome::Cancelled {
                 reason,
@@ -864,6 +968,46 @@ impl ContainerRun {
             );
         }
     }
+}
+
+/// A container stream: its name, the reader, and the file it is redirected to, if any.
+type Stream = (
+    &'static str,
+    Option<Box<dyn io::Read + Send>>,
+    Option<PathBuf>,
+);
+
+/// Copy a container stream as is into a file (a `stdout`/`stderr` mount).
+fn spawn_raw_copy(
+    mut reader: Box<dyn io::Read + Send>,
+    path: PathBuf,
+) -> io::Result<std::thread::JoinHandle<io::Result<u64>>> {
+    std::thread::Builder::new()
+        .name("raw-copy".into())
+        .spawn(move || {
+            let copied =
+                std::fs::File::create(&path).and_then(|mut file| io::copy(&mut reader, &mut file));
+            // Drain the rest even if the file failed, so the container never blocks.
+            let _ = io::copy(&mut reader, &mut io::sink());
+            copied
+        })
+}
+
+/// Feed a file to the container's stdin, then close it. The container may stop reading
+/// early: a broken pipe is not an error.
+fn spawn_stdin_feed(
+    path: PathBuf,
+    mut stdin: std::process::ChildStdin,
+) -> io::Result<std::thread::JoinHandle<io::Result<u64>>> {
+    std::thread::Builder::new()
+        .name("stdin-feed".into())
+        .spawn(move || {
+            let mut file = std::fs::File::open(&path)?;
+            match io::copy(&mut file, &mut stdin) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+                other => other,
+            }
+        })
 }
 
 fn hostname() -> io::Result<String> {
