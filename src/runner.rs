@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
+use crate::arvados::manifest::ManifestFile;
 use crate::arvados::manifest::single_stream_manifest;
 use crate::config::{ApiEnv, Backend, Config};
 use crate::docker::argv::{
@@ -23,15 +24,17 @@ use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
-use crate::mounts::{self, MountPlan, StagedMounts};
+use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
+use crate::output::{self, CopiedFile, OutputSpec, RefMount};
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 /// What happened to the container, decided once and then only reported.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The user's command ran and exited with this code (any code: it is data).
-    Exited { code: i64 },
+    /// The user's command ran and exited with this code (any code: it is data); `output`
+    /// is the PDH of its output collection once saved.
+    Exited { code: i64, output: Option<String> },
     /// A signal asked us to stop; the container was removed.
     Cancelled {
         reason: String,
@@ -61,7 +64,7 @@ pub fn final_update(
 ) -> Map<String, Value> {
     let mut fields = Map::new();
     let (state, exit_code, status) = match outcome {
-        Outcome::Exited { code } => (State::Complete, Some(*code), None),
+        Outcome::Exited { code, .. } => (State::Complete, Some(*code), None),
         Outcome::Cancelled { reason, exit_code } => {
             (State::Cancelled, *exit_code, Some(("warning", reason)))
         }
@@ -76,6 +79,15 @@ pub fn final_update(
         State::Cancelled
     };
     fields.insert("state".into(), json!(state.as_str()));
+    if let (
+        State::Complete,
+        Outcome::Exited {
+            output: Some(pdh), ..
+        },
+    ) = (state, outcome)
+    {
+        fields.insert("output".into(), json!(pdh));
+    }
     match (progress.legacy_api, progress.running) {
         // 2016 API: Queued→Cancelled takes nothing else; Running→Cancelled takes log (and
         // output) but not exit_code; Running→Complete takes log and exit_code.
@@ -327,6 +339,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
             running: false,
         },
         cleanup: None,
+        cleanup_thread: None,
         api_env: match &config.backend {
             Backend::Arvados(env) => Some(env.clone()),
             Backend::Local(_) => None,
@@ -370,6 +383,8 @@ struct ContainerRun {
     progress: RecordProgress,
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
+    /// The removal under way, waited for before crunch-run exits.
+    cleanup_thread: Option<std::thread::JoinHandle<Vec<String>>>,
     /// How we reach the API (what a container with `API: true` is given).
     api_env: Option<ApiEnv>,
     /// The container's own token and stores, once fetched.
@@ -436,11 +451,67 @@ impl ContainerRun {
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
-        let result = self
-            .prepare(record)
-            .and_then(|(container, image)| self.run_container(&container, &image, pipeline));
-        match result {
+        let (container, image) = match self.prepare(record) {
+            Ok(ready) => ready,
+            Err(outcome) => return outcome,
+        };
+        let outcome = match self.run_container(&container, &image, pipeline) {
             Ok(outcome) | Err(outcome) => outcome,
+        };
+        // The container is done with: remove it while the output is saved.
+        self.cleanup_thread = self
+            .cleanup
+            .take()
+            .map(|c| std::thread::spawn(move || c.run()));
+        let outcome = self.save_output(&container, outcome);
+        if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
+            self.say(&format!("Warning: removing the staged mounts failed: {e}"));
+        }
+        outcome
+    }
+
+    /// For a container that exited: its output collection (or the one it saved itself).
+    /// A failure to save it turns Complete into Cancelled, the exit code kept.
+    fn save_output(&self, container: &Container, outcome: Outcome) -> Outcome {
+        let Outcome::Exited { code, .. } = outcome else {
+            return outcome;
+        };
+        let exited = |output: Option<String>| Outcome::Exited { code, output };
+        let failed = |reason: String| Outcome::Failed {
+            reason,
+            exit_code: Some(code),
+        };
+        if container.runtime_constraints.api {
+            match self.api.get_container(&self.uuid) {
+                Ok(record) => {
+                    if let Some(pdh) = record["output"].as_str().filter(|p| !p.is_empty()) {
+                        self.say(&format!("The container set its own output: {pdh}"));
+                        return exited(Some(pdh.to_string()));
+                    }
+                }
+                Err(e) => self.say(&format!("Warning: cannot re-read the record's output: {e}")),
+            }
+        }
+        let Some(staged) = &self.staged else {
+            return exited(None);
+        };
+        self.say("Capturing the output");
+        let spec = output_spec(staged, container);
+        let (api, blocks) = self.container_stores();
+        let say = |line: &str| self.say(line);
+        let manifest = match output::capture_output(&spec, &*blocks, &say) {
+            Ok(m) => m,
+            Err(e) => return failed(format!("capturing the output failed: {e}")),
+        };
+        match api.create_output_collection(&format!("output for {}", self.uuid), &manifest) {
+            Ok(saved) => {
+                self.say(&format!(
+                    "Output collection saved: {}",
+                    saved.portable_data_hash
+                ));
+                exited(Some(saved.portable_data_hash))
+            }
+            Err(e) => failed(format!("saving the output collection failed: {e}")),
         }
     }
 
@@ -844,7 +915,7 @@ impl ContainerRun {
                 "Container was killed by the out-of-memory killer{limit}"
             ));
         }
-        Ok(Outcome::Exited { code })
+        Ok(Outcome::Exited { code, output: None })
     }
 
     /// Cancel the run when `limit` passes before the returned sender is dropped.
@@ -883,10 +954,7 @@ impl ContainerRun {
 
     /// Log the final state, save the log collection, send the final update.
     fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
-        let cleanup = self
-            .cleanup
-            .take()
-            .map(|c| std::thread::spawn(move || c.run()));
+        let cleanup = self.cleanup_thread.take();
         match &outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
@@ -921,7 +989,7 @@ impl ContainerRun {
                 eprintln!("crunch-run: {}: {msg}", self.uuid);
                 self.post_late_log(&msg);
                 let outcome = match outcome {
-                    Outcome::Exited { code } => Outcome::Failed {
+                    Outcome::Exited { code, .. } => Outcome::Failed {
                         reason: msg,
                         exit_code: Some(code),
                     },
@@ -968,6 +1036,65 @@ impl ContainerRun {
             );
         }
     }
+}
+
+/// What output capture needs from the staged mounts and the record.
+fn output_spec(staged: &StagedMounts, container: &Container) -> OutputSpec {
+    let mut spec = OutputSpec {
+        output_dir: staged.output_dir.clone(),
+        ctr_output_path: container.output_path.clone(),
+        globs: container.output_glob.clone(),
+        ..Default::default()
+    };
+    for r in &staged.output_refs {
+        match r {
+            OutputRef::Collection { rel, files, .. } => spec.by_reference.push(RefMount {
+                path: rel.clone(),
+                // Staging names the files from the output directory; capture wants them
+                // from the mount point.
+                files: files
+                    .iter()
+                    .map(|f| ManifestFile {
+                        path: relative_to(&f.path, rel),
+                        ..f.clone()
+                    })
+                    .collect(),
+            }),
+            OutputRef::Copied {
+                rel,
+                size,
+                mtime,
+                ranges,
+            } => spec.unchanged_candidates.push(CopiedFile {
+                rel_path: rel.clone(),
+                size: *size,
+                mtime: *mtime,
+                ranges: ranges.clone(),
+            }),
+            OutputRef::Excluded { rel } => spec.excluded.push(rel.clone()),
+            OutputRef::Secret { rel, host } => {
+                spec.secret_paths.push(host.clone());
+                if let Some(rel) = rel {
+                    spec.secret_paths.push(staged.output_dir.join(rel));
+                }
+            }
+        }
+    }
+    spec
+}
+
+/// `path` (relative to the output directory) as seen from `base` under it.
+fn relative_to(path: &str, base: &str) -> String {
+    if path == base || base.is_empty() && path.is_empty() {
+        return String::new();
+    }
+    if base.is_empty() {
+        return path.to_string();
+    }
+    path.strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(path)
+        .to_string()
 }
 
 /// A container stream: its name, the reader, and the file it is redirected to, if any.
@@ -1029,7 +1156,7 @@ mod tests {
     fn exit_codes_are_data() {
         for code in [0, 1, 125, 126, 127, 137] {
             let f = final_update(
-                &Outcome::Exited { code },
+                &Outcome::Exited { code, output: None },
                 progress(false, true),
                 Some("x+1"),
             );
@@ -1095,7 +1222,10 @@ mod tests {
         );
         assert_eq!(f.keys().collect::<Vec<_>>(), ["log", "state"]);
         let f = final_update(
-            &Outcome::Exited { code: 3 },
+            &Outcome::Exited {
+                code: 3,
+                output: None,
+            },
             progress(true, true),
             Some("x+1"),
         );
