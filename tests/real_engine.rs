@@ -241,3 +241,103 @@ fn sigkill_of_crunch_run_does_not_leave_the_container_running() {
         "the guard did not remove the container"
     );
 }
+
+/// The manifest of collection `pdh` with signatures stripped, as the fake stores it.
+fn manifest_of(c: &Case, pdh: &str) -> String {
+    c.h.fake
+        .collection_manifest(pdh)
+        .unwrap_or_else(|| panic!("no collection {pdh}"))
+}
+
+#[test]
+fn inputs_are_mounted_read_only_and_the_output_is_captured() {
+    let c = Case::with_shared_image(
+        100,
+        &[
+            "sh",
+            "-c",
+            "cat /mnt/in/inputfile >/mnt/out/inputfile && cat /mnt/json >/mnt/out/json && \
+             cat /mnt/text.txt >/mnt/out/text && ! touch /mnt/in/shouldbereadonly && \
+             mkdir /mnt/out/emptydir",
+        ],
+    );
+    let input = c.h.fake.add_collection(&[("inputfile", b"inputdata".as_slice())]);
+    c.edit(|r| {
+        r["output_path"] = json!("/mnt/out");
+        r["mounts"] = json!({
+            "/mnt/in": {"kind": "collection", "portable_data_hash": input},
+            "/mnt/json": {"kind": "json", "content": ["foo", {"foo": "bar"}, null]},
+            "/mnt/text.txt": {"kind": "text", "content": "hello text"},
+            "/mnt/out": {"kind": "tmp", "capacity": 1_000_000},
+        });
+    });
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    assert_eq!(rec["exit_code"], 0, "{}", c.crunch_log());
+    let output = rec["output"].as_str().expect("output set");
+    let fake = &c.h.fake;
+    assert_eq!(fake.read_file(output, "inputfile").unwrap(), b"inputdata");
+    assert_eq!(
+        fake.read_file(output, "json").unwrap(),
+        br#"["foo",{"foo":"bar"},null]"#
+    );
+    assert_eq!(fake.read_file(output, "text").unwrap(), b"hello text");
+    assert_eq!(fake.read_file(output, "emptydir/.keep").unwrap(), b"");
+    // Exactly those files, and the PDH by Arvados' rule.
+    let manifest = manifest_of(&c, output);
+    let files: Vec<String> = crunch_run::arvados::manifest::Manifest::parse(&manifest)
+        .unwrap()
+        .files()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(files, ["inputfile", "json", "text", "emptydir/.keep"]);
+    assert_eq!(
+        crunch_run::arvados::manifest::portable_data_hash(&manifest),
+        output
+    );
+    let created = fake.collections_created();
+    let out = created.iter().find(|c| c["portable_data_hash"] == output).unwrap();
+    assert_eq!(out["name"], format!("output for {}", c.uuid));
+    assert_eq!(
+        common::python_reads_collection(fake, output, "inputfile"),
+        b"inputdata"
+    );
+}
+
+#[test]
+fn stdout_mount_sends_stdout_to_the_output_not_the_log() {
+    let c = Case::with_shared_image(101, &["echo", "bilbo"]);
+    c.edit(|r| {
+        r["output_path"] = json!("/tmp");
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "stdout": {"kind": "file", "path": "/tmp/a/b/c.out"},
+        });
+    });
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    let output = rec["output"].as_str().unwrap();
+    assert_eq!(
+        manifest_of(&c, output),
+        "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6 0:6:c.out\n"
+    );
+    assert_eq!(c.h.log_text(&c.uuid, "stdout.txt"), "");
+    assert!(c.crunch_log().contains("stdout is written as is to"));
+}
+
+#[test]
+fn a_ram_constraint_is_the_containers_memory_limit() {
+    let c = Case::with_shared_image(
+        102,
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ],
+    );
+    c.edit(|r| r["runtime_constraints"] = json!({"ram": 64 << 20, "vcpus": 1}));
+    let rec = c.run();
+    assert_eq!(rec["exit_code"], 0);
+    assert_eq!(c.stdout(), format!("{}\n", 64 << 20));
+}
