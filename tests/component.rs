@@ -687,3 +687,70 @@ fn max_run_time_stops_the_container_and_cancels() {
     assert!(crunch.contains("maximum run time exceeded"), "{crunch}");
     assert_no_rejections(&h);
 }
+
+#[test]
+fn bad_mounts_cancel_before_anything_starts() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"/tmp": {"kind": "tmp"}, "/x": {"kind": "magic"}}),
+            "/tmp",
+            "magic",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "/tmp/x": {"kind": "tmp"}}),
+            "/tmp",
+            "/tmp/x",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "stdin": {"kind": "tmp"}}),
+            "/tmp",
+            "unsupported mount kind 'tmp' for stdin",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "x": {"kind": "tmp"}}),
+            "/tmp",
+            "\"x\"",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "/tmp/../etc": {"kind": "tmp"}}),
+            "/tmp",
+            "..",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "/t.txt": {"kind": "text", "content": 3}}),
+            "/tmp",
+            "must be a string",
+        ),
+        (
+            json!({"/tmp": {"kind": "tmp"}, "stdout": {"kind": "file", "path": "/etc/out"}}),
+            "/tmp",
+            "/etc/out",
+        ),
+        (
+            json!({"/mnt": {"kind": "tmp"}}),
+            "/tmp",
+            "output path does not correspond to a writable mount point",
+        ),
+    ];
+    for (mounts, output_path, want) in cases {
+        let (h, pdh) = setup();
+        let mut rec = record(UUID, &pdh, &["true"]);
+        rec["mounts"] = mounts.clone();
+        rec["output_path"] = json!(output_path);
+        h.fake.add_container(rec);
+        let (rec, crunch) = cancelled_case(&h, &[]);
+        assert!(
+            crunch.contains("While setting up mounts"),
+            "{mounts}: {crunch}"
+        );
+        assert!(crunch.contains(want), "{mounts}: want {want:?} in {crunch}");
+        assert!(rec["runtime_status"]["error"].is_string());
+        let calls = h.docker_calls();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("run") || c.starts_with("load")),
+            "{calls:?}"
+        );
+    }
+}

@@ -261,7 +261,9 @@ fn inputs_are_mounted_read_only_and_the_output_is_captured() {
              mkdir /mnt/out/emptydir",
         ],
     );
-    let input = c.h.fake.add_collection(&[("inputfile", b"inputdata".as_slice())]);
+    let input =
+        c.h.fake
+            .add_collection(&[("inputfile", b"inputdata".as_slice())]);
     c.edit(|r| {
         r["output_path"] = json!("/mnt/out");
         r["mounts"] = json!({
@@ -297,7 +299,10 @@ fn inputs_are_mounted_read_only_and_the_output_is_captured() {
         output
     );
     let created = fake.collections_created();
-    let out = created.iter().find(|c| c["portable_data_hash"] == output).unwrap();
+    let out = created
+        .iter()
+        .find(|c| c["portable_data_hash"] == output)
+        .unwrap();
     assert_eq!(out["name"], format!("output for {}", c.uuid));
     assert_eq!(
         common::python_reads_collection(fake, output, "inputfile"),
@@ -340,4 +345,76 @@ fn a_ram_constraint_is_the_containers_memory_limit() {
     let rec = c.run();
     assert_eq!(rec["exit_code"], 0);
     assert_eq!(c.stdout(), format!("{}\n", 64 << 20));
+}
+
+#[test]
+fn stdin_secrets_globs_and_writable_collections() {
+    let c = Case::with_shared_image(
+        103,
+        &[
+            "sh",
+            "-c",
+            "cat > /out/from-stdin && cat /etc/secret.conf > /dev/null && \
+             echo changed >> /out/in/changed.txt && echo dropped > /out/dropped.log",
+        ],
+    );
+    let input = c.h.fake.add_collection(&[
+        ("same.txt", b"unchanged\n".as_slice()),
+        ("changed.txt", b"before\n".as_slice()),
+    ]);
+    c.edit(|r| {
+        r["output_path"] = json!("/out");
+        r["output_glob"] = json!(["from-stdin", "in/**"]);
+        r["mounts"] = json!({
+            "/out": {"kind": "tmp"},
+            "/out/in": {"kind": "collection", "portable_data_hash": input, "writable": true},
+            "stdin": {"kind": "json", "content": {"a": 1}},
+        });
+    });
+    c.h.fake.set_secret_mounts(
+        &c.uuid,
+        json!({"/etc/secret.conf": {"kind": "text", "content": "mypassword-is-long"}}),
+    );
+    let puts_before = c.h.fake.keep_puts();
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    let output = rec["output"].as_str().unwrap();
+    let fake = &c.h.fake;
+    assert_eq!(fake.read_file(output, "from-stdin").unwrap(), br#"{"a":1}"#);
+    assert_eq!(
+        fake.read_file(output, "in/same.txt").unwrap(),
+        b"unchanged\n"
+    );
+    assert_eq!(
+        fake.read_file(output, "in/changed.txt").unwrap(),
+        b"before\nchanged\n"
+    );
+    assert!(
+        fake.read_file(output, "dropped.log").is_none(),
+        "output_glob ignored"
+    );
+    // The unchanged file's block was reused, not uploaded again; the secret is nowhere.
+    let manifest = manifest_of(&c, output);
+    let input_block = manifest_of(&c, &input)
+        .split(' ')
+        .nth(1)
+        .map(|l| l[..32].to_string())
+        .unwrap();
+    assert!(manifest.contains(&input_block), "{manifest}");
+    assert!(!manifest.contains("secret"));
+    for name in ["crunch-run.txt", "stdout.txt", "stderr.txt"] {
+        assert!(!c.h.log_text(&c.uuid, name).contains("mypassword-is-long"));
+    }
+    assert!(fake.keep_puts() > puts_before);
+}
+
+#[test]
+fn an_output_symlink_pointing_outside_cancels() {
+    let c = Case::with_shared_image(104, &["ln", "-s", "/etc/hosts", "/tmp/hosts"]);
+    c.edit(|r| r["mounts"] = json!({"/tmp": {"kind": "tmp"}}));
+    let rec = c.run();
+    assert_eq!(rec["state"], "Cancelled");
+    assert_eq!(rec["exit_code"], 0, "the exit code is kept");
+    assert!(rec["output"].is_null());
+    assert!(c.crunch_log().contains("capturing the output failed"));
 }
