@@ -43,10 +43,10 @@ def store_image(store, image):
     return pdh
 
 
-def write_record(store, pdh, command):
+def write_record(store, pdh, command, mounts=None, output_path="/tmp"):
     os.makedirs(os.path.join(store, "containers"), exist_ok=True)
     rec = {"uuid": UUID, "state": "Locked", "command": command, "container_image": pdh,
-           "cwd": ".", "environment": {}, "mounts": {}, "output_path": "/tmp",
+           "cwd": ".", "environment": {}, "mounts": mounts or {}, "output_path": output_path,
            "priority": 1, "runtime_constraints": {}}
     with open(os.path.join(store, "containers", UUID + ".json"), "w") as f:
         json.dump(rec, f)
@@ -69,6 +69,15 @@ def run_crunch(store, spool):
             pass
         time.sleep(0.02)
     return time.monotonic() - start, peak, p.returncode
+
+
+def check_complete(store, rc, what):
+    """A run that did not reach Complete measured nothing: stop and say why."""
+    with open(os.path.join(store, "containers", UUID + ".json")) as f:
+        rec = json.load(f)
+    if rc != 0 or rec.get("state") != "Complete":
+        sys.exit("crunch-run did not complete %s (exit %d, state %s, runtime_status %s)"
+                 % (what, rc, rec.get("state"), rec.get("runtime_status")))
 
 
 def run_bare(image, command):
@@ -98,8 +107,7 @@ def main():
     for _ in range(ROUNDS):
         write_record(store, pdh, ["echo", "hello"])
         t, _, rc = run_crunch(store, spool)
-        if rc != 0:
-            sys.exit("crunch-run failed (exit %d)" % rc)
+        check_complete(store, rc, "echo hello")
         crunch.append(t)
         bare.append(run_bare(image, ["echo", "hello"]))
     c, b = statistics.median(crunch), statistics.median(bare)
@@ -110,13 +118,54 @@ def main():
     for mb in (50, 500):
         write_record(store, pdh, flood_command(mb))
         t, peak, rc = run_crunch(store, spool)
-        if rc != 0:
-            sys.exit("crunch-run failed on the %d MB flood (exit %d)" % (mb, rc))
+        check_complete(store, rc, "the %d MB flood" % mb)
         tb = run_bare(image, flood_command(mb))
         print("(b) %d MB of stdout lines: crunch-run %.2f s (%.0f MB/s), bare docker run > /dev/null %.2f s (%.0f MB/s), throughput ratio %.2f (target >= 0.8)"
               % (mb, t, mb / t, tb, mb / tb, tb / t))
         print("(c) %d MB flood: crunch-run peak RSS %.1f MiB (target <= 32 MiB)" % (mb, peak / 2**20))
+    mounts_bench(store, spool, pdh, work)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def timed_cp(src, dst):
+    start = time.monotonic()
+    subprocess.run(["cp", src, dst], check=True)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+    t = time.monotonic() - start
+    os.unlink(dst)
+    return t
+
+
+def mounts_bench(store, spool, image_pdh, work):
+    """(d) staging a 200 MB input collection, (e) staging it and uploading it again as
+    output, against cp of the same bytes on the host; crunch-run's peak RSS meanwhile."""
+    size = 200 * 1000 * 1000
+    big = os.path.join(work, "big")
+    with open(big, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+        f.write(chunk[: size % len(chunk)])
+    input_pdh = sh(os.path.join(BIN, "arv-local"), "put", store, "bench input", big)
+    cp = statistics.median(timed_cp(big, big + ".copy") for _ in range(3))
+
+    def run(command, mounts, output_path):
+        write_record(store, image_pdh, command, mounts, output_path)
+        t, peak, rc = run_crunch(store, spool)
+        check_complete(store, rc, "the mounts bench")
+        return t, peak
+
+    base, _ = run(["true"], {"/out": {"kind": "tmp"}}, "/out")
+    staged, peak_stage = run(["true"], {"/in": {"kind": "collection", "portable_data_hash": input_pdh},
+                                        "/out": {"kind": "tmp"}}, "/out")
+    # A writable copy of the input as the output, touched so that it must be uploaded.
+    both, peak_both = run(["touch", "/out/big"], {"/out": {"kind": "collection", "portable_data_hash": input_pdh,
+                                                           "writable": True}}, "/out")
+    print("(d) staging a 200 MB input collection: %.2f s over a trivial run (%.2f s), cp %.2f s, ratio %.2fx; peak RSS %.1f MiB (target < 64 MiB)"
+          % (staged - base, base, cp, (staged - base) / cp, peak_stage / 2**20))
+    print("(e) staging it and uploading it again as output: %.2f s over a trivial run, 2 x cp %.2f s, ratio %.2fx; peak RSS %.1f MiB (target < 64 MiB)"
+          % (both - base, 2 * cp, (both - base) / (2 * cp), peak_both / 2**20))
 
 
 if __name__ == "__main__":
