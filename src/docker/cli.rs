@@ -394,11 +394,15 @@ impl Docker {
         parse_load_output(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// `docker create` for `spec`; returns the new container's id. Environment values reach
-    /// docker through this child's environment, or through an env file written into
-    /// `scratch_dir` (mode 0600) and deleted as soon as `docker create` returns.
-    pub fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<String, DockerError> {
-        let op = "create";
+    /// The docker command for `spec` (`adjust` may turn `create …` into `run …`), with the
+    /// environment values in the child's environment or in an env file written into
+    /// `scratch_dir` (mode 0600), which is deleted when the returned guard drops.
+    fn create_command(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+        adjust: impl FnOnce(Vec<String>) -> Vec<String>,
+    ) -> Result<(Command, Option<EnvFile>), DockerError> {
         let args = create_argv(spec)?;
         let env_path = scratch_dir.join(format!(
             ".docker-env-{}-{}",
@@ -409,8 +413,17 @@ impl Docker {
             Some(content) => Some(EnvFile::write(&env_path, content)?),
             None => None,
         };
-        let mut cmd = self.command(&args.argv(&env_path));
+        let mut cmd = self.command(&adjust(args.argv(&env_path)));
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
+        Ok((cmd, env_file))
+    }
+
+    /// `docker create` for `spec`; returns the new container's id. Environment values reach
+    /// docker through this child's environment, or through an env file written into
+    /// `scratch_dir` (mode 0600) and deleted as soon as `docker create` returns.
+    pub fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<String, DockerError> {
+        let op = "create";
+        let (cmd, env_file) = self.create_command(spec, scratch_dir, |argv| argv)?;
         let out = Running::spawn(op, &self.program, cmd, Stdio::null())?.wait(Some(self.timeout));
         drop(env_file);
         let out = out?;
@@ -462,26 +475,14 @@ impl Docker {
         scratch_dir: &Path,
     ) -> Result<Attached, DockerError> {
         let op = "run";
-        let args = create_argv(spec)?;
-        let env_path = scratch_dir.join(format!(
-            ".docker-env-{}-{}",
-            std::process::id(),
-            file_safe(&spec.name)
-        ));
-        let env_file = match &args.env_file {
-            Some(content) => Some(EnvFile::write(&env_path, content)?),
-            None => None,
-        };
-        let argv = run_argv(&args.argv(&env_path));
-        let mut cmd = self.command(&argv);
-        cmd.envs(args.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let (mut cmd, env_file) = self.create_command(spec, scratch_dir, |argv| run_argv(&argv))?;
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .map_err(|source| spawn_error(op, &self.program, source))?;
