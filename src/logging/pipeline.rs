@@ -3,22 +3,24 @@
 //! `stderr.txt`, `stdout.txt`) and offered to the live logs table.
 //!
 //! ```text
-//! docker stdout ─┐ copier thread: read ≤64 KiB, timestamp line starts
-//! docker stderr ─┤ copier thread                  │ bounded channel (backpressure)
-//! CrunchLog     ─┘ (crunch-run stream)            ▼
-//!                                  fan-out thread ├─► SpoolFile per stream → Uploader → BlockStore
-//!                                                 ├─► LogsTableSink (try_send: drops, never waits)
-//!                                                 └─► stderr, crunch-run stream only
+//! docker stdout ─ copier thread: read ≤64 KiB, timestamp line starts ─┐ per stream, under
+//! docker stderr ─ copier thread                                       ├ its own lock:
+//! CrunchLog (any thread, crunch-run stream) ──────────────────────────┘
+//!     ├─► SpoolFile of the stream (md5, write) → Uploader thread → BlockStore
+//!     ├─► LogsTableSink (try_send: drops, never waits)
+//!     └─► stderr, crunch-run stream only
 //! ```
 //!
-//! Memory stays flat: the channels are bounded, buffers are fixed-size and recycled, and
-//! blocks are read back from the spool files for upload. Only the Keep copy applies
-//! backpressure (a slow disk slows the container down); the logs table never does.
+//! Each writer spools its own bytes: no thread hop between reading a pipe and writing its
+//! spool file. Memory stays flat: buffers are fixed-size and recycled, the logs table's
+//! queue is bounded, and blocks are read back from the spool files for upload. Only the
+//! Keep copy applies backpressure (a slow disk slows the container down); the logs table
+//! never does.
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -38,10 +40,8 @@ const CRUNCH_RUN: usize = 0;
 /// Bytes read from a pipe at a time.
 const READ_SIZE: usize = 64 * 1024;
 /// Input timestamped per step: bounds the output of one step (a slice of empty lines
-/// grows 32-fold) so a message stays below about 256 KiB.
+/// grows 32-fold) so a buffer handed on stays below about 256 KiB.
 const STAMP_SLICE: usize = 8 * 1024;
-/// Messages waiting for the fan-out thread.
-const DATA_QUEUE: usize = 16;
 /// Chunks waiting for the logs table before it drops.
 const SINK_QUEUE: usize = 16;
 /// Spare buffers kept for reuse; larger ones are freed.
@@ -95,17 +95,36 @@ pub struct LogsFinished {
     pub logs_table: Option<LogsTableReport>,
 }
 
-enum Event {
-    Data { stream: usize, data: Vec<u8> },
-    Shutdown,
+/// Where the crunch-run stream is echoed: the writer, its line prefixer, a scratch buffer.
+type Echo = (Box<dyn Write + Send>, LinePrefixer, Vec<u8>);
+
+/// One log stream: its spool file and what the logs table needs to know about it.
+struct Stream {
+    spool: SpoolFile,
+    /// The bytes written so far end a line.
+    at_line_start: bool,
+    /// Bytes dropped at the logs table's queue since a chunk of this stream got through.
+    dropped: u64,
+    /// The crunch-run stream only, if echoed.
+    echo: Option<Echo>,
 }
 
-/// What the copiers, `CrunchLog`s and the fan-out thread share.
+/// What the copiers and `CrunchLog`s share.
 struct Shared {
-    tx: Sender<Event>,
+    /// Per stream; `None` once the pipeline finished (later data is discarded).
+    streams: [Mutex<Option<Stream>>; 3],
+    /// Taken by `finish` after the streams, so no chunk is offered to a closed table.
+    sink: Mutex<Option<LogsTableSink>>,
+    dropped_total: AtomicU64,
+    pool_tx: Sender<Vec<u8>>,
     pool_rx: Receiver<Vec<u8>>,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
+}
+
+/// Lock, ignoring poisoning: a panicking writer leaves the stream as it was between writes.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -115,9 +134,50 @@ impl Shared {
             .unwrap_or_else(|_| Vec::with_capacity(READ_SIZE + READ_SIZE / 4))
     }
 
-    /// Send to the fan-out thread, waiting for room. False if the pipeline is closed.
-    fn send(&self, stream: usize, data: Vec<u8>) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.tx.send(Event::Data { stream, data }).is_ok()
+    /// Spool `data` (timestamped bytes) to its stream, echo it, offer it to the logs table.
+    /// False if the pipeline has finished (the data is dropped).
+    fn write(&self, index: usize, data: Vec<u8>) -> bool {
+        let mut slot = lock(&self.streams[index]);
+        let Some(stream) = slot.as_mut() else {
+            return false;
+        };
+        // A write error is kept by the spool file and reported by its finish().
+        let _ = stream.spool.write(&data);
+        if let Some((w, prefixer, buf)) = &mut stream.echo {
+            buf.clear();
+            prefixer.prefix(&data, buf);
+            let _ = w.write_all(buf).and_then(|()| w.flush());
+        }
+        let at_line_start =
+            std::mem::replace(&mut stream.at_line_start, data.last() == Some(&b'\n'));
+        let sink = lock(&self.sink);
+        let Some(sink) = sink.as_ref() else {
+            recycle(&self.pool_tx, data);
+            return true;
+        };
+        let len = data.len() as u64;
+        let chunk = Chunk {
+            event_type: STREAMS[index],
+            data,
+            dropped_before: stream.dropped,
+            at_line_start,
+        };
+        match sink.try_send(chunk) {
+            Ok(()) => stream.dropped = 0,
+            Err(chunk) => {
+                stream.dropped += len;
+                self.dropped_total.fetch_add(len, Ordering::Relaxed);
+                recycle(&self.pool_tx, chunk.data);
+            }
+        }
+        true
+    }
+
+    /// Take the streams and the logs table out (stopping all writers), streams first.
+    fn close(&self) -> (Vec<Option<Stream>>, Option<LogsTableSink>) {
+        self.closed.store(true, Ordering::Release);
+        let streams = self.streams.iter().map(|s| lock(s).take()).collect();
+        (streams, lock(&self.sink).take())
     }
 }
 
@@ -137,7 +197,7 @@ pub struct CrunchLog {
 
 impl CrunchLog {
     /// Log `text`: each `\n`-separated line gets the current timestamp (a single trailing
-    /// `\n` is ignored). Waits if the pipeline is busy; never fails.
+    /// `\n` is ignored). Waits if another thread is writing this stream; never fails.
     pub fn line(&self, text: &str) {
         if self.shared.closed.load(Ordering::Acquire) {
             return;
@@ -152,7 +212,7 @@ impl CrunchLog {
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
         }
-        self.shared.send(CRUNCH_RUN, buf);
+        self.shared.write(CRUNCH_RUN, buf);
     }
 }
 
@@ -160,7 +220,6 @@ impl CrunchLog {
 pub struct LogPipeline {
     shared: Arc<Shared>,
     spool_dir: PathBuf,
-    fanout: Option<JoinHandle<FanOut>>,
     uploader: Option<Uploader>,
 }
 
@@ -195,15 +254,30 @@ impl LogPipeline {
             cfg.block_size
         };
         let uploader = Uploader::start(blocks)?;
-        let mut spools = Vec::with_capacity(STREAMS.len());
-        for name in STREAMS {
-            spools.push(SpoolFile::create(
-                &cfg.spool_dir,
-                &format!("{name}.txt"),
-                block_size,
-                &uploader,
-            )?);
+        let mut echo = echo.map(|w| {
+            (
+                w,
+                LinePrefixer::new(format!("{} ", cfg.container_uuid)),
+                Vec::new(),
+            )
+        });
+        let mut streams = Vec::with_capacity(STREAMS.len());
+        for (i, name) in STREAMS.iter().enumerate() {
+            streams.push(Mutex::new(Some(Stream {
+                spool: SpoolFile::create(
+                    &cfg.spool_dir,
+                    &format!("{name}.txt"),
+                    block_size,
+                    &uploader,
+                )?,
+                at_line_start: true,
+                dropped: 0,
+                echo: if i == CRUNCH_RUN { echo.take() } else { None },
+            })));
         }
+        let streams: [Mutex<Option<Stream>>; 3] = streams
+            .try_into()
+            .map_err(|_| io::Error::other("log streams miscounted"))?;
         let (pool_tx, pool_rx) = crossbeam_channel::bounded(POOL_SIZE);
         let sink = match &cfg.logs_table {
             Some(api) => {
@@ -221,37 +295,17 @@ impl LogPipeline {
             }
             None => None,
         };
-        let (tx, rx) = crossbeam_channel::bounded(DATA_QUEUE);
-        let mut fanout = FanOut {
-            spools,
-            sink,
-            echo: echo.map(|w| {
-                (
-                    w,
-                    LinePrefixer::new(format!("{} ", cfg.container_uuid)),
-                    Vec::new(),
-                )
-            }),
-            at_line_start: [true; STREAMS.len()],
-            dropped: [0; STREAMS.len()],
-            dropped_total: 0,
-            pool: pool_tx.clone(),
-        };
-        let thread = thread::Builder::new()
-            .name("log-fanout".into())
-            .spawn(move || {
-                fanout.run(&rx);
-                fanout
-            })?;
         Ok(LogPipeline {
             shared: Arc::new(Shared {
-                tx,
+                streams,
+                sink: Mutex::new(sink),
+                dropped_total: AtomicU64::new(0),
+                pool_tx,
                 pool_rx,
                 clock: cfg.clock,
                 closed: AtomicBool::new(false),
             }),
             spool_dir: cfg.spool_dir,
-            fanout: Some(thread),
             uploader: Some(uploader),
         })
     }
@@ -292,49 +346,41 @@ impl LogPipeline {
             })
     }
 
-    /// Close the crunch-run stream, write out everything queued, flush the logs table
-    /// (waiting at most `DEFAULT_LOGS_TABLE_WAIT`) and finish the uploads.
+    /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`)
+    /// and finish the uploads.
     pub fn finish(self) -> LogsFinished {
         self.finish_with_timeout(DEFAULT_LOGS_TABLE_WAIT)
     }
 
     /// `finish`, waiting at most `logs_table_wait` for the logs table.
     pub fn finish_with_timeout(mut self, logs_table_wait: Duration) -> LogsFinished {
-        self.shared.closed.store(true, Ordering::Release);
-        let _ = self.shared.tx.send(Event::Shutdown);
+        let (streams, sink) = self.shared.close();
         let mut finished = LogsFinished {
             files: Vec::with_capacity(STREAMS.len()),
             errors: Vec::new(),
             spool_dir: self.spool_dir.clone(),
-            logs_table_dropped_bytes: 0,
+            logs_table_dropped_bytes: self.shared.dropped_total.load(Ordering::Relaxed),
             logs_table: None,
         };
-        let fanout = match self.fanout.take().map(|t| t.join()) {
-            Some(Ok(fanout)) => fanout,
-            _ => {
-                finished.errors.push(format!(
-                    "the log fan-out thread failed; the logs written so far are in {}",
-                    self.spool_dir.display()
-                ));
-                finished.files = STREAMS
-                    .iter()
-                    .map(|s| FileBlocks {
-                        name: format!("{s}.txt"),
-                        locators: vec![],
-                        size: 0,
-                    })
-                    .collect();
-                return finished;
-            }
-        };
-        finished.logs_table_dropped_bytes = fanout.dropped_total;
-        if let Some(sink) = fanout.sink {
+        if let Some(sink) = sink {
             let report = sink.close(Instant::now() + logs_table_wait);
             finished.logs_table_dropped_bytes += report.unposted_bytes;
             finished.logs_table = Some(report);
         }
-        for spool in fanout.spools {
-            match spool.finish() {
+        for (name, stream) in STREAMS.iter().zip(streams) {
+            let Some(stream) = stream else {
+                // Cannot happen: only finish and drop take the streams, and only once.
+                finished
+                    .errors
+                    .push(format!("{name}.txt: log stream already closed"));
+                finished.files.push(FileBlocks {
+                    name: format!("{name}.txt"),
+                    locators: vec![],
+                    size: 0,
+                });
+                continue;
+            };
+            match stream.spool.finish() {
                 Ok(file) => finished.files.push(file),
                 Err(failure) => {
                     finished.errors.push(failure.message);
@@ -351,9 +397,9 @@ impl LogPipeline {
 
 impl Drop for LogPipeline {
     fn drop(&mut self) {
-        // Not finished (an early return or a panic in the caller): let the threads end.
-        self.shared.closed.store(true, Ordering::Release);
-        let _ = self.shared.tx.try_send(Event::Shutdown);
+        // Not finished (an early return or a panic in the caller): drop the spool files
+        // before the uploader (which waits for them), and let the logs table end.
+        drop(self.shared.close());
     }
 }
 
@@ -389,75 +435,14 @@ fn copy(
         for slice in buf[..n].chunks(STAMP_SLICE) {
             stamper.stamp(slice, &mut out);
             if out.len() >= READ_SIZE {
-                open = shared.send(index, std::mem::replace(&mut out, shared.buffer()));
+                open = shared.write(index, std::mem::replace(&mut out, shared.buffer()));
                 if !open {
                     break;
                 }
             }
         }
         if open && !out.is_empty() {
-            open = shared.send(index, out);
-        }
-    }
-}
-
-/// The fan-out thread's state: one spool file per stream, the logs table, the echo.
-struct FanOut {
-    spools: Vec<SpoolFile>,
-    sink: Option<LogsTableSink>,
-    echo: Option<(Box<dyn Write + Send>, LinePrefixer, Vec<u8>)>,
-    at_line_start: [bool; STREAMS.len()],
-    dropped: [u64; STREAMS.len()],
-    dropped_total: u64,
-    pool: Sender<Vec<u8>>,
-}
-
-impl FanOut {
-    fn run(&mut self, rx: &Receiver<Event>) {
-        while let Ok(event) = rx.recv() {
-            match event {
-                Event::Data { stream, data } => self.handle(stream, data),
-                Event::Shutdown => {
-                    // Take what was queued before the shutdown, then stop.
-                    while let Ok(Event::Data { stream, data }) = rx.try_recv() {
-                        self.handle(stream, data);
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    fn handle(&mut self, stream: usize, data: Vec<u8>) {
-        if let Some(spool) = self.spools.get_mut(stream) {
-            // A write error is kept by the spool file and reported by its finish().
-            let _ = spool.write(&data);
-        }
-        if let (CRUNCH_RUN, Some((w, prefixer, buf))) = (stream, &mut self.echo) {
-            buf.clear();
-            prefixer.prefix(&data, buf);
-            let _ = w.write_all(buf).and_then(|()| w.flush());
-        }
-        let at_line_start =
-            std::mem::replace(&mut self.at_line_start[stream], data.last() == Some(&b'\n'));
-        let Some(sink) = &self.sink else {
-            recycle(&self.pool, data);
-            return;
-        };
-        let len = data.len() as u64;
-        let chunk = Chunk {
-            event_type: STREAMS[stream],
-            data,
-            dropped_before: self.dropped[stream],
-            at_line_start,
-        };
-        match sink.try_send(chunk) {
-            Ok(()) => self.dropped[stream] = 0,
-            Err(chunk) => {
-                self.dropped[stream] += len;
-                self.dropped_total += len;
-                recycle(&self.pool, chunk.data);
-            }
+            open = shared.write(index, out);
         }
     }
 }

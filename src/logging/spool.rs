@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -41,13 +41,7 @@ fn put_from_file(
     path: &Path,
     block: &Block,
 ) -> Result<String, StoreError> {
-    let (offset, len) = (block.offset, block.len);
-    let open = || -> io::Result<Box<dyn Read + Send>> {
-        let mut f = File::open(path)?;
-        f.seek(SeekFrom::Start(offset))?;
-        Ok(Box::new(f.take(len)))
-    };
-    blocks.put_block(&block.hash, len, &open)
+    blocks.put_block_from_file(&block.hash, block.len, path, block.offset)
 }
 
 /// A thread that uploads blocks of spool files, one at a time, in the order submitted.

@@ -5,7 +5,7 @@
 //! digits of nanoseconds, then one space). The bytes of the line itself pass through
 //! untouched: binary output and invalid UTF-8 stay byte-exact.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -104,18 +104,10 @@ pub fn prefix_lines(
         if *at_line_start {
             prefix(out);
         }
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                out.extend_from_slice(&rest[..=i]);
-                rest = &rest[i + 1..];
-                *at_line_start = true;
-            }
-            None => {
-                out.extend_from_slice(rest);
-                *at_line_start = false;
-                return;
-            }
-        }
+        // Copies up to and including the next `\n`, or all that is left (std finds the
+        // `\n` a word at a time). Reading from a slice cannot fail.
+        let _ = rest.read_until(b'\n', out);
+        *at_line_start = out.last() == Some(&b'\n');
     }
 }
 

@@ -2,12 +2,13 @@
 //!
 //! Layout under the store directory:
 //! - `containers/<uuid>.json`: container records; updates follow the API's state rules;
-//! - `keep/<md5>+<size>`: blocks, named by their locator;
+//! - `keep/<md5>+<size>`: blocks, named by their locator (their md5 is checked on the way
+//!   in, except for blocks copied from our own spool files, which computed it already);
 //! - `collections/<uuid>.json`: `{uuid, name, portable_data_hash, manifest_text}`;
 //! - `logs.jsonl`: the logs table, one JSON object per line.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -271,6 +272,41 @@ impl BlockStore for LocalStore {
         Ok(format!("{hash}+{size}"))
     }
 
+    /// Trusts `hash` (our own spool computed it while writing the file) and copies the
+    /// bytes inside the kernel (`io::copy` between files uses `copy_file_range`).
+    fn put_block_from_file(
+        &self,
+        hash: &str,
+        size: u64,
+        src: &Path,
+        offset: u64,
+    ) -> Result<String, StoreError> {
+        let path = self.block_path(hash, size);
+        let what = format!("store block {hash}+{size} from {}", src.display());
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let copied = (|| -> io::Result<u64> {
+            let mut from = File::open(src)?;
+            from.seek(SeekFrom::Start(offset))?;
+            io::copy(&mut from.take(size), &mut File::create(&tmp)?)
+        })();
+        let copied = copied.map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            StoreError::Io {
+                what: what.clone(),
+                source,
+            }
+        })?;
+        if copied != size {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Invalid {
+                what,
+                message: format!("the file has only {copied} bytes there"),
+            });
+        }
+        fs::rename(&tmp, &path).map_err(io_err(what))?;
+        Ok(format!("{hash}+{size}"))
+    }
+
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
         let mut parts = locator.split('+');
         let hash = parts.next().unwrap_or_default();
@@ -343,6 +379,27 @@ mod tests {
             s.put_block("acbd18db4cc2f85cedef654fccc4a4d8", 3, &body(b"bar")),
             Err(StoreError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn blocks_from_a_file_region_are_copied_under_the_given_hash() {
+        let (d, s) = store();
+        let src = d.path().join("spool.txt");
+        fs::write(&src, b"xxfooyy").unwrap();
+        let loc = s
+            .put_block_from_file("acbd18db4cc2f85cedef654fccc4a4d8", 3, &src, 2)
+            .unwrap();
+        assert_eq!(loc, "acbd18db4cc2f85cedef654fccc4a4d8+3");
+        let mut out = Vec::new();
+        s.get_block(&loc, &mut out).unwrap();
+        assert_eq!(out, b"foo");
+        // A region past the end of the file is refused and leaves nothing behind.
+        assert!(matches!(
+            s.put_block_from_file("acbd18db4cc2f85cedef654fccc4a4d8", 3, &src, 5),
+            Err(StoreError::Invalid { .. })
+        ));
+        let names: Vec<_> = fs::read_dir(d.path().join("keep")).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 
     #[test]

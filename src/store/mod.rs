@@ -8,7 +8,9 @@
 pub mod arvados;
 pub mod local;
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -112,6 +114,23 @@ pub trait BlockStore: Send + Sync {
         size: u64,
         body: &BlockSource<'_>,
     ) -> Result<String, StoreError>;
+    /// Store the `size` bytes of the file at `path` from `offset`, whose md5 `hash` the
+    /// caller computed as it wrote them. The default reads them through `put_block`, which
+    /// checks the hash as any other body; a store on the same machine may trust it instead.
+    fn put_block_from_file(
+        &self,
+        hash: &str,
+        size: u64,
+        path: &Path,
+        offset: u64,
+    ) -> Result<String, StoreError> {
+        let open = || -> io::Result<Box<dyn Read + Send>> {
+            let mut f = File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            Ok(Box::new(f.take(size)))
+        };
+        self.put_block(hash, size, &open)
+    }
     /// Stream one whole block into `out`, checking its size and md5. Returns bytes written.
     /// A failure after some bytes were written is an error (the caller cannot unwrite them).
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
