@@ -518,27 +518,16 @@ impl ContainerRun {
     /// Validate the record, check the engine, get the image into it. Returns the image id.
     fn prepare(&mut self, record: &Value) -> Step<(Container, String)> {
         let container = Container::from_json(record).map_err(|e| failed(e.to_string()))?;
-        // Three independent questions at once (each docker client costs a start-up): is
-        // the engine there, is a container of an earlier run left under our name, and
-        // is the image already loaded.
-        let (version, leftover, access, image) = std::thread::scope(|s| {
-            let version = s.spawn(|| self.docker.server_version());
-            let leftover = s.spawn(|| self.remove_leftover());
+        // The container's token (an API call) while docker is asked about the image.
+        let (access, image) = std::thread::scope(|s| {
             // The 2016 API (a Queued record) had no container tokens.
             let access = s.spawn(|| match self.progress.legacy_api {
                 true => Ok(None),
                 false => self.api.container_access(&self.uuid),
             });
             let image = self.find_image(&container.container_image);
-            (version.join(), leftover.join(), access.join(), image)
+            (access.join(), image)
         });
-        match version {
-            Ok(Ok(v)) => self.say(&format!("Using container runtime: docker Engine {v}")),
-            Ok(Err(e)) => return Err(failed(format!("docker engine is unreachable: {e}"))),
-            Err(_) => return Err(failed("checking the docker engine failed unexpectedly")),
-        }
-        leftover
-            .unwrap_or_else(|_| Err(failed("removing a leftover container failed unexpectedly")))?;
         match access {
             Ok(Ok(access)) => {
                 if let Some(a) = &access {
@@ -607,25 +596,6 @@ impl ContainerRun {
         self.run_dir.join("mounts")
     }
 
-    /// A container named like ours can only be left from an earlier crunch-run for this
-    /// UUID that was killed before its guard acted: remove it, and say so.
-    fn remove_leftover(&self) -> Step<()> {
-        match self.docker.exists(&self.uuid) {
-            Ok(false) => Ok(()),
-            Ok(true) => {
-                self.say(&format!("Removing leftover docker container {}", self.uuid));
-                self.docker.remove(&self.uuid).map_err(|e| {
-                    failed(format!(
-                        "cannot remove leftover container {}: {e}",
-                        self.uuid
-                    ))
-                })
-            }
-            // The version check reports an unreachable engine more plainly.
-            Err(_) => Ok(()),
-        }
-    }
-
     /// The image tar of the record's image collection, and whether the engine has it.
     fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
@@ -633,7 +603,9 @@ impl ContainerRun {
         self.say(&format!("Using Docker image id '{}'", tar.id));
         match self.docker.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
-            Err(e) if e.is_engine_down() => Ok((tar, false)),
+            Err(e) if e.is_engine_down() => {
+                Err(failed(format!("docker engine is unreachable: {e}")))
+            }
             Err(e) => Err(failed(format!(
                 "cannot inspect docker image {}: {e}",
                 tar.id
@@ -804,9 +776,90 @@ impl ContainerRun {
             guard,
         });
         self.say(&format!("Running: docker {}", display_argv(&argv)));
+        // The engine's version is only for the log: asked while the container starts,
+        // rather than adding a docker client start-up before it.
+        let (client, client_said) = std::thread::scope(|s| {
+            let version = s.spawn(|| self.docker.server_version());
+            let mut ran = self.run_once(&spec, pipeline);
+            if let Ok((_, said)) = &ran
+                && said.contains("is already in use by container")
+            {
+                // Left by an earlier crunch-run for this UUID that was killed before its
+                // guard could act.
+                self.say(&format!("Removing leftover docker container {}", self.uuid));
+                ran = self
+                    .docker
+                    .remove(&self.uuid)
+                    .map_err(|e| {
+                        failed(format!(
+                            "cannot remove leftover container {}: {e}",
+                            self.uuid
+                        ))
+                    })
+                    .and_then(|()| self.run_once(&spec, pipeline));
+            }
+            match version.join() {
+                Ok(Ok(v)) => self.say(&format!("Using container runtime: docker Engine {v}")),
+                Ok(Err(e)) => self.say(&format!("docker version: {e}")),
+                Err(_) => {}
+            }
+            ran
+        })?;
+        drop(run_time_limit);
+        if let Some(reason) = self.cancel.reason() {
+            return Ok(Outcome::Cancelled {
+                reason,
+                exit_code: None,
+            });
+        }
+        let state = self.engine_state().map_err(|e| {
+            failed(format!(
+                "the container was not created or cannot be inspected ({client}): {e}{}",
+                if client_said.is_empty() {
+                    String::new()
+                } else {
+                    format!("\n{client_said}")
+                }
+            ))
+        })?;
+        if state.never_started() {
+            let why = if state.error.is_empty() {
+                format!("{client}: {client_said}")
+            } else {
+                state.error.clone()
+            };
+            let mut reason = format!("could not start container: {why}");
+            if let Some(advice) = crate::docker::cli::classify_start_error(&why) {
+                reason.push('\n');
+                reason.push_str(advice);
+            }
+            return Err(failed(reason));
+        }
+        let code = state.exit_code;
+        self.say(&ContainerExit::new(code).to_string());
+        let limit = spec.memory_bytes.map(|r| r.max(MIN_MEMORY_BYTES));
+        match (state.oom_killed, limit) {
+            (true, Some(limit)) => self.say(&format!(
+                "Container was killed by the out-of-memory killer (memory limit {limit} bytes)"
+            )),
+            (true, None) => self.say("Container was killed by the out-of-memory killer"),
+            // The engine's OOMKilled flag is unreliable on some kernels (moby#38352):
+            // a SIGKILL under a memory limit is worth a hint.
+            (false, Some(limit)) if code == 137 => self.say(&format!(
+                "Container was killed by SIGKILL under a memory limit of {limit} bytes: probably the out-of-memory killer, though the engine did not report it"
+            )),
+            _ => {}
+        }
+        Ok(Outcome::Exited { code, output: None })
+    }
+
+    /// One `docker run`, its streams wired to the logs (or to stdout/stderr mounts) and
+    /// its stdin fed, until the client exits. Returns how the client ended and the tail of
+    /// what it wrote to stderr (its own errors land there, after the container's).
+    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<(String, String)> {
         let mut attached = self
             .docker
-            .run_attached(&spec, &self.run_dir)
+            .run_attached(spec, &self.run_dir)
             .map_err(|e| failed(format!("cannot run docker: {e}")))?;
         let (stderr, client_tail) = match attached.take_stderr() {
             Some(r) => {
@@ -858,7 +911,10 @@ impl ContainerRun {
             },
             _ => None,
         };
-        let client = attached.wait();
+        let client = match attached.wait() {
+            Ok(status) => format!("docker run exited {status}"),
+            Err(e) => format!("docker run failed: {e}"),
+        };
         for copier in copiers {
             match copier.join() {
                 Ok(Ok(_)) => {}
@@ -866,56 +922,11 @@ impl ContainerRun {
                 Err(_) => self.say("error reading container output: reader thread panicked"),
             }
         }
-        drop(run_time_limit);
         if let Some(Ok(Err(e))) = feeder.map(|f| f.join()) {
             self.say(&format!("error feeding the container's stdin: {e}"));
         }
-        if let Some(reason) = self.cancel.reason() {
-            return Ok(Outcome::Cancelled {
-                reason,
-                exit_code: None,
-            });
-        }
-        let client = match &client {
-            Ok(status) => format!("docker run exited {status}"),
-            Err(e) => format!("docker run failed: {e}"),
-        };
-        let client_said = client_tail.map(|t| t.text()).unwrap_or_default();
-        let state = self.engine_state().map_err(|e| {
-            failed(format!(
-                "the container was not created or cannot be inspected ({client}): {e}{}",
-                if client_said.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{client_said}")
-                }
-            ))
-        })?;
-        if state.never_started() {
-            let why = if state.error.is_empty() {
-                format!("{client}: {client_said}")
-            } else {
-                state.error.clone()
-            };
-            let mut reason = format!("could not start container: {why}");
-            if let Some(advice) = crate::docker::cli::classify_start_error(&why) {
-                reason.push('\n');
-                reason.push_str(advice);
-            }
-            return Err(failed(reason));
-        }
-        let code = state.exit_code;
-        self.say(&ContainerExit::new(code).to_string());
-        if state.oom_killed {
-            let limit = spec
-                .memory_bytes
-                .map(|r| format!(" (memory limit {} bytes)", r.max(MIN_MEMORY_BYTES)))
-                .unwrap_or_default();
-            self.say(&format!(
-                "Container was killed by the out-of-memory killer{limit}"
-            ));
-        }
-        Ok(Outcome::Exited { code, output: None })
+        let said = client_tail.map(|t| t.text()).unwrap_or_default();
+        Ok((client, said))
     }
 
     /// Cancel the run when `limit` passes before the returned sender is dropped.

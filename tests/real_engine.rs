@@ -418,3 +418,21 @@ fn an_output_symlink_pointing_outside_cancels() {
     assert!(rec["output"].is_null());
     assert!(c.crunch_log().contains("capturing the output failed"));
 }
+
+#[test]
+fn a_leftover_container_with_our_name_is_removed_first() {
+    let c = Case::with_shared_image(105, &["echo", "second run"]);
+    let image = &engine::shared_image().id;
+    let made = std::process::Command::new("docker")
+        .args(["create", "--name", &c.uuid, image, "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    assert_eq!(c.stdout(), "second run\n");
+    assert!(
+        c.crunch_log()
+            .contains("Removing leftover docker container")
+    );
+}
