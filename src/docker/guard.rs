@@ -21,7 +21,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::cli::Docker;
 
@@ -97,28 +97,37 @@ impl Guard {
         let Some(mut child) = self.child.take() else {
             return written;
         };
-        let deadline = Instant::now() + RELEASE_WAIT;
-        loop {
-            if let Some(status) = child.try_wait()? {
+        // Wait on a thread so that the answer comes as soon as the guard exits, with a
+        // bound in case it does not.
+        let pid = child.id();
+        let (done, exited) = crossbeam_channel::bounded(1);
+        thread::Builder::new()
+            .name("guard-wait".into())
+            .spawn(move || {
+                let _ = done.send(child.wait());
+            })?;
+        match exited.recv_timeout(RELEASE_WAIT) {
+            Ok(status) => {
+                let status = status?;
                 written?;
-                return if status.success() {
+                if status.success() {
                     Ok(())
                 } else {
                     Err(io::Error::other(format!(
                         "the guard process failed: {status}"
                     )))
-                };
+                }
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+            Err(_) => {
+                // SAFETY: plain kill(2) of our own child, whose pid is not yet reaped
+                // (the waiting thread still holds it).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 written?;
-                return Err(io::Error::new(
+                Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the guard process did not exit after release; killed it",
-                ));
+                ))
             }
-            thread::sleep(Duration::from_millis(10));
         }
     }
 }
