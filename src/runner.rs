@@ -812,6 +812,16 @@ impl ContainerRun {
                 exit_code: None,
             });
         }
+        // docker run exits 0 only when the container did: nothing to ask the engine.
+        // Any other status may be the client's own (125, 126, 127) or the container's.
+        if client.succeeded {
+            self.say(&ContainerExit::new(0).to_string());
+            return Ok(Outcome::Exited {
+                code: 0,
+                output: None,
+            });
+        }
+        let client = client.text;
         let state = self.engine_state().map_err(|e| {
             failed(format!(
                 "the container was not created or cannot be inspected ({client}): {e}{}",
@@ -856,7 +866,7 @@ impl ContainerRun {
     /// One `docker run`, its streams wired to the logs (or to stdout/stderr mounts) and
     /// its stdin fed, until the client exits. Returns how the client ended and the tail of
     /// what it wrote to stderr (its own errors land there, after the container's).
-    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<(String, String)> {
+    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<(ClientEnd, String)> {
         let mut attached = self
             .docker
             .run_attached(spec, &self.run_dir)
@@ -912,8 +922,14 @@ impl ContainerRun {
             _ => None,
         };
         let client = match attached.wait() {
-            Ok(status) => format!("docker run exited {status}"),
-            Err(e) => format!("docker run failed: {e}"),
+            Ok(status) => ClientEnd {
+                succeeded: status.success(),
+                text: format!("docker run exited {status}"),
+            },
+            Err(e) => ClientEnd {
+                succeeded: false,
+                text: format!("docker run failed: {e}"),
+            },
         };
         for copier in copiers {
             match copier.join() {
@@ -1106,6 +1122,13 @@ fn relative_to(path: &str, base: &str) -> String {
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or(path)
         .to_string()
+}
+
+/// How the `docker run` client ended. Its status is not the container's, except that it
+/// exits 0 only when the container did.
+struct ClientEnd {
+    succeeded: bool,
+    text: String,
 }
 
 /// A container stream: its name, the reader, and the file it is redirected to, if any.
