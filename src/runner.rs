@@ -347,6 +347,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         access: None,
         mount_plan: None,
         staged: None,
+        engine_asked: Default::default(),
     };
     let outcome = run.execute(&record, &pipeline);
     run.finish(outcome, pipeline)
@@ -389,6 +390,8 @@ struct ContainerRun {
     api_env: Option<ApiEnv>,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
+    /// Set once docker has been asked anything.
+    engine_asked: std::sync::atomic::AtomicBool,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -601,6 +604,8 @@ impl ContainerRun {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
         let tar = find_image_tar(&*self.api, pdh).map_err(failed)?;
         self.say(&format!("Using Docker image id '{}'", tar.id));
+        self.engine_asked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         match self.docker.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
             Err(e) if e.is_engine_down() => {
@@ -776,35 +781,25 @@ impl ContainerRun {
             guard,
         });
         self.say(&format!("Running: docker {}", display_argv(&argv)));
-        // The engine's version is only for the log: asked while the container starts,
-        // rather than adding a docker client start-up before it.
-        let (client, client_said) = std::thread::scope(|s| {
-            let version = s.spawn(|| self.docker.server_version());
-            let mut ran = self.run_once(&spec, pipeline);
-            if let Ok((_, said)) = &ran
-                && said.contains("is already in use by container")
-            {
-                // Left by an earlier crunch-run for this UUID that was killed before its
-                // guard could act.
-                self.say(&format!("Removing leftover docker container {}", self.uuid));
-                ran = self
-                    .docker
-                    .remove(&self.uuid)
-                    .map_err(|e| {
-                        failed(format!(
-                            "cannot remove leftover container {}: {e}",
-                            self.uuid
-                        ))
-                    })
-                    .and_then(|()| self.run_once(&spec, pipeline));
-            }
-            match version.join() {
-                Ok(Ok(v)) => self.say(&format!("Using container runtime: docker Engine {v}")),
-                Ok(Err(e)) => self.say(&format!("docker version: {e}")),
-                Err(_) => {}
-            }
-            ran
-        })?;
+        let mut ran = self.run_once(&spec, pipeline);
+        if let Ok((_, said)) = &ran
+            && said.contains("is already in use by container")
+        {
+            // Left by an earlier crunch-run for this UUID that was killed before its guard
+            // could act.
+            self.say(&format!("Removing leftover docker container {}", self.uuid));
+            ran = self
+                .docker
+                .remove(&self.uuid)
+                .map_err(|e| {
+                    failed(format!(
+                        "cannot remove leftover container {}: {e}",
+                        self.uuid
+                    ))
+                })
+                .and_then(|()| self.run_once(&spec, pipeline));
+        }
+        let (client, client_said) = ran?;
         drop(run_time_limit);
         if let Some(reason) = self.cancel.reason() {
             return Ok(Outcome::Cancelled {
@@ -985,7 +980,17 @@ impl ContainerRun {
         match &outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
-            Outcome::Failed { reason, .. } => self.say(reason),
+            Outcome::Failed { reason, .. } => {
+                self.say(reason);
+                // For whoever diagnoses a failure that involved docker (not asked on
+                // the happy path: each docker client costs a start-up).
+                if self.engine_asked.load(std::sync::atomic::Ordering::Relaxed) {
+                    match self.docker.server_version() {
+                        Ok(v) => self.say(&format!("Container runtime: docker Engine {v}")),
+                        Err(e) => self.say(&format!("docker version: {e}")),
+                    }
+                }
+            }
         }
         let state = final_update(&outcome, self.progress, None)
             .get("state")
