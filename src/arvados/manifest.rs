@@ -44,7 +44,7 @@ pub fn md5_hex(data: &[u8]) -> String {
 }
 
 /// Lowercase hex of some bytes (digests).
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

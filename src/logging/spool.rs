@@ -14,6 +14,8 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 use md5::{Digest, Md5};
 
+use crate::arvados::manifest::hex;
+
 use crate::store::{BlockStore, FileBlocks, StoreError};
 
 /// Keep's block size.
@@ -300,16 +302,6 @@ impl SpoolFile {
             },
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 #[cfg(test)]

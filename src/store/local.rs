@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use md5::{Digest, Md5};
+
+use crate::arvados::manifest::hex;
 use serde_json::{Map, Value, json};
 
 use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
@@ -248,19 +250,7 @@ impl BlockStore for LocalStore {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut reader = body().map_err(io_err(what.clone()))?;
         let mut file = File::create(&tmp).map_err(io_err(what.clone()))?;
-        let mut md5 = Md5::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(io_err(what.clone()))?;
-            if n == 0 {
-                break;
-            }
-            md5.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(io_err(what.clone()))?;
-            total += n as u64;
-        }
-        let got = hex(&md5.finalize());
+        let (got, total) = copy_with_md5(&mut reader, &mut file).map_err(io_err(what.clone()))?;
         if got != hash || total != size {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Invalid {
@@ -326,19 +316,8 @@ impl BlockStore for LocalStore {
                 }
             }
         })?;
-        let mut md5 = Md5::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(io_err(what.clone()))?;
-            if n == 0 {
-                break;
-            }
-            md5.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err(what.clone()))?;
-            total += n as u64;
-        }
-        if hex(&md5.finalize()) != hash || total != size {
+        let (got, total) = copy_with_md5(&mut file, out).map_err(io_err(what.clone()))?;
+        if got != hash || total != size {
             return Err(StoreError::Invalid {
                 what,
                 message: "block content does not match its locator".into(),
@@ -348,8 +327,22 @@ impl BlockStore for LocalStore {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Copy everything from `from` to `to`, returning the md5 (hex) and length of it.
+fn copy_with_md5(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<(String, u64)> {
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok((hex(&md5.finalize()), total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        md5.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 #[cfg(test)]
