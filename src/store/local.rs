@@ -13,12 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use md5::{Digest, Md5};
-
-use crate::arvados::manifest::hex;
 use serde_json::{Map, Value, json};
 
 use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::arvados::container::{State, is_pdh};
+use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
 
 pub struct LocalStore {

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The demo: run one real container end to end through a local store.
 # Builds a tiny busybox image, stores it as a collection in ./demo/store, writes a Locked
-# container record, runs crunch-run on it, and prints the final record and stdout.txt of
-# its log collection.
+# container record (a json mount, a tmp output directory), runs crunch-run on it, and prints
+# the final record, its log files and its output collection.
 set -eu
 top=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$top/target/release
@@ -24,12 +24,15 @@ cat >"$store/containers/$uuid.json" <<JSON
 {
   "uuid": "$uuid",
   "state": "Locked",
-  "command": ["sh", "-c", "echo hello world; echo this goes to stderr >&2; pwd; echo \"FROBIZ=\$FROBIZ\""],
+  "command": ["sh", "-c", "echo hello world; echo this goes to stderr >&2; pwd; echo \"FROBIZ=\$FROBIZ\"; cp /etc/greeting.json /out/; echo result > /out/result.txt"],
   "container_image": "$pdh",
   "cwd": ".",
   "environment": {"FROBIZ": "bilbo"},
-  "mounts": {},
-  "output_path": "/tmp",
+  "mounts": {
+    "/out": {"kind": "tmp"},
+    "/etc/greeting.json": {"kind": "json", "content": {"hello": "world"}}
+  },
+  "output_path": "/out",
   "priority": 1,
   "runtime_constraints": {"ram": 268435456, "vcpus": 1}
 }
@@ -51,3 +54,9 @@ echo "== stdout.txt of log collection $log"
 echo
 echo "== crunch-run.txt"
 "$bin/arv-local" cat "$store" "$log" crunch-run.txt
+output=$("$bin/arv-local" show "$store" "$uuid" | sed -n 's/^ *"output": "\([^"]*\)".*/\1/p')
+echo
+echo "== output collection $output: greeting.json, result.txt"
+"$bin/arv-local" cat "$store" "$output" greeting.json
+echo
+"$bin/arv-local" cat "$store" "$output" result.txt
