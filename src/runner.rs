@@ -348,7 +348,9 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         mount_plan: None,
         staged: None,
         engine_asked: Default::default(),
+        guard: None,
     };
+    run.guard = run.start_guard();
     let outcome = run.execute(&record, &pipeline);
     run.finish(outcome, pipeline)
 }
@@ -390,6 +392,9 @@ struct ContainerRun {
     api_env: Option<ApiEnv>,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
+    /// Removes the docker container if crunch-run dies; started early so that its
+    /// start-up does not compete with the container's.
+    guard: Option<Guard>,
     /// Set once docker has been asked anything.
     engine_asked: std::sync::atomic::AtomicBool,
     /// The checked mounts, and what was staged for them on the host.
@@ -766,19 +771,10 @@ impl ContainerRun {
             .max_run_time
             .map(|limit| self.limit_run_time(limit));
 
-        let guard = match std::env::current_exe()
-            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
-        {
-            Ok(g) => Some(g),
-            Err(e) => {
-                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
-                None
-            }
-        };
         self.cleanup = Some(Cleanup {
             docker: self.docker.clone(),
             name: self.uuid.clone(),
-            guard,
+            guard: self.guard.take(),
         });
         self.say(&format!("Running: docker {}", display_argv(&argv)));
         let mut ran = self.run_once(&spec, pipeline);
@@ -940,6 +936,18 @@ impl ContainerRun {
         Ok((client, said))
     }
 
+    fn start_guard(&self) -> Option<Guard> {
+        match std::env::current_exe()
+            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
+                None
+            }
+        }
+    }
+
     /// Cancel the run when `limit` passes before the returned sender is dropped.
     fn limit_run_time(&self, limit: std::time::Duration) -> crossbeam_channel::Sender<()> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -977,6 +985,10 @@ impl ContainerRun {
     /// Log the final state, save the log collection, send the final update.
     fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
         let cleanup = self.cleanup_thread.take();
+        // No container was run: the guard has nothing to watch.
+        if let Some(Err(e)) = self.guard.take().map(Guard::release) {
+            self.say(&format!("Warning: releasing the guard process failed: {e}"));
+        }
         match &outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
