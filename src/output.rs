@@ -142,8 +142,6 @@ pub enum OutputError {
         "cannot output {path:?}: symlink target {target:?} is not in the output directory or a mounted collection"
     )]
     NotMounted { path: String, target: String },
-    #[error("cannot output {path:?}: symlink target {target:?} is a secret mount")]
-    SecretTarget { path: String, target: String },
     #[error("cannot output {path}: file name is not valid UTF-8")]
     NonUtf8Name { path: PathBuf },
     #[error("cannot output {path:?}: {detail}")]
@@ -260,6 +258,8 @@ enum Target<'a> {
     Ref { mount: &'a RefMount, sub: String },
     /// Inside an excluded path: leave out silently.
     Excluded,
+    /// A secret: left out, and said so (a secret never reaches the output).
+    Secret(String),
 }
 
 /// The walk of the output directory, collecting what to capture.
@@ -394,6 +394,12 @@ impl<'a> Walker<'a> {
         let start = self.follow(dest, src, &mut hops)?;
         match self.resolve(dest, start, &mut hops)? {
             Target::Excluded => Ok(()),
+            Target::Secret(target) => {
+                (self.say)(&format!(
+                    "not copying {dest:?}: it is a symlink to the secret mount {target:?}"
+                ));
+                Ok(())
+            }
             Target::Ref { mount, sub } => self.add_ref(dest, mount, &sub),
             Target::Host { rel, meta } => self.add_host(dest, &rel, &meta, hops, true),
         }
@@ -428,10 +434,7 @@ impl<'a> Walker<'a> {
         'restart: loop {
             let abs = clean_abs(&path);
             if self.is_secret(&abs) {
-                return Err(OutputError::SecretTarget {
-                    path: dest.to_string(),
-                    target: abs,
-                });
+                return Ok(Target::Secret(abs));
             }
             let Some(rel) = strip_dir(&abs, &self.ctr_root) else {
                 return self.resolve_outside(dest, abs);
@@ -1164,16 +1167,25 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_to_secrets_are_errors() {
+    fn symlinks_to_secrets_are_left_out() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "secret.conf", "mypassword");
+        write(tmp.path(), "kept.txt", "kept");
         link(tmp.path(), "l", "secret.conf");
         let mut s = spec(tmp.path());
         s.secret_paths = vec![tmp.path().join("secret.conf")];
-        let err = capture(&s, &Recorder::default()).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot output \"l\": symlink target \"/ctr/outdir/secret.conf\" is a secret mount"
+        let said = std::cell::RefCell::new(Vec::new());
+        let say = |line: &str| said.borrow_mut().push(line.to_string());
+        let manifest = capture_output(&s, &Recorder::default(), &say).unwrap();
+        assert!(manifest.contains(":kept.txt"), "{manifest}");
+        assert!(
+            !manifest.contains(":l") && !manifest.contains("secret"),
+            "{manifest}"
+        );
+        assert!(
+            said.borrow()
+                .iter()
+                .any(|l| l.contains("symlink to the secret mount"))
         );
 
         // Go's TestSymlinkToSecret: a secret mounted elsewhere in the container.
@@ -1181,8 +1193,7 @@ mod tests {
         link(tmp.path(), "symlink", "/secret_text");
         let mut s = spec(tmp.path());
         s.secret_paths = vec![PathBuf::from("/secret_text")];
-        let err = capture(&s, &Recorder::default()).unwrap_err();
-        assert!(err.to_string().contains("is a secret mount"), "{err}");
+        assert_eq!(capture(&s, &Recorder::default()).unwrap(), "");
     }
 
     const NORMALIZED_WITH_SUBDIRS: &str = ". 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0abcdefgh11234567890@569fa8c3 0:9:file1_in_main.txt 9:18:file2_in_main.txt 0:27:zzzzz-8i9sb-bcdefghijkdhvnk.log.txt\n./subdir1 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396cabcdefghij6419876543234@569fa8c4 0:9:file1_in_subdir1.txt 9:18:file2_in_subdir1.txt\n./subdir1/subdir2 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0bcdefghijk544332211@569fa8c5 0:9:file1_in_subdir2.txt 9:18:file2_in_subdir2.txt\n";
