@@ -754,3 +754,130 @@ fn bad_mounts_cancel_before_anything_starts() {
         );
     }
 }
+
+/// The file the fake docker copied from the bind mount at `target` when the container
+/// started.
+fn seen_in_container(h: &Harness, target: &str) -> Vec<u8> {
+    let dir = h.docker_state().join("removed");
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(UUID))
+        .expect("a removed container");
+    std::fs::read(entry.path().join(format!("mnt{target}")))
+        .unwrap_or_else(|e| panic!("{target} not seen in the container: {e}"))
+}
+
+#[test]
+fn every_mount_kind_is_staged_and_the_output_saved() {
+    let (h, pdh) = setup();
+    let input = h.fake.add_collection(&[
+        ("a.txt", b"first file\n".as_slice()),
+        ("b.txt", b"second file\n".as_slice()),
+    ]);
+    let mut rec = record(UUID, &pdh, &["sh", "-c", "..."]);
+    rec["output_path"] = json!("/out");
+    rec["mounts"] = json!({
+        "/out": {"kind": "tmp"},
+        "/in": {"kind": "collection", "portable_data_hash": input},
+        "/in-b": {"kind": "collection", "portable_data_hash": format!("{input}/b.txt")},
+        "/etc/j.json": {"kind": "json", "content": {"n": 123456789123456789u64, "s": "x"}},
+        "/etc/t.txt": {"kind": "text", "content": "some text"},
+        "stdin": {"kind": "json", "content": ["to", "stdin"]},
+        "stdout": {"kind": "file", "path": "/out/log/stdout.txt"},
+    });
+    h.fake.add_container(rec);
+    h.fake.set_secret_mounts(
+        UUID,
+        json!({"/etc/secret.conf": {"kind": "text", "content": "very-secret-value"}}),
+    );
+    let stdin_copy = h.tmp.path().join("stdin-seen");
+    let out = run_with(
+        &h,
+        &[
+            ("FAKE_DOCKER_STDOUT", "to stdout\n"),
+            ("FAKE_DOCKER_STDIN_TO", stdin_copy.to_str().unwrap()),
+            (
+                "FAKE_DOCKER_RUN_SH",
+                "echo made > \"$(host_of /out)/made.txt\"; mkdir \"$(host_of /out)/emptydir\"",
+            ),
+        ],
+    );
+    assert!(out.status.success());
+    let rec = final_record(&h);
+    assert_eq!(
+        rec["state"],
+        "Complete",
+        "{}",
+        h.log_text(UUID, "crunch-run.txt")
+    );
+    assert_no_rejections(&h);
+
+    // What the container saw.
+    assert_eq!(seen_in_container(&h, "/in/a.txt"), b"first file\n");
+    assert_eq!(seen_in_container(&h, "/in/b.txt"), b"second file\n");
+    assert_eq!(seen_in_container(&h, "/in-b"), b"second file\n");
+    assert_eq!(
+        seen_in_container(&h, "/etc/j.json"),
+        br#"{"n":123456789123456789,"s":"x"}"#
+    );
+    assert_eq!(seen_in_container(&h, "/etc/t.txt"), b"some text");
+    assert_eq!(
+        seen_in_container(&h, "/etc/secret.conf"),
+        b"very-secret-value"
+    );
+    assert_eq!(std::fs::read(&stdin_copy).unwrap(), br#"["to","stdin"]"#);
+    let args = h.removed_container_file(UUID, "args");
+    assert!(args.contains("target=/in,readonly\n"), "{args}");
+    assert!(args.contains("target=/out\n"), "{args}");
+    assert!(args.lines().any(|a| a == "-i"), "{args}");
+
+    // The two files share one Keep block: fetched once per mount, not once per file.
+    let input_block = h.fake.collection_manifest(&input).unwrap()[2..34].to_string();
+    let gets = h
+        .fake
+        .keep_requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(&input_block))
+        .count();
+    assert_eq!(gets, 2, "one GET per collection mount, not per file");
+
+    // The output: what the container made, its stdout, no secret.
+    let output = rec["output"].as_str().unwrap();
+    assert_eq!(h.fake.read_file(output, "made.txt").unwrap(), b"made\n");
+    assert_eq!(h.fake.read_file(output, "emptydir/.keep").unwrap(), b"");
+    assert_eq!(
+        h.fake.read_file(output, "log/stdout.txt").unwrap(),
+        b"to stdout\n"
+    );
+    assert_eq!(h.log_text(UUID, "stdout.txt"), "");
+    let created = h.fake.collections_created();
+    let out_coll = created
+        .iter()
+        .find(|c| c["portable_data_hash"] == output)
+        .unwrap();
+    assert_eq!(out_coll["name"], format!("output for {UUID}"));
+    assert_eq!(out_coll["is_trashed"], true);
+    // Written as the container: the output's blocks carry the container token's signature.
+    let uploads: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/arvados/v1/collections")
+        .collect();
+    let container_token = h.fake.container_token(UUID);
+    assert!(
+        uploads
+            .iter()
+            .any(|r| r.token.as_deref() == Some(container_token.as_str()))
+    );
+    for name in ["crunch-run.txt", "stdout.txt", "stderr.txt"] {
+        assert!(!h.log_text(UUID, name).contains("very-secret-value"));
+    }
+    assert!(
+        !h.fake
+            .collection_manifest(output)
+            .unwrap()
+            .contains("secret")
+    );
+}
