@@ -67,6 +67,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub ca_certs: Option<PathBuf>,
 
+    /// Start the run in the background, print {"UUID":…,"PID":…} and exit (as
+    /// arvados-dispatch-cloud runs crunch-run). Output goes to
+    /// <spool dir>/crunch-run-<uuid>.log.
+    #[arg(long)]
+    pub detach: bool,
+
+    /// Print the UUIDs of the runs alive on this host (from their lock files) and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// Send this signal (e.g. 15) to the run of CONTAINER_UUID and wait for it to end.
+    #[arg(long, value_name = "SIGNAL")]
+    pub kill: Option<i32>,
+
     /// Internal: run as the guard process that removes the named docker container when
     /// crunch-run's pipe closes without a release.
     #[arg(long, value_name = "NAME", hide = true)]

@@ -11,6 +11,7 @@
 
 pub mod arvados;
 pub mod config;
+pub mod detach;
 pub mod docker;
 pub mod image;
 pub mod logging;

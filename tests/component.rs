@@ -881,3 +881,56 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
             .contains("secret")
     );
 }
+
+#[test]
+fn detach_list_and_kill_as_the_cloud_dispatcher_uses_them() {
+    let (h, pdh) = setup();
+    h.fake
+        .add_container(record(UUID, &pdh, &["sh", "-c", "echo foo; sleep 60"]));
+    let image = image_id();
+    let mut cmd = h.command(UUID);
+    cmd.arg("--detach")
+        .env("FAKE_DOCKER_LOAD_ID", &image)
+        .env("FAKE_DOCKER_STDOUT", "foo\n")
+        .env("FAKE_DOCKER_SLEEP", "60");
+    let t0 = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(15));
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["UUID"], UUID);
+    assert!(said["PID"].as_u64().unwrap() > 0);
+    assert!(wait_for(20, || h.fake.container(UUID)["state"] == "Running"));
+
+    let crunch_run = |args: &[&str]| {
+        let mut c = h.command(UUID);
+        c.args(args);
+        c
+    };
+    // `--list` takes no UUID; run it through a command without the positional one.
+    let list = || {
+        let out = std::process::Command::new(common::harness::crunch_run_bin())
+            .arg("--list")
+            .env("CRUNCH_RUN_LOCK_DIR", h.tmp.path().join("locks"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(list(), format!("{UUID}\n"));
+
+    let out = crunch_run(&["--kill", "15"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_for(10, || h.fake.container(UUID)["state"] == "Cancelled"));
+    assert!(wait_for(10, || list().is_empty()));
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "foo\n");
+    assert_no_rejections(&h);
+}

@@ -35,6 +35,7 @@ impl Harness {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(tmp.path().join("spool")).expect("spool dir");
         std::fs::create_dir_all(tmp.path().join("docker")).expect("fake docker state");
+        std::fs::create_dir_all(tmp.path().join("locks")).expect("lock dir");
         Harness {
             fake,
             tmp,
@@ -62,6 +63,7 @@ impl Harness {
             .env_remove("ARVADOS_API_HOST_INSECURE")
             .env("TMPDIR", self.spool_dir())
             .env("FAKE_DOCKER_STATE", self.docker_state())
+            .env("CRUNCH_RUN_LOCK_DIR", self.tmp.path().join("locks"))
             .stdin(Stdio::null());
         if self.fake_docker {
             let path = std::env::var("PATH").unwrap_or_default();

@@ -1,0 +1,262 @@
+//! What arvados-dispatch-cloud needs around a run: `--detach` (start the run in the
+//! background and say its PID), the lock file each run holds while it lives, `--list`
+//! (the UUIDs of live runs) and `--kill N UUID` (signal a run, and check that it went).
+//!
+//! The lock file is `/var/lock/crunch-run-<uuid>.lock` (the directory can be changed with
+//! `CRUNCH_RUN_LOCK_DIR`), holding `{"UUID":…,"PID":…}` under an exclusive flock(2) for
+//! as long as the run's process lives, so a crashed run leaves a lock nobody holds.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "crunch-run-";
+const SUFFIX: &str = ".lock";
+
+/// Where the lock files are.
+pub fn lock_dir() -> PathBuf {
+    std::env::var_os("CRUNCH_RUN_LOCK_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lock"))
+}
+
+fn lock_path(dir: &Path, uuid: &str) -> PathBuf {
+    dir.join(format!("{PREFIX}{uuid}{SUFFIX}"))
+}
+
+/// Try an exclusive lock without waiting: Ok(false) when another process holds it.
+fn try_lock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Take this run's lock and write our PID into it. Keep the returned file open for as
+/// long as the run lives.
+pub fn hold_lock(uuid: &str) -> io::Result<File> {
+    let path = lock_path(&lock_dir(), uuid);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    if !try_lock(&file)? {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another crunch-run holds {} (container {uuid} is already being run)",
+                path.display()
+            ),
+        ));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    let record = serde_json::json!({"UUID": uuid, "PID": std::process::id()});
+    writeln!(file, "{record}")?;
+    Ok(file)
+}
+
+/// The PID a lock file names, and whether a live process still holds the lock.
+fn inspect_lock(path: &Path) -> io::Result<(Option<u32>, bool)> {
+    let mut file = File::open(path)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let pid = serde_json::from_str::<serde_json::Value>(text.trim())
+        .ok()
+        .and_then(|v| v.get("PID").and_then(serde_json::Value::as_u64))
+        .and_then(|p| u32::try_from(p).ok());
+    let held = !try_lock(&file)?;
+    Ok((pid, held))
+}
+
+/// `--list`: the UUIDs of live runs, one per line. Lock files nobody holds are left by
+/// runs that ended without cleaning up: removed.
+pub fn list(out: &mut dyn Write) -> io::Result<()> {
+    let dir = lock_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut live = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(uuid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|n| n.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        match inspect_lock(&entry.path()) {
+            Ok((_, true)) => live.push(uuid.to_string()),
+            Ok((_, false)) => {
+                let _ = fs::remove_file(entry.path());
+            }
+            Err(_) => {}
+        }
+    }
+    live.sort();
+    for uuid in live {
+        writeln!(out, "{uuid}")?;
+    }
+    Ok(())
+}
+
+/// `--kill N UUID`: send signal `signal` to the run of `uuid`, and wait (up to 10 s: it
+/// removes its container and saves its logs first) for it to end. Nothing to do when no
+/// live run holds the lock.
+pub fn kill(uuid: &str, signal: i32) -> io::Result<()> {
+    let path = lock_path(&lock_dir(), uuid);
+    let (pid, held) = match inspect_lock(&path) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let Some(pid) = pid.filter(|_| held) else {
+        return Ok(());
+    };
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill(2) with a pid read from the lock file that process holds.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::other(format!(
+        "sent signal {signal} to PID {pid} but process is still alive"
+    )))
+}
+
+/// Whether `pid` is a process that has not yet exited (a zombie waiting for its parent to
+/// reap it has).
+fn alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    // "pid (comm) S ...": the state follows the last ')'.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// `--detach`: start `exe args` (the same command without `--detach`) in a process group
+/// of its own, its output appended to `log`, `stdin_config` (if any) on its stdin; wait
+/// until it holds the lock of `uuid`, and return its PID.
+pub fn detach(
+    exe: &Path,
+    args: &[OsString],
+    stdin_config: Option<&str>,
+    uuid: &str,
+    log: &Path,
+) -> io::Result<u32> {
+    let output = OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(if stdin_config.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(output.try_clone()?)
+        .stderr(output)
+        .process_group(0)
+        .spawn()?;
+    if let (Some(mut stdin), Some(text)) = (child.stdin.take(), stdin_config) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let pid = child.id();
+    let path = lock_path(&lock_dir(), uuid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((Some(locked_by), true)) = inspect_lock(&path)
+            && locked_by == pid
+        {
+            return Ok(pid);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "the detached crunch-run exited ({status}) before taking its lock; see {}",
+                log.display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the detached crunch-run (PID {pid}) did not take its lock; see {}",
+                    log.display()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Tests share the process environment: one test sets the lock directory for all.
+    fn with_lock_dir(f: impl FnOnce(&Path)) {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: serialised by LOCK; no other test reads this variable.
+        unsafe { std::env::set_var("CRUNCH_RUN_LOCK_DIR", dir.path()) };
+        f(dir.path());
+    }
+
+    #[test]
+    fn a_held_lock_is_listed_and_a_second_holder_refused() {
+        with_lock_dir(|dir| {
+            let uuid = "zzzzz-dz642-000000000000001";
+            let held = hold_lock(uuid).unwrap();
+            // A stale lock file, nobody holding it.
+            fs::write(lock_path(dir, "zzzzz-dz642-000000000000002"), "{}").unwrap();
+            // flock is per open file: a second open in this process is another holder.
+            assert!(hold_lock(uuid).is_err());
+            let mut out = Vec::new();
+            list(&mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{uuid}\n"));
+            assert!(!lock_path(dir, "zzzzz-dz642-000000000000002").exists());
+            let (pid, live) = inspect_lock(&lock_path(dir, uuid)).unwrap();
+            assert_eq!(pid, Some(std::process::id()));
+            assert!(live);
+            drop(held);
+            let mut out = Vec::new();
+            list(&mut out).unwrap();
+            assert!(out.is_empty());
+        });
+    }
+
+    #[test]
+    fn kill_without_a_live_run_does_nothing() {
+        with_lock_dir(|_| {
+            kill("zzzzz-dz642-000000000000003", 15).unwrap();
+        });
+    }
+}
