@@ -52,16 +52,7 @@ impl LocalStore {
 
     fn read_json(&self, path: &Path) -> Result<Value, StoreError> {
         let what = format!("read {}", path.display());
-        let text = fs::read_to_string(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                StoreError::NotFound { what: what.clone() }
-            } else {
-                StoreError::Io {
-                    what: what.clone(),
-                    source,
-                }
-            }
-        })?;
+        let text = fs::read_to_string(path).map_err(not_found_or_io(&what))?;
         serde_json::from_str(&text).map_err(|e| StoreError::Invalid {
             what,
             message: e.to_string(),
@@ -78,6 +69,22 @@ impl LocalStore {
 
     fn now() -> String {
         humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+    }
+}
+
+/// A missing file is NotFound (the store has no such thing); other errors are Io.
+fn not_found_or_io(what: &str) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            StoreError::NotFound {
+                what: what.to_string(),
+            }
+        } else {
+            StoreError::Io {
+                what: what.to_string(),
+                source,
+            }
+        }
     }
 }
 
@@ -305,16 +312,7 @@ impl BlockStore for LocalStore {
             return Ok(0);
         }
         let path = self.block_path(hash, size);
-        let mut file = File::open(&path).map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                StoreError::NotFound { what: what.clone() }
-            } else {
-                StoreError::Io {
-                    what: what.clone(),
-                    source,
-                }
-            }
-        })?;
+        let mut file = File::open(&path).map_err(not_found_or_io(&what))?;
         let (got, total) = copy_with_md5(&mut file, out).map_err(io_err(what.clone()))?;
         if got != hash || total != size {
             return Err(StoreError::Invalid {
