@@ -339,7 +339,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
             running: false,
         },
         cleanup: None,
-        cleanup_thread: None,
+        cleanup_done: None,
         api_env: match &config.backend {
             Backend::Arvados(env) => Some(env.clone()),
             Backend::Local(_) => None,
@@ -387,7 +387,7 @@ struct ContainerRun {
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
     /// The removal under way, waited for before crunch-run exits.
-    cleanup_thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    cleanup_done: Option<crossbeam_channel::Receiver<Vec<String>>>,
     /// How we reach the API (what a container with `API: true` is given).
     api_env: Option<ApiEnv>,
     /// The container's own token and stores, once fetched.
@@ -467,10 +467,22 @@ impl ContainerRun {
             Ok(outcome) | Err(outcome) => outcome,
         };
         // The container is done with: remove it while the output is saved.
-        self.cleanup_thread = self
-            .cleanup
-            .take()
-            .map(|c| std::thread::spawn(move || c.run()));
+        if let Some(cleanup) = self.cleanup.take() {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let spawned = std::thread::Builder::new()
+                .name("cleanup".into())
+                .spawn(move || {
+                    let _ = tx.send(cleanup.run());
+                });
+            match spawned {
+                Ok(_) => self.cleanup_done = Some(rx),
+                // No thread to spare: then the logs wait for the removal.
+                // Dropping the cleanup closes the guard's pipe unreleased: the guard removes it.
+                Err(e) => self.say(&format!(
+                    "Warning: cannot start the removal thread ({e}); the guard process removes the container"
+                )),
+            }
+        }
         let outcome = self.save_output(&container, outcome);
         if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
             self.say(&format!("Warning: removing the staged mounts failed: {e}"));
@@ -984,7 +996,7 @@ impl ContainerRun {
 
     /// Log the final state, save the log collection, send the final update.
     fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
-        let cleanup = self.cleanup_thread.take();
+        let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {
             self.say(&format!("Warning: releasing the guard process failed: {e}"));
@@ -1054,7 +1066,7 @@ impl ContainerRun {
                 1
             }
         };
-        let problems = match cleanup.map(|t| t.join()) {
+        let problems = match cleanup.map(|done| done.recv()) {
             None => Vec::new(),
             Some(Ok(problems)) => problems,
             Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
