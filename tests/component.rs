@@ -924,13 +924,17 @@ fn detach_list_and_kill_as_the_cloud_dispatcher_uses_them() {
     assert_eq!(list(), format!("{UUID}\n"));
 
     let out = crunch_run(&["--kill", "15"]).output().unwrap();
+    let detached_log = h.spool_dir().join(format!("crunch-run-{UUID}.log"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    // --kill waits 10 s for the run to end; on a loaded test machine the run may take
+    // longer to save its logs, which --kill then reports (and a-d-c would retry).
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() || said.contains("but process is still alive"),
+        "{said}\n{}",
+        std::fs::read_to_string(&detached_log).unwrap_or_default()
     );
-    assert!(wait_for(10, || h.fake.container(UUID)["state"] == "Cancelled"));
-    assert!(wait_for(10, || list().is_empty()));
+    assert!(wait_for(30, || h.fake.container(UUID)["state"] == "Cancelled"));
+    assert!(wait_for(30, || list().is_empty()));
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "foo\n");
     assert_no_rejections(&h);
 }

@@ -436,3 +436,26 @@ fn a_leftover_container_with_our_name_is_removed_first() {
             .contains("Removing leftover docker container")
     );
 }
+
+#[test]
+fn docker_inspect_shows_the_memory_limit_while_it_runs() {
+    let c = Case::with_shared_image(106, &["sh", "-c", "echo up; sleep 60"]);
+    c.edit(|r| r["runtime_constraints"] = json!({"ram": 48 << 20, "vcpus": 1}));
+    let mut child = c.h.spawn(&c.uuid, &[]);
+    assert!(wait_for(60, || c.h.logs_table("stdout").contains("up")));
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}}",
+            &c.uuid,
+        ])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let limit = 48u64 << 20;
+    assert_eq!(seen, format!("{limit} {limit} 1000000000"));
+    assert_eq!(c.h.fake.container(&c.uuid)["state"], "Cancelled");
+}

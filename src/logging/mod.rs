@@ -57,13 +57,15 @@ pub(crate) mod fakes {
             size: u64,
             body: &BlockSource<'_>,
         ) -> Result<String, StoreError> {
-            self.puts.fetch_add(1, Ordering::SeqCst);
             let what = format!("PUT {hash}");
-            if self
+            // Decide the failure before counting the put, so that a test that waits for
+            // a count can arm failures for the puts after it only.
+            let fail = self
                 .fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
+                .is_ok();
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            if fail {
                 return Err(StoreError::Unavailable {
                     what,
                     message: "injected failure".into(),
