@@ -924,7 +924,7 @@ impl ContainerRun {
             },
             _ => None,
         };
-        let client = match attached.wait() {
+        let client = match self.wait_removing_on_cancel(&mut attached) {
             Ok(status) => ClientEnd {
                 succeeded: status.success(),
                 text: format!("docker run exited {status}"),
@@ -958,6 +958,30 @@ impl ContainerRun {
                 None
             }
         }
+    }
+
+    /// Wait for the docker client. A cancel removes the container at once (signal thread),
+    /// but one that comes while `docker run` is still creating the container finds
+    /// nothing to remove: so, while the client lives, a cancelled run keeps removing.
+    fn wait_removing_on_cancel(
+        &self,
+        attached: &mut crate::docker::cli::Attached,
+    ) -> Result<std::process::ExitStatus, crate::docker::cli::DockerError> {
+        let (done, client_gone) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while client_gone.recv_timeout(std::time::Duration::from_millis(500))
+                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    if self.cancel.reason().is_some() {
+                        let _ = self.docker.remove(&self.uuid);
+                    }
+                }
+            });
+            let status = attached.wait();
+            drop(done);
+            status
+        })
     }
 
     /// Cancel the run when `limit` passes before the returned sender is dropped.
