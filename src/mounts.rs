@@ -32,6 +32,7 @@ use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 
 use crate::arvados::container::is_pdh;
+use crate::arvados::container::kind_of;
 use crate::arvados::manifest::{
     BlockRange, Locator, Manifest, ManifestError, ManifestFile, hex, unescape_name,
 };
@@ -261,19 +262,8 @@ fn as_object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, Mou
         Value::Object(m) => Ok(m),
         other => Err(invalid(format!(
             "{what} must be a JSON object, got {}",
-            json_type(other)
+            kind_of(other)
         ))),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -322,7 +312,7 @@ fn parse_one(
     let Value::Object(obj) = value else {
         return Err(invalid(format!(
             "mount {target:?} must be a JSON object, got {}",
-            json_type(value)
+            kind_of(value)
         )));
     };
     let fields = Fields { target, obj };
@@ -446,7 +436,7 @@ impl Fields<'_> {
         invalid(format!(
             "mount {:?}: {name} must be {want}, got {}",
             self.target,
-            json_type(got)
+            kind_of(got)
         ))
     }
 

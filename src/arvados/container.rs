@@ -272,7 +272,8 @@ impl Container {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// "a string", "an array", …: what a JSON value is, for error messages.
+pub fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
