@@ -19,17 +19,10 @@ pub(crate) mod fakes {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use md5::{Digest, Md5};
     use serde_json::{Map, Value};
 
+    pub use crate::arvados::manifest::md5_hex;
     use crate::store::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
-
-    pub fn md5_hex(data: &[u8]) -> String {
-        Md5::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
 
     /// Blocks in a map; `fail_next(n)` makes the next n puts fail.
     #[derive(Default)]
