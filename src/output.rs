@@ -653,6 +653,17 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Store the whole file at `path` in 64 MiB blocks (as output capture does): its block
+/// ranges, in order.
+pub fn store_file(blocks: &dyn BlockStore, path: &Path) -> Result<Vec<BlockRange>, OutputError> {
+    let size = fs::metadata(path)
+        .map_err(|e| io_err("stat", path, e))?
+        .len();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let dest = path.display().to_string();
+    upload_file(blocks, path, &dest, size, DEFAULT_BLOCK_SIZE, &mut buf)
+}
+
 /// Upload the first `size` bytes of the file at `path` in blocks of `block_size`: md5
 /// each region from the file, then let the store stream it again from the same region.
 fn upload_file(
