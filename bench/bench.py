@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,22 +54,31 @@ def write_record(store, pdh, command, mounts=None, output_path="/tmp"):
 
 
 def run_crunch(store, spool):
-    """Run crunch-run once; return (seconds, peak RSS bytes, exit status)."""
+    """Run crunch-run once; return (seconds, peak RSS bytes, exit status). The RSS is
+    sampled on a thread, so the wall time is taken the moment the process exits."""
     start = time.monotonic()
     p = subprocess.Popen([os.path.join(BIN, "crunch-run"), "--local-store", store, "--spool-dir", spool, UUID],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0
-    status_path = "/proc/%d/status" % p.pid
-    while p.poll() is None:
-        try:
-            with open(status_path) as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        peak = max(peak, int(line.split()[1]) * 1024)
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-        time.sleep(0.02)
-    return time.monotonic() - start, peak, p.returncode
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            try:
+                with open("/proc/%d/status" % p.pid) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                pass
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    rc = p.wait()
+    elapsed = time.monotonic() - start
+    done.set()
+    sampler.join()
+    return elapsed, peak[0], rc
 
 
 def check_complete(store, rc, what):

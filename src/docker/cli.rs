@@ -22,7 +22,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -921,13 +921,16 @@ fn kill_group(child: &mut Child) {
     let _ = child.kill();
 }
 
-/// `Ok(None)` if `timeout` passed first. Polls with a growing pause (1 ms up to 50 ms): cheap
-/// for commands that finish in milliseconds, and no waiter thread to race with `kill`.
+/// `Ok(None)` if `timeout` passed first. Sleeps on a pidfd of the child, so the exit is
+/// noticed at once (a docker command lasts milliseconds, and polling would add as much
+/// again); where pidfds are missing (Linux < 5.3), polls with a growing pause instead.
+/// No waiter thread: nothing races with `kill`, and the child is reaped only here.
 fn wait_bounded(child: &mut Child, timeout: Option<Duration>) -> io::Result<Option<ExitStatus>> {
     let Some(timeout) = timeout else {
         return child.wait().map(Some);
     };
     let deadline = Instant::now() + timeout;
+    let exit_notice = pidfd_open(child.id());
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -937,9 +940,44 @@ fn wait_bounded(child: &mut Child, timeout: Option<Duration>) -> io::Result<Opti
         if now >= deadline {
             return Ok(None);
         }
-        thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        match &exit_notice {
+            Some(fd) => poll_readable(fd, deadline - now)?,
+            None => {
+                thread::sleep(pause.min(deadline - now));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
     }
+}
+
+/// A pidfd for `pid` (readable once the process has exited), or None where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wait until `fd` is readable or `timeout` passed (a signal may end the wait early).
+fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Rounded up, so the deadline is never missed by a poll that returns early.
+    let millis =
+        libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut pollfd, 1, millis) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Which part of a stream to keep while draining all of it.
@@ -993,6 +1031,22 @@ fn tail_text(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_bounded_gives_the_exit_status() {
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let status = wait_bounded(&mut child, Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn wait_bounded_gives_up_at_the_timeout() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let status = wait_bounded(&mut child, Some(Duration::from_millis(50))).unwrap();
+        assert!(status.is_none());
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
 
     #[test]
     fn parses_load_output() {
