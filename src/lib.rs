@@ -7,7 +7,7 @@
 //! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
 //! and lays them out on the host, `output` turns the output directory into the output
 //! collection's manifest, and `runner` is the lifecycle of one container and decides its
-//! final state.
+//! final state; `writeback` keeps the data we write from piling up dirty in the page cache.
 
 pub mod arvados;
 pub mod config;
@@ -20,3 +20,4 @@ pub mod output;
 pub mod redact;
 pub mod runner;
 pub mod store;
+pub mod writeback;

@@ -1057,10 +1057,7 @@ impl ContainerRun {
             Err(finished.errors.join("; "))
         };
         let (outcome, log_pdh) = match saved {
-            Ok(c) => {
-                let _ = std::fs::remove_dir_all(&self.run_dir);
-                (outcome, Some(c.portable_data_hash))
-            }
+            Ok(c) => (outcome, Some(c.portable_data_hash)),
             Err(e) => {
                 let msg = format!(
                     "Saving the log collection failed: {e}. The complete logs are kept on this host in {}",
@@ -1090,6 +1087,12 @@ impl ContainerRun {
                 1
             }
         };
+        // The spool goes only now: unlinking a large log file can take a while (0.3 s for
+        // 700 MB on ext4), and the record need not wait for it. The container is being
+        // removed meanwhile.
+        if log_pdh.is_some() {
+            let _ = std::fs::remove_dir_all(&self.run_dir);
+        }
         let problems = match cleanup.map(|done| done.recv()) {
             None => Vec::new(),
             Some(Ok(problems)) => problems,

@@ -5,7 +5,7 @@
 //! until the caller has saved the collection, and the only copy if an upload failed.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use md5::{Digest, Md5};
 use crate::arvados::manifest::hex;
 
 use crate::store::{BlockStore, FileBlocks, StoreError};
+use crate::writeback::WritebackFile;
 
 /// Keep's block size.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 20;
@@ -114,7 +115,7 @@ impl std::error::Error for SpoolFailure {}
 pub struct SpoolFile {
     name: String,
     path: Arc<PathBuf>,
-    file: File,
+    file: WritebackFile,
     block_size: u64,
     size: u64,
     block_start: u64,
@@ -149,7 +150,7 @@ impl SpoolFile {
         Ok(SpoolFile {
             name: name.to_string(),
             path: Arc::new(path),
-            file,
+            file: WritebackFile::new(file),
             block_size: block_size.max(1),
             size: 0,
             block_start: 0,

@@ -19,6 +19,7 @@ use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::arvados::container::{State, is_pdh};
 use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
+use crate::writeback::start_writeback;
 
 pub struct LocalStore {
     dir: PathBuf,
@@ -257,6 +258,7 @@ impl BlockStore for LocalStore {
         let mut reader = body().map_err(io_err(what.clone()))?;
         let mut file = File::create(&tmp).map_err(io_err(what.clone()))?;
         let (got, total) = copy_with_md5(&mut reader, &mut file).map_err(io_err(what.clone()))?;
+        start_writeback(&file, 0, 0);
         if got != hash || total != size {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Invalid {
@@ -283,7 +285,10 @@ impl BlockStore for LocalStore {
         let copied = (|| -> io::Result<u64> {
             let mut from = File::open(src)?;
             from.seek(SeekFrom::Start(offset))?;
-            io::copy(&mut from.take(size), &mut File::create(&tmp)?)
+            let mut to = File::create(&tmp)?;
+            let copied = io::copy(&mut from.take(size), &mut to)?;
+            start_writeback(&to, 0, 0);
+            Ok(copied)
         })();
         let copied = copied.map_err(|source| {
             let _ = fs::remove_file(&tmp);
