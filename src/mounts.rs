@@ -37,6 +37,7 @@ use crate::arvados::manifest::{
     BlockRange, Locator, Manifest, ManifestError, ManifestFile, hex, unescape_name,
 };
 use crate::store::{ApiStore, BlockStore, StoreError};
+use crate::writeback::start_writeback;
 
 /// What a mount is. Only the kinds crunch-run can honour; everything else is refused by
 /// [`parse_mounts`].
@@ -1157,6 +1158,10 @@ impl Stager<'_> {
                 job.portable(),
                 out.pos
             )));
+        }
+        // Staged copies would otherwise stay dirty until the container's teardown syncs them.
+        for f in files.values() {
+            start_writeback(f, 0, 0);
         }
         Ok(())
     }

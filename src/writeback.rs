@@ -5,8 +5,10 @@
 //! filesystem under it. With a gigabyte of log spool still dirty there, the engine reports
 //! the container's exit only after that gigabyte reached the disk (measured here: a trivial
 //! `docker run` took 1.3 s instead of 0.23 s), and so does every other container on the host
-//! that stops meanwhile. Writing back as we go costs no CPU worth measuring and spreads the
-//! disk writes over the run.
+//! that stops meanwhile. Writing back as we go moves those disk writes into the run, where
+//! they overlap with it: on the 500 MB flood of `make bench` the exit came 0.03-0.65 s after
+//! the last byte instead of 1.2 s, for a somewhat slower stream (the block allocation and
+//! I/O submission now happen during the run).
 
 use std::fs::File;
 use std::io::{self, Write};
