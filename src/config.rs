@@ -46,6 +46,12 @@ pub struct Args {
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub api_retry_deadline: std::time::Duration,
 
+    /// How often the engine is asked whether the container still runs while `docker run`
+    /// is attached; after 5 failed checks in a row the run is cancelled. "0s" turns the
+    /// watchdog off.
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub docker_watchdog_interval: std::time::Duration,
+
     /// Read {"Env": {"ARVADOS_API_HOST": …, "ARVADOS_API_TOKEN": …}} from stdin, as
     /// arvados-dispatch-cloud sends it. Values there win over the process environment.
     #[arg(long)]
@@ -124,6 +130,8 @@ pub struct Config {
     pub logs_table: bool,
     pub spool_dir: PathBuf,
     pub api_retry_deadline: std::time::Duration,
+    /// None: no docker watchdog.
+    pub docker_watchdog_interval: Option<std::time::Duration>,
 }
 
 /// A usage problem: printed as one line, exit status 2.
@@ -237,6 +245,8 @@ impl Config {
             logs_table: !args.no_logs_table,
             spool_dir,
             api_retry_deadline: args.api_retry_deadline,
+            docker_watchdog_interval: Some(args.docker_watchdog_interval)
+                .filter(|interval| !interval.is_zero()),
         })
     }
 }
@@ -363,6 +373,28 @@ mod tests {
         assert_eq!(
             parse(&[UUID]).api_retry_deadline,
             std::time::Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn watchdog_interval_defaults_to_two_minutes_and_zero_turns_it_off() {
+        let config = |args: &[&str]| {
+            Config::from_args(&parse(args), &env(&[]))
+                .unwrap()
+                .docker_watchdog_interval
+        };
+        let local = ["--local-store", "/tmp/x"];
+        assert_eq!(
+            config(&[&local[..], &[UUID]].concat()),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(
+            config(&[&local[..], &["-docker-watchdog-interval=250ms", UUID]].concat()),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            config(&[&local[..], &["--docker-watchdog-interval", "0s", UUID]].concat()),
+            None
         );
     }
 

@@ -348,6 +348,8 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         mount_plan: None,
         staged: None,
         engine_asked: Default::default(),
+        watchdog_interval: config.docker_watchdog_interval,
+        engine_stuck: Default::default(),
         guard: None,
     };
     run.guard = run.start_guard();
@@ -397,6 +399,10 @@ struct ContainerRun {
     guard: Option<Guard>,
     /// Set once docker has been asked anything.
     engine_asked: std::sync::atomic::AtomicBool,
+    /// How often the docker watchdog checks on the container; None: never.
+    watchdog_interval: Option<std::time::Duration>,
+    /// Set when the watchdog gave up: its cancel is then a failure, not a request.
+    engine_stuck: Arc<std::sync::atomic::AtomicBool>,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -810,6 +816,9 @@ impl ContainerRun {
         let (client, client_said) = ran?;
         drop(run_time_limit);
         if let Some(reason) = self.cancel.reason() {
+            if self.engine_stuck.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(failed(reason));
+            }
             return Ok(Outcome::Cancelled {
                 reason,
                 exit_code: None,
@@ -924,7 +933,7 @@ impl ContainerRun {
             },
             _ => None,
         };
-        let client = match self.wait_removing_on_cancel(&mut attached) {
+        let client = match self.wait_for_client(&mut attached) {
             Ok(status) => ClientEnd {
                 succeeded: status.success(),
                 text: format!("docker run exited {status}"),
@@ -960,28 +969,99 @@ impl ContainerRun {
         }
     }
 
-    /// Wait for the docker client. A cancel removes the container at once (signal thread),
-    /// but one that comes while `docker run` is still creating the container finds
-    /// nothing to remove: so, while the client lives, a cancelled run keeps removing.
-    fn wait_removing_on_cancel(
+    /// Wait for the docker client, with the watchdog checking on the container meanwhile.
+    ///
+    /// A cancel removes the container at once (signal thread), but one that comes while
+    /// `docker run` is still creating the container finds nothing to remove: so, while the
+    /// client lives, a cancelled run keeps removing. A client still there `CLIENT_GRACE`
+    /// after a cancel, or one the watchdog gave up on, is killed: the engine is then stuck,
+    /// and the container may stay on the host under its name until the engine recovers.
+    fn wait_for_client(
         &self,
         attached: &mut crate::docker::cli::Attached,
     ) -> Result<std::process::ExitStatus, crate::docker::cli::DockerError> {
-        let (done, client_gone) = crossbeam_channel::bounded::<()>(0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                while client_gone.recv_timeout(std::time::Duration::from_millis(500))
+        const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+        const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+        let (client_alive, client_gone) = crossbeam_channel::bounded::<()>(0);
+        self.start_watchdog(&client_gone);
+        // Removal may hang with the engine: on a thread of its own, left to end by itself.
+        let (docker, cancel, name) = (self.docker.clone(), self.cancel.clone(), self.uuid.clone());
+        let removing = client_gone.clone();
+        let spawned = std::thread::Builder::new()
+            .name("remove-on-cancel".into())
+            .spawn(move || {
+                while removing.recv_timeout(TICK)
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
-                    if self.cancel.reason().is_some() {
-                        let _ = self.docker.remove(&self.uuid);
+                    if cancel.reason().is_some() {
+                        let _ = docker.remove(&name);
                     }
                 }
             });
-            let status = attached.wait();
-            drop(done);
-            status
-        })
+        if let Err(e) = spawned {
+            self.say(&format!(
+                "Warning: cannot start the thread that removes a cancelled container: {e}"
+            ));
+        }
+        let mut cancelled_at = None;
+        let status = loop {
+            if let Some(status) = attached.wait_timeout(TICK)? {
+                break status;
+            }
+            if self.cancel.reason().is_none() {
+                continue;
+            }
+            let since = *cancelled_at.get_or_insert_with(std::time::Instant::now);
+            let why = if self.engine_stuck.load(std::sync::atomic::Ordering::Acquire) {
+                "the docker watchdog gave up on docker run".to_string()
+            } else if since.elapsed() >= CLIENT_GRACE {
+                format!(
+                    "docker run did not end within {} of the cancel",
+                    humantime::format_duration(CLIENT_GRACE)
+                )
+            } else {
+                continue;
+            };
+            self.say(&format!("{why}: killing the docker client"));
+            attached.kill_client();
+            break attached.wait()?;
+        };
+        drop(client_alive);
+        Ok(status)
+    }
+
+    /// Check on the container every `watchdog_interval` until `stop` disconnects; when the
+    /// watchdog gives up, mark the engine stuck and cancel the run with its reason.
+    fn start_watchdog(&self, stop: &crossbeam_channel::Receiver<()>) {
+        let Some(interval) = self.watchdog_interval else {
+            return;
+        };
+        let (docker, name, log, secrets) = (
+            self.docker.clone(),
+            self.uuid.clone(),
+            self.log.clone(),
+            self.secrets.clone(),
+        );
+        let (stop, stuck, cancel) = (stop.clone(), self.engine_stuck.clone(), self.cancel.clone());
+        let spawned = std::thread::Builder::new()
+            .name("docker-watchdog".into())
+            .spawn(move || {
+                let say = |text: &str| log.line(&secrets.redact(text));
+                crate::docker::watchdog::watch(
+                    interval,
+                    &stop,
+                    || docker.inspect_state(&name),
+                    say,
+                    // The cancel logs the reason.
+                    |reason| {
+                        stuck.store(true, std::sync::atomic::Ordering::Release);
+                        cancel.cancel(&reason);
+                    },
+                );
+            });
+        if let Err(e) = spawned {
+            self.say(&format!("Warning: cannot start the docker watchdog: {e}"));
+        }
     }
 
     /// Cancel the run when `limit` passes before the returned sender is dropped.

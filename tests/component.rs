@@ -970,3 +970,71 @@ fn a_signal_while_docker_run_is_still_creating_the_container_still_stops_it() {
     assert_eq!(final_record(&h)["state"], "Cancelled");
     assert!(!h.docker_state().join("containers").join(UUID).exists());
 }
+
+#[test]
+fn a_docker_run_that_hangs_after_its_container_stopped_is_given_up_by_the_watchdog() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["echo", "done"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("--docker-watchdog-interval=200ms")
+        .env("FAKE_DOCKER_LOAD_ID", image_id())
+        .env("FAKE_DOCKER_STDOUT", "done\n")
+        .env("FAKE_DOCKER_RUN_HANG", "1");
+    let t0 = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Cancelled", "{rec}");
+    let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
+    assert!(
+        crunch.contains("docker watchdog: the container is exited but docker run has not returned (failed check 1 of 5)"),
+        "{crunch}"
+    );
+    assert!(crunch.contains("5 checks in a row failed"), "{crunch}");
+    assert!(
+        crunch.contains("the docker watchdog gave up on docker run: killing the docker client"),
+        "{crunch}"
+    );
+    assert!(
+        rec["runtime_status"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker watchdog: the container is exited"),
+        "{rec}"
+    );
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "done\n");
+    assert!(!h.docker_state().join("containers").join(UUID).exists());
+    assert_no_rejections(&h);
+}
+
+#[test]
+fn a_docker_run_that_outlives_a_cancel_is_killed_after_a_grace_period() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["sleep", "60"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("--docker-watchdog-interval=0s")
+        .env("FAKE_DOCKER_LOAD_ID", image_id())
+        .env("FAKE_DOCKER_SLEEP", "60")
+        .env("FAKE_DOCKER_RUN_HANG", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    assert!(wait_for(20, || h.fake.container(UUID)["state"] == "Running"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(final_record(&h)["state"], "Cancelled");
+    let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
+    assert!(
+        crunch
+            .contains("docker run did not end within 10s of the cancel: killing the docker client"),
+        "{crunch}"
+    );
+    assert!(!crunch.contains("docker watchdog"), "{crunch}");
+    assert_no_rejections(&h);
+}

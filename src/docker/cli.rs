@@ -652,6 +652,21 @@ impl Attached {
         Ok(status)
     }
 
+    /// Like [`Attached::wait`], giving up after `timeout` (then `Ok(None)`).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError> {
+        if self.status.is_none() {
+            self.status =
+                wait_bounded(&mut self.child, Some(timeout)).map_err(|source| DockerError::Io {
+                    op: "start",
+                    source,
+                })?;
+            if self.status.is_some() {
+                self.env_file = None;
+            }
+        }
+        Ok(self.status)
+    }
+
     /// Like [`Attached::wait`] but without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, DockerError> {
         if self.status.is_none() {

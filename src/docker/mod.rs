@@ -4,3 +4,4 @@ pub mod argv;
 pub mod cli;
 pub mod guard;
 pub mod tail;
+pub mod watchdog;
