@@ -66,7 +66,8 @@ pub fn hold_lock(uuid: &str) -> io::Result<File> {
     file.set_len(0)?;
     file.rewind()?;
     let record = serde_json::json!({"UUID": uuid, "PID": std::process::id()});
-    writeln!(file, "{record}")?;
+    // One write, so that `--list` never reads half a record.
+    file.write_all(format!("{record}\n").as_bytes())?;
     Ok(file)
 }
 

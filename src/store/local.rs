@@ -226,7 +226,11 @@ impl ApiStore for LocalStore {
             .append(true)
             .open(&path)
             .map_err(io_err(format!("open {}", path.display())))?;
-        writeln!(file, "{line}").map_err(io_err(format!("append to {}", path.display())))
+        // One write per entry: an O_APPEND write lands whole, even with other crunch-runs
+        // appending to the same file (formatting straight into the file writes each JSON
+        // token on its own).
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_err(format!("append to {}", path.display())))
     }
 }
 
@@ -355,6 +359,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn log_lines_from_several_writers_stay_whole() {
+        let (dir, _) = store();
+        // Separate stores, as separate crunch-run processes would have.
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = LocalStore::open(dir.path()).unwrap();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let text = format!("writer {w} line {i} {}\n", "x".repeat(300));
+                        store
+                            .create_log("zzzzz-dz642-000000000000000", "stdout", &text)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let text = fs::read_to_string(dir.path().join("logs.jsonl")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        for line in lines {
+            let entry: Value = serde_json::from_str(line).unwrap();
+            assert!(
+                entry["properties"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("writer ")
+            );
+        }
     }
 
     #[test]
