@@ -1140,7 +1140,7 @@ impl ContainerRun {
             Ok(c) => (outcome, Some(c.portable_data_hash)),
             Err(e) => {
                 let msg = format!(
-                    "Saving the log collection failed: {e}. The complete logs are kept on this host in {}",
+                    "Saving the log collection failed: {e}. The log files are kept on this host in {}",
                     logs_dir.display()
                 );
                 eprintln!("crunch-run: {}: {msg}", self.uuid);

@@ -182,7 +182,7 @@ impl SpoolFile {
     /// returned again and reported by `finish`).
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         if let Some(e) = &self.write_error {
-            return Err(io::Error::other(e.clone()));
+            return Err(io::Error::other(format!("{}: {e}", self.name)));
         }
         while !data.is_empty() {
             let room = self.block_start + self.block_size - self.size;
@@ -190,13 +190,12 @@ impl SpoolFile {
             let (part, rest) = data.split_at(n);
             if let Err(e) = self.file.write_all(part) {
                 let msg = format!(
-                    "{}: writing spool file {}: {e}; the log file is incomplete from byte {}",
-                    self.name,
+                    "writing spool file {}: {e}; the log file is incomplete from byte {}",
                     self.path.display(),
                     self.size
                 );
                 self.write_error = Some(msg.clone());
-                return Err(io::Error::new(e.kind(), msg));
+                return Err(io::Error::new(e.kind(), format!("{}: {msg}", self.name)));
             }
             self.md5.update(part);
             self.size += n as u64;
@@ -285,15 +284,26 @@ impl SpoolFile {
                 size: self.size,
             });
         }
-        if let Some(e) = self.write_error.take() {
-            errors.insert(0, e);
+        let mut problems = Vec::new();
+        let kept = match self.write_error.take() {
+            Some(e) => {
+                problems.push(e);
+                "what could be written is kept in"
+            }
+            None => "the complete log file is kept in",
+        };
+        if !errors.is_empty() {
+            problems.push(format!(
+                "could not store the log in Keep: {}",
+                errors.join("; ")
+            ));
         }
         locators.truncate(confirmed.0);
         Err(SpoolFailure {
             message: format!(
-                "{}: could not store the log in Keep: {}; the complete log file is kept in {}",
+                "{}: {}; {kept} {}",
                 self.name,
-                errors.join("; "),
+                problems.join("; "),
                 self.path.display()
             ),
             uploaded: FileBlocks {
@@ -310,6 +320,35 @@ mod tests {
     use super::*;
     use crate::logging::fakes::{MemBlocks, md5_hex};
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_full_disk_is_reported_with_where_the_partial_file_is() {
+        let (dir, _blocks, uploader) = setup();
+        // Every write to /dev/full fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("stdout.txt")).unwrap();
+        let mut f = SpoolFile::create(dir.path(), "stdout.txt", 8, &uploader).unwrap();
+        let err = f.write(b"hello\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("stdout.txt: writing spool file "),
+            "{err}"
+        );
+        assert!(
+            f.write(b"more\n").is_err(),
+            "a spool file takes nothing after an error"
+        );
+        let failure = f.finish().unwrap_err();
+        let path = dir.path().join("stdout.txt");
+        assert_eq!(
+            failure.message,
+            format!(
+                "stdout.txt: writing spool file {p}: No space left on device (os error 28); the log file is incomplete from byte 0; what could be written is kept in {p}",
+                p = path.display()
+            )
+        );
+        assert_eq!(failure.uploaded.size, 0);
+        assert!(failure.uploaded.locators.is_empty());
+    }
 
     fn setup() -> (tempfile::TempDir, Arc<MemBlocks>, Uploader) {
         let dir = tempfile::tempdir().unwrap();
