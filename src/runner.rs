@@ -489,7 +489,23 @@ impl ContainerRun {
                 )),
             }
         }
-        let outcome = self.save_output(&container, outcome);
+        let this = &*self;
+        let outcome = std::thread::scope(|s| {
+            // Capturing the output can take long: record the exit code meanwhile, so that it
+            // survives crunch-run dying before the final update (as Go crunch-run does).
+            if let Outcome::Exited { code, .. } = &outcome
+                && this.staged.is_some()
+                && !this.progress.legacy_api
+            {
+                let fields = Map::from_iter([("exit_code".to_string(), json!(code))]);
+                s.spawn(move || {
+                    if let Err(e) = this.api.update_container(&this.uuid, &fields) {
+                        this.say(&format!("Warning: cannot record the exit code early: {e}"));
+                    }
+                });
+            }
+            this.save_output(&container, outcome)
+        });
         if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
             self.say(&format!("Warning: removing the staged mounts failed: {e}"));
         }

@@ -812,6 +812,11 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
         h.log_text(UUID, "crunch-run.txt")
     );
     assert_no_rejections(&h);
+    // The exit code was recorded while the output was captured, before the final update.
+    let updates = h.fake.container_updates(UUID);
+    assert_eq!(updates.len(), 3, "{updates:?}");
+    assert_eq!(updates[1], json!({"exit_code": 0}));
+    assert_eq!(updates[2]["state"], "Complete");
 
     // What the container saw.
     assert_eq!(seen_in_container(&h, "/in/a.txt"), b"first file\n");
