@@ -148,7 +148,8 @@ def main():
     # (b) + (c) floods, alternating as in (a). For scale, two plain consumers of the same
     # docker run are timed too: one that only hashes the bytes and one that only writes them
     # to a file. crunch-run must do both (and more), so their ratios bound what it can reach
-    # on this machine.
+    # on this machine. Last, crunch-run fed the same bytes by the fake docker (a bare cat):
+    # its own forwarding speed, with nearly all of the machine to itself.
     for mb in (50, 500):
         command = flood_command(mb)
         crunch, bare, hashed, filed, fed, peak = [], [], [], [], [], 0
