@@ -1054,6 +1054,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn short_commands_run_on_one_go_processor_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("docker");
+        fs::write(&program, "#!/bin/sh\necho \"${GOMAXPROCS:-unset}\"\n").unwrap();
+        fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        // A test thread forking meanwhile may hold the new script open for a moment.
+        let version = |docker: &Docker| loop {
+            match docker.server_version() {
+                Err(DockerError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                other => break other.unwrap(),
+            }
+        };
+        let base = || std::env::vars_os().filter(|(k, _)| k != "GOMAXPROCS");
+        let docker = Docker::with_program_and_env(&program, base());
+        assert_eq!(version(&docker), "1");
+        let mut docker = Docker::with_program_and_env(&program, base());
+        docker.set_env("GOMAXPROCS", "4");
+        assert_eq!(version(&docker), "4");
+    }
+
+    #[test]
     fn wait_bounded_gives_the_exit_status() {
         let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
         let status = wait_bounded(&mut child, Some(Duration::from_secs(60))).unwrap();
