@@ -52,6 +52,15 @@ pub struct Args {
     #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub docker_watchdog_interval: std::time::Duration,
 
+    /// While the container runs, save the logs so far to the log collection (and point the
+    /// record's `log` at it) when this long passed and anything new was logged. "0s": never.
+    #[arg(long, default_value = "30m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub log_update_period: std::time::Duration,
+
+    /// ... and whenever this many more bytes were logged. 0: never.
+    #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
+    pub log_update_size: u64,
+
     /// Read {"Env": {"ARVADOS_API_HOST": …, "ARVADOS_API_TOKEN": …}} from stdin, as
     /// arvados-dispatch-cloud sends it. Values there win over the process environment.
     #[arg(long)]
@@ -132,6 +141,27 @@ pub struct Config {
     pub api_retry_deadline: std::time::Duration,
     /// None: no docker watchdog.
     pub docker_watchdog_interval: Option<std::time::Duration>,
+    /// When the logs so far are saved while the container runs.
+    pub log_updates: LogUpdates,
+}
+
+/// When the log collection is saved while the container runs (zero: never on that count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogUpdates {
+    pub period: std::time::Duration,
+    pub bytes: u64,
+}
+
+impl LogUpdates {
+    /// Go crunch-run's: every 30 minutes, or every 32 MiB.
+    pub const DEFAULT: LogUpdates = LogUpdates {
+        period: std::time::Duration::from_secs(30 * 60),
+        bytes: 32 << 20,
+    };
+
+    pub fn is_off(&self) -> bool {
+        self.period.is_zero() && self.bytes == 0
+    }
 }
 
 /// A usage problem: printed as one line, exit status 2.
@@ -247,6 +277,10 @@ impl Config {
             api_retry_deadline: args.api_retry_deadline,
             docker_watchdog_interval: Some(args.docker_watchdog_interval)
                 .filter(|interval| !interval.is_zero()),
+            log_updates: LogUpdates {
+                period: args.log_update_period,
+                bytes: args.log_update_size,
+            },
         })
     }
 }
@@ -395,6 +429,26 @@ mod tests {
         assert_eq!(
             config(&[&local[..], &["--docker-watchdog-interval", "0s", UUID]].concat()),
             None
+        );
+    }
+
+    #[test]
+    fn log_updates_default_to_go_crunch_runs() {
+        let config = |args: &[&str]| {
+            let local = ["--local-store", "/tmp/x", UUID];
+            Config::from_args(&parse(&[args, &local[..]].concat()), &env(&[]))
+                .unwrap()
+                .log_updates
+        };
+        assert_eq!(config(&[]), LogUpdates::DEFAULT);
+        let off = config(&["--log-update-period=0s", "-log-update-size=0"]);
+        assert!(off.is_off());
+        assert_eq!(
+            config(&["--log-update-period", "5s", "--log-update-size", "1000"]),
+            LogUpdates {
+                period: std::time::Duration::from_secs(5),
+                bytes: 1000
+            }
         );
     }
 

@@ -13,8 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
 use crate::arvados::manifest::ManifestFile;
-use crate::arvados::manifest::single_stream_manifest;
-use crate::config::{ApiEnv, Backend, Config};
+use crate::config::{ApiEnv, Backend, Config, LogUpdates};
 use crate::docker::argv::{
     Bind, ContainerExit, ContainerSpec, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
 };
@@ -24,6 +23,7 @@ use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
+use crate::logging::updates::{LogCollection, LogUpdater};
 use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
 use crate::output::{self, CopiedFile, OutputSpec, RefMount};
 use crate::redact::Secrets;
@@ -325,6 +325,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         }
     }));
 
+    let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
         api,
@@ -350,6 +351,9 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         engine_asked: Default::default(),
         watchdog_interval: config.docker_watchdog_interval,
         engine_stuck: Default::default(),
+        log_updates: config.log_updates,
+        log_collection,
+        log_updater: None,
         guard: None,
     };
     run.guard = run.start_guard();
@@ -403,6 +407,10 @@ struct ContainerRun {
     watchdog_interval: Option<std::time::Duration>,
     /// Set when the watchdog gave up: its cancel is then a failure, not a request.
     engine_stuck: Arc<std::sync::atomic::AtomicBool>,
+    /// When the logs so far are saved while the container runs, where, and by whom.
+    log_updates: LogUpdates,
+    log_collection: Arc<LogCollection>,
+    log_updater: Option<LogUpdater>,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -801,6 +809,7 @@ impl ContainerRun {
             .update_container(&self.uuid, &running)
             .map_err(|e| failed(format!("cannot set the container record to Running: {e}")))?;
         self.progress.running = true;
+        self.start_log_updates(pipeline);
         let run_time_limit = container
             .max_run_time
             .map(|limit| self.limit_run_time(limit));
@@ -1080,6 +1089,26 @@ impl ContainerRun {
         }
     }
 
+    /// Save the logs so far now and then while the container runs (not with the 2016 API,
+    /// which does not let a Running record's `log` change).
+    fn start_log_updates(&mut self, pipeline: &LogPipeline) {
+        if self.progress.legacy_api || self.log_updates.is_off() {
+            return;
+        }
+        let (log, secrets) = (self.log.clone(), self.secrets.clone());
+        match LogUpdater::start(
+            self.log_updates,
+            pipeline.snapshots(),
+            self.log_collection.clone(),
+            move |text| log.line(&secrets.redact(text)),
+        ) {
+            Ok(updater) => self.log_updater = Some(updater),
+            Err(e) => self.say(&format!(
+                "Warning: cannot start saving the logs while the container runs: {e}"
+            )),
+        }
+    }
+
     /// Cancel the run when `limit` passes before the returned sender is dropped.
     fn limit_run_time(&self, limit: std::time::Duration) -> crossbeam_channel::Sender<()> {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -1116,6 +1145,9 @@ impl ContainerRun {
 
     /// Log the final state, save the log collection, send the final update.
     fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
+        if let Some(updater) = self.log_updater.take() {
+            updater.stop();
+        }
         let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {
@@ -1145,9 +1177,8 @@ impl ContainerRun {
         let finished = pipeline.finish();
         let logs_dir = finished.spool_dir.clone();
         let saved = if finished.errors.is_empty() {
-            let manifest = single_stream_manifest(&finished.files);
-            self.api
-                .create_collection(&format!("logs for {}", self.uuid), &manifest)
+            self.log_collection
+                .save_final(&finished.files)
                 .map_err(|e| self.secrets.redact(&e.to_string()))
         } else {
             Err(finished.errors.join("; "))

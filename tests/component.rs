@@ -1043,3 +1043,61 @@ fn a_docker_run_that_outlives_a_cancel_is_killed_after_a_grace_period() {
     assert!(!crunch.contains("docker watchdog"), "{crunch}");
     assert_no_rejections(&h);
 }
+
+#[test]
+fn the_logs_so_far_are_saved_while_the_container_runs() {
+    let (h, pdh) = setup();
+    h.fake
+        .add_container(record(UUID, &pdh, &["sh", "-c", "echo early; sleep 3"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("--log-update-period=1s")
+        .env("FAKE_DOCKER_LOAD_ID", image_id())
+        .env("FAKE_DOCKER_STDOUT", "early\n")
+        .env("FAKE_DOCKER_SLEEP", "3");
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Complete");
+    assert_no_rejections(&h);
+
+    // While Running, the record's log was pointed at the logs so far.
+    let updates = h.fake.container_updates(UUID);
+    let interim: Vec<&Value> = updates
+        .iter()
+        .filter(|u| u.get("state").is_none() && u.get("log").is_some())
+        .collect();
+    assert!(!interim.is_empty(), "{updates:?}");
+    assert_eq!(updates.last().unwrap()["state"], "Complete");
+
+    // One log collection: created with a trash date, finally kept for good.
+    let name = format!("logs for {UUID}");
+    let created: Vec<Value> = h
+        .fake
+        .collections_created()
+        .into_iter()
+        .filter(|c| c["name"] == name.as_str())
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0]["trash_at"].is_string(), "{}", created[0]);
+    assert_eq!(interim[0]["log"], created[0]["portable_data_hash"]);
+    let first = h
+        .fake
+        .read_manifest_file(created[0]["manifest_text"].as_str().unwrap(), "stdout.txt")
+        .unwrap();
+    assert_eq!(
+        strip_timestamps(&String::from_utf8_lossy(&first)),
+        "early\n"
+    );
+    let last = h.fake.collections_updated().last().cloned().unwrap();
+    assert_eq!(last["uuid"], created[0]["uuid"]);
+    assert!(
+        last["trash_at"].is_null() && last["delete_at"].is_null(),
+        "{last}"
+    );
+    assert_eq!(last["portable_data_hash"], rec["log"]);
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "early\n");
+}

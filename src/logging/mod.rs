@@ -3,12 +3,14 @@
 //!
 //! Small pieces, composed by `pipeline`: `timestamp` (clock, format, line stamping),
 //! `spool` (a collection file written to local disk and uploaded to the block store block
-//! by block), `logs_table` (the batched, split, throttled live view in the API logs table).
+//! by block), `logs_table` (the batched, split, throttled live view in the API logs table),
+//! and `updates` (the log collection saved now and then while the container runs).
 
 pub mod logs_table;
 pub mod pipeline;
 pub mod spool;
 pub mod timestamp;
+pub mod updates;
 
 /// In-memory stores for the tests of this module.
 #[cfg(test)]

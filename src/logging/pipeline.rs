@@ -216,6 +216,49 @@ impl CrunchLog {
     }
 }
 
+/// Snapshots of the log files while the pipeline runs. Cheap to clone.
+#[derive(Clone)]
+pub struct LogSnapshots {
+    shared: Arc<Shared>,
+}
+
+impl LogSnapshots {
+    /// Bytes written to the log files so far.
+    pub fn bytes(&self) -> u64 {
+        self.shared
+            .streams
+            .iter()
+            .filter_map(|s| lock(s).as_ref().map(|s| s.spool.size()))
+            .sum()
+    }
+
+    /// The log files as they stand, in the order of `LogsFinished::files`: each is sealed
+    /// where it is (its last block cut short) and waited for, up to `patience`, until all
+    /// its blocks are stored. None if the pipeline finished or some upload is not done.
+    pub fn take(&self, patience: Duration) -> Option<Vec<FileBlocks>> {
+        let sealed = self
+            .shared
+            .streams
+            .iter()
+            .map(|s| lock(s).as_mut().map(|s| s.spool.seal()))
+            .collect::<Option<Vec<usize>>>()?;
+        let deadline = Instant::now() + patience;
+        loop {
+            let files = self
+                .shared
+                .streams
+                .iter()
+                .zip(&sealed)
+                .map(|(s, &blocks)| lock(s).as_mut()?.spool.stored_prefix(blocks))
+                .collect::<Option<Vec<FileBlocks>>>();
+            if files.is_some() || Instant::now() >= deadline {
+                return files;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The running pipeline. Call `finish` once the copiers have returned.
 pub struct LogPipeline {
     shared: Arc<Shared>,
@@ -308,6 +351,13 @@ impl LogPipeline {
             spool_dir: cfg.spool_dir,
             uploader: Some(uploader),
         })
+    }
+
+    /// Snapshots of the log files while it runs.
+    pub fn snapshots(&self) -> LogSnapshots {
+        LogSnapshots {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// A writer of the crunch-run stream.
@@ -546,6 +596,42 @@ mod tests {
         assert!(s.api.logs.lock().unwrap().iter().all(|(u, _, _)| u == UUID));
         assert_eq!(done.logs_table_dropped_bytes, 0);
         assert!(done.logs_table.unwrap().finished);
+    }
+
+    #[test]
+    fn a_snapshot_holds_what_was_logged_so_far_and_logging_goes_on() {
+        let s = Setup::new(MemApi::default());
+        let p = s.start();
+        let snapshots = p.snapshots();
+        let log = p.crunch_log();
+        log.line("before");
+        let out = p.spawn_copier("stdout", Box::new(&b"out 1\n"[..])).unwrap();
+        out.join().unwrap().unwrap();
+        let ts = ts();
+        let before = format!("{ts} before\n");
+        assert_eq!(snapshots.bytes(), (before.len() + ts.len() + 7) as u64);
+        let files = snapshots.take(Duration::from_secs(30)).unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["crunch-run.txt", "stderr.txt", "stdout.txt"]);
+        assert_eq!(s.keep_file(&files, "crunch-run.txt"), before.as_bytes());
+        assert_eq!(
+            s.keep_file(&files, "stdout.txt"),
+            format!("{ts} out 1\n").as_bytes()
+        );
+        assert_eq!(files[1].size, 0);
+        log.line("after");
+        let done = p.finish();
+        assert!(done.errors.is_empty(), "{:?}", done.errors);
+        assert_eq!(
+            s.keep_file(&done.files, "crunch-run.txt"),
+            format!("{before}{ts} after\n").as_bytes()
+        );
+        // The snapshot's blocks are the final file's first blocks.
+        assert!(done.files[0].locators.starts_with(&files[0].locators));
+        assert!(
+            snapshots.take(Duration::ZERO).is_none(),
+            "no snapshot after finish"
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub struct SpoolFile {
     reply_rx: Receiver<(usize, Result<String, StoreError>)>,
     /// Uploads queued on the uploader thread and not yet answered.
     pending: usize,
+    /// The uploader's answers so far, by block index.
+    answers: Vec<Option<Result<String, StoreError>>>,
     /// The first write error; after it the spool is incomplete and nothing more is written.
     write_error: Option<String>,
 }
@@ -161,6 +163,7 @@ impl SpoolFile {
             reply_tx: Some(reply_tx),
             reply_rx,
             pending: 0,
+            answers: Vec::new(),
             write_error: None,
         })
     }
@@ -231,29 +234,69 @@ impl SpoolFile {
         }
     }
 
-    /// Upload the last partial block, wait for every upload of this file, retry once any
-    /// block that failed, and return the file's locators in order. Empty file: no locators.
-    pub fn finish(mut self) -> Result<FileBlocks, SpoolFailure> {
+    /// End the current block here, even if short, and queue its upload (for a snapshot of
+    /// the file). Returns how many blocks the file has now.
+    pub fn seal(&mut self) -> usize {
         if self.write_error.is_none() && self.size > self.block_start {
             self.cut_block();
         }
+        self.blocks.len()
+    }
+
+    /// The file's first `blocks` blocks, if all of them are stored by now.
+    pub fn stored_prefix(&mut self, blocks: usize) -> Option<FileBlocks> {
+        self.take_answers();
+        let mut locators = Vec::with_capacity(blocks);
+        let mut size = 0;
+        for (block, answer) in self.blocks.iter().zip(&self.answers).take(blocks) {
+            match answer {
+                Some(Ok(locator)) => locators.push(locator.clone()),
+                _ => return None,
+            }
+            size += block.len;
+        }
+        (locators.len() == blocks).then(|| FileBlocks {
+            name: self.name.clone(),
+            locators,
+            size,
+        })
+    }
+
+    /// Record the answers the uploader has given so far.
+    fn take_answers(&mut self) {
+        while let Ok(answer) = self.reply_rx.try_recv() {
+            self.keep_answer(answer);
+        }
+    }
+
+    fn keep_answer(&mut self, (index, result): (usize, Result<String, StoreError>)) {
+        self.pending = self.pending.saturating_sub(1);
+        if self.answers.len() < self.blocks.len() {
+            self.answers.resize_with(self.blocks.len(), || None);
+        }
+        if let Some(slot) = self.answers.get_mut(index) {
+            *slot = Some(result);
+        }
+    }
+
+    /// Upload the last partial block, wait for every upload of this file, retry once any
+    /// block that failed, and return the file's locators in order. Empty file: no locators.
+    pub fn finish(mut self) -> Result<FileBlocks, SpoolFailure> {
+        self.seal();
         self.jobs = None;
         // Only queued jobs hold a reply sender now: if the uploader thread dies, the
         // channel disconnects instead of leaving us waiting.
         self.reply_tx = None;
-        let mut results: Vec<Option<Result<String, StoreError>>> =
-            (0..self.blocks.len()).map(|_| None).collect();
-        for _ in 0..self.pending {
+        self.take_answers();
+        while self.pending > 0 {
             // Unanswered blocks are uploaded again below.
             match self.reply_rx.recv() {
-                Ok((index, result)) => {
-                    if let Some(slot) = results.get_mut(index) {
-                        *slot = Some(result);
-                    }
-                }
+                Ok(answer) => self.keep_answer(answer),
                 Err(_) => break,
             }
         }
+        let mut results = std::mem::take(&mut self.answers);
+        results.resize_with(self.blocks.len(), || None);
         let mut errors = Vec::new();
         let mut locators = Vec::with_capacity(self.blocks.len());
         let mut confirmed = (0usize, 0u64); // blocks and bytes of the uploaded prefix
@@ -377,6 +420,38 @@ mod tests {
         assert_eq!(fb.locators, want);
         assert_eq!(blocks.file(&fb.locators), data);
         assert_eq!(std::fs::read(dir.path().join("stdout.txt")).unwrap(), data);
+    }
+
+    #[test]
+    fn a_sealed_file_reports_its_stored_prefix_and_goes_on() {
+        let (dir, blocks, uploader) = setup();
+        let mut f = SpoolFile::create(dir.path(), "stdout.txt", 8, &uploader).unwrap();
+        f.write(b"0123456789").unwrap();
+        assert_eq!(f.seal(), 2, "one full block and the sealed rest");
+        assert_eq!(f.seal(), 2, "nothing new to seal");
+        let mut prefix = None;
+        for _ in 0..500 {
+            prefix = f.stored_prefix(2);
+            if prefix.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let prefix = prefix.expect("the uploads were answered");
+        assert_eq!(prefix.size, 10);
+        assert_eq!(
+            prefix.locators,
+            [
+                format!("{}+8+Asignature@00000000", md5_hex(b"01234567")),
+                format!("{}+2+Asignature@00000000", md5_hex(b"89")),
+            ]
+        );
+        assert_eq!(blocks.file(&prefix.locators), b"0123456789");
+        f.write(b"abc").unwrap();
+        let done = f.finish().unwrap();
+        assert_eq!(done.size, 13);
+        assert_eq!(done.locators.len(), 3);
+        assert_eq!(blocks.file(&done.locators), b"0123456789abc");
     }
 
     #[test]

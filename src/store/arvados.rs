@@ -5,6 +5,7 @@
 //! `{"collection": …}`, `{"log": …}`) and a `select` list so answers stay small.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
@@ -124,6 +125,38 @@ impl ApiStore for ArvadosStore {
         self.post_collection(json!({"name": name, "manifest_text": manifest_text}))
     }
 
+    fn create_interim_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+        trash_at: SystemTime,
+    ) -> Result<SavedCollection, StoreError> {
+        let at = rfc3339(trash_at);
+        self.post_collection(json!({
+            "name": name,
+            "manifest_text": manifest_text,
+            "trash_at": at,
+            "delete_at": at,
+        }))
+    }
+
+    fn update_collection(
+        &self,
+        uuid: &str,
+        manifest_text: &str,
+        trash_at: Option<SystemTime>,
+    ) -> Result<SavedCollection, StoreError> {
+        let at = trash_at.map(rfc3339);
+        let path = format!("/arvados/v1/collections/{}", path_segment(uuid));
+        let what = format!("PUT {path}");
+        let body = json!({
+            "collection": {"manifest_text": manifest_text, "trash_at": at, "delete_at": at},
+            "select": ["uuid", "portable_data_hash"],
+        });
+        let v = self.api.put(&path, &body)?;
+        checked_collection(&v, manifest_text, &what)
+    }
+
     fn create_output_collection(
         &self,
         name: &str,
@@ -201,22 +234,37 @@ impl ArvadosStore {
             "select": ["uuid", "portable_data_hash"],
         });
         let v = self.api.post(path, &body)?;
-        let uuid = string_field(&v, "uuid", &what)?;
-        let pdh = string_field(&v, "portable_data_hash", &what)?;
-        let ours = portable_data_hash(&manifest_text);
-        if pdh != ours {
-            return Err(StoreError::Invalid {
-                what,
-                message: format!(
-                    "collection {uuid} was saved with portable data hash {pdh}, expected {ours}"
-                ),
-            });
-        }
-        Ok(SavedCollection {
-            uuid,
-            portable_data_hash: pdh,
-        })
+        checked_collection(&v, &manifest_text, &what)
     }
+}
+
+/// The saved collection in an API answer, if the API computed the same portable data hash
+/// as we do: a manifest we record elsewhere by PDH must be the one saved.
+fn checked_collection(
+    v: &Value,
+    manifest_text: &str,
+    what: &str,
+) -> Result<SavedCollection, StoreError> {
+    let uuid = string_field(v, "uuid", what)?;
+    let pdh = string_field(v, "portable_data_hash", what)?;
+    let ours = portable_data_hash(manifest_text);
+    if pdh != ours {
+        return Err(StoreError::Invalid {
+            what: what.to_string(),
+            message: format!(
+                "collection {uuid} was saved with portable data hash {pdh}, expected {ours}"
+            ),
+        });
+    }
+    Ok(SavedCollection {
+        uuid,
+        portable_data_hash: pdh,
+    })
+}
+
+/// A time as the API takes it.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 impl BlockStore for ArvadosStore {

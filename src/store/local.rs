@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
@@ -203,6 +204,41 @@ impl ApiStore for LocalStore {
         )?;
         Ok(SavedCollection {
             uuid,
+            portable_data_hash: pdh,
+        })
+    }
+
+    /// The local store keeps everything: `trash_at` is only recorded.
+    fn create_interim_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+        trash_at: SystemTime,
+    ) -> Result<SavedCollection, StoreError> {
+        let saved = self.create_collection(name, manifest_text)?;
+        self.update_collection(&saved.uuid, manifest_text, Some(trash_at))
+    }
+
+    fn update_collection(
+        &self,
+        uuid: &str,
+        manifest_text: &str,
+        trash_at: Option<SystemTime>,
+    ) -> Result<SavedCollection, StoreError> {
+        let path = self.dir.join("collections").join(format!("{uuid}.json"));
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut record = self.read_json(&path)?;
+        let pdh = portable_data_hash(manifest_text);
+        let at = trash_at.map(|t| humantime::format_rfc3339_nanos(t).to_string());
+        if let Some(fields) = record.as_object_mut() {
+            fields.insert("manifest_text".into(), json!(manifest_text));
+            fields.insert("portable_data_hash".into(), json!(pdh));
+            fields.insert("trash_at".into(), json!(at));
+            fields.insert("modified_at".into(), json!(Self::now()));
+        }
+        self.write_json(&path, &record)?;
+        Ok(SavedCollection {
+            uuid: uuid.to_string(),
             portable_data_hash: pdh,
         })
     }

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
@@ -79,6 +80,31 @@ pub trait ApiStore: Send + Sync {
     /// The container's `secret_mounts` (an object; empty when there are none).
     fn secret_mounts(&self, _uuid: &str) -> Result<Value, StoreError> {
         Ok(json!({}))
+    }
+
+    /// Save a collection that goes to the trash at `trash_at` unless updated before (a
+    /// snapshot of the logs while the container runs: if crunch-run dies, it is cleaned up).
+    fn create_interim_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+        _trash_at: SystemTime,
+    ) -> Result<SavedCollection, StoreError> {
+        self.create_collection(name, manifest_text)
+    }
+
+    /// Replace a collection's manifest. `trash_at`: as for `create_interim_collection`;
+    /// `None` keeps the collection for good.
+    fn update_collection(
+        &self,
+        uuid: &str,
+        _manifest_text: &str,
+        _trash_at: Option<SystemTime>,
+    ) -> Result<SavedCollection, StoreError> {
+        Err(StoreError::Invalid {
+            what: format!("update collection {uuid}"),
+            message: "this store cannot update collections".into(),
+        })
     }
 
     /// Save an output collection. The API's container-request finalizer copies it, so

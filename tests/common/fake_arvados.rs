@@ -608,10 +608,17 @@ impl FakeArvados {
     /// The bytes of file `path` ("foo", "./foo" or "dir/foo") of a stored
     /// collection, or None if the collection/file/any block is missing.
     pub fn read_file(&self, pdh_or_uuid: &str, path: &str) -> Option<Vec<u8>> {
+        let manifest = find_collection(&self.shared.lock(), pdh_or_uuid)?
+            .manifest
+            .clone();
+        self.read_manifest_file(&manifest, path)
+    }
+
+    /// The bytes of file `path` of a manifest (signed or not) whose blocks are stored.
+    pub fn read_manifest_file(&self, manifest: &str, path: &str) -> Option<Vec<u8>> {
         let st = self.shared.lock();
-        let c = find_collection(&st, pdh_or_uuid)?;
         let want = path.trim_start_matches("./").trim_start_matches('/');
-        let streams = parse_manifest(&c.manifest).ok()?;
+        let streams = parse_manifest(&strip_signatures(manifest)).ok()?;
         let mut out = Vec::new();
         let mut found = false;
         for s in streams {

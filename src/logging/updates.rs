@@ -1,0 +1,137 @@
+//! The log collection while the container runs. Now and then (see `LogUpdates`) the logs so
+//! far are saved to it and the record's `log` is pointed at it: they then survive crunch-run
+//! or its host dying, and the API shows them meanwhile. As in Go crunch-run, these interim
+//! saves carry a trash date two weeks ahead, so a run that dies leaves nothing for good;
+//! the final save clears it.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use serde_json::{Map, json};
+
+use super::pipeline::LogSnapshots;
+use crate::arvados::manifest::single_stream_manifest;
+use crate::config::LogUpdates;
+use crate::store::{ApiStore, FileBlocks, SavedCollection, StoreError};
+
+/// How long an interim log collection outlives a crunch-run that never finished it.
+const INTERIM_LIFETIME: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How long a snapshot waits for the log blocks it sealed to be stored.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The container's log collection: created by the first save, updated by the next ones.
+pub struct LogCollection {
+    api: Arc<dyn ApiStore>,
+    container_uuid: String,
+    uuid: Mutex<Option<String>>,
+}
+
+impl LogCollection {
+    pub fn new(api: Arc<dyn ApiStore>, container_uuid: &str) -> LogCollection {
+        LogCollection {
+            api,
+            container_uuid: container_uuid.to_string(),
+            uuid: Mutex::new(None),
+        }
+    }
+
+    /// Save `files` as the logs so far and point the record's `log` at them.
+    pub fn save_interim(&self, files: &[FileBlocks]) -> Result<SavedCollection, StoreError> {
+        let saved = self.save(files, Some(SystemTime::now() + INTERIM_LIFETIME))?;
+        let fields = Map::from_iter([("log".to_string(), json!(saved.portable_data_hash))]);
+        self.api.update_container(&self.container_uuid, &fields)?;
+        Ok(saved)
+    }
+
+    /// Save `files` as the complete logs, kept for good.
+    pub fn save_final(&self, files: &[FileBlocks]) -> Result<SavedCollection, StoreError> {
+        self.save(files, None)
+    }
+
+    fn save(
+        &self,
+        files: &[FileBlocks],
+        trash_at: Option<SystemTime>,
+    ) -> Result<SavedCollection, StoreError> {
+        let manifest = single_stream_manifest(files);
+        let mut uuid = self.uuid.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = match (uuid.as_deref(), trash_at) {
+            (Some(existing), _) => self.api.update_collection(existing, &manifest, trash_at)?,
+            (None, Some(at)) => self
+                .api
+                .create_interim_collection(&self.name(), &manifest, at)?,
+            (None, None) => self.api.create_collection(&self.name(), &manifest)?,
+        };
+        *uuid = Some(saved.uuid.clone());
+        Ok(saved)
+    }
+
+    fn name(&self) -> String {
+        format!("logs for {}", self.container_uuid)
+    }
+}
+
+/// The thread that makes the interim saves. `stop` ends it.
+pub struct LogUpdater {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl LogUpdater {
+    /// Save when `updates.bytes` more were logged since the last save, or `updates.period`
+    /// passed and anything was. A failure is said once (through `say`), and so is the
+    /// recovery; the next save is tried at the next such point.
+    pub fn start(
+        updates: LogUpdates,
+        snapshots: LogSnapshots,
+        collection: Arc<LogCollection>,
+        say: impl Fn(&str) + Send + 'static,
+    ) -> io::Result<LogUpdater> {
+        // As often as Go crunch-run looks (period / 360), within reason.
+        let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let thread = thread::Builder::new()
+            .name("log-updates".into())
+            .spawn(move || {
+                let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
+                let mut failing = false;
+                while stopped.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
+                    let bytes = snapshots.bytes();
+                    let grown = bytes.saturating_sub(saved_bytes);
+                    let due = grown > 0
+                        && ((updates.bytes > 0 && grown >= updates.bytes)
+                            || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
+                    if !due {
+                        continue;
+                    }
+                    (saved_at, saved_bytes) = (Instant::now(), bytes);
+                    let saved = match snapshots.take(PATIENCE) {
+                        Some(files) => collection.save_interim(&files).map_err(|e| e.to_string()),
+                        None => Err("the log blocks were not all stored in time".to_string()),
+                    };
+                    match saved {
+                        Ok(_) if failing => {
+                            say("Saving the logs so far works again");
+                            failing = false;
+                        }
+                        Ok(_) => {}
+                        Err(e) if !failing => {
+                            say(&format!("Warning: cannot save the logs so far: {e}"));
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })?;
+        Ok(LogUpdater { stop, thread })
+    }
+
+    /// Stop, after the save under way if any.
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
