@@ -59,7 +59,14 @@ impl LogCollection {
         let manifest = single_stream_manifest(files);
         let mut uuid = self.uuid.lock().unwrap_or_else(|e| e.into_inner());
         let saved = match (uuid.as_deref(), trash_at) {
-            (Some(existing), _) => self.api.update_collection(existing, &manifest, trash_at)?,
+            (Some(existing), Some(_)) => {
+                self.api.update_collection(existing, &manifest, trash_at)?
+            }
+            // The interim collection may be gone: the final logs then go to a new one.
+            (Some(existing), None) => match self.api.update_collection(existing, &manifest, None) {
+                Ok(saved) => saved,
+                Err(_) => self.api.create_collection(&self.name(), &manifest)?,
+            },
             (None, Some(at)) => self
                 .api
                 .create_interim_collection(&self.name(), &manifest, at)?,
@@ -133,5 +140,93 @@ impl LogUpdater {
     pub fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use serde_json::Value;
+
+    const UUID: &str = "zzzzz-dz642-000000000000001";
+
+    fn setup() -> (tempfile::TempDir, Arc<LocalStore>, LogCollection) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        std::fs::write(
+            dir.path().join("containers").join(format!("{UUID}.json")),
+            json!({"uuid": UUID, "state": "Running"}).to_string(),
+        )
+        .unwrap();
+        let collection = LogCollection::new(store.clone(), UUID);
+        (dir, store, collection)
+    }
+
+    fn files(names: &[&str]) -> Vec<FileBlocks> {
+        names
+            .iter()
+            .map(|n| FileBlocks {
+                name: n.to_string(),
+                locators: vec![],
+                size: 0,
+            })
+            .collect()
+    }
+
+    fn collection_record(dir: &tempfile::TempDir, uuid: &str) -> Value {
+        let path = dir.path().join("collections").join(format!("{uuid}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn interim_saves_update_one_collection_that_the_final_save_keeps() {
+        let (dir, store, collection) = setup();
+        let first = collection
+            .save_interim(&files(&["crunch-run.txt"]))
+            .unwrap();
+        assert_eq!(
+            store.get_container(UUID).unwrap()["log"],
+            json!(first.portable_data_hash)
+        );
+        assert!(collection_record(&dir, &first.uuid)["trash_at"].is_string());
+        let second = collection
+            .save_interim(&files(&["crunch-run.txt", "stdout.txt"]))
+            .unwrap();
+        assert_eq!(second.uuid, first.uuid);
+        assert_ne!(second.portable_data_hash, first.portable_data_hash);
+        assert_eq!(
+            store.get_container(UUID).unwrap()["log"],
+            json!(second.portable_data_hash)
+        );
+        let last = collection
+            .save_final(&files(&["crunch-run.txt", "stderr.txt", "stdout.txt"]))
+            .unwrap();
+        assert_eq!(last.uuid, first.uuid);
+        let record = collection_record(&dir, &last.uuid);
+        assert!(record["trash_at"].is_null(), "{record}");
+        assert_eq!(record["name"], format!("logs for {UUID}"));
+    }
+
+    #[test]
+    fn the_final_logs_go_to_a_new_collection_if_the_interim_one_is_gone() {
+        let (dir, _store, collection) = setup();
+        let first = collection
+            .save_interim(&files(&["crunch-run.txt"]))
+            .unwrap();
+        std::fs::remove_file(
+            dir.path()
+                .join("collections")
+                .join(format!("{}.json", first.uuid)),
+        )
+        .unwrap();
+        let final_files = files(&["crunch-run.txt", "stdout.txt"]);
+        let last = collection.save_final(&final_files).unwrap();
+        let record = collection_record(&dir, &last.uuid);
+        assert_eq!(
+            record["manifest_text"],
+            single_stream_manifest(&final_files)
+        );
+        assert!(record["trash_at"].is_null());
     }
 }

@@ -187,10 +187,20 @@ impl ApiStore for LocalStore {
     ) -> Result<SavedCollection, StoreError> {
         let pdh = portable_data_hash(manifest_text);
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let count = fs::read_dir(self.dir.join("collections"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let uuid = format!("local-4zz18-{:015x}", count + 1);
+        let dir = self.dir.join("collections");
+        let count = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        // Reserve the next free number with an exclusive create: other crunch-runs may be
+        // saving collections into the same store.
+        let mut n = count + 1;
+        let uuid = loop {
+            let uuid = format!("local-4zz18-{n:015x}");
+            let path = dir.join(format!("{uuid}.json"));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => break uuid,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(io_err(format!("create {}", path.display()))(e)),
+            }
+        };
         let record = json!({
             "uuid": uuid,
             "name": name,
@@ -428,6 +438,38 @@ mod tests {
                     .unwrap()
                     .starts_with("writer ")
             );
+        }
+    }
+
+    #[test]
+    fn collections_saved_by_several_writers_get_their_own_uuids() {
+        let (dir, _) = store();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = LocalStore::open(dir.path()).unwrap();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let manifest =
+                                format!(". d41d8cd98f00b204e9800998ecf8427e+0 0:0:w{w}-{i}\n");
+                            (
+                                store.create_collection("c", &manifest).unwrap().uuid,
+                                manifest,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let saved: Vec<(String, String)> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        let reader = LocalStore::open(dir.path()).unwrap();
+        let uuids: std::collections::HashSet<&String> = saved.iter().map(|(u, _)| u).collect();
+        assert_eq!(uuids.len(), 100);
+        for (uuid, manifest) in &saved {
+            assert_eq!(&reader.get_collection_manifest(uuid).unwrap(), manifest);
         }
     }
 
