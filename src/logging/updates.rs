@@ -58,19 +58,16 @@ impl LogCollection {
     ) -> Result<SavedCollection, StoreError> {
         let manifest = single_stream_manifest(files);
         let mut uuid = self.uuid.lock().unwrap_or_else(|e| e.into_inner());
-        let saved = match (uuid.as_deref(), trash_at) {
-            (Some(existing), Some(_)) => {
-                self.api.update_collection(existing, &manifest, trash_at)?
-            }
-            // The interim collection may be gone: the final logs then go to a new one.
-            (Some(existing), None) => match self.api.update_collection(existing, &manifest, None) {
-                Ok(saved) => saved,
-                Err(_) => self.api.create_collection(&self.name(), &manifest)?,
-            },
-            (None, Some(at)) => self
+        let updated = uuid
+            .as_deref()
+            .map(|existing| self.api.update_collection(existing, &manifest, trash_at));
+        let saved = match (updated, trash_at) {
+            (Some(Ok(saved)), _) => saved,
+            // None yet, or the one we had cannot be updated (gone?): a new one.
+            (_, Some(at)) => self
                 .api
                 .create_interim_collection(&self.name(), &manifest, at)?,
-            (None, None) => self.api.create_collection(&self.name(), &manifest)?,
+            (_, None) => self.api.create_collection(&self.name(), &manifest)?,
         };
         *uuid = Some(saved.uuid.clone());
         Ok(saved)
