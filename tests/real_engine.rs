@@ -459,3 +459,34 @@ fn docker_inspect_shows_the_memory_limit_while_it_runs() {
     assert_eq!(seen, format!("{limit} {limit} 1000000000"));
     assert_eq!(c.h.fake.container(&c.uuid)["state"], "Cancelled");
 }
+
+#[test]
+fn the_logs_so_far_reach_the_record_while_the_container_runs() {
+    let c = Case::with_shared_image(107, &["sh", "-c", "echo first; sleep 4; echo second"]);
+    let mut cmd = c.h.command(&c.uuid);
+    cmd.arg("--log-update-period=1s");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "crunch-run exited {}", out.status);
+    assert!(engine::containers_named(&c.uuid).is_empty());
+    let rec = c.h.fake.container(&c.uuid);
+    assert_eq!(rec["state"], "Complete");
+    // While Running the record's log was pointed at the logs so far, and one of those
+    // interim saves (trash date set) held the first line alone.
+    let updates = c.h.fake.container_updates(&c.uuid);
+    assert!(
+        updates
+            .iter()
+            .any(|u| u.get("state").is_none() && u.get("log").is_some()),
+        "{updates:?}"
+    );
+    let fake = &c.h.fake;
+    let interim = fake.manifests_saved_with_trash_date();
+    assert!(
+        interim.iter().any(|m| {
+            let early = fake.read_manifest_file(m, "stdout.txt").unwrap_or_default();
+            strip_timestamps(&String::from_utf8_lossy(&early)) == "first\n"
+        }),
+        "{interim:?}"
+    );
+    assert_eq!(c.stdout(), "first\nsecond\n");
+}

@@ -605,6 +605,18 @@ impl FakeArvados {
         self.shared.lock().collections_updated.clone()
     }
 
+    /// The manifests of every collection create or update that set a trash date (the
+    /// interim log saves of crunch-run), in order.
+    pub fn manifests_saved_with_trash_date(&self) -> Vec<String> {
+        let st = self.shared.lock();
+        st.collections_created
+            .iter()
+            .chain(&st.collections_updated)
+            .filter(|c| c["trash_at"].is_string())
+            .filter_map(|c| c["manifest_text"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// The bytes of file `path` ("foo", "./foo" or "dir/foo") of a stored
     /// collection, or None if the collection/file/any block is missing.
     pub fn read_file(&self, pdh_or_uuid: &str, path: &str) -> Option<Vec<u8>> {
