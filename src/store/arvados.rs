@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::arvados::client::{ApiClient, ApiSettings};
 use crate::arvados::keep::KeepClient;
 use crate::arvados::manifest::portable_data_hash;
+use crate::logging::timestamp::format_timestamp;
 use crate::store::{
     ApiStore, BlockSource, BlockStore, ContainerAccess, SavedCollection, StoreError,
 };
@@ -131,7 +132,7 @@ impl ApiStore for ArvadosStore {
         manifest_text: &str,
         trash_at: SystemTime,
     ) -> Result<SavedCollection, StoreError> {
-        let at = rfc3339(trash_at);
+        let at = format_timestamp(trash_at);
         self.post_collection(json!({
             "name": name,
             "manifest_text": manifest_text,
@@ -146,7 +147,7 @@ impl ApiStore for ArvadosStore {
         manifest_text: &str,
         trash_at: Option<SystemTime>,
     ) -> Result<SavedCollection, StoreError> {
-        let at = trash_at.map(rfc3339);
+        let at = trash_at.map(format_timestamp);
         let path = format!("/arvados/v1/collections/{}", path_segment(uuid));
         let what = format!("PUT {path}");
         let body = json!({
@@ -260,11 +261,6 @@ fn checked_collection(
         uuid,
         portable_data_hash: pdh,
     })
-}
-
-/// A time as the API takes it.
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 impl BlockStore for ArvadosStore {

@@ -20,6 +20,7 @@ use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::arvados::container::{State, is_pdh};
 use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
+use crate::logging::timestamp::format_timestamp;
 use crate::writeback::start_writeback;
 
 pub struct LocalStore {
@@ -70,7 +71,7 @@ impl LocalStore {
     }
 
     fn now() -> String {
-        humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+        format_timestamp(SystemTime::now())
     }
 }
 
@@ -239,7 +240,7 @@ impl ApiStore for LocalStore {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut record = self.read_json(&path)?;
         let pdh = portable_data_hash(manifest_text);
-        let at = trash_at.map(|t| humantime::format_rfc3339_nanos(t).to_string());
+        let at = trash_at.map(format_timestamp);
         if let Some(fields) = record.as_object_mut() {
             fields.insert("manifest_text".into(), json!(manifest_text));
             fields.insert("portable_data_hash".into(), json!(pdh));
