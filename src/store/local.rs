@@ -49,6 +49,10 @@ impl LocalStore {
         self.dir.join("containers").join(format!("{uuid}.json"))
     }
 
+    fn collection_path(&self, uuid: &str) -> PathBuf {
+        self.dir.join("collections").join(format!("{uuid}.json"))
+    }
+
     fn block_path(&self, hash: &str, size: u64) -> PathBuf {
         self.dir.join("keep").join(format!("{hash}+{size}"))
     }
@@ -164,12 +168,7 @@ impl ApiStore for LocalStore {
             self.find_collection_by_pdh(pdh_or_uuid)?
                 .ok_or(StoreError::NotFound { what: what.clone() })?
         } else {
-            self.read_json(
-                &self
-                    .dir
-                    .join("collections")
-                    .join(format!("{pdh_or_uuid}.json")),
-            )?
+            self.read_json(&self.collection_path(pdh_or_uuid))?
         };
         record
             .get("manifest_text")
@@ -186,37 +185,7 @@ impl ApiStore for LocalStore {
         name: &str,
         manifest_text: &str,
     ) -> Result<SavedCollection, StoreError> {
-        let pdh = portable_data_hash(manifest_text);
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = self.dir.join("collections");
-        let count = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-        // Reserve the next free number with an exclusive create: other crunch-runs may be
-        // saving collections into the same store.
-        let mut n = count + 1;
-        let uuid = loop {
-            let uuid = format!("local-4zz18-{n:015x}");
-            let path = dir.join(format!("{uuid}.json"));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => break uuid,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
-                Err(e) => return Err(io_err(format!("create {}", path.display()))(e)),
-            }
-        };
-        let record = json!({
-            "uuid": uuid,
-            "name": name,
-            "portable_data_hash": pdh,
-            "manifest_text": manifest_text,
-            "created_at": Self::now(),
-        });
-        self.write_json(
-            &self.dir.join("collections").join(format!("{uuid}.json")),
-            &record,
-        )?;
-        Ok(SavedCollection {
-            uuid,
-            portable_data_hash: pdh,
-        })
+        self.new_collection(name, manifest_text, None)
     }
 
     /// The local store keeps everything: `trash_at` is only recorded.
@@ -226,8 +195,7 @@ impl ApiStore for LocalStore {
         manifest_text: &str,
         trash_at: SystemTime,
     ) -> Result<SavedCollection, StoreError> {
-        let saved = self.create_collection(name, manifest_text)?;
-        self.update_collection(&saved.uuid, manifest_text, Some(trash_at))
+        self.new_collection(name, manifest_text, Some(trash_at))
     }
 
     fn update_collection(
@@ -236,7 +204,7 @@ impl ApiStore for LocalStore {
         manifest_text: &str,
         trash_at: Option<SystemTime>,
     ) -> Result<SavedCollection, StoreError> {
-        let path = self.dir.join("collections").join(format!("{uuid}.json"));
+        let path = self.collection_path(uuid);
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut record = self.read_json(&path)?;
         let pdh = portable_data_hash(manifest_text);
@@ -282,6 +250,45 @@ impl ApiStore for LocalStore {
 }
 
 impl LocalStore {
+    /// Save a new collection record under the next free number (`trash_at` only recorded).
+    fn new_collection(
+        &self,
+        name: &str,
+        manifest_text: &str,
+        trash_at: Option<SystemTime>,
+    ) -> Result<SavedCollection, StoreError> {
+        let pdh = portable_data_hash(manifest_text);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let count = fs::read_dir(self.dir.join("collections"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        // Reserve the next free number with an exclusive create: other crunch-runs may be
+        // saving collections into the same store.
+        let mut n = count + 1;
+        let (uuid, path) = loop {
+            let uuid = format!("local-4zz18-{n:015x}");
+            let path = self.collection_path(&uuid);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => break (uuid, path),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(io_err(format!("create {}", path.display()))(e)),
+            }
+        };
+        let record = json!({
+            "uuid": uuid,
+            "name": name,
+            "portable_data_hash": pdh,
+            "manifest_text": manifest_text,
+            "created_at": Self::now(),
+            "trash_at": trash_at.map(format_timestamp),
+        });
+        self.write_json(&path, &record)?;
+        Ok(SavedCollection {
+            uuid,
+            portable_data_hash: pdh,
+        })
+    }
+
     fn find_collection_by_pdh(&self, pdh: &str) -> Result<Option<Value>, StoreError> {
         let dir = self.dir.join("collections");
         let entries = fs::read_dir(&dir).map_err(io_err(format!("list {}", dir.display())))?;
