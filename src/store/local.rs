@@ -250,6 +250,45 @@ impl ApiStore for LocalStore {
 }
 
 impl LocalStore {
+    /// Write block `hash+size` through a temporary file: `fill` writes it, `check` says
+    /// what is wrong with what `fill` reported, if anything. The block is handed to
+    /// writeback and renamed into place when all is well; the temporary file goes otherwise.
+    fn write_block<T>(
+        &self,
+        hash: &str,
+        size: u64,
+        what: String,
+        fill: impl FnOnce(&mut File) -> io::Result<T>,
+        check: impl FnOnce(T) -> Option<String>,
+    ) -> Result<String, StoreError> {
+        let path = self.block_path(hash, size);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let filled = File::create(&tmp).and_then(|mut file| {
+            let filled = fill(&mut file)?;
+            start_writeback(&file, 0, 0);
+            Ok(filled)
+        });
+        let checked = match filled {
+            Err(source) => Err(StoreError::Io {
+                what: what.clone(),
+                source,
+            }),
+            Ok(filled) => match check(filled) {
+                Some(message) => Err(StoreError::Invalid {
+                    what: what.clone(),
+                    message,
+                }),
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = checked {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &path).map_err(io_err(what))?;
+        Ok(format!("{hash}+{size}"))
+    }
+
     /// Save a new collection record under the next free number (`trash_at` only recorded).
     fn new_collection(
         &self,
@@ -310,22 +349,15 @@ impl BlockStore for LocalStore {
         size: u64,
         body: &BlockSource<'_>,
     ) -> Result<String, StoreError> {
-        let path = self.block_path(hash, size);
         let what = format!("store block {hash}+{size}");
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let mut reader = body().map_err(io_err(what.clone()))?;
-        let mut file = File::create(&tmp).map_err(io_err(what.clone()))?;
-        let (got, total) = copy_with_md5(&mut reader, &mut file).map_err(io_err(what.clone()))?;
-        start_writeback(&file, 0, 0);
-        if got != hash || total != size {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::Invalid {
-                what,
-                message: format!("data is {got}+{total}"),
-            });
-        }
-        fs::rename(&tmp, &path).map_err(io_err(what))?;
-        Ok(format!("{hash}+{size}"))
+        self.write_block(
+            hash,
+            size,
+            what,
+            |file| copy_with_md5(&mut reader, file),
+            |(got, total)| (got != hash || total != size).then(|| format!("data is {got}+{total}")),
+        )
     }
 
     /// Trusts `hash` (our own spool computed it while writing the file) and copies the
@@ -337,33 +369,18 @@ impl BlockStore for LocalStore {
         src: &Path,
         offset: u64,
     ) -> Result<String, StoreError> {
-        let path = self.block_path(hash, size);
         let what = format!("store block {hash}+{size} from {}", src.display());
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let copied = (|| -> io::Result<u64> {
-            let mut from = File::open(src)?;
-            from.seek(SeekFrom::Start(offset))?;
-            let mut to = File::create(&tmp)?;
-            let copied = io::copy(&mut from.take(size), &mut to)?;
-            start_writeback(&to, 0, 0);
-            Ok(copied)
-        })();
-        let copied = copied.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            StoreError::Io {
-                what: what.clone(),
-                source,
-            }
-        })?;
-        if copied != size {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::Invalid {
-                what,
-                message: format!("the file has only {copied} bytes there"),
-            });
-        }
-        fs::rename(&tmp, &path).map_err(io_err(what))?;
-        Ok(format!("{hash}+{size}"))
+        self.write_block(
+            hash,
+            size,
+            what,
+            |file| {
+                let mut from = File::open(src)?;
+                from.seek(SeekFrom::Start(offset))?;
+                io::copy(&mut from.take(size), file)
+            },
+            |copied| (copied != size).then(|| format!("the file has only {copied} bytes there")),
+        )
     }
 
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
