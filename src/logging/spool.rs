@@ -125,8 +125,6 @@ pub struct SpoolFile {
     jobs: Option<Sender<Job>>,
     reply_tx: Option<Sender<(usize, Result<String, StoreError>)>>,
     reply_rx: Receiver<(usize, Result<String, StoreError>)>,
-    /// Uploads queued on the uploader thread and not yet answered.
-    pending: usize,
     /// The uploader's answers so far, by block index.
     answers: Vec<Option<Result<String, StoreError>>>,
     /// The first write error; after it the spool is incomplete and nothing more is written.
@@ -162,7 +160,6 @@ impl SpoolFile {
             jobs: uploader.jobs.clone(),
             reply_tx: Some(reply_tx),
             reply_rx,
-            pending: 0,
             answers: Vec::new(),
             write_error: None,
         })
@@ -228,9 +225,8 @@ impl SpoolFile {
                 block,
                 reply: reply.clone(),
             };
-            if jobs.send(job).is_ok() {
-                self.pending += 1;
-            }
+            // A job the uploader cannot take stays unanswered: finish() uploads it.
+            let _ = jobs.send(job);
         }
     }
 
@@ -270,7 +266,6 @@ impl SpoolFile {
     }
 
     fn keep_answer(&mut self, (index, result): (usize, Result<String, StoreError>)) {
-        self.pending = self.pending.saturating_sub(1);
         if self.answers.len() < self.blocks.len() {
             self.answers.resize_with(self.blocks.len(), || None);
         }
@@ -284,16 +279,12 @@ impl SpoolFile {
     pub fn finish(mut self) -> Result<FileBlocks, SpoolFailure> {
         self.seal();
         self.jobs = None;
-        // Only queued jobs hold a reply sender now: if the uploader thread dies, the
-        // channel disconnects instead of leaving us waiting.
+        // Only queued jobs hold a reply sender now: the channel disconnects once they are
+        // all answered, or if the uploader thread dies. Unanswered blocks are uploaded
+        // again below.
         self.reply_tx = None;
-        self.take_answers();
-        while self.pending > 0 {
-            // Unanswered blocks are uploaded again below.
-            match self.reply_rx.recv() {
-                Ok(answer) => self.keep_answer(answer),
-                Err(_) => break,
-            }
+        while let Ok(answer) = self.reply_rx.recv() {
+            self.keep_answer(answer);
         }
         let mut results = std::mem::take(&mut self.answers);
         results.resize_with(self.blocks.len(), || None);
