@@ -427,6 +427,21 @@ struct RoundsEnd {
     last_status: Option<u16>,
 }
 
+impl RoundsEnd {
+    /// The error for rounds that failed: Rejected when the last answer was a permanent
+    /// HTTP refusal, Unavailable otherwise.
+    fn error(&self, what: String, message: String) -> StoreError {
+        match (self.transient, self.last_status) {
+            (false, Some(status)) => StoreError::Rejected {
+                what,
+                status,
+                message,
+            },
+            _ => StoreError::Unavailable { what, message },
+        }
+    }
+}
+
 /// Outcome of a transport error.
 fn transport_outcome<T>(e: &ureq::Error) -> Outcome<T> {
     if is_transient_error(e) {
@@ -637,14 +652,7 @@ impl BlockStore for KeepClient {
             "stored {stored} of {need} wanted replicas; {}",
             errors.join("; ")
         ));
-        Err(match (end.transient, end.last_status) {
-            (false, Some(status)) => StoreError::Rejected {
-                what,
-                status,
-                message,
-            },
-            _ => StoreError::Unavailable { what, message },
-        })
+        Err(end.error(what, message))
     }
 
     /// GET the block from services in rendezvous order, streaming it into `out`. A transfer
@@ -706,14 +714,7 @@ impl BlockStore for KeepClient {
         if delivered > 0 {
             message.push_str(&format!(" ({delivered} bytes were already written)"));
         }
-        Err(match (end.transient, end.last_status) {
-            (false, Some(status)) => StoreError::Rejected {
-                what,
-                status,
-                message,
-            },
-            _ => StoreError::Unavailable { what, message },
-        })
+        Err(end.error(what, message))
     }
 }
 
