@@ -450,28 +450,19 @@ impl Docker {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|source| spawn_error(op, &self.program, source))?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
         for pipe in [
-            stdout.as_ref().map(AsRawFd::as_raw_fd),
-            stderr.as_ref().map(AsRawFd::as_raw_fd),
+            child.stdout.as_ref().map(AsRawFd::as_raw_fd),
+            child.stderr.as_ref().map(AsRawFd::as_raw_fd),
         ]
         .into_iter()
         .flatten()
         {
             widen_pipe(pipe);
         }
-        Ok(Attached {
-            child,
-            stdin: None,
-            stdout,
-            stderr,
-            status: None,
-            env_file: None,
-        })
+        Ok(Attached::new(child, None))
     }
 
     /// Spawn `docker run` for `spec`: create, attach and start in one client (one client
@@ -493,20 +484,10 @@ impl Docker {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|source| spawn_error(op, &self.program, source))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        Ok(Attached {
-            child,
-            stdin,
-            stdout,
-            stderr,
-            status: None,
-            env_file,
-        })
+        Ok(Attached::new(child, env_file))
     }
 
     /// `docker wait <name>`: blocks until the container stops, returns its exit code.
@@ -608,6 +589,8 @@ pub struct Attached {
     status: Option<ExitStatus>,
     /// Removed once the client has exited (it reads the file when it starts).
     env_file: Option<EnvFile>,
+    /// Readable once the client has exited (see `wait_bounded`), opened once.
+    exit_notice: Option<OwnedFd>,
 }
 
 /// Room for the container's output in each pipe from the CLI. The default 64 KiB makes
@@ -624,6 +607,19 @@ fn widen_pipe(fd: RawFd) {
 }
 
 impl Attached {
+    /// A spawned client, its stdout and stderr taken from it.
+    fn new(mut child: Child, env_file: Option<EnvFile>) -> Attached {
+        Attached {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            exit_notice: pidfd_open(child.id()),
+            child,
+            status: None,
+            env_file,
+        }
+    }
+
     /// The container's stdin, when the spec asked for one. Drop it to send EOF.
     pub fn take_stdin(&mut self) -> Option<ChildStdin> {
         self.stdin.take()
@@ -661,8 +657,9 @@ impl Attached {
     /// Like [`Attached::wait`], giving up after `timeout` (then `Ok(None)`).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError> {
         if self.status.is_none() {
-            self.status =
-                wait_bounded(&mut self.child, Some(timeout)).map_err(|source| DockerError::Io {
+            let deadline = Instant::now() + timeout;
+            self.status = wait_until(&mut self.child, deadline, self.exit_notice.as_ref())
+                .map_err(|source| DockerError::Io {
                     op: "start",
                     source,
                 })?;
@@ -950,8 +947,16 @@ fn wait_bounded(child: &mut Child, timeout: Option<Duration>) -> io::Result<Opti
     let Some(timeout) = timeout else {
         return child.wait().map(Some);
     };
-    let deadline = Instant::now() + timeout;
     let exit_notice = pidfd_open(child.id());
+    wait_until(child, Instant::now() + timeout, exit_notice.as_ref())
+}
+
+/// `wait_bounded` with a deadline and the child's pidfd, if there is one.
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+    exit_notice: Option<&OwnedFd>,
+) -> io::Result<Option<ExitStatus>> {
     let mut pause = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -961,7 +966,7 @@ fn wait_bounded(child: &mut Child, timeout: Option<Duration>) -> io::Result<Opti
         if now >= deadline {
             return Ok(None);
         }
-        match &exit_notice {
+        match exit_notice {
             Some(fd) => poll_readable(fd, deadline - now)?,
             None => {
                 thread::sleep(pause.min(deadline - now));
