@@ -207,6 +207,20 @@ struct State {
     next_id: u64,
 }
 
+impl State {
+    /// Record a refusal of ours (not an injected fault) for `rejected()`.
+    fn note_rejection(&mut self, method: String, path: String, reply: &Reply) {
+        if reply.status >= 400 && !reply.injected {
+            self.rejected.push(Rejection {
+                method,
+                path,
+                status: reply.status,
+                message: reply.message(),
+            });
+        }
+    }
+}
+
 struct Shared {
     key: Vec<u8>,
     mode_2016: bool,
@@ -1178,15 +1192,7 @@ fn handle_api(sh: &Shared, mut rq: tiny_http::Request) {
             token: token.clone(),
             status: reply.status,
         });
-        if reply.status >= 400 && !reply.injected {
-            let message = reply.message();
-            st.rejected.push(Rejection {
-                method,
-                path,
-                status: reply.status,
-                message,
-            });
-        }
+        st.note_rejection(method, path, &reply);
     }
     send(rq, reply);
 }
@@ -2091,15 +2097,7 @@ fn handle_keep(sh: &Shared, svc: usize, mut rq: tiny_http::Request) {
             path: path.clone(),
             status: reply.status,
         });
-        if reply.status >= 400 && !reply.injected {
-            let message = reply.message();
-            st.rejected.push(Rejection {
-                method,
-                path,
-                status: reply.status,
-                message,
-            });
-        }
+        st.note_rejection(method, path, &reply);
     }
     send(rq, reply);
 }
