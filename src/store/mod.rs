@@ -7,6 +7,8 @@
 
 pub mod arvados;
 pub mod local;
+#[cfg(test)]
+pub mod memory;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
