@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -357,6 +358,40 @@ fn start_attached_survives_a_flood() {
     let err = read_all(attached.take_stderr().unwrap());
     assert!(attached.wait().unwrap().success());
     assert_eq!(out.join().unwrap().len(), 6 + 20_000_000);
+    assert!(err.join().unwrap().is_empty());
+}
+
+/// The pipe size the kernel gives a pipe widened to 1 MiB: less where the host caps it.
+fn widened_pipe_size() -> libc::c_int {
+    let cap = fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_int>().ok())
+        .unwrap_or(1 << 20);
+    cap.min(1 << 20)
+}
+
+fn pipe_size(fd: &impl AsRawFd) -> libc::c_int {
+    // SAFETY: F_GETPIPE_SZ only reads the size of a pipe this test owns.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) }
+}
+
+/// Regression (issue 7): the 1 MiB pipes were given only to `start_attached`, which only
+/// tests called; `run_attached`, the one production uses, kept the default 64 KiB.
+#[test]
+fn run_attached_relays_through_widened_pipes() {
+    let fake = Fake::new()
+        .with("FAKE_DOCKER_IMAGES", IMAGE)
+        .with("FAKE_DOCKER_STDOUT", r"hello\n");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
+    let stdout = attached.take_stdout().unwrap();
+    let stderr = attached.take_stderr().unwrap();
+    assert_eq!(pipe_size(&stdout), widened_pipe_size());
+    assert_eq!(pipe_size(&stderr), widened_pipe_size());
+    let out = read_all(stdout);
+    let err = read_all(stderr);
+    assert!(attached.wait().unwrap().success());
+    assert_eq!(out.join().unwrap(), b"hello\n");
     assert!(err.join().unwrap().is_empty());
 }
 

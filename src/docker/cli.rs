@@ -453,15 +453,6 @@ impl Docker {
         let child = cmd
             .spawn()
             .map_err(|source| spawn_error(op, &self.program, source))?;
-        for pipe in [
-            child.stdout.as_ref().map(AsRawFd::as_raw_fd),
-            child.stderr.as_ref().map(AsRawFd::as_raw_fd),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            widen_pipe(pipe);
-        }
         Ok(Attached::new(child, None))
     }
 
@@ -607,12 +598,24 @@ fn widen_pipe(fd: RawFd) {
 }
 
 impl Attached {
-    /// A spawned client, its stdout and stderr taken from it.
+    /// A spawned client, its stdout and stderr taken from it and widened: every attached
+    /// run gets the 1 MiB pipes, whichever method spawned it.
     fn new(mut child: Child, env_file: Option<EnvFile>) -> Attached {
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        for fd in [
+            stdout.as_ref().map(AsRawFd::as_raw_fd),
+            stderr.as_ref().map(AsRawFd::as_raw_fd),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            widen_pipe(fd);
+        }
         Attached {
             stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
+            stdout,
+            stderr,
             exit_notice: pidfd_open(child.id()),
             child,
             status: None,
