@@ -5,7 +5,7 @@
 //! own threads so docker can never block on a full pipe, the child is always waited for (a `Drop`
 //! backstop kills and reaps it), and only a bounded head of stdout and tail of stderr are kept.
 //! Short commands are bounded by a timeout (a hung engine must not hang crunch-run); `load`,
-//! `wait` and the attached `start` are not, because they legitimately take as long as the image or
+//! `wait` and the attached `run` are not, because they legitimately take as long as the image or
 //! the container does.
 //!
 //! Each child gets crunch-run's environment minus every `ARVADOS_*` variable (the dispatcher's
@@ -13,7 +13,7 @@
 //! terminal reaches crunch-run alone, which then decides what to stop and how.
 //!
 //! Container names and images are passed after `--` so none can be taken for an option
-//! (`create` is the exception: argv.rs refuses an image that starts with `-`).
+//! (`run` is the exception: argv.rs refuses an image that starts with `-`).
 //!
 //! What this module does not decide: what an error means for the container's final state. It
 //! offers [`DockerError::is_engine_down`], [`suggests_broken_node`] and [`classify_start_error`]
@@ -94,7 +94,7 @@ pub enum DockerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot build the `docker create` command: {0}")]
+    #[error("cannot build the `docker run` command: {0}")]
     Argv(#[from] ArgvError),
 }
 
@@ -215,11 +215,8 @@ pub fn classify_start_error(text: &str) -> Option<&'static str> {
 /// What `docker load` reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadOutput {
-    /// From `Loaded image ID: sha256:…` lines (images saved by id).
-    pub image_ids: Vec<String>,
-    /// From `Loaded image: name:tag` lines (images saved by name).
-    pub image_names: Vec<String>,
-    /// docker's stdout, trimmed, for the log.
+    /// docker's stdout, trimmed, for the log: `Loaded image ID: sha256:…` for images saved by
+    /// id, `Loaded image: name:tag` for images saved by name.
     pub output: String,
 }
 
@@ -304,24 +301,6 @@ impl Docker {
         }
     }
 
-    /// Add or replace a variable in every docker child's environment.
-    pub fn set_env(
-        &mut self,
-        name: impl Into<OsString>,
-        value: impl Into<OsString>,
-    ) -> &mut Docker {
-        let name = name.into();
-        self.env.retain(|(k, _)| *k != name);
-        self.env.push((name, value.into()));
-        self
-    }
-
-    /// Bound for short commands (version, inspect, create, rm); default [`DEFAULT_TIMEOUT`].
-    pub fn set_timeout(&mut self, timeout: Duration) -> &mut Docker {
-        self.timeout = timeout;
-        self
-    }
-
     pub fn program(&self) -> &Path {
         &self.program
     }
@@ -395,14 +374,13 @@ impl Docker {
         parse_load_output(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// The docker command for `spec` (`adjust` may turn `create …` into `run …`), with the
-    /// environment values in the child's environment or in an env file written into
-    /// `scratch_dir` (mode 0600), which is deleted when the returned guard drops.
-    fn create_command(
+    /// The `docker run` command for `spec`, with the environment values in the child's
+    /// environment or in an env file written into `scratch_dir` (mode 0600), which is
+    /// deleted when the returned guard drops.
+    fn run_command(
         &self,
         spec: &ContainerSpec,
         scratch_dir: &Path,
-        adjust: impl FnOnce(Vec<String>) -> Vec<String>,
     ) -> Result<(Command, Option<EnvFile>), DockerError> {
         let args = create_argv(spec)?;
         let env_path = scratch_dir.join(format!(
@@ -414,46 +392,9 @@ impl Docker {
             Some(content) => Some(EnvFile::write(&env_path, content)?),
             None => None,
         };
-        let mut cmd = self.command(&adjust(args.argv(&env_path)));
+        let mut cmd = self.command(&run_argv(&args.argv(&env_path)));
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
         Ok((cmd, env_file))
-    }
-
-    /// `docker create` for `spec`; returns the new container's id. Environment values reach
-    /// docker through this child's environment, or through an env file written into
-    /// `scratch_dir` (mode 0600) and deleted as soon as `docker create` returns.
-    pub fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<String, DockerError> {
-        let op = "create";
-        let (cmd, env_file) = self.create_command(spec, scratch_dir, |argv| argv)?;
-        let out = Running::spawn(op, &self.program, cmd, Stdio::null())?.wait(Some(self.timeout));
-        drop(env_file);
-        let out = out?;
-        out.check(op)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        match stdout.lines().map(str::trim).rfind(|l| !l.is_empty()) {
-            Some(id) if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                Ok(id.to_string())
-            }
-            _ => Err(unexpected(
-                op,
-                &format!("no container id in the output: {:?}", stdout.trim()),
-            )),
-        }
-    }
-
-    /// Spawn `docker start --attach <name>`. The caller takes stdout and stderr for its reader
-    /// threads and must drain both. The CLI's exit status is not the container's: ask
-    /// [`Docker::inspect_state`] (or [`Docker::wait`]).
-    pub fn start_attached(&self, name: &str) -> Result<Attached, DockerError> {
-        let op = "start";
-        let mut cmd = self.command(&["start", "--attach", "--", name]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .map_err(|source| spawn_error(op, &self.program, source))?;
-        Ok(Attached::new(child, None))
     }
 
     /// Spawn `docker run` for `spec`: create, attach and start in one client (one client
@@ -467,7 +408,7 @@ impl Docker {
         scratch_dir: &Path,
     ) -> Result<Attached, DockerError> {
         let op = "run";
-        let (mut cmd, env_file) = self.create_command(spec, scratch_dir, |argv| run_argv(&argv))?;
+        let (mut cmd, env_file) = self.run_command(spec, scratch_dir)?;
         cmd.stdin(if spec.stdin {
             Stdio::piped()
         } else {
@@ -638,11 +579,6 @@ impl Attached {
         self.stderr.take()
     }
 
-    /// Process id of the docker CLI client.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Wait for the CLI client to exit. Its status is the CLI's, not the container's.
     pub fn wait(&mut self) -> Result<ExitStatus, DockerError> {
         if let Some(status) = self.status {
@@ -669,17 +605,6 @@ impl Attached {
             if self.status.is_some() {
                 self.env_file = None;
             }
-        }
-        Ok(self.status)
-    }
-
-    /// Like [`Attached::wait`] but without blocking.
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, DockerError> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().map_err(|source| DockerError::Io {
-                op: "start",
-                source,
-            })?;
         }
         Ok(self.status)
     }
@@ -771,28 +696,25 @@ fn spawn_error(op: &'static str, program: &Path, source: io::Error) -> DockerErr
     }
 }
 
-/// Parse `docker load` output; an error text on a zero exit status is still an error.
+/// Parse `docker load` output; an error text on a zero exit status is still an error, and
+/// so is an output that names no loaded image.
 fn parse_load_output(stdout: &str) -> Result<LoadOutput, DockerError> {
-    let mut out = LoadOutput {
-        output: stdout.trim().to_string(),
-        ..LoadOutput::default()
-    };
+    let mut loaded = false;
     for line in stdout.lines().map(str::trim) {
-        if let Some(id) = line.strip_prefix("Loaded image ID:") {
-            out.image_ids.push(id.trim().to_string());
-        } else if let Some(name) = line.strip_prefix("Loaded image:") {
-            out.image_names.push(name.trim().to_string());
+        if line.starts_with("Loaded image ID:") || line.starts_with("Loaded image:") {
+            loaded = true;
         } else if line.starts_with("Error") || line.contains("invalid tar") {
             return Err(unexpected("load", line));
         }
     }
-    if out.image_ids.is_empty() && out.image_names.is_empty() {
+    let output = stdout.trim().to_string();
+    if !loaded {
         return Err(unexpected(
             "load",
-            &format!("docker did not report a loaded image: {:?}", out.output),
+            &format!("docker did not report a loaded image: {output:?}"),
         ));
     }
-    Ok(out)
+    Ok(LoadOutput { output })
 }
 
 /// `exit status 1`, `killed by signal 9 (SIGKILL)`.
@@ -1085,9 +1007,28 @@ mod tests {
         let base = || std::env::vars_os().filter(|(k, _)| k != "GOMAXPROCS");
         let docker = Docker::with_program_and_env(&program, base());
         assert_eq!(version(&docker), "1");
-        let mut docker = Docker::with_program_and_env(&program, base());
-        docker.set_env("GOMAXPROCS", "4");
+        let told = base().chain([("GOMAXPROCS".into(), "4".into())]);
+        let docker = Docker::with_program_and_env(&program, told);
         assert_eq!(version(&docker), "4");
+    }
+
+    #[test]
+    fn a_hung_docker_is_killed_after_the_timeout() {
+        let state = tempfile::tempdir().unwrap();
+        let env = std::env::vars_os().chain([
+            ("FAKE_DOCKER_STATE".into(), state.path().into()),
+            ("FAKE_DOCKER_HANG".into(), "version".into()),
+        ]);
+        let binstub = Path::new(env!("CARGO_MANIFEST_DIR")).join("binstubs/docker");
+        let docker = Docker {
+            timeout: Duration::from_millis(300),
+            ..Docker::with_program_and_env(binstub, env)
+        };
+        let started = Instant::now();
+        let err = docker.server_version().unwrap_err();
+        assert!(matches!(err, DockerError::Timeout { .. }), "{err}");
+        // The fake's `sleep` grandchild holds the pipes: it was killed with the group.
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
@@ -1110,8 +1051,11 @@ mod tests {
     fn parses_load_output() {
         let out = parse_load_output("Loaded image ID: sha256:0263e5a1\nLoaded image: tiny:test\n")
             .unwrap();
-        assert_eq!(out.image_ids, ["sha256:0263e5a1"]);
-        assert_eq!(out.image_names, ["tiny:test"]);
+        assert_eq!(
+            out.output,
+            "Loaded image ID: sha256:0263e5a1\nLoaded image: tiny:test"
+        );
+        assert!(parse_load_output("Loaded image: tiny:test\n").is_ok());
         assert!(parse_load_output("").is_err());
         let err = parse_load_output("Error processing tar file: invalid tar header\n").unwrap_err();
         assert!(err.to_string().contains("invalid tar header"), "{err}");
