@@ -13,10 +13,10 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crunch_run::docker::argv::ContainerSpec;
-use crunch_run::docker::cli::Docker;
-use crunch_run::docker::cli::{DockerError, classify_start_error};
-use crunch_run::docker::guard::{GUARD_DOCKER_ENV, Guard, run_guard};
+use crunch_run::docker::{
+    Attached, ContainerSpec, Docker, DockerError, GUARD_DOCKER_ENV, Guard, classify_start_error,
+    run_guard,
+};
 
 const DISPATCHER_TOKEN: &str = "v2/zzzzz-gj3su-000000000000000/dispatchersecrettoken";
 const NAME: &str = "zzzzz-dz642-000000000000000";
@@ -80,17 +80,35 @@ struct Ran {
     stderr: String,
 }
 
-/// `run_attached`, both streams read, the client waited for.
-fn run_to_the_end(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Ran {
+/// A `docker run` client, both its streams being read on threads.
+struct Client {
+    attached: Attached,
+    out: thread::JoinHandle<Vec<u8>>,
+    err: thread::JoinHandle<Vec<u8>>,
+}
+
+fn start_client(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Client {
     let mut attached = docker.run_attached(spec, scratch).unwrap();
     let out = read_all(attached.take_stdout().unwrap());
     let err = read_all(attached.take_stderr().unwrap());
-    let status = attached.wait().unwrap();
-    Ran {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: String::from_utf8(err.join().unwrap()).unwrap(),
+    Client { attached, out, err }
+}
+
+impl Client {
+    /// Wait for the client, then for both streams to end.
+    fn finish(mut self) -> Ran {
+        let status = self.attached.wait().unwrap();
+        Ran {
+            status,
+            stdout: self.out.join().unwrap(),
+            stderr: String::from_utf8(self.err.join().unwrap()).unwrap(),
+        }
     }
+}
+
+/// `run_attached`, both streams read, the client waited for.
+fn run_to_the_end(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Ran {
+    start_client(docker, spec, scratch).finish()
 }
 
 fn spec() -> ContainerSpec {
@@ -384,17 +402,16 @@ fn run_relays_output_byte_exact_and_state_gives_the_exit() {
         .with("FAKE_DOCKER_EXIT", "137")
         .with("FAKE_DOCKER_OOM", "1");
     let scratch = tempfile::tempdir().unwrap();
-    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
-    assert!(attached.take_stdout().is_none());
+    let mut client = start_client(&fake.docker, &spec(), scratch.path());
+    assert!(client.attached.take_stdout().is_none());
     assert!(
-        attached.take_stdin().is_none(),
+        client.attached.take_stdin().is_none(),
         "no stdin unless the spec asks"
     );
-    assert_eq!(attached.wait().unwrap().code(), Some(137));
-    assert_eq!(out.join().unwrap(), b"line 1\nbin\0\xffary\nno newline");
-    assert_eq!(err.join().unwrap(), b"warning\n");
+    let ran = client.finish();
+    assert_eq!(ran.status.code(), Some(137));
+    assert_eq!(ran.stdout, b"line 1\nbin\0\xffary\nno newline");
+    assert_eq!(ran.stderr, "warning\n");
 
     let state = fake.docker.inspect_state(NAME).unwrap();
     assert_eq!(state.status, "exited");
@@ -425,15 +442,11 @@ fn run_feeds_the_container_stdin_when_the_spec_asks() {
         ..spec()
     };
     let scratch = tempfile::tempdir().unwrap();
-    let mut attached = fake.docker.run_attached(&s, scratch.path()).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
-    let mut stdin = attached.take_stdin().unwrap();
+    let mut client = start_client(&fake.docker, &s, scratch.path());
+    let mut stdin = client.attached.take_stdin().unwrap();
     stdin.write_all(b"to the container\n").unwrap();
     drop(stdin);
-    assert!(attached.wait().unwrap().success());
-    out.join().unwrap();
-    err.join().unwrap();
+    assert!(client.finish().status.success());
     assert_eq!(fs::read_to_string(received).unwrap(), "to the container\n");
 }
 
@@ -518,19 +531,14 @@ fn wait_until_running(fake: &Fake) {
 fn remove_ends_a_running_container_and_its_attach() {
     let fake = long_running();
     let scratch = tempfile::tempdir().unwrap();
-    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+    let client = start_client(&fake.docker, &spec(), scratch.path());
     wait_until_running(&fake);
     assert!(fake.docker.exists(NAME).unwrap());
 
     let started = Instant::now();
     fake.docker.remove(NAME).unwrap();
-    let status = attached.wait().unwrap();
-    assert_eq!(status.code(), Some(137));
+    assert_eq!(client.finish().status.code(), Some(137));
     assert!(started.elapsed() < Duration::from_secs(10));
-    out.join().unwrap();
-    err.join().unwrap();
     assert!(!fake.docker.exists(NAME).unwrap());
     assert!(fake.docker.inspect_state(NAME).is_err());
 }
@@ -597,14 +605,10 @@ fn wait_returns_the_exit_code() {
         .with("FAKE_DOCKER_EXIT", "3")
         .with("FAKE_DOCKER_SLEEP", "1");
     let scratch = tempfile::tempdir().unwrap();
-    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+    let client = start_client(&fake.docker, &spec(), scratch.path());
     wait_until_running(&fake);
     assert_eq!(fake.docker.wait(NAME).unwrap(), 3);
-    assert_eq!(attached.wait().unwrap().code(), Some(3));
-    out.join().unwrap();
-    err.join().unwrap();
+    assert_eq!(client.finish().status.code(), Some(3));
 }
 
 #[test]
@@ -663,9 +667,7 @@ fn guard_removed(fake: &Fake) -> bool {
 fn guard_removes_the_container_when_crunch_run_goes_away() {
     let fake = long_running();
     let scratch = tempfile::tempdir().unwrap();
-    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+    let client = start_client(&fake.docker, &spec(), scratch.path());
     wait_until_running(&fake);
     let guard = spawn_guard(&fake);
     // The guard must stay put while crunch-run lives.
@@ -677,9 +679,7 @@ fn guard_removes_the_container_when_crunch_run_goes_away() {
     eventually("the container to be gone", || {
         !fake.path(&format!("containers/{NAME}")).exists()
     });
-    assert_eq!(attached.wait().unwrap().code(), Some(137));
-    out.join().unwrap();
-    err.join().unwrap();
+    assert_eq!(client.finish().status.code(), Some(137));
 }
 
 #[test]
