@@ -84,10 +84,7 @@ impl Attached {
 }
 
 fn wait_failed(source: io::Error) -> DockerError {
-    DockerError::Io {
-        op: "start",
-        source,
-    }
+    DockerError::Io { op: "run", source }
 }
 
 /// An env file with mode 0600, for the variables the docker CLI must not see in its own
@@ -152,6 +149,14 @@ fn file_safe(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 7, review §5.5): the handle's errors said `op: "start"`, so a failed
+    /// wait on `docker run` read "`docker start`: …".
+    #[test]
+    fn a_failed_wait_names_docker_run() {
+        let err = wait_failed(io::Error::other("interrupted"));
+        assert_eq!(err.to_string(), "`docker run`: interrupted");
+    }
 
     #[test]
     fn env_file_is_private_named_after_the_container_and_removed_on_drop() {
