@@ -1,7 +1,7 @@
-//! Integration tests of `docker::cli` and `docker::guard` against the fake docker in
-//! `binstubs/docker`. Each test has its own fake state directory and passes the fake's path
-//! and variables to `Docker` directly, so tests run in parallel without touching PATH.
-//! Containers are started the way production starts them, with `run_attached`.
+//! Integration tests of the docker facade (`Docker`, `Attached`, the guard) against the fake
+//! docker in `binstubs/docker`. Each test has its own fake state directory and passes the
+//! fake's path and variables to `Docker` directly, so tests run in parallel without touching
+//! PATH. Containers are started the way production starts them, with `run_attached`.
 
 use std::ffi::OsString;
 use std::fs;

@@ -79,7 +79,7 @@ impl Docker {
     ) -> Docker {
         let env = env
             .into_iter()
-            .filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"ARVADOS_"))
+            .filter(|(k, _)| !is_arvados_variable(k))
             .collect();
         Docker {
             program: program.into(),
@@ -311,6 +311,12 @@ impl Docker {
         }
         finish(op, self.spawn(op, cmd, Stdio::null())?, Some(self.timeout))
     }
+}
+
+/// Whether `name` is one of crunch-run's `ARVADOS_*` variables, which no docker child (nor
+/// the guard) is given: the dispatcher's token is none of docker's business.
+pub(super) fn is_arvados_variable(name: &OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"ARVADOS_")
 }
 
 /// Wait for a docker child spawned by `Docker::spawn`; see [`Running::wait`].

@@ -245,6 +245,41 @@ mod tests {
         assert!(!suggests_broken_node("No such image: foo"));
     }
 
+    /// The requeue work will decide on these: each kind of error is judged by what docker
+    /// said, and only by that.
+    #[test]
+    fn engine_down_and_broken_node_are_judged_on_what_docker_said() {
+        let grpc = DockerError::unexpected("run", "grpc: the connection is unavailable");
+        assert!(grpc.suggests_broken_node() && !grpc.is_engine_down());
+        let hung = DockerError::Timeout {
+            op: "container inspect",
+            timeout: Duration::from_secs(180),
+            stderr: "error during connect: Get http://docker/v1.47/info: EOF".into(),
+        };
+        assert!(hung.is_engine_down() && hung.suggests_broken_node());
+        let full = DockerError::Failed {
+            op: "load",
+            status: "exit status 1".into(),
+            stderr: "write /var/lib/docker/tmp/x: no space left on device".into(),
+        };
+        assert!(full.suggests_broken_node() && !full.is_engine_down());
+        assert!(
+            full.to_string()
+                .ends_with("(the Docker host is out of disk space)")
+        );
+        // Errors that carry nothing docker said are never judged.
+        let io = DockerError::Io {
+            op: "run",
+            source: io::Error::other("connection refused"),
+        };
+        let spawn = DockerError::spawn("version", Path::new("docker"), io::Error::other("x"));
+        for e in [io, spawn] {
+            assert!(!e.is_engine_down() && !e.suggests_broken_node(), "{e}");
+        }
+        let user = DockerError::unexpected("run", "No such image: foo");
+        assert!(!user.is_engine_down() && !user.suggests_broken_node());
+    }
+
     #[test]
     fn start_error_advice() {
         let not_found = "failed to create shim task: OCI runtime create failed: runc create failed: \

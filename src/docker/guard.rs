@@ -23,7 +23,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::cli::Docker;
+use super::cli::{Docker, is_arvados_variable};
 use crate::process::OwnedChild;
 
 /// The hidden flag the main binary dispatches to [`run_guard`].
@@ -61,7 +61,7 @@ impl Guard {
             .arg(container_name)
             .env(GUARD_DOCKER_ENV, docker_program);
         for (name, _) in std::env::vars_os() {
-            if name.as_encoded_bytes().starts_with(b"ARVADOS_") {
+            if is_arvados_variable(&name) {
                 cmd.env_remove(name);
             }
         }
