@@ -17,6 +17,7 @@ pub mod image;
 pub mod logging;
 pub mod mounts;
 pub mod output;
+pub mod process;
 pub mod progress;
 pub mod redact;
 pub mod runner;

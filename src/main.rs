@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(name) = &args.guard_container {
-        return ExitCode::from(crunch_run::docker::guard::run_guard(name) as u8);
+        return ExitCode::from(crunch_run::docker::run_guard(name) as u8);
     }
     if args.list {
         return match detach::list(&mut std::io::stdout().lock()) {

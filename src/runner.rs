@@ -14,18 +14,17 @@ use serde_json::{Map, Value, json};
 use crate::arvados::container::{Container, State, raw_state};
 use crate::arvados::manifest::ManifestFile;
 use crate::config::{ApiEnv, Backend, Config, LogUpdates};
-use crate::docker::argv::{
-    Bind, ContainerExit, ContainerSpec, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
+use crate::docker::{
+    Attached, Bind, ContainerExit, ContainerSpec, ContainerState, Docker, DockerError, Gpus, Guard,
+    MIN_MEMORY_BYTES, classify_start_error, create_argv, display_argv, run_argv,
 };
-use crate::docker::cli::{ContainerState, Docker, run_argv};
-use crate::docker::guard::Guard;
-use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
 use crate::logging::updates::{LogCollection, LogUpdater};
 use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
 use crate::output::{self, CopiedFile, OutputSpec, RefMount};
+use crate::process::TailReader;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -876,7 +875,7 @@ impl ContainerRun {
                 state.error.clone()
             };
             let mut reason = format!("could not start container: {why}");
-            if let Some(advice) = crate::docker::cli::classify_start_error(&why) {
+            if let Some(advice) = classify_start_error(&why) {
                 reason.push('\n');
                 reason.push_str(advice);
             }
@@ -1003,8 +1002,8 @@ impl ContainerRun {
     /// and the container may stay on the host under its name until the engine recovers.
     fn wait_for_client(
         &self,
-        attached: &mut crate::docker::cli::Attached,
-    ) -> Result<std::process::ExitStatus, crate::docker::cli::DockerError> {
+        attached: &mut Attached,
+    ) -> Result<std::process::ExitStatus, DockerError> {
         const TICK: std::time::Duration = std::time::Duration::from_millis(500);
         const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
         let (client_alive, client_gone) = crossbeam_channel::bounded::<()>(0);
@@ -1072,7 +1071,7 @@ impl ContainerRun {
             .name("docker-watchdog".into())
             .spawn(move || {
                 let say = |text: &str| log.line(&secrets.redact(text));
-                crate::docker::watchdog::watch(
+                crate::docker::watch(
                     interval,
                     &stop,
                     || docker.inspect_state(&name),
@@ -1132,7 +1131,7 @@ impl ContainerRun {
 
     /// The container's state from the engine, once it has stopped: the docker client's
     /// own exit says nothing reliable (it may have died while the container runs on).
-    fn engine_state(&self) -> Result<ContainerState, crate::docker::cli::DockerError> {
+    fn engine_state(&self) -> Result<ContainerState, DockerError> {
         let state = self.docker.inspect_state(&self.uuid)?;
         if !state.running {
             return Ok(state);

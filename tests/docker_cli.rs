@@ -1,20 +1,22 @@
-//! Integration tests of `docker::cli` and `docker::guard` against the fake docker in
-//! `binstubs/docker`. Each test has its own fake state directory and passes the fake's path
-//! and variables to `Docker` directly, so tests run in parallel without touching PATH.
+//! Integration tests of the docker facade (`Docker`, `Attached`, the guard) against the fake
+//! docker in `binstubs/docker`. Each test has its own fake state directory and passes the
+//! fake's path and variables to `Docker` directly, so tests run in parallel without touching
+//! PATH. Containers are started the way production starts them, with `run_attached`.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crunch_run::docker::argv::ContainerSpec;
-use crunch_run::docker::cli::Docker;
-use crunch_run::docker::cli::{DockerError, classify_start_error};
-use crunch_run::docker::guard::{GUARD_DOCKER_ENV, Guard, run_guard};
+use crunch_run::docker::{
+    Attached, ContainerSpec, Docker, DockerError, GUARD_DOCKER_ENV, Guard, classify_start_error,
+    run_guard,
+};
 
 const DISPATCHER_TOKEN: &str = "v2/zzzzz-gj3su-000000000000000/dispatchersecrettoken";
 const NAME: &str = "zzzzz-dz642-000000000000000";
@@ -28,6 +30,7 @@ fn binstub() -> PathBuf {
 /// an `ARVADOS_API_TOKEN` that must never reach docker.
 struct Fake {
     state: tempfile::TempDir,
+    env: Vec<(OsString, OsString)>,
     docker: Docker,
 }
 
@@ -37,13 +40,16 @@ impl Fake {
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         env.push(("ARVADOS_API_TOKEN".into(), DISPATCHER_TOKEN.into()));
         env.push(("ARVADOS_API_HOST".into(), "zzzzz.example".into()));
-        let mut docker = Docker::with_program_and_env(binstub(), env);
-        docker.set_env("FAKE_DOCKER_STATE", state.path());
-        Fake { state, docker }
+        env.push(("FAKE_DOCKER_STATE".into(), state.path().into()));
+        let docker = Docker::with_program_and_env(binstub(), env.clone());
+        Fake { state, env, docker }
     }
 
+    /// The same fake, with `name=value` in the environment of every docker it runs.
     fn with(mut self, name: &str, value: &str) -> Fake {
-        self.docker.set_env(name, value);
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.into(), value.into()));
+        self.docker = Docker::with_program_and_env(binstub(), self.env.clone());
         self
     }
 
@@ -59,12 +65,50 @@ impl Fake {
         self.read("calls.log")
     }
 
-    /// A created container, as `docker create` would leave it.
+    /// A container that has run and exited, as `docker run` leaves it (no `--rm`).
     fn with_container(self, spec: &ContainerSpec) -> Fake {
-        let scratch = tempfile::tempdir().unwrap();
-        self.docker.create(spec, scratch.path()).unwrap();
+        let ran = run_to_the_end(&self.docker, spec, tempfile::tempdir().unwrap().path());
+        assert!(ran.status.success(), "{:?}", ran.stderr);
         self
     }
+}
+
+/// What a `docker run` client did, run to its end.
+struct Ran {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// A `docker run` client, both its streams being read on threads.
+struct Client {
+    attached: Attached,
+    out: thread::JoinHandle<Vec<u8>>,
+    err: thread::JoinHandle<Vec<u8>>,
+}
+
+fn start_client(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Client {
+    let mut attached = docker.run_attached(spec, scratch).unwrap();
+    let out = read_all(attached.take_stdout().unwrap());
+    let err = read_all(attached.take_stderr().unwrap());
+    Client { attached, out, err }
+}
+
+impl Client {
+    /// Wait for the client, then for both streams to end.
+    fn finish(mut self) -> Ran {
+        let status = self.attached.wait().unwrap();
+        Ran {
+            status,
+            stdout: self.out.join().unwrap(),
+            stderr: String::from_utf8(self.err.join().unwrap()).unwrap(),
+        }
+    }
+}
+
+/// `run_attached`, both streams read, the client waited for.
+fn run_to_the_end(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Ran {
+    start_client(docker, spec, scratch).finish()
 }
 
 fn spec() -> ContainerSpec {
@@ -156,8 +200,10 @@ fn load_streams_the_tar_and_reports_the_id() {
         .with("FAKE_DOCKER_LOAD_ID", IMAGE)
         .with("FAKE_DOCKER_LOAD_NAME", "hello-world:latest");
     let out = fake.docker.load_image(&mut feed_bytes(3 << 20)).unwrap();
-    assert_eq!(out.image_ids, [IMAGE]);
-    assert_eq!(out.image_names, ["hello-world:latest"]);
+    assert_eq!(
+        out.output,
+        format!("Loaded image ID: {IMAGE}\nLoaded image: hello-world:latest")
+    );
     assert_eq!(fake.read("last-load-bytes").trim(), (3 << 20).to_string());
     assert!(fake.calls().contains("load --quiet"));
     assert_eq!(fake.docker.image_id(IMAGE).unwrap().as_deref(), Some(IMAGE));
@@ -209,10 +255,10 @@ fn load_source_failure_is_a_feed_error() {
     assert!(err.to_string().contains("keep block read failed"));
 }
 
-// ---- create -------------------------------------------------------------------------------
+// ---- run, wait, inspect, rm ---------------------------------------------------------------
 
 #[test]
-fn create_passes_env_values_outside_argv() {
+fn run_passes_env_values_outside_argv() {
     let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
     let scratch = tempfile::tempdir().unwrap();
     let s = ContainerSpec {
@@ -231,8 +277,8 @@ fn create_passes_env_values_outside_argv() {
         cwd: Some("/work".into()),
         ..spec()
     };
-    let id = fake.docker.create(&s, scratch.path()).unwrap();
-    assert_eq!(id.len(), 64);
+    let ran = run_to_the_end(&fake.docker, &s, scratch.path());
+    assert!(ran.status.success(), "{}", ran.stderr);
 
     let calls = fake.calls();
     for secret in [
@@ -244,7 +290,8 @@ fn create_passes_env_values_outside_argv() {
         assert!(!calls.contains(secret), "{secret} in argv: {calls}");
     }
     assert!(
-        calls.contains("-e ARVADOS_API_TOKEN -e GREETING --env-file "),
+        calls.contains("run --name ")
+            && calls.contains("-e ARVADOS_API_TOKEN -e GREETING --env-file "),
         "{calls}"
     );
     assert!(
@@ -268,58 +315,83 @@ fn create_passes_env_values_outside_argv() {
         format!("org.arvados.container_uuid={NAME}\n")
     );
     // The only ARVADOS_ variable docker saw is the container's own, for its -e.
-    assert_eq!(fake.read("arvados-env.log"), "create ARVADOS_API_TOKEN\n");
-    // The env file is gone.
+    assert_eq!(fake.read("arvados-env.log"), "run ARVADOS_API_TOKEN\n");
+    // The env file is gone once the client has exited.
     assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
 
 #[test]
-fn create_failure_removes_the_env_file_too() {
+fn run_failure_removes_the_env_file_too() {
     let fake = Fake::new(); // no images
     let scratch = tempfile::tempdir().unwrap();
     let s = ContainerSpec {
         env: vec![("PATH".into(), "/usr/bin".into())],
         ..spec()
     };
-    let err = fake.docker.create(&s, scratch.path()).unwrap_err();
-    assert!(err.to_string().contains("No such image"), "{err}");
+    let ran = run_to_the_end(&fake.docker, &s, scratch.path());
+    assert_eq!(ran.status.code(), Some(125));
+    assert!(ran.stderr.contains("No such image"), "{}", ran.stderr);
     assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
 
 #[test]
-fn create_name_conflict_and_create_failure() {
+fn run_name_conflict_and_create_failure() {
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with_container(&spec());
     let scratch = tempfile::tempdir().unwrap();
-    let err = fake.docker.create(&spec(), scratch.path()).unwrap_err();
-    assert!(err.to_string().contains("already in use"), "{err}");
+    let ran = run_to_the_end(&fake.docker, &spec(), scratch.path());
+    assert_eq!(ran.status.code(), Some(125));
+    assert!(ran.stderr.contains("already in use"), "{}", ran.stderr);
 
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with("FAKE_DOCKER_CREATE_FAIL", "invalid mount config");
-    let err = fake.docker.create(&spec(), scratch.path()).unwrap_err();
-    assert!(err.to_string().contains("invalid mount config"), "{err}");
+    let ran = run_to_the_end(&fake.docker, &spec(), scratch.path());
+    assert_eq!(ran.status.code(), Some(125));
+    assert!(
+        ran.stderr.contains("invalid mount config"),
+        "{}",
+        ran.stderr
+    );
 }
 
 #[test]
-fn create_refuses_an_env_file_value_with_a_newline_before_running_docker() {
+fn run_refuses_an_env_file_value_with_a_newline_before_running_docker() {
     let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
     let scratch = tempfile::tempdir().unwrap();
     let s = ContainerSpec {
         env: vec![("PATH".into(), "/bin\n/secret-part".into())],
         ..spec()
     };
-    let err = fake.docker.create(&s, scratch.path()).unwrap_err();
+    let err = fake.docker.run_attached(&s, scratch.path()).unwrap_err();
     assert!(matches!(err, DockerError::Argv(_)), "{err}");
     assert!(!err.to_string().contains("secret-part"));
     assert_eq!(fake.calls(), "");
 }
 
-// ---- start, wait, inspect, rm -------------------------------------------------------------
+#[test]
+fn env_file_is_private_even_in_a_world_writable_scratch_dir() {
+    // DOCKER_HOST is for the container, so it must reach docker through the env file, not
+    // through the CLI's own environment (where it would redirect the CLI).
+    let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
+    let scratch = tempfile::tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let s = ContainerSpec {
+        env: vec![("DOCKER_HOST".into(), "unix:///container.sock".into())],
+        ..spec()
+    };
+    let ran = run_to_the_end(&fake.docker, &s, scratch.path());
+    assert!(ran.status.success(), "{}", ran.stderr);
+    assert_eq!(
+        fake.read(&format!("containers/{NAME}/env-file-mode"))
+            .trim(),
+        "600"
+    );
+}
 
 #[test]
-fn start_attached_relays_output_byte_exact_and_state_gives_the_exit() {
+fn run_relays_output_byte_exact_and_state_gives_the_exit() {
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with(
@@ -328,15 +400,18 @@ fn start_attached_relays_output_byte_exact_and_state_gives_the_exit() {
         )
         .with("FAKE_DOCKER_STDERR", r"warning\n")
         .with("FAKE_DOCKER_EXIT", "137")
-        .with("FAKE_DOCKER_OOM", "1")
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
-    assert!(attached.take_stdout().is_none());
-    attached.wait().unwrap();
-    assert_eq!(out.join().unwrap(), b"line 1\nbin\0\xffary\nno newline");
-    assert_eq!(err.join().unwrap(), b"warning\n");
+        .with("FAKE_DOCKER_OOM", "1");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut client = start_client(&fake.docker, &spec(), scratch.path());
+    assert!(client.attached.take_stdout().is_none());
+    assert!(
+        client.attached.take_stdin().is_none(),
+        "no stdin unless the spec asks"
+    );
+    let ran = client.finish();
+    assert_eq!(ran.status.code(), Some(137));
+    assert_eq!(ran.stdout, b"line 1\nbin\0\xffary\nno newline");
+    assert_eq!(ran.stderr, "warning\n");
 
     let state = fake.docker.inspect_state(NAME).unwrap();
     assert_eq!(state.status, "exited");
@@ -346,17 +421,66 @@ fn start_attached_relays_output_byte_exact_and_state_gives_the_exit() {
 }
 
 #[test]
-fn start_attached_survives_a_flood() {
+fn run_survives_a_flood() {
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with("FAKE_DOCKER_STDOUT", r"first\n")
-        .with("FAKE_DOCKER_FLOOD_BYTES", "20000000")
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+        .with("FAKE_DOCKER_FLOOD_BYTES", "20000000");
+    let ran = run_to_the_end(&fake.docker, &spec(), tempfile::tempdir().unwrap().path());
+    assert!(ran.status.success());
+    assert_eq!(ran.stdout.len(), 6 + 20_000_000);
+    assert!(ran.stderr.is_empty());
+}
+
+#[test]
+fn run_feeds_the_container_stdin_when_the_spec_asks() {
+    let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
+    let received = fake.path("stdin-received");
+    let fake = fake.with("FAKE_DOCKER_STDIN_TO", received.to_str().unwrap());
+    let s = ContainerSpec {
+        stdin: true,
+        ..spec()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let mut client = start_client(&fake.docker, &s, scratch.path());
+    let mut stdin = client.attached.take_stdin().unwrap();
+    stdin.write_all(b"to the container\n").unwrap();
+    drop(stdin);
+    assert!(client.finish().status.success());
+    assert_eq!(fs::read_to_string(received).unwrap(), "to the container\n");
+}
+
+/// The pipe size the kernel gives a pipe widened to 1 MiB: less where the host caps it.
+fn widened_pipe_size() -> libc::c_int {
+    let cap = fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_int>().ok())
+        .unwrap_or(1 << 20);
+    cap.min(1 << 20)
+}
+
+fn pipe_size(fd: &impl AsRawFd) -> libc::c_int {
+    // SAFETY: F_GETPIPE_SZ only reads the size of a pipe this test owns.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) }
+}
+
+/// Regression (issue 7): the 1 MiB pipes were given only to `start_attached`, which only
+/// tests called; `run_attached`, the one production uses, kept the default 64 KiB.
+#[test]
+fn run_attached_relays_through_widened_pipes() {
+    let fake = Fake::new()
+        .with("FAKE_DOCKER_IMAGES", IMAGE)
+        .with("FAKE_DOCKER_STDOUT", r"hello\n");
+    let scratch = tempfile::tempdir().unwrap();
+    let mut attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
+    let stdout = attached.take_stdout().unwrap();
+    let stderr = attached.take_stderr().unwrap();
+    assert_eq!(pipe_size(&stdout), widened_pipe_size());
+    assert_eq!(pipe_size(&stderr), widened_pipe_size());
+    let out = read_all(stdout);
+    let err = read_all(stderr);
     assert!(attached.wait().unwrap().success());
-    assert_eq!(out.join().unwrap().len(), 6 + 20_000_000);
+    assert_eq!(out.join().unwrap(), b"hello\n");
     assert!(err.join().unwrap().is_empty());
 }
 
@@ -366,15 +490,15 @@ fn start_failure_shows_in_state_with_advice() {
                to start container process: exec: \"nosuchcmd\": executable file not found in $PATH: unknown";
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
-        .with("FAKE_DOCKER_START_FAIL", msg)
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
-    assert!(!attached.wait().unwrap().success());
-    assert!(out.join().unwrap().is_empty());
-    let stderr = String::from_utf8(err.join().unwrap()).unwrap();
-    assert!(stderr.contains("executable file not found"), "{stderr}");
+        .with("FAKE_DOCKER_START_FAIL", msg);
+    let ran = run_to_the_end(&fake.docker, &spec(), tempfile::tempdir().unwrap().path());
+    assert_eq!(ran.status.code(), Some(127));
+    assert!(ran.stdout.is_empty());
+    assert!(
+        ran.stderr.contains("executable file not found"),
+        "{}",
+        ran.stderr
+    );
 
     let state = fake.docker.inspect_state(NAME).unwrap();
     assert!(state.never_started());
@@ -387,54 +511,61 @@ fn start_failure_shows_in_state_with_advice() {
     );
 }
 
-#[test]
-fn remove_ends_a_running_container_and_its_attach() {
-    let fake = Fake::new()
+/// A fake whose container runs for a minute, unless removed.
+fn long_running() -> Fake {
+    Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with("FAKE_DOCKER_SLEEP", "60")
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+}
+
+fn wait_until_running(fake: &Fake) {
     eventually("the container to run", || {
         fake.docker
             .inspect_state(NAME)
             .map(|s| s.running)
             .unwrap_or(false)
     });
+}
+
+#[test]
+fn remove_ends_a_running_container_and_its_attach() {
+    let fake = long_running();
+    let scratch = tempfile::tempdir().unwrap();
+    let client = start_client(&fake.docker, &spec(), scratch.path());
+    wait_until_running(&fake);
     assert!(fake.docker.exists(NAME).unwrap());
 
     let started = Instant::now();
     fake.docker.remove(NAME).unwrap();
-    let status = attached.wait().unwrap();
-    assert_eq!(status.code(), Some(137));
+    assert_eq!(client.finish().status.code(), Some(137));
     assert!(started.elapsed() < Duration::from_secs(10));
-    out.join().unwrap();
-    err.join().unwrap();
     assert!(!fake.docker.exists(NAME).unwrap());
     assert!(fake.docker.inspect_state(NAME).is_err());
 }
 
 #[test]
 fn dropping_an_unwaited_attach_reaps_the_client() {
-    let fake = Fake::new()
-        .with("FAKE_DOCKER_IMAGES", IMAGE)
-        .with("FAKE_DOCKER_SLEEP", "60")
-        .with_container(&spec());
-    let attached = fake.docker.start_attached(NAME).unwrap();
-    let pid = attached.id();
+    // The fake client writes its own pid ($$ is the script's, even in the subshell).
+    let fake = long_running().with(
+        "FAKE_DOCKER_RUN_SH",
+        r#"echo $$ >"$FAKE_DOCKER_STATE/client-pid""#,
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let attached = fake.docker.run_attached(&spec(), scratch.path()).unwrap();
+    wait_until_running(&fake);
+    let pid = fake.read("client-pid").trim().to_string();
+    assert!(process_exists(&pid), "docker client {pid} not found");
     drop(attached);
     // Killed and reaped: the pid no longer names our child.
-    let alive = process_exists(pid);
-    assert!(!alive, "docker client {pid} still exists");
+    assert!(!process_exists(&pid), "docker client {pid} still exists");
     // The container itself is untouched by killing the client.
     assert!(fake.docker.exists(NAME).unwrap());
     fake.docker.remove(NAME).unwrap();
 }
 
-fn process_exists(pid: u32) -> bool {
+fn process_exists(pid: &str) -> bool {
     Command::new("kill")
-        .args(["-0", &pid.to_string()])
+        .args(["-0", pid])
         .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
@@ -472,21 +603,12 @@ fn wait_returns_the_exit_code() {
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with("FAKE_DOCKER_EXIT", "3")
-        .with("FAKE_DOCKER_SLEEP", "1")
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
-    eventually("the container to run", || {
-        fake.docker
-            .inspect_state(NAME)
-            .map(|s| s.running)
-            .unwrap_or(false)
-    });
+        .with("FAKE_DOCKER_SLEEP", "1");
+    let scratch = tempfile::tempdir().unwrap();
+    let client = start_client(&fake.docker, &spec(), scratch.path());
+    wait_until_running(&fake);
     assert_eq!(fake.docker.wait(NAME).unwrap(), 3);
-    attached.wait().unwrap();
-    out.join().unwrap();
-    err.join().unwrap();
+    assert_eq!(client.finish().status.code(), Some(3));
 }
 
 #[test]
@@ -498,16 +620,6 @@ fn missing_container_errors_name_it() {
 }
 
 // ---- process handling ---------------------------------------------------------------------
-
-#[test]
-fn a_hung_docker_is_killed_after_the_timeout() {
-    let mut fake = Fake::new().with("FAKE_DOCKER_HANG", "version");
-    fake.docker.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let err = fake.docker.server_version().unwrap_err();
-    assert!(matches!(err, DockerError::Timeout { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-}
 
 #[test]
 fn a_missing_docker_program_is_a_spawn_error() {
@@ -553,13 +665,10 @@ fn guard_removed(fake: &Fake) -> bool {
 
 #[test]
 fn guard_removes_the_container_when_crunch_run_goes_away() {
-    let fake = Fake::new()
-        .with("FAKE_DOCKER_IMAGES", IMAGE)
-        .with("FAKE_DOCKER_SLEEP", "60")
-        .with_container(&spec());
-    let mut attached = fake.docker.start_attached(NAME).unwrap();
-    let out = read_all(attached.take_stdout().unwrap());
-    let err = read_all(attached.take_stderr().unwrap());
+    let fake = long_running();
+    let scratch = tempfile::tempdir().unwrap();
+    let client = start_client(&fake.docker, &spec(), scratch.path());
+    wait_until_running(&fake);
     let guard = spawn_guard(&fake);
     // The guard must stay put while crunch-run lives.
     thread::sleep(Duration::from_millis(300));
@@ -570,9 +679,7 @@ fn guard_removes_the_container_when_crunch_run_goes_away() {
     eventually("the container to be gone", || {
         !fake.path(&format!("containers/{NAME}")).exists()
     });
-    assert_eq!(attached.wait().unwrap().code(), Some(137));
-    out.join().unwrap();
-    err.join().unwrap();
+    assert_eq!(client.finish().status.code(), Some(137));
 }
 
 #[test]
@@ -601,23 +708,4 @@ fn other_children_do_not_keep_the_guard_pipe_open() {
     eventually("the guard to remove the container", || guard_removed(&fake));
     sleeper.kill().unwrap();
     sleeper.wait().unwrap();
-}
-
-#[test]
-fn env_file_is_private_even_in_a_world_writable_scratch_dir() {
-    // DOCKER_HOST is for the container, so it must reach docker through the env file, not
-    // through the CLI's own environment (where it would redirect the CLI).
-    let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
-    let scratch = tempfile::tempdir().unwrap();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let s = ContainerSpec {
-        env: vec![("DOCKER_HOST".into(), "unix:///container.sock".into())],
-        ..spec()
-    };
-    fake.docker.create(&s, scratch.path()).unwrap();
-    assert_eq!(
-        fake.read(&format!("containers/{NAME}/env-file-mode"))
-            .trim(),
-        "600"
-    );
 }

@@ -1,8 +1,9 @@
-//! Pure builders for docker CLI argument lists, and the decoding of container exit codes.
+//! Pure builders for docker CLI argument lists.
 //!
 //! Nothing here starts a process: `create_argv` turns a [`ContainerSpec`] into the words that
 //! follow `docker` for `docker create`, plus the environment the docker CLI child must be given
-//! and, when needed, the content of an `--env-file`. `cli.rs` runs them.
+//! and, when needed, the content of an `--env-file`; [`run_argv`] makes them `docker run`
+//! words, which is how crunch-run starts a container. `cli.rs` runs them.
 //!
 //! The invariant kept here: **environment values never appear in argv** (argv is visible to every
 //! user of the host through `/proc/*/cmdline`, and we log it). A variable is passed as `-e NAME`
@@ -11,7 +12,6 @@
 //! proxies, …): setting them would change how the CLI behaves, so those go through a mode-0600
 //! env file instead, which cannot carry line breaks.
 
-use std::fmt;
 use std::path::Path;
 
 /// Docker's own lower bound is a few MiB; the Go crunch-run never asks for less than 16 MiB
@@ -299,6 +299,15 @@ pub fn docker_cli_reads(name: &str) -> bool {
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// `docker create …` arguments turned into `docker run …` ones: the options are the same.
+pub fn run_argv(create_argv: &[String]) -> Vec<String> {
+    let mut argv = create_argv.to_vec();
+    if let Some(first) = argv.first_mut() {
+        *first = "run".to_string();
+    }
+    argv
+}
+
 /// `args` as one line a shell would split back into the same words, for logs.
 pub fn display_argv(args: &[String]) -> String {
     args.iter()
@@ -317,69 +326,6 @@ fn shell_quote(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
-}
-
-/// A container's exit code as docker reports it (`docker wait`, `.State.ExitCode`).
-///
-/// The code is the data (0, 1, 125, 137 all mean something to the user); this only adds the
-/// reading "128+N means the process was killed by signal N".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContainerExit {
-    pub code: i64,
-}
-
-impl ContainerExit {
-    pub fn new(code: i64) -> ContainerExit {
-        ContainerExit { code }
-    }
-
-    /// The signal number if the code has the shape 128+N for a real signal number N.
-    pub fn signal(self) -> Option<i32> {
-        if (129..=128 + 64).contains(&self.code) {
-            i32::try_from(self.code - 128).ok()
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for ContainerExit {
-    /// `Container exited with status code 137 (signal 9, SIGKILL)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Container exited with status code {}", self.code)?;
-        match self.signal() {
-            Some(sig) => match signal_name(sig) {
-                Some(name) => write!(f, " (signal {sig}, {name})"),
-                None => write!(f, " (signal {sig})"),
-            },
-            None => Ok(()),
-        }
-    }
-}
-
-/// The conventional Linux name of a signal number, for the common ones.
-pub fn signal_name(sig: i32) -> Option<&'static str> {
-    Some(match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        31 => "SIGSYS",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -596,6 +542,16 @@ mod tests {
     }
 
     #[test]
+    fn run_argv_keeps_every_option_of_create() {
+        let create = argv(&spec());
+        let run = run_argv(&create);
+        assert_eq!(run[0], "run");
+        assert_eq!(create[0], "create");
+        assert_eq!(run[1..], create[1..]);
+        assert!(run_argv(&[]).is_empty());
+    }
+
+    #[test]
     fn display_quotes_only_what_needs_it() {
         let a: Vec<String> = ["create", "--label", "k=v w", "it's", "", "/a/b:c"]
             .iter()
@@ -605,30 +561,6 @@ mod tests {
             display_argv(&a),
             r#"create --label 'k=v w' 'it'\''s' '' /a/b:c"#
         );
-    }
-
-    #[test]
-    fn exit_codes_decode_signals() {
-        assert_eq!(
-            ContainerExit::new(0).to_string(),
-            "Container exited with status code 0"
-        );
-        assert_eq!(ContainerExit::new(1).signal(), None);
-        assert_eq!(ContainerExit::new(128).signal(), None);
-        assert_eq!(
-            ContainerExit::new(137).to_string(),
-            "Container exited with status code 137 (signal 9, SIGKILL)"
-        );
-        assert_eq!(
-            ContainerExit::new(143).to_string(),
-            "Container exited with status code 143 (signal 15, SIGTERM)"
-        );
-        assert_eq!(
-            ContainerExit::new(162).to_string(),
-            "Container exited with status code 162 (signal 34)"
-        );
-        assert_eq!(ContainerExit::new(255).signal(), None);
-        assert_eq!(ContainerExit::new(-1).signal(), None);
     }
 
     #[test]

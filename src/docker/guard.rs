@@ -23,7 +23,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::cli::Docker;
+use super::cli::{Docker, is_arvados_variable};
+use crate::process::OwnedChild;
 
 /// The hidden flag the main binary dispatches to [`run_guard`].
 pub const GUARD_FLAG: &str = "--guard-container";
@@ -60,7 +61,7 @@ impl Guard {
             .arg(container_name)
             .env(GUARD_DOCKER_ENV, docker_program);
         for (name, _) in std::env::vars_os() {
-            if name.as_encoded_bytes().starts_with(b"ARVADOS_") {
+            if is_arvados_variable(&name) {
                 cmd.env_remove(name);
             }
         }
@@ -82,52 +83,35 @@ impl Guard {
         })
     }
 
-    /// Process id of the guard.
-    pub fn id(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// Tell the guard crunch-run has dealt with the container, and wait (at most a few
-    /// seconds) for it to exit. The container is left alone.
+    /// seconds) for it to exit; one that does not is killed and reaped before this returns.
+    /// The container is left alone.
     pub fn release(mut self) -> io::Result<()> {
         let written = match self.stdin.take() {
             Some(mut stdin) => stdin.write_all(RELEASE),
             None => Ok(()),
         };
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return written;
         };
-        // Wait on a thread so that the answer comes as soon as the guard exits, with a
-        // bound in case it does not.
-        let pid = child.id();
-        let (done, exited) = crossbeam_channel::bounded(1);
-        thread::Builder::new()
-            .name("guard-wait".into())
-            .spawn(move || {
-                let _ = done.send(child.wait());
-            })?;
-        match exited.recv_timeout(RELEASE_WAIT) {
-            Ok(status) => {
-                let status = status?;
-                written?;
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "the guard process failed: {status}"
-                    )))
-                }
-            }
-            Err(_) => {
-                // SAFETY: plain kill(2) of our own child, whose pid is not yet reaped
-                // (the waiting thread still holds it).
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                written?;
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the guard process did not exit after release; killed it",
-                ))
-            }
+        // This thread is the guard's only waiter from here on: if the deadline passes, the
+        // kill (on drop) reaches the guard itself, never a process that took its reused pid.
+        let mut guard = OwnedChild::new(child);
+        let Some(status) = guard.wait_timeout(RELEASE_WAIT)? else {
+            drop(guard);
+            written?;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the guard process did not exit after release; killed it",
+            ));
+        };
+        written?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "the guard process failed: {status}"
+            )))
         }
     }
 }
@@ -250,6 +234,36 @@ mod tests {
     fn release_line_may_arrive_in_pieces() {
         assert!(wait_for_release(Trickle(b"release\n")));
         assert!(!wait_for_release(Trickle(b"relax\n")));
+    }
+
+    #[test]
+    fn release_kills_and_reaps_a_guard_that_does_not_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut cmd = Command::new("sh");
+        // Never reads its stdin, so "release" goes unheard.
+        cmd.args([
+            "-c",
+            r#"echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec sleep 60"#,
+        ])
+        .arg(&pid_file);
+        let guard = Guard::spawn_command(cmd).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                break text.trim().parse::<libc::pid_t>().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guard did not start"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let err = guard.release().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        // Killed and reaped before release returned: the pid names nothing any more.
+        // SAFETY: signal 0 only asks whether the pid exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "guard {pid} still exists");
     }
 
     #[test]

@@ -8,13 +8,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use super::cli::{ContainerState, DockerError};
+use super::{ContainerState, DockerError};
 
 /// Failed checks in a row before the watchdog gives up (as in Go crunch-run).
 pub const STRIKES_TO_GIVE_UP: u32 = 5;
-
-/// Time between checks unless configured otherwise (as in Go crunch-run).
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(120);
 
 /// What one check concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
