@@ -18,6 +18,7 @@ pub mod logging;
 pub mod mounts;
 pub mod output;
 pub mod redact;
+pub mod rfc3339;
 pub mod runner;
 pub mod store;
 pub mod writeback;

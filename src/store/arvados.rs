@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::arvados::client::{ApiClient, ApiSettings};
 use crate::arvados::keep::KeepClient;
 use crate::arvados::manifest::portable_data_hash;
-use crate::logging::timestamp::format_timestamp;
+use crate::rfc3339::format_timestamp;
 use crate::store::{
     ApiStore, BlockSource, BlockStore, ContainerAccess, SavedCollection, StoreError,
 };

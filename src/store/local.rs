@@ -20,7 +20,7 @@ use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::arvados::container::{State, is_pdh};
 use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
-use crate::logging::timestamp::format_timestamp;
+use crate::rfc3339::format_timestamp;
 use crate::writeback::start_writeback;
 
 pub struct LocalStore {
