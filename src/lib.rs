@@ -14,6 +14,7 @@ pub mod config;
 pub mod detach;
 pub mod docker;
 pub mod image;
+pub mod local_store;
 pub mod logging;
 pub mod mounts;
 pub mod output;

@@ -213,7 +213,7 @@ type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
 fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreError> {
     match &config.backend {
         Backend::Local(dir) => {
-            let store = Arc::new(crate::store::local::LocalStore::open(dir)?);
+            let store = Arc::new(crate::local_store::LocalStore::open(dir)?);
             Ok((store.clone(), store))
         }
         Backend::Arvados(env) => {
@@ -228,7 +228,7 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
                     ..Default::default()
                 },
             };
-            let store = Arc::new(crate::store::arvados::ArvadosStore::connect(
+            let store = Arc::new(crate::arvados::store::ArvadosStore::connect(
                 settings,
                 env.keep_services.as_deref(),
             )?);

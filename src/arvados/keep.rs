@@ -19,7 +19,7 @@ use crate::arvados::client::{
 };
 use crate::arvados::manifest::{Locator, hex, md5_hex};
 use crate::redact::Secrets;
-use crate::store::{BlockSource, BlockStore, StoreError};
+use crate::store::{BlockSource, StoreError};
 
 /// Size of the buffer a GET streams through.
 const GET_BUFFER: usize = 64 * 1024;
@@ -582,11 +582,11 @@ fn parse_accessible(list: &Value) -> Result<Vec<KeepService>, StoreError> {
     Ok(services)
 }
 
-impl BlockStore for KeepClient {
+impl KeepClient {
     /// PUT the block to writable services in rendezvous order until
     /// `min(want_replicas, writable services)` replicas are stored; returns the first
-    /// signed locator a service answered with.
-    fn put_block(
+    /// signed locator a service answered with. `body` opens the data, once per attempt.
+    pub fn put_block(
         &self,
         hash: &str,
         size: u64,
@@ -659,7 +659,7 @@ impl BlockStore for KeepClient {
     /// that breaks midway is resumed from another service or attempt, skipping the bytes
     /// already written, so `out` sees every byte once. The md5 of everything written must
     /// equal the locator's hash, else `Invalid` (the bytes are in `out` by then).
-    fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+    pub fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
         let loc = Locator::parse(locator).map_err(|e| StoreError::Invalid {
             what: "GET Keep block".to_string(),
             message: e.to_string(),

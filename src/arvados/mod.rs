@@ -4,3 +4,4 @@ pub mod client;
 pub mod container;
 pub mod keep;
 pub mod manifest;
+pub mod store;
