@@ -223,7 +223,7 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
                 token: env.token.clone(),
                 insecure: env.insecure,
                 extra_ca_file: env.ca_file.clone(),
-                retry: crate::arvados::client::RetryPolicy {
+                retry: crate::arvados::retry::RetryPolicy {
                     deadline: config.api_retry_deadline,
                     ..Default::default()
                 },

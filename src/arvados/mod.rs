@@ -4,4 +4,5 @@ pub mod client;
 pub mod container;
 pub mod keep;
 pub mod manifest;
+pub mod retry;
 pub mod store;

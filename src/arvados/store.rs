@@ -281,8 +281,8 @@ impl BlockStore for ArvadosStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arvados::client::RetryPolicy;
     use crate::arvados::client::testserver::{Req, Server, response, start};
+    use crate::arvados::retry::RetryPolicy;
     use std::io::Read;
     use std::time::Duration;
 
