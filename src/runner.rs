@@ -352,6 +352,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         watchdog_interval: config.docker_watchdog_interval,
         engine_stuck: Default::default(),
         log_updates: config.log_updates,
+        gpu_devices: config.gpu_devices.clone(),
         log_collection,
         log_updater: None,
         guard: None,
@@ -411,6 +412,8 @@ struct ContainerRun {
     log_updates: LogUpdates,
     log_collection: Arc<LogCollection>,
     log_updater: Option<LogUpdater>,
+    /// The GPUs a scheduler assigned (`Config::gpu_devices`).
+    gpu_devices: Option<Vec<String>>,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -713,14 +716,9 @@ impl ContainerRun {
         if rc.api {
             env.extend(self.api_env_for_container());
         }
-        let gpus = (rc.gpu_count > 0).then(|| {
-            // A scheduler that assigned devices says which in CUDA_VISIBLE_DEVICES.
-            match std::env::var("CUDA_VISIBLE_DEVICES") {
-                Ok(ids) if !ids.trim().is_empty() => {
-                    Gpus::Devices(ids.split(',').map(|id| id.trim().to_string()).collect())
-                }
-                _ => Gpus::Count(rc.gpu_count),
-            }
+        let gpus = (rc.gpu_count > 0).then(|| match &self.gpu_devices {
+            Some(ids) => Gpus::Devices(ids.clone()),
+            None => Gpus::Count(rc.gpu_count),
         });
         ContainerSpec {
             name: self.uuid.clone(),
