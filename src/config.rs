@@ -184,12 +184,7 @@ pub struct LogUpdates {
 }
 
 impl LogUpdates {
-    /// Go crunch-run's: every 30 minutes, or every 32 MiB.
-    pub const DEFAULT: LogUpdates = LogUpdates {
-        period: std::time::Duration::from_secs(30 * 60),
-        bytes: 32 << 20,
-    };
-
+    /// Whether the logs are saved only when the run ends.
     pub fn is_off(&self) -> bool {
         self.period.is_zero() && self.bytes == 0
     }
@@ -557,7 +552,12 @@ mod tests {
                 .unwrap()
                 .log_updates
         };
-        assert_eq!(config(&[]), LogUpdates::DEFAULT);
+        // Go crunch-run's: every 30 minutes, or every 32 MiB.
+        let go = LogUpdates {
+            period: std::time::Duration::from_secs(30 * 60),
+            bytes: 32 << 20,
+        };
+        assert_eq!(config(&[]), go);
         let off = config(&["--log-update-period=0s", "-log-update-size=0"]);
         assert!(off.is_off());
         assert_eq!(

@@ -45,7 +45,7 @@ impl LocalStore {
         })
     }
 
-    pub fn container_path(&self, uuid: &str) -> PathBuf {
+    fn container_path(&self, uuid: &str) -> PathBuf {
         self.dir.join("containers").join(format!("{uuid}.json"))
     }
 

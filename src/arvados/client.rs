@@ -216,17 +216,22 @@ impl Method {
     }
 }
 
-/// Percent-encode a query string component (RFC 3986 unreserved characters kept).
-fn url_encode(s: &str) -> String {
+/// Percent-encode every byte of `s` but ASCII letters, digits and those in `keep`.
+pub(crate) fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
     out
+}
+
+/// Percent-encode a query string component (RFC 3986 unreserved characters kept).
+fn url_encode(s: &str) -> String {
+    percent_encode(s, b"-._~")
 }
 
 impl ApiClient {
@@ -276,16 +281,6 @@ impl ApiClient {
     /// The retry policy, for Keep to use the same.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
-    }
-
-    /// The secrets of this client (its token), for redacting text.
-    pub fn secrets(&self) -> &Secrets {
-        &self.secrets
-    }
-
-    /// `https://host[:port]`.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
     }
 
     /// `GET path?query`, e.g. `get("/arvados/v1/containers/zzzzz-dz642-…", &[])`.
@@ -812,7 +807,7 @@ mod tests {
         let good = dir.path().join("good.pem");
         fs::write(&good, cert.cert.pem()).unwrap();
         let c = ApiClient::new(settings(&good)).unwrap();
-        assert_eq!(c.base_url(), "https://example.invalid");
+        assert_eq!(c.base_url, "https://example.invalid");
         assert!(!format!("{c:?}").contains(TOKEN));
     }
 
