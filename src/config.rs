@@ -1,12 +1,16 @@
-//! Flags and environment, turned into one validated `Config`.
+//! Flags and environment, turned into what this invocation does: a `Mode`, and for a run
+//! one validated `Config`.
 //!
-//! Parsing is two-staged: clap reads the raw flags (`Args`), then `Config::from_args` checks
-//! them against the environment and is the only place that decides what is missing. No I/O
-//! happens here apart from reading `--stdin-config`, which dispatchers use to pass the
-//! environment without putting a token in our process environment.
+//! Parsing is two-staged: clap reads the raw flags (`Args`), then `Mode::from_parts` and
+//! `Config::from_args` check them against the environment and are the only places that
+//! decide what is missing. This is the only module that reads the process environment
+//! (`process_env`), and `Mode::from_process` the only function that reads the stdin
+//! config, which dispatchers use to pass the environment without putting a token in our
+//! process environment. Doing what the mode says is left to main.rs.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io::{self, Read};
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -143,6 +147,33 @@ pub struct Config {
     pub docker_watchdog_interval: Option<std::time::Duration>,
     /// When the logs so far are saved while the container runs.
     pub log_updates: LogUpdates,
+    /// The GPUs a scheduler assigned to this run (CUDA_VISIBLE_DEVICES), when it did; else
+    /// the engine picks as many as the record asks for.
+    pub gpu_devices: Option<Vec<String>>,
+}
+
+/// What one invocation of crunch-run does, decided from its flags and environment before
+/// anything runs. The modes that touch run locks carry the directory they live in.
+#[derive(Debug)]
+pub enum Mode {
+    /// `--guard-container NAME`: be the guard that removes NAME when our pipe closes.
+    Guard { container: String },
+    /// `--list`: print the UUIDs of the live runs.
+    List { lock_dir: PathBuf },
+    /// `--kill SIGNAL UUID`: signal the run of UUID and wait for it to end.
+    Kill {
+        lock_dir: PathBuf,
+        uuid: String,
+        signal: i32,
+    },
+    /// `--detach`: start the run in the background, handing it the stdin config.
+    Detach {
+        config: Config,
+        lock_dir: PathBuf,
+        stdin_config: Option<String>,
+    },
+    /// Run the container.
+    Run { config: Config, lock_dir: PathBuf },
 }
 
 /// When the log collection is saved while the container runs (zero: never on that count).
@@ -153,12 +184,7 @@ pub struct LogUpdates {
 }
 
 impl LogUpdates {
-    /// Go crunch-run's: every 30 minutes, or every 32 MiB.
-    pub const DEFAULT: LogUpdates = LogUpdates {
-        period: std::time::Duration::from_secs(30 * 60),
-        bytes: 32 << 20,
-    };
-
+    /// Whether the logs are saved only when the run ends.
     pub fn is_off(&self) -> bool {
         self.period.is_zero() && self.bytes == 0
     }
@@ -209,6 +235,33 @@ pub fn is_container_uuid(s: &str) -> bool {
         && parts[2].len() == 15
         && s.chars()
             .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_lowercase())
+}
+
+/// The process environment. A variable whose name or value is not UTF-8 is left out:
+/// none of ours can be, and `std::env::vars` would panic on it.
+pub fn process_env() -> BTreeMap<String, String> {
+    utf8_vars(std::env::vars_os())
+}
+
+fn utf8_vars(vars: impl Iterator<Item = (OsString, OsString)>) -> BTreeMap<String, String> {
+    vars.filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Where run lock files live: `CRUNCH_RUN_LOCK_DIR`, else `/var/lock`.
+fn lock_dir(env: &BTreeMap<String, String>) -> PathBuf {
+    env.get("CRUNCH_RUN_LOCK_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lock"))
+}
+
+/// The GPUs a scheduler assigned, from `CUDA_VISIBLE_DEVICES` (`"1,3"`); none when unset
+/// or blank.
+fn gpu_devices(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    env.get("CUDA_VISIBLE_DEVICES")
+        .filter(|ids| !ids.trim().is_empty())
+        .map(|ids| ids.split(',').map(|id| id.trim().to_string()).collect())
 }
 
 fn truthy(v: &str) -> bool {
@@ -281,12 +334,71 @@ impl Config {
                 period: args.log_update_period,
                 bytes: args.log_update_size,
             },
+            gpu_devices: gpu_devices(env),
+        })
+    }
+}
+
+impl Mode {
+    /// The mode of this process: its flags, its environment, and for a run with
+    /// `--stdin-config` what the dispatcher wrote on stdin.
+    pub fn from_process(args: &Args) -> Result<Mode, UsageError> {
+        Mode::from_parts(args, process_env(), &mut io::stdin().lock())
+    }
+
+    /// The mode for these flags and this environment. `stdin` is read only for a run with
+    /// `--stdin-config`; its "Env" is laid over `env` for the run, as the Go crunch-run
+    /// sets it in its environment. The lock directory always comes from `env` itself:
+    /// `--list` and `--kill`, which read no stdin, must look where the runs lock.
+    pub fn from_parts(
+        args: &Args,
+        mut env: BTreeMap<String, String>,
+        stdin: &mut dyn Read,
+    ) -> Result<Mode, UsageError> {
+        let lock_dir = lock_dir(&env);
+        if let Some(container) = &args.guard_container {
+            return Ok(Mode::Guard {
+                container: container.clone(),
+            });
+        }
+        if args.list {
+            return Ok(Mode::List { lock_dir });
+        }
+        if let Some(signal) = args.kill {
+            let uuid = args.container_uuid.as_deref().unwrap_or_default();
+            if !is_container_uuid(uuid) {
+                return Err(UsageError("--kill needs a container UUID".into()));
+            }
+            let uuid = uuid.to_string();
+            return Ok(Mode::Kill {
+                lock_dir,
+                uuid,
+                signal,
+            });
+        }
+        let mut stdin_config = None;
+        if args.stdin_config {
+            let mut text = String::new();
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|e| UsageError(format!("--stdin-config: cannot read stdin: {e}")))?;
+            env.extend(parse_stdin_config(&text)?);
+            stdin_config = Some(text);
+        }
+        let config = Config::from_args(args, &env)?;
+        Ok(match args.detach {
+            true => Mode::Detach {
+                config,
+                lock_dir,
+                stdin_config,
+            },
+            false => Mode::Run { config, lock_dir },
         })
     }
 }
 
 /// Read the dispatcher's stdin config and return its "Env" map.
-pub fn parse_stdin_config(text: &str) -> Result<BTreeMap<String, String>, UsageError> {
+fn parse_stdin_config(text: &str) -> Result<BTreeMap<String, String>, UsageError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| UsageError(format!("--stdin-config: stdin is not JSON: {e}")))?;
     let mut env = BTreeMap::new();
@@ -440,7 +552,12 @@ mod tests {
                 .unwrap()
                 .log_updates
         };
-        assert_eq!(config(&[]), LogUpdates::DEFAULT);
+        // Go crunch-run's: every 30 minutes, or every 32 MiB.
+        let go = LogUpdates {
+            period: std::time::Duration::from_secs(30 * 60),
+            bytes: 32 << 20,
+        };
+        assert_eq!(config(&[]), go);
         let off = config(&["--log-update-period=0s", "-log-update-size=0"]);
         assert!(off.is_off());
         assert_eq!(
@@ -458,5 +575,100 @@ mod tests {
             parse_stdin_config(r#"{"Env":{"ARVADOS_API_HOST":"a:1"},"KeepBuffers":2}"#).unwrap();
         assert_eq!(e.get("ARVADOS_API_HOST").map(String::as_str), Some("a:1"));
         assert!(parse_stdin_config(r#"{"Env":{"X":1}}"#).is_err());
+    }
+
+    fn mode(argv: &[&str], vars: &[(&str, &str)], stdin: &str) -> Result<Mode, UsageError> {
+        Mode::from_parts(&parse(argv), env(vars), &mut stdin.as_bytes())
+    }
+
+    #[test]
+    fn gpu_devices_come_from_cuda_visible_devices() {
+        let gpus = |vars: &[(&str, &str)]| {
+            Config::from_args(&parse(&["--local-store", "/tmp/x", UUID]), &env(vars))
+                .unwrap()
+                .gpu_devices
+        };
+        assert_eq!(gpus(&[]), None);
+        assert_eq!(gpus(&[("CUDA_VISIBLE_DEVICES", " ")]), None);
+        assert_eq!(
+            gpus(&[("CUDA_VISIBLE_DEVICES", "1, 3")]),
+            Some(vec!["1".to_string(), "3".to_string()])
+        );
+    }
+
+    #[test]
+    fn list_kill_and_guard_need_no_run_settings_and_read_no_stdin() {
+        let locks = [("CRUNCH_RUN_LOCK_DIR", "/run/locks")];
+        // Unreadable JSON on stdin would be an error if it were read.
+        match mode(&["--list", "--stdin-config"], &locks, "not json").unwrap() {
+            Mode::List { lock_dir } => assert_eq!(lock_dir, PathBuf::from("/run/locks")),
+            other => panic!("unexpected {other:?}"),
+        }
+        match mode(&["--kill", "15", UUID], &[], "").unwrap() {
+            Mode::Kill {
+                lock_dir,
+                uuid,
+                signal,
+            } => {
+                assert_eq!(lock_dir, PathBuf::from("/var/lock"));
+                assert_eq!((uuid.as_str(), signal), (UUID, 15));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = mode(&["--kill", "15"], &[], "").unwrap_err();
+        assert_eq!(e.0, "--kill needs a container UUID");
+        assert!(matches!(
+            mode(&["--guard-container", "c1"], &[], "").unwrap(),
+            Mode::Guard { container } if container == "c1"
+        ));
+    }
+
+    #[test]
+    fn the_stdin_config_is_laid_over_the_environment_for_a_run() {
+        let stdin =
+            r#"{"Env":{"ARVADOS_API_HOST":"from-stdin:1","ARVADOS_API_TOKEN":"tok-from-stdin"}}"#;
+        let vars = [
+            ("ARVADOS_API_HOST", "from-env:1"),
+            ("CRUNCH_RUN_LOCK_DIR", "/run/locks"),
+        ];
+        match mode(&["--stdin-config", "--detach", UUID], &vars, stdin).unwrap() {
+            Mode::Detach {
+                config,
+                lock_dir,
+                stdin_config,
+            } => {
+                let Backend::Arvados(api) = config.backend else {
+                    panic!("expected the API backend");
+                };
+                assert_eq!(api.host, "from-stdin:1");
+                assert_eq!(api.token, "tok-from-stdin");
+                assert_eq!(lock_dir, PathBuf::from("/run/locks"));
+                assert_eq!(stdin_config.as_deref(), Some(stdin));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without the flag stdin is not read, and the environment must do.
+        let e = mode(&[UUID], &vars, stdin).unwrap_err();
+        assert!(e.0.contains("ARVADOS_API_TOKEN"), "{e}");
+        let e = mode(&["--stdin-config", UUID], &vars, "[").unwrap_err();
+        assert!(e.0.starts_with("--stdin-config: stdin is not JSON"), "{e}");
+        assert!(matches!(
+            mode(&["--local-store", "/tmp/x", UUID], &[], "").unwrap(),
+            Mode::Run { .. }
+        ));
+    }
+
+    /// Regression: `std::env::vars` panicked on a variable that is not UTF-8, so crunch-run
+    /// exited 101 before it parsed anything.
+    #[test]
+    fn variables_that_are_not_utf8_are_left_out() {
+        use std::os::unix::ffi::OsStringExt;
+        let vars = [
+            (OsString::from("TMPDIR"), OsString::from("/scratch")),
+            (OsString::from("BAD"), OsString::from_vec(vec![0xff])),
+            (OsString::from_vec(vec![b'X', 0xfe]), OsString::from("v")),
+        ];
+        let got = utf8_vars(vars.into_iter());
+        assert_eq!(got, env(&[("TMPDIR", "/scratch")]));
     }
 }

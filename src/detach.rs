@@ -2,9 +2,10 @@
 //! background and say its PID), the lock file each run holds while it lives, `--list`
 //! (the UUIDs of live runs) and `--kill N UUID` (signal a run, and check that it went).
 //!
-//! The lock file is `/var/lock/crunch-run-<uuid>.lock` (the directory can be changed with
-//! `CRUNCH_RUN_LOCK_DIR`), holding `{"UUID":…,"PID":…}` under an exclusive flock(2) for
-//! as long as the run's process lives, so a crashed run leaves a lock nobody holds.
+//! The lock file is `<lock dir>/crunch-run-<uuid>.lock` (`/var/lock` unless
+//! `CRUNCH_RUN_LOCK_DIR` says otherwise: config.rs decides, every function here is told),
+//! holding `{"UUID":…,"PID":…}` under an exclusive flock(2) for as long as the run's
+//! process lives, so a crashed run leaves a lock nobody holds.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -15,16 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::config::Config;
+
 const PREFIX: &str = "crunch-run-";
 const SUFFIX: &str = ".lock";
-
-/// Where the lock files are.
-pub fn lock_dir() -> PathBuf {
-    std::env::var_os("CRUNCH_RUN_LOCK_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lock"))
-}
 
 fn lock_path(dir: &Path, uuid: &str) -> PathBuf {
     dir.join(format!("{PREFIX}{uuid}{SUFFIX}"))
@@ -44,10 +39,10 @@ fn try_lock(file: &File) -> io::Result<bool> {
     }
 }
 
-/// Take this run's lock and write our PID into it. Keep the returned file open for as
-/// long as the run lives.
-pub fn hold_lock(uuid: &str) -> io::Result<File> {
-    let path = lock_path(&lock_dir(), uuid);
+/// Take this run's lock in `lock_dir` and write our PID into it. Keep the returned file
+/// open for as long as the run lives.
+pub fn hold_lock(lock_dir: &Path, uuid: &str) -> io::Result<File> {
+    let path = lock_path(lock_dir, uuid);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -84,11 +79,10 @@ fn inspect_lock(path: &Path) -> io::Result<(Option<u32>, bool)> {
     Ok((pid, held))
 }
 
-/// `--list`: the UUIDs of live runs, one per line. Lock files nobody holds are left by
-/// runs that ended without cleaning up: removed.
-pub fn list(out: &mut dyn Write) -> io::Result<()> {
-    let dir = lock_dir();
-    let entries = match fs::read_dir(&dir) {
+/// `--list`: the UUIDs of live runs with a lock in `lock_dir`, one per line. Lock files
+/// nobody holds are left by runs that ended without cleaning up: removed.
+pub fn list(lock_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
+    let entries = match fs::read_dir(lock_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
@@ -120,8 +114,8 @@ pub fn list(out: &mut dyn Write) -> io::Result<()> {
 /// `--kill N UUID`: send signal `signal` to the run of `uuid`, and wait (up to 10 s: it
 /// removes its container and saves its logs first) for it to end. Nothing to do when no
 /// live run holds the lock.
-pub fn kill(uuid: &str, signal: i32) -> io::Result<()> {
-    let path = lock_path(&lock_dir(), uuid);
+pub fn kill(lock_dir: &Path, uuid: &str, signal: i32) -> io::Result<()> {
+    let path = lock_path(lock_dir, uuid);
     let (pid, held) = match inspect_lock(&path) {
         Ok(found) => found,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -164,18 +158,21 @@ fn alive(pid: libc::pid_t) -> bool {
     }
 }
 
-/// `--detach`: start `exe args` (the same command without `--detach`) in a process group
-/// of its own, its output appended to `log`, `stdin_config` (if any) on its stdin; wait
-/// until it holds the lock of `uuid`, and return its PID.
-pub fn detach(
-    exe: &Path,
-    args: &[OsString],
+/// `--detach`: start this same command (`argv`, as normalized, without `--detach`) in a
+/// process group of its own, its output appended to `<spool dir>/crunch-run-<uuid>.log`,
+/// `stdin_config` (if any) on its stdin; wait until it holds the run's lock in `lock_dir`,
+/// and return its PID.
+pub fn run_detached(
+    config: &Config,
+    lock_dir: &Path,
+    argv: &[OsString],
     stdin_config: Option<&str>,
-    uuid: &str,
-    log: &Path,
 ) -> io::Result<u32> {
-    let output = OpenOptions::new().create(true).append(true).open(log)?;
-    let mut child = Command::new(exe)
+    let uuid = config.container_uuid.as_str();
+    let log = config.spool_dir.join(format!("crunch-run-{uuid}.log"));
+    let args = argv.iter().skip(1).filter(|a| *a != "--detach");
+    let output = OpenOptions::new().create(true).append(true).open(&log)?;
+    let mut child = Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(if stdin_config.is_some() {
             Stdio::piped()
@@ -190,7 +187,7 @@ pub fn detach(
         stdin.write_all(text.as_bytes())?;
     }
     let pid = child.id();
-    let path = lock_path(&lock_dir(), uuid);
+    let path = lock_path(lock_dir, uuid);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok((Some(locked_by), true)) = inspect_lock(&path)
@@ -221,43 +218,40 @@ pub fn detach(
 mod tests {
     use super::*;
 
-    // Tests share the process environment: one test sets the lock directory for all.
-    fn with_lock_dir(f: impl FnOnce(&Path)) {
-        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::tempdir().unwrap();
-        // SAFETY: serialised by LOCK; no other test reads this variable.
-        unsafe { std::env::set_var("CRUNCH_RUN_LOCK_DIR", dir.path()) };
-        f(dir.path());
-    }
-
     #[test]
     fn a_held_lock_is_listed_and_a_second_holder_refused() {
-        with_lock_dir(|dir| {
-            let uuid = "zzzzz-dz642-000000000000001";
-            let held = hold_lock(uuid).unwrap();
-            // A stale lock file, nobody holding it.
-            fs::write(lock_path(dir, "zzzzz-dz642-000000000000002"), "{}").unwrap();
-            // flock is per open file: a second open in this process is another holder.
-            assert!(hold_lock(uuid).is_err());
-            let mut out = Vec::new();
-            list(&mut out).unwrap();
-            assert_eq!(String::from_utf8(out).unwrap(), format!("{uuid}\n"));
-            assert!(!lock_path(dir, "zzzzz-dz642-000000000000002").exists());
-            let (pid, live) = inspect_lock(&lock_path(dir, uuid)).unwrap();
-            assert_eq!(pid, Some(std::process::id()));
-            assert!(live);
-            drop(held);
-            let mut out = Vec::new();
-            list(&mut out).unwrap();
-            assert!(out.is_empty());
-        });
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let uuid = "zzzzz-dz642-000000000000001";
+        let held = hold_lock(dir, uuid).unwrap();
+        // A stale lock file, nobody holding it.
+        fs::write(lock_path(dir, "zzzzz-dz642-000000000000002"), "{}").unwrap();
+        // flock is per open file: a second open in this process is another holder.
+        assert!(hold_lock(dir, uuid).is_err());
+        let mut out = Vec::new();
+        list(dir, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{uuid}\n"));
+        assert!(!lock_path(dir, "zzzzz-dz642-000000000000002").exists());
+        let (pid, live) = inspect_lock(&lock_path(dir, uuid)).unwrap();
+        assert_eq!(pid, Some(std::process::id()));
+        assert!(live);
+        drop(held);
+        let mut out = Vec::new();
+        list(dir, &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]
     fn kill_without_a_live_run_does_nothing() {
-        with_lock_dir(|_| {
-            kill("zzzzz-dz642-000000000000003", 15).unwrap();
-        });
+        let dir = tempfile::tempdir().unwrap();
+        kill(dir.path(), "zzzzz-dz642-000000000000003", 15).unwrap();
+        // Nor does a missing lock directory.
+        kill(
+            &dir.path().join("nowhere"),
+            "zzzzz-dz642-000000000000003",
+            15,
+        )
+        .unwrap();
+        list(&dir.path().join("nowhere"), &mut Vec::new()).unwrap();
     }
 }

@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn a_file_spanning_blocks_streams_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::local::LocalStore::open(dir.path()).unwrap();
+        let store = crate::local_store::LocalStore::open(dir.path()).unwrap();
         let put = |data: &'static [u8]| {
             let hash = crate::arvados::manifest::md5_hex(data);
             let open = move || -> io::Result<Box<dyn io::Read + Send>> { Ok(Box::new(data)) };

@@ -1,40 +1,24 @@
-//! The `crunch-run` command: parse, run, map the result to an exit status. Nothing else.
+//! The `crunch-run` command: flags → `Mode` → one match. The only place that prints why
+//! crunch-run stopped and picks the exit status; what each mode does lives in the library.
 
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use crunch_run::config::{Args, Config, is_container_uuid, normalize_go_flags, parse_stdin_config};
+use crunch_run::config::{Args, Config, Mode, normalize_go_flags};
 use crunch_run::detach;
+use crunch_run::docker::run_guard;
 use crunch_run::runner::{self, CancelFlag};
 
-/// `--detach`: start this same command without `--detach` in the background and print
-/// `{"UUID":…,"PID":…}` once it runs.
-fn run_detached(config: &Config, stdin_config: Option<&str>) -> ExitCode {
-    let uuid = &config.container_uuid;
-    let args: Vec<std::ffi::OsString> = normalize_go_flags(std::env::args_os())
-        .into_iter()
-        .skip(1)
-        .filter(|a| a != "--detach")
-        .collect();
-    let log = config.spool_dir.join(format!("crunch-run-{uuid}.log"));
-    let started = std::env::current_exe()
-        .and_then(|exe| detach::detach(&exe, &args, stdin_config, uuid, &log));
-    match started {
-        Ok(pid) => {
-            println!("{}", serde_json::json!({"UUID": uuid, "PID": pid}));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("crunch-run: --detach {uuid}: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
+/// Why crunch-run stopped short: the exit status, and the message that `main` prints once
+/// as `crunch-run: <message>`.
+type Failure = (u8, String);
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse_from(normalize_go_flags(std::env::args_os())) {
+    let argv = normalize_go_flags(std::env::args_os());
+    let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
         Err(e) => {
             // --help and --version land here too, and exit 0.
@@ -42,79 +26,66 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    if let Some(name) = &args.guard_container {
-        return ExitCode::from(crunch_run::docker::run_guard(name) as u8);
-    }
-    if args.list {
-        return match detach::list(&mut std::io::stdout().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("crunch-run: --list: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if let Some(signal) = args.kill {
-        let uuid = args.container_uuid.as_deref().unwrap_or_default();
-        if !is_container_uuid(uuid) {
-            eprintln!("crunch-run: --kill needs a container UUID");
-            return ExitCode::from(2);
-        }
-        return match detach::kill(uuid, signal) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("crunch-run: --kill {signal} {uuid}: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut stdin_config = None;
-    if args.stdin_config {
-        let mut text = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-            eprintln!("crunch-run: --stdin-config: cannot read stdin: {e}");
-            return ExitCode::from(2);
-        }
-        stdin_config = Some(text.clone());
-        match parse_stdin_config(&text) {
-            Ok(extra) => env.extend(extra),
-            Err(e) => {
-                eprintln!("crunch-run: {e}");
-                return ExitCode::from(2);
-            }
+    let done = Mode::from_process(&args)
+        .map_err(|e| (2, e.to_string()))
+        .and_then(|mode| run(mode, &argv));
+    match done {
+        Ok(status) => ExitCode::from(status),
+        Err((status, message)) => {
+            eprintln!("crunch-run: {message}");
+            ExitCode::from(status)
         }
     }
-    let config = match Config::from_args(&args, &env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("crunch-run: {e}");
-            return ExitCode::from(2);
+}
+
+fn run(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
+    match mode {
+        Mode::Guard { container } => Ok(run_guard(&container) as u8),
+        Mode::List { lock_dir } => detach::list(&lock_dir, &mut io::stdout().lock())
+            .map(|()| 0)
+            .map_err(|e| (1, format!("--list: {e}"))),
+        Mode::Kill {
+            lock_dir,
+            uuid,
+            signal,
+        } => detach::kill(&lock_dir, &uuid, signal)
+            .map(|()| 0)
+            .map_err(|e| (1, format!("--kill {signal} {uuid}: {e}"))),
+        Mode::Detach {
+            config,
+            lock_dir,
+            stdin_config,
+        } => {
+            let uuid = &config.container_uuid;
+            let pid = detach::run_detached(&config, &lock_dir, argv, stdin_config.as_deref())
+                .map_err(|e| (1, format!("--detach {uuid}: {e}")))?;
+            println!("{}", serde_json::json!({"UUID": uuid, "PID": pid}));
+            Ok(0)
         }
-    };
+        Mode::Run { config, lock_dir } => run_container(&config, &lock_dir),
+    }
+}
+
+/// Take the run's lock, watch for signals, and hand over to the lifecycle, which reports
+/// everything after that itself.
+fn run_container(config: &Config, lock_dir: &Path) -> Result<u8, Failure> {
     let uuid = config.container_uuid.as_str();
-    if args.detach {
-        return run_detached(&config, stdin_config.as_deref());
-    }
     // Held until we exit: tells --list and --kill (and a second crunch-run) that we live.
-    let _lock = match detach::hold_lock(uuid) {
+    let _lock = match detach::hold_lock(lock_dir, uuid) {
         Ok(lock) => Some(lock),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
-            return ExitCode::from(1);
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err((1, format!("{uuid}: {e}; nothing was changed.")));
         }
         Err(e) => {
             eprintln!(
                 "crunch-run: {uuid}: warning: cannot take the lock in {} ({e}): --list and --kill will not see this run",
-                detach::lock_dir().display()
+                lock_dir.display()
             );
             None
         }
     };
     let cancel = CancelFlag::default();
-    if let Err(e) = runner::watch_signals(cancel.clone()) {
-        eprintln!("crunch-run: cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
-    ExitCode::from(runner::run(&config, cancel) as u8)
+    runner::watch_signals(cancel.clone())
+        .map_err(|e| (1, format!("cannot install signal handlers: {e}")))?;
+    Ok(runner::run(config, cancel) as u8)
 }

@@ -1332,7 +1332,7 @@ fn manifest_dirs(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::arvados::manifest::md5_hex;
-    use crate::store::local::LocalStore;
+    use crate::local_store::LocalStore;
     use crate::store::{BlockSource, SavedCollection};
     use serde_json::json;
     use std::io::Read;

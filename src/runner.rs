@@ -212,7 +212,7 @@ type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
 fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreError> {
     match &config.backend {
         Backend::Local(dir) => {
-            let store = Arc::new(crate::store::local::LocalStore::open(dir)?);
+            let store = Arc::new(crate::local_store::LocalStore::open(dir)?);
             Ok((store.clone(), store))
         }
         Backend::Arvados(env) => {
@@ -222,12 +222,12 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
                 token: env.token.clone(),
                 insecure: env.insecure,
                 extra_ca_file: env.ca_file.clone(),
-                retry: crate::arvados::client::RetryPolicy {
+                retry: crate::arvados::retry::RetryPolicy {
                     deadline: config.api_retry_deadline,
                     ..Default::default()
                 },
             };
-            let store = Arc::new(crate::store::arvados::ArvadosStore::connect(
+            let store = Arc::new(crate::arvados::store::ArvadosStore::connect(
                 settings,
                 env.keep_services.as_deref(),
             )?);
@@ -351,6 +351,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         watchdog_interval: config.docker_watchdog_interval,
         engine_stuck: Default::default(),
         log_updates: config.log_updates,
+        gpu_devices: config.gpu_devices.clone(),
         log_collection,
         log_updater: None,
         guard: None,
@@ -410,6 +411,8 @@ struct ContainerRun {
     log_updates: LogUpdates,
     log_collection: Arc<LogCollection>,
     log_updater: Option<LogUpdater>,
+    /// The GPUs a scheduler assigned (`Config::gpu_devices`).
+    gpu_devices: Option<Vec<String>>,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -712,14 +715,9 @@ impl ContainerRun {
         if rc.api {
             env.extend(self.api_env_for_container());
         }
-        let gpus = (rc.gpu_count > 0).then(|| {
-            // A scheduler that assigned devices says which in CUDA_VISIBLE_DEVICES.
-            match std::env::var("CUDA_VISIBLE_DEVICES") {
-                Ok(ids) if !ids.trim().is_empty() => {
-                    Gpus::Devices(ids.split(',').map(|id| id.trim().to_string()).collect())
-                }
-                _ => Gpus::Count(rc.gpu_count),
-            }
+        let gpus = (rc.gpu_count > 0).then(|| match &self.gpu_devices {
+            Some(ids) => Gpus::Devices(ids.clone()),
+            None => Gpus::Count(rc.gpu_count),
         });
         ContainerSpec {
             name: self.uuid.clone(),

@@ -1,5 +1,5 @@
 //! Arvados REST API client over HTTPS (ureq, blocking): TLS settings, auth header, JSON
-//! bodies, retries with exponential backoff up to a deadline (reference §2.1).
+//! bodies, Arvados error messages (reference §2.1). When to retry is `retry`'s job.
 //!
 //! Every call sends `Authorization: Bearer <token>` and one `X-Request-Id` (the same on
 //! every retry of that call). Transient failures (connection errors, 408, 429, 5xx except
@@ -10,12 +10,12 @@ use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use crate::arvados::retry::{Attempt, RetryPolicy, is_transient_error, retry_loop};
 use crate::redact::Secrets;
 use crate::store::StoreError;
 
@@ -27,50 +27,6 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
 
 /// Largest JSON response we read (a big output collection's manifest can be large).
 const MAX_JSON_BODY: u64 = 1 << 30;
-
-/// How long to keep retrying, and how long to wait between tries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Wait after the first failure; doubles after each further failure.
-    pub initial_backoff: Duration,
-    /// Upper bound of one wait.
-    pub max_backoff: Duration,
-    /// No new attempt starts once this long has passed since the first one.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            deadline: Duration::from_secs(600),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failure number `failures` (0-based): `initial * 2^failures`, at most
-    /// `max_backoff`.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
-    }
-
-    /// The wait before the next attempt, or `None` if that attempt would start after the
-    /// deadline (counted from `started`).
-    pub fn next_wait(&self, started: Instant, failures: u32) -> Option<Duration> {
-        let wait = self.backoff(failures);
-        if started.elapsed() + wait > self.deadline {
-            None
-        } else {
-            Some(wait)
-        }
-    }
-}
 
 /// How to reach and authenticate to the API server.
 #[derive(Debug, Clone)]
@@ -109,37 +65,6 @@ pub fn new_request_id() -> String {
         bits /= 36;
     }
     out
-}
-
-/// What one attempt of a request came to.
-pub(crate) enum Attempt<T> {
-    Done(T),
-    /// Worth trying again (after a wait). `status` is the HTTP status if there was one.
-    Transient {
-        status: Option<u16>,
-        message: String,
-    },
-    /// Trying again will not help.
-    Fatal(StoreError),
-}
-
-/// Whether an HTTP status is worth retrying: 408, 429, 5xx except 501.
-pub(crate) fn is_transient_status(status: u16) -> bool {
-    status == 408 || status == 429 || (status >= 500 && status != 501)
-}
-
-/// Whether a transport error is worth retrying. Bad URLs and TLS/certificate problems are
-/// not (rustls reports a certificate it does not trust as an `InvalidData` I/O error).
-pub(crate) fn is_transient_error(err: &ureq::Error) -> bool {
-    match err {
-        ureq::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,
-        ureq::Error::Timeout(_)
-        | ureq::Error::HostNotFound
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::Protocol(_)
-        | ureq::Error::BodyStalled => true,
-        _ => false,
-    }
 }
 
 /// The message of an Arvados error body `{"errors":["…"]}` (joined with "; "), or a short
@@ -291,17 +216,22 @@ impl Method {
     }
 }
 
-/// Percent-encode a query string component (RFC 3986 unreserved characters kept).
-fn url_encode(s: &str) -> String {
+/// Percent-encode every byte of `s` but ASCII letters, digits and those in `keep`.
+pub(crate) fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
     out
+}
+
+/// Percent-encode a query string component (RFC 3986 unreserved characters kept).
+fn url_encode(s: &str) -> String {
+    percent_encode(s, b"-._~")
 }
 
 impl ApiClient {
@@ -351,16 +281,6 @@ impl ApiClient {
     /// The retry policy, for Keep to use the same.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
-    }
-
-    /// The secrets of this client (its token), for redacting text.
-    pub fn secrets(&self) -> &Secrets {
-        &self.secrets
-    }
-
-    /// `https://host[:port]`.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
     }
 
     /// `GET path?query`, e.g. `get("/arvados/v1/containers/zzzzz-dz642-…", &[])`.
@@ -439,7 +359,7 @@ impl ApiClient {
         };
         let mut response = match result {
             Ok(r) => r,
-            Err(e) => return transport_failure(&e, what),
+            Err(e) => return Attempt::from_transport(&e),
         };
         let status = response.status().as_u16();
         let bytes = response
@@ -466,8 +386,8 @@ impl ApiClient {
     }
 }
 
-/// Turn an answer into an attempt outcome: 2xx → parsed JSON, 404 → NotFound, transient
-/// statuses → retry, anything else → Rejected.
+/// Turn an answer into an attempt: 2xx → parsed JSON, 404 → NotFound, anything else
+/// transient or refused by its status, with the Arvados error message.
 fn classify_response(status: u16, bytes: &[u8], what: &str) -> Attempt<Value> {
     match status {
         200..=299 => {
@@ -482,72 +402,8 @@ fn classify_response(status: u16, bytes: &[u8], what: &str) -> Attempt<Value> {
                 }),
             }
         }
-        404 => Attempt::Fatal(StoreError::NotFound {
-            what: what.to_string(),
-        }),
-        s if is_transient_status(s) => Attempt::Transient {
-            status: Some(s),
-            message: error_message(bytes),
-        },
-        s => Attempt::Fatal(StoreError::Rejected {
-            what: what.to_string(),
-            status: s,
-            message: error_message(bytes),
-        }),
-    }
-}
-
-/// The outcome of a transport error: transient, or fatal as Unavailable.
-pub(crate) fn transport_failure<T>(err: &ureq::Error, what: &str) -> Attempt<T> {
-    if is_transient_error(err) {
-        Attempt::Transient {
-            status: None,
-            message: err.to_string(),
-        }
-    } else {
-        Attempt::Fatal(StoreError::Unavailable {
-            what: what.to_string(),
-            message: err.to_string(),
-        })
-    }
-}
-
-/// Run `attempt` until it is done or fatal, or the policy's deadline passes, waiting the
-/// backoff between tries. When giving up, the last transient failure becomes Rejected (if
-/// it had an HTTP status) or Unavailable.
-pub(crate) fn retry_loop<T>(
-    policy: &RetryPolicy,
-    what: &str,
-    mut attempt: impl FnMut() -> Attempt<T>,
-) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let mut failures = 0u32;
-    loop {
-        match attempt() {
-            Attempt::Done(v) => return Ok(v),
-            Attempt::Fatal(e) => return Err(e),
-            Attempt::Transient { status, message } => match policy.next_wait(started, failures) {
-                Some(wait) => {
-                    failures += 1;
-                    thread::sleep(wait);
-                }
-                None => {
-                    let tries = failures + 1;
-                    let message = format!("{message} (gave up after {tries} attempts)");
-                    return Err(match status {
-                        Some(status) => StoreError::Rejected {
-                            what: what.to_string(),
-                            status,
-                            message,
-                        },
-                        None => StoreError::Unavailable {
-                            what: what.to_string(),
-                            message,
-                        },
-                    });
-                }
-            },
-        }
+        404 => Attempt::NotFound,
+        s => Attempt::from_status(s, error_message(bytes)),
     }
 }
 
@@ -690,6 +546,7 @@ mod tests {
     use super::testserver::{response, start};
     use super::*;
     use serde_json::json;
+    use std::time::Instant;
 
     const TOKEN: &str = "v2/zzzzz-gj3su-000000000000000/secrettokenvalue1234567890";
 
@@ -710,30 +567,6 @@ mod tests {
             retry,
         })
         .unwrap()
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let p = RetryPolicy::default();
-        let secs: Vec<u64> = (0..8).map(|i| p.backoff(i).as_secs()).collect();
-        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(p.backoff(1000), Duration::from_secs(30));
-        let p = RetryPolicy {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(250),
-            deadline: Duration::from_millis(300),
-        };
-        assert_eq!(p.backoff(0), Duration::from_millis(100));
-        assert_eq!(p.backoff(1), Duration::from_millis(200));
-        assert_eq!(p.backoff(2), Duration::from_millis(250));
-        let started = Instant::now();
-        assert_eq!(p.next_wait(started, 0), Some(Duration::from_millis(100)));
-        assert_eq!(p.next_wait(started, 2), Some(Duration::from_millis(250)));
-        if let Some(earlier) = started.checked_sub(Duration::from_millis(100)) {
-            // 100 ms gone + 250 ms wait > 300 ms deadline.
-            assert_eq!(p.next_wait(earlier, 2), None);
-            assert_eq!(p.next_wait(earlier, 0), Some(Duration::from_millis(100)));
-        }
     }
 
     #[test]
@@ -768,16 +601,6 @@ mod tests {
         let m = error_message(long.as_bytes());
         assert_eq!(m.chars().count(), 301);
         assert!(m.ends_with('…'));
-    }
-
-    #[test]
-    fn transient_statuses() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(is_transient_status(s), "{s}");
-        }
-        for s in [400, 401, 403, 404, 409, 422, 501] {
-            assert!(!is_transient_status(s), "{s}");
-        }
     }
 
     #[test]
@@ -984,7 +807,7 @@ mod tests {
         let good = dir.path().join("good.pem");
         fs::write(&good, cert.cert.pem()).unwrap();
         let c = ApiClient::new(settings(&good)).unwrap();
-        assert_eq!(c.base_url(), "https://example.invalid");
+        assert_eq!(c.base_url, "https://example.invalid");
         assert!(!format!("{c:?}").contains(TOKEN));
     }
 

@@ -3,6 +3,7 @@
 //! surprise later in the run.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -72,7 +73,7 @@ pub struct Container {
     /// `output_glob`: which output files to keep (empty: all).
     pub output_glob: Vec<String>,
     /// `scheduling_parameters.max_run_time`, when set (0 means no limit).
-    pub max_run_time: Option<std::time::Duration>,
+    pub max_run_time: Option<Duration>,
 }
 
 /// Why a record cannot be run. The message is written to crunch-run.txt as is.
@@ -106,44 +107,14 @@ pub fn is_pdh(s: &str) -> bool {
 }
 
 impl Container {
+    /// Check every field crunch-run acts on; the first one that is wrong is the error.
     pub fn from_json(record: &Value) -> Result<Container, RecordError> {
         let field = |name: &str| record.get(name).filter(|v| !v.is_null());
-        let string = |name: &str| -> Result<Option<String>, RecordError> {
-            match field(name) {
-                None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => Err(RecordError(format!(
-                    "{name} must be a string, got {}",
-                    kind_of(other)
-                ))),
-            }
-        };
+        let string = |name: &str| optional_string(name, field(name));
 
         let uuid = string("uuid")?.ok_or_else(|| RecordError("uuid is missing".into()))?;
         let state = raw_state(record)?;
-
-        let command = match field("command") {
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(RecordError(format!(
-                        "command[{i}] must be a string, got {}",
-                        kind_of(other)
-                    ))),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(Value::Array(_)) | None => {
-                return Err(RecordError("command is empty".into()));
-            }
-            Some(other) => {
-                return Err(RecordError(format!(
-                    "command must be an array of strings, got {}",
-                    kind_of(other)
-                )));
-            }
-        };
+        let command = command(field("command"))?;
 
         let container_image = string("container_image")?.unwrap_or_default();
         if !is_pdh(&container_image) {
@@ -152,124 +123,147 @@ impl Container {
             )));
         }
 
-        let cwd = match string("cwd")? {
-            None => None,
-            Some(c) if c == "." || c.is_empty() => None,
-            Some(c) if c.starts_with('/') => Some(c),
-            Some(c) => {
-                return Err(RecordError(format!(
-                    "cwd {c:?} must be \".\" or an absolute path"
-                )));
-            }
-        };
-
-        let mut environment = BTreeMap::new();
-        match field("environment") {
-            None => {}
-            Some(Value::Object(map)) => {
-                for (k, v) in map {
-                    if k.is_empty() || k.contains('=') || k.contains('\0') {
-                        return Err(RecordError(format!(
-                            "environment variable name {k:?} is not valid"
-                        )));
-                    }
-                    match v {
-                        Value::String(s) if !s.contains('\0') => {
-                            environment.insert(k.clone(), s.clone());
-                        }
-                        Value::String(_) => {
-                            return Err(RecordError(format!(
-                                "environment[{k:?}] contains a NUL byte"
-                            )));
-                        }
-                        other => {
-                            return Err(RecordError(format!(
-                                "environment[{k:?}] must be a string, got {}",
-                                kind_of(other)
-                            )));
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                return Err(RecordError(format!(
-                    "environment must be an object, got {}",
-                    kind_of(other)
-                )));
-            }
-        }
-
-        let output_path = string("output_path")?.unwrap_or_default();
-        let runtime_constraints = match field("runtime_constraints") {
-            None => RuntimeConstraints::default(),
-            Some(Value::Object(rc)) => RuntimeConstraints {
-                api: rc.get("API").and_then(Value::as_bool).unwrap_or(false),
-                ram: rc.get("ram").and_then(Value::as_u64).filter(|r| *r > 0),
-                vcpus: rc.get("vcpus").and_then(Value::as_f64).filter(|v| *v > 0.0),
-                gpu_count: ["gpu", "cuda"]
-                    .iter()
-                    .filter_map(|k| rc.get(*k)?.get("device_count")?.as_u64())
-                    .find(|n| *n > 0)
-                    .map_or(0, |n| n.min(u32::MAX as u64) as u32),
-            },
-            Some(other) => {
-                return Err(RecordError(format!(
-                    "runtime_constraints must be an object, got {}",
-                    kind_of(other)
-                )));
-            }
-        };
-
-        let mounts = match field("mounts") {
-            None => Value::Object(Default::default()),
-            Some(m @ Value::Object(_)) => m.clone(),
-            Some(other) => {
-                return Err(RecordError(format!(
-                    "mounts must be an object, got {}",
-                    kind_of(other)
-                )));
-            }
-        };
-        let output_glob = match field("output_glob") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| {
-                        RecordError(format!(
-                            "output_glob entries must be strings, got {}",
-                            kind_of(v)
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(RecordError(format!(
-                    "output_glob must be an array of strings, got {}",
-                    kind_of(other)
-                )));
-            }
-        };
-        let max_run_time = field("scheduling_parameters")
-            .and_then(|sp| sp.get("max_run_time"))
-            .and_then(Value::as_u64)
-            .filter(|s| *s > 0)
-            .map(std::time::Duration::from_secs);
-
         Ok(Container {
             uuid,
             state,
             command,
             container_image,
-            cwd,
-            environment,
-            output_path,
-            runtime_constraints,
-            mounts,
-            output_glob,
-            max_run_time,
+            cwd: cwd(string("cwd")?)?,
+            environment: environment(field("environment"))?,
+            output_path: string("output_path")?.unwrap_or_default(),
+            runtime_constraints: runtime_constraints(field("runtime_constraints"))?,
+            mounts: mounts(field("mounts"))?,
+            output_glob: output_glob(field("output_glob"))?,
+            max_run_time: max_run_time(field("scheduling_parameters")),
         })
     }
+}
+
+/// "`subject` must be `expected`, got a number".
+fn must_be(subject: &str, expected: &str, got: &Value) -> RecordError {
+    RecordError(format!(
+        "{subject} must be {expected}, got {}",
+        kind_of(got)
+    ))
+}
+
+/// A field that is a string when present.
+fn optional_string(name: &str, value: Option<&Value>) -> Result<Option<String>, RecordError> {
+    match value {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(must_be(name, "a string", other)),
+    }
+}
+
+/// `command`: a non-empty array of strings.
+fn command(value: Option<&Value>) -> Result<Vec<String>, RecordError> {
+    match value {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(must_be(&format!("command[{i}]"), "a string", other)),
+            })
+            .collect(),
+        Some(Value::Array(_)) | None => Err(RecordError("command is empty".into())),
+        Some(other) => Err(must_be("command", "an array of strings", other)),
+    }
+}
+
+/// `cwd`: "." (or nothing) for the image's own working directory, else an absolute path.
+fn cwd(value: Option<String>) -> Result<Option<String>, RecordError> {
+    match value {
+        None => Ok(None),
+        Some(c) if c == "." || c.is_empty() => Ok(None),
+        Some(c) if c.starts_with('/') => Ok(Some(c)),
+        Some(c) => Err(RecordError(format!(
+            "cwd {c:?} must be \".\" or an absolute path"
+        ))),
+    }
+}
+
+/// `environment`: an object of strings, with names and values docker can pass on.
+fn environment(value: Option<&Value>) -> Result<BTreeMap<String, String>, RecordError> {
+    let map = match value {
+        None => return Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(must_be("environment", "an object", other)),
+    };
+    let mut environment = BTreeMap::new();
+    for (k, v) in map {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(RecordError(format!(
+                "environment variable name {k:?} is not valid"
+            )));
+        }
+        match v {
+            Value::String(s) if !s.contains('\0') => {
+                environment.insert(k.clone(), s.clone());
+            }
+            Value::String(_) => {
+                return Err(RecordError(format!(
+                    "environment[{k:?}] contains a NUL byte"
+                )));
+            }
+            other => return Err(must_be(&format!("environment[{k:?}]"), "a string", other)),
+        }
+    }
+    Ok(environment)
+}
+
+/// `runtime_constraints`: the ones this crunch-run honours.
+fn runtime_constraints(value: Option<&Value>) -> Result<RuntimeConstraints, RecordError> {
+    let rc = match value {
+        None => return Ok(RuntimeConstraints::default()),
+        Some(Value::Object(rc)) => rc,
+        Some(other) => return Err(must_be("runtime_constraints", "an object", other)),
+    };
+    Ok(RuntimeConstraints {
+        api: rc.get("API").and_then(Value::as_bool).unwrap_or(false),
+        ram: rc.get("ram").and_then(Value::as_u64).filter(|r| *r > 0),
+        vcpus: rc.get("vcpus").and_then(Value::as_f64).filter(|v| *v > 0.0),
+        gpu_count: ["gpu", "cuda"]
+            .iter()
+            .filter_map(|k| rc.get(*k)?.get("device_count")?.as_u64())
+            .find(|n| *n > 0)
+            .map_or(0, |n| n.min(u32::MAX as u64) as u32),
+    })
+}
+
+/// `mounts`: an object, kept as it is for `mounts.rs`.
+fn mounts(value: Option<&Value>) -> Result<Value, RecordError> {
+    match value {
+        None => Ok(Value::Object(Default::default())),
+        Some(m @ Value::Object(_)) => Ok(m.clone()),
+        Some(other) => Err(must_be("mounts", "an object", other)),
+    }
+}
+
+/// `output_glob`: an array of strings (none: keep every output file).
+fn output_glob(value: Option<&Value>) -> Result<Vec<String>, RecordError> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| must_be("output_glob entries", "strings", v))
+            })
+            .collect(),
+        Some(other) => Err(must_be("output_glob", "an array of strings", other)),
+    }
+}
+
+/// `scheduling_parameters.max_run_time` in seconds, when set and not 0.
+fn max_run_time(scheduling_parameters: Option<&Value>) -> Option<Duration> {
+    scheduling_parameters
+        .and_then(|sp| sp.get("max_run_time"))
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
 }
 
 /// "a string", "an array", …: what a JSON value is, for error messages.

@@ -5,16 +5,19 @@
 //! - [`portable_data_hash`]: md5 of the manifest with every locator hint stripped, plus its
 //!   length (the API server's `compute_pdh`).
 //! - [`escape_name`] / [`unescape_name`]: the `\NNN` octal escapes of stream and file names.
-//! - [`single_stream_manifest`]: the normalized manifest of a set of files written block by
-//!   block (what the Python SDK's `normalize()` would produce for them).
 //! - [`Manifest`]: a validated parse of a manifest, and its files as ranges of blocks.
+//! - [`single_stream_manifest`] / [`normalized_manifest`] (in `write`): the normalized
+//!   manifest of files written block by block, or of pieces of blocks (what the SDKs'
+//!   `normalize()` would produce for them).
+
+mod write;
+
+pub use write::{normalized_manifest, single_stream_manifest};
 
 use std::collections::HashMap;
 use std::fmt;
 
 use md5::{Digest, Md5};
-
-use crate::store::FileBlocks;
 
 /// The locator of the empty block, used wherever a stream has no data.
 pub const EMPTY_BLOCK_LOCATOR: &str = "d41d8cd98f00b204e9800998ecf8427e+0";
@@ -219,234 +222,6 @@ pub fn unescape_name(escaped: &str) -> Result<String, ManifestError> {
     String::from_utf8(out).map_err(|_| bad("name is not UTF-8 once unescaped"))
 }
 
-/// Size of a locator token, or 0 if it does not parse (never the case for tokens from a
-/// block store).
-fn locator_size(token: &str) -> u64 {
-    Locator::parse(token).map(|l| l.size).unwrap_or(0)
-}
-
-/// Split a file name into its directory components and its base name, dropping empty and
-/// `.` components (so `"a//b/./c"` is `(["a","b"], "c")`).
-fn split_path(name: &str) -> (Vec<&str>, &str) {
-    let mut parts: Vec<&str> = name
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    let base = parts.pop().unwrap_or("");
-    (parts, base)
-}
-
-/// The normalized manifest of files written block by block.
-///
-/// All files whose names have no `/` go in one `.` stream, which is the intended use (log
-/// and output files of one directory); a name with `/` goes in the stream of its directory
-/// (`./dir`), streams in depth-first order of sorted names, so the result is still normalized.
-/// Within a stream, files are sorted by name, each distinct block is listed once in the
-/// order of first use, and adjacent segments of a file are merged into one `pos:len:name`.
-/// A file with no data is `0:0:name`. A stream without any data gets the empty block
-/// locator. No files gives `""`.
-///
-/// Segment lengths come from the locators' size fields (so the text is always consistent);
-/// `FileBlocks::size` is expected to equal their sum. Locators are kept as given, signed.
-pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
-    // Group by directory.
-    type Dir<'a> = (Vec<&'a str>, Vec<(&'a str, &'a FileBlocks)>);
-    let mut dirs: Vec<Dir<'_>> = Vec::new();
-    for f in files {
-        let (dir, base) = split_path(&f.name);
-        match dirs.iter_mut().find(|(d, _)| *d == dir) {
-            Some((_, list)) => list.push((base, f)),
-            None => dirs.push((dir, vec![(base, f)])),
-        }
-    }
-    dirs.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let mut out = String::new();
-    for (dir, mut list) in dirs {
-        list.sort_by(|a, b| a.0.cmp(b.0));
-        let mut line = String::from(".");
-        for component in &dir {
-            line.push('/');
-            line.push_str(&escape_name(component));
-        }
-        // Each distinct block once, at its offset in the stream.
-        let mut offsets: HashMap<&str, u64> = HashMap::new();
-        let mut stream_len = 0u64;
-        let mut any_block = false;
-        for (_, f) in &list {
-            for loc in &f.locators {
-                let size = locator_size(loc);
-                if size == 0 || offsets.contains_key(loc.as_str()) {
-                    continue;
-                }
-                offsets.insert(loc.as_str(), stream_len);
-                stream_len += size;
-                line.push(' ');
-                line.push_str(loc);
-                any_block = true;
-            }
-        }
-        if !any_block {
-            line.push(' ');
-            line.push_str(EMPTY_BLOCK_LOCATOR);
-        }
-        for (base, f) in &list {
-            let name = escape_name(base);
-            let mut span: Option<(u64, u64)> = None; // (start, end)
-            for loc in &f.locators {
-                let size = locator_size(loc);
-                if size == 0 {
-                    continue;
-                }
-                let start = offsets.get(loc.as_str()).copied().unwrap_or(0);
-                span = match span {
-                    Some((s, e)) if e == start => Some((s, e + size)),
-                    Some((s, e)) => {
-                        line.push_str(&format!(" {}:{}:{}", s, e - s, name));
-                        Some((start, start + size))
-                    }
-                    None => Some((start, start + size)),
-                };
-            }
-            let (s, e) = span.unwrap_or((0, 0));
-            line.push_str(&format!(" {}:{}:{}", s, e - s, name));
-        }
-        line.push('\n');
-        out.push_str(&line);
-    }
-    out
-}
-
-/// The normalized manifest of a tree of files given as block ranges, plus empty directories.
-///
-/// `files` are `(path, ranges)` with `/`-separated paths relative to the collection root
-/// (`"a/b/c.out"`); each range is a piece of a block, its locator kept as given (signed).
-/// `empty_dirs` are directory paths to keep even though no file is under them; one that
-/// does have a file or another directory under it is implied by that and left out.
-///
-/// Streams come in depth-first order of their sorted (unescaped) path components, as the
-/// Python SDK's and Go SDK's normalizers write them; files are sorted within a stream;
-/// every distinct locator is listed once per stream, in order of first use; contiguous
-/// pieces of a file merge into one `pos:len:name`; an empty file is `0:0:name`; a stream
-/// with no data gets the empty block locator; an empty directory is
-/// `./dir d41d8cd98f00b204e9800998ecf8427e+0 0:0:\056`. No files and no dirs gives `""`.
-pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[String]) -> String {
-    // (directory components, base name, index into files or None for an empty-dir marker)
-    type Entry<'a> = (Vec<&'a str>, &'a str, Option<usize>);
-    let mut entries: Vec<Entry<'_>> = Vec::with_capacity(files.len());
-    for (i, (path, _)) in files.iter().enumerate() {
-        let (dir, base) = split_path(path);
-        if !base.is_empty() {
-            entries.push((dir, base, Some(i)));
-        }
-    }
-    let mut occupied: std::collections::HashSet<Vec<&str>> = std::collections::HashSet::new();
-    for (dir, _, _) in &entries {
-        for n in 1..=dir.len() {
-            occupied.insert(dir[..n].to_vec());
-        }
-    }
-    let mut dirs: Vec<Vec<&str>> = empty_dirs
-        .iter()
-        .map(|d| split_path(d))
-        .map(|(mut dir, base)| {
-            if !base.is_empty() {
-                dir.push(base);
-            }
-            dir
-        })
-        .filter(|d| !d.is_empty())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in &dirs {
-        for n in 1..d.len() {
-            occupied.insert(d[..n].to_vec());
-        }
-    }
-    for d in dirs {
-        if !occupied.contains(&d) {
-            entries.push((d, ".", None));
-        }
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-
-    let mut out = String::new();
-    let mut start = 0;
-    while start < entries.len() {
-        let end = start
-            + entries[start..]
-                .iter()
-                .take_while(|e| e.0 == entries[start].0)
-                .count();
-        write_stream(&mut out, &entries[start..end], files);
-        start = end;
-    }
-    out
-}
-
-/// One stream line of [`normalized_manifest`]: `entries` all share the same directory.
-fn write_stream(
-    out: &mut String,
-    entries: &[(Vec<&str>, &str, Option<usize>)],
-    files: &[(String, Vec<BlockRange>)],
-) {
-    let Some((dir, _, _)) = entries.first() else {
-        return;
-    };
-    out.push('.');
-    for component in dir {
-        out.push('/');
-        out.push_str(&escape_name(component));
-    }
-    let ranges_of = |e: &(Vec<&str>, &str, Option<usize>)| -> &[BlockRange] {
-        e.2.map_or(&[], |i| files[i].1.as_slice())
-    };
-    // Each distinct block once, at its offset in the stream.
-    let mut offsets: HashMap<&str, u64> = HashMap::new();
-    let mut stream_len = 0u64;
-    for e in entries {
-        for r in ranges_of(e) {
-            if r.len == 0 || offsets.contains_key(r.locator.as_str()) {
-                continue;
-            }
-            offsets.insert(r.locator.as_str(), stream_len);
-            stream_len += locator_size(&r.locator);
-            out.push(' ');
-            out.push_str(&r.locator);
-        }
-    }
-    if offsets.is_empty() {
-        out.push(' ');
-        out.push_str(EMPTY_BLOCK_LOCATOR);
-    }
-    for e in entries {
-        // The empty-directory marker is a file named `.`, always written escaped.
-        let name = match e.2 {
-            Some(_) => escape_name(e.1),
-            None => "\\056".to_string(),
-        };
-        let mut span: Option<(u64, u64)> = None; // (start, end) in the stream
-        for r in ranges_of(e) {
-            if r.len == 0 {
-                continue;
-            }
-            let start = offsets.get(r.locator.as_str()).copied().unwrap_or(0) + r.offset;
-            span = match span {
-                Some((s, end)) if end == start => Some((s, end + r.len)),
-                Some((s, end)) => {
-                    out.push_str(&format!(" {}:{}:{}", s, end - s, name));
-                    Some((start, start + r.len))
-                }
-                None => Some((start, start + r.len)),
-            };
-        }
-        let (s, end) = span.unwrap_or((0, 0));
-        out.push_str(&format!(" {}:{}:{}", s, end - s, name));
-    }
-    out.push('\n');
-}
-
 /// A byte range inside one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRange {
@@ -523,36 +298,18 @@ impl Manifest {
             line: line_no,
             reason: reason.to_string(),
         };
-        let bad_token = |token: &str, reason: &str| ManifestError::BadToken {
+        let bad_token = |token: &str, reason: String| ManifestError::BadToken {
             line: line_no,
             token: token.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
         if line.is_empty() {
             return Err(bad_line("empty line"));
         }
         let mut tokens = line.split(' ');
         let raw_name = tokens.next().unwrap_or_default();
-        let name = unescape_name(raw_name).map_err(|e| bad_token(raw_name, &e.to_string()))?;
-        if name != "." {
-            let Some(rest) = name.strip_prefix("./") else {
-                return Err(bad_token(
-                    raw_name,
-                    "stream name must be \".\" or start with \"./\"",
-                ));
-            };
-            if rest
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-            {
-                return Err(bad_token(
-                    raw_name,
-                    "stream name has an empty, \".\" or \"..\" component",
-                ));
-            }
-        }
         let mut stream = Stream {
-            name,
+            name: stream_name(raw_name).map_err(|reason| bad_token(raw_name, reason))?,
             locators: Vec::new(),
             starts: vec![0],
             segments: Vec::new(),
@@ -561,49 +318,12 @@ impl Manifest {
             if token.is_empty() {
                 return Err(bad_line("empty token (double or trailing space)"));
             }
-            if stream.segments.is_empty() && !token.contains(':') {
-                let loc = Locator::parse(token).map_err(|e| match e {
-                    ManifestError::BadLocator { reason, .. } => bad_token(token, &reason),
-                    other => other,
-                })?;
-                let end = stream.starts[stream.starts.len() - 1]
-                    .checked_add(loc.size)
-                    .ok_or_else(|| bad_token(token, "stream too long"))?;
-                stream.starts.push(end);
-                stream.locators.push(token.to_string());
-                continue;
-            }
-            if stream.locators.is_empty() {
-                return Err(bad_token(token, "file segment before any locator"));
-            }
-            let mut parts = token.splitn(3, ':');
-            let (Some(p), Some(l), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(bad_token(token, "expected a locator or pos:len:name"));
+            let added = if stream.segments.is_empty() && !token.contains(':') {
+                stream.push_locator(token)
+            } else {
+                stream.push_segment(token)
             };
-            let (Some(pos), Some(len)) = (parse_decimal(p), parse_decimal(l)) else {
-                return Err(bad_token(
-                    token,
-                    "segment position and length must be decimal",
-                ));
-            };
-            let total = stream.starts[stream.starts.len() - 1];
-            if pos.checked_add(len).is_none_or(|end| end > total) {
-                return Err(bad_token(
-                    token,
-                    &format!("segment extends past the stream's {total} bytes"),
-                ));
-            }
-            if n.is_empty() {
-                return Err(bad_token(token, "empty file name"));
-            }
-            let name = unescape_name(n).map_err(|e| bad_token(token, &e.to_string()))?;
-            if name.split('/').any(|c| c.is_empty() || c == "..") {
-                return Err(bad_token(
-                    token,
-                    "file name has an empty or \"..\" path component",
-                ));
-            }
-            stream.segments.push(Segment { pos, len, name });
+            added.map_err(|reason| bad_token(token, reason))?;
         }
         if stream.locators.is_empty() {
             return Err(bad_line("stream has no locators"));
@@ -658,7 +378,74 @@ impl Manifest {
     }
 }
 
+/// The unescaped name of a stream from its token: `.` or `./a/b`, without empty, `.` or
+/// `..` components. `Err` says why not.
+fn stream_name(raw: &str) -> Result<String, String> {
+    let name = unescape_name(raw).map_err(|e| e.to_string())?;
+    if name == "." {
+        return Ok(name);
+    }
+    let Some(rest) = name.strip_prefix("./") else {
+        return Err("stream name must be \".\" or start with \"./\"".to_string());
+    };
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("stream name has an empty, \".\" or \"..\" component".to_string());
+    }
+    Ok(name)
+}
+
 impl Stream {
+    /// The stream's length so far: the end of its last block.
+    fn len(&self) -> u64 {
+        self.starts[self.starts.len() - 1]
+    }
+
+    /// Add one locator token to the stream's blocks. `Err` says what is wrong with it.
+    fn push_locator(&mut self, token: &str) -> Result<(), String> {
+        let loc = Locator::parse(token).map_err(|e| match e {
+            ManifestError::BadLocator { reason, .. } => reason,
+            other => other.to_string(),
+        })?;
+        let end = self
+            .len()
+            .checked_add(loc.size)
+            .ok_or_else(|| "stream too long".to_string())?;
+        self.starts.push(end);
+        self.locators.push(token.to_string());
+        Ok(())
+    }
+
+    /// Add one `pos:len:name` token, which must lie within the stream's data and name a
+    /// file without empty or `..` components. `Err` says what is wrong with it.
+    fn push_segment(&mut self, token: &str) -> Result<(), String> {
+        if self.locators.is_empty() {
+            return Err("file segment before any locator".to_string());
+        }
+        let mut parts = token.splitn(3, ':');
+        let (Some(p), Some(l), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("expected a locator or pos:len:name".to_string());
+        };
+        let (Some(pos), Some(len)) = (parse_decimal(p), parse_decimal(l)) else {
+            return Err("segment position and length must be decimal".to_string());
+        };
+        let total = self.len();
+        if pos.checked_add(len).is_none_or(|end| end > total) {
+            return Err(format!("segment extends past the stream's {total} bytes"));
+        }
+        if n.is_empty() {
+            return Err("empty file name".to_string());
+        }
+        let name = unescape_name(n).map_err(|e| e.to_string())?;
+        if name.split('/').any(|c| c.is_empty() || c == "..") {
+            return Err("file name has an empty or \"..\" path component".to_string());
+        }
+        self.segments.push(Segment { pos, len, name });
+        Ok(())
+    }
+
     /// Append the block ranges covering `[pos, pos+len)` of this stream.
     fn ranges_into(&self, pos: u64, len: u64, out: &mut Vec<BlockRange>) {
         let end = pos + len;
@@ -692,7 +479,9 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
+    use super::write::locator_size;
     use super::*;
+    use crate::store::FileBlocks;
 
     const HW_MANIFEST: &str = ". 82ab40c24fc8df01798e57ba66795bb1+841216+Aa124ac75e5168396c73c0a18eda641a4f41791c0@569fa8c3 0:841216:9c31ee32b3d15268a0754e8edc74d4f815ee014b693bc5109058e431dd5caea7.tar\n";
 

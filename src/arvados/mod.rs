@@ -1,6 +1,10 @@
-//! The Arvados side: the REST API client, the Container record, Keep, and manifests.
+//! The Arvados side, wire formats and clients: the REST API client and its retry policy,
+//! the Container record, Keep, manifests, and `store::ArvadosStore`, which implements the
+//! store seam over the API and Keep. Nothing here knows about the run that uses it.
 
 pub mod client;
 pub mod container;
 pub mod keep;
 pub mod manifest;
+pub mod retry;
+pub mod store;

@@ -11,12 +11,18 @@ use std::process::ExitCode;
 
 use crunch_run::arvados::manifest::{Manifest, single_stream_manifest};
 use crunch_run::image::stream_file;
+use crunch_run::local_store::LocalStore;
 use crunch_run::output::store_file;
-use crunch_run::store::local::LocalStore;
 use crunch_run::store::{ApiStore, FileBlocks};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Any argument that is not UTF-8 leaves none, hence the usage (std::env::args would
+    // panic on it).
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string().ok())
+        .collect::<Option<_>>()
+        .unwrap_or_default();
     let result = match args
         .iter()
         .map(String::as_str)

@@ -5,9 +5,9 @@
 //! digits of nanoseconds, then one space). The bytes of the line itself pass through
 //! untouched: binary output and invalid UTF-8 stay byte-exact.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Where "now" comes from. Injected so tests of timestamps and throttling need not sleep.
 pub trait Clock: Send + Sync {
@@ -66,29 +66,7 @@ impl Clock for TestClock {
     }
 }
 
-/// Length of a formatted timestamp, without the space that follows it in a log line.
-pub const TIMESTAMP_LEN: usize = 30;
-
-/// The latest instant the format can show (9999-12-31T23:59:59.999999999Z).
-const MAX_FORMATTABLE_SECS: u64 = 253_402_300_799;
-
-/// Format `t` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` into a fixed buffer, without allocating.
-/// Times before 1970 or after 9999 are clamped to the nearest representable instant.
-pub fn format_timestamp_into(t: SystemTime, buf: &mut [u8; TIMESTAMP_LEN]) {
-    let since_epoch = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let max = Duration::new(MAX_FORMATTABLE_SECS, 999_999_999);
-    let t = UNIX_EPOCH + since_epoch.min(max);
-    let mut cursor: &mut [u8] = &mut buf[..];
-    // Cannot fail once clamped: the output is exactly TIMESTAMP_LEN bytes.
-    let _ = write!(cursor, "{}", humantime::format_rfc3339_nanos(t));
-}
-
-/// Format `t` as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC, always nine fractional digits).
-pub fn format_timestamp(t: SystemTime) -> String {
-    let mut buf = *b"1970-01-01T00:00:00.000000000Z";
-    format_timestamp_into(t, &mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
-}
+pub use crate::rfc3339::{TIMESTAMP_LEN, format_timestamp, format_timestamp_into};
 
 /// Copies `chunk` to `out`, calling `prefix(out)` at every line start: at the very start if
 /// `at_line_start`, and after every `\n` that is followed by more bytes. Updates
@@ -178,48 +156,11 @@ mod tests {
     use super::*;
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
-        UNIX_EPOCH + Duration::new(secs, nanos)
+        std::time::UNIX_EPOCH + Duration::new(secs, nanos)
     }
 
     // 2015-12-29T15:51:45Z, the instant of the Go logging tests.
     const T0: u64 = 1_451_404_305;
-
-    #[test]
-    fn format_is_fixed_width_nanoseconds() {
-        assert_eq!(
-            format_timestamp(at(T0, 1)),
-            "2015-12-29T15:51:45.000000001Z"
-        );
-        assert_eq!(
-            format_timestamp(at(T0, 0)),
-            "2015-12-29T15:51:45.000000000Z"
-        );
-        assert_eq!(
-            format_timestamp(at(T0, 999_999_999)),
-            "2015-12-29T15:51:45.999999999Z"
-        );
-        assert_eq!(
-            format_timestamp(at(T0, 120_000_000)),
-            "2015-12-29T15:51:45.120000000Z"
-        );
-        for t in [at(0, 0), at(T0, 0), at(T0, 5), at(4_102_444_800, 1)] {
-            assert_eq!(format_timestamp(t).len(), TIMESTAMP_LEN);
-        }
-    }
-
-    #[test]
-    fn format_clamps_instead_of_panicking() {
-        let before_epoch = UNIX_EPOCH - Duration::from_secs(10);
-        assert_eq!(
-            format_timestamp(before_epoch),
-            "1970-01-01T00:00:00.000000000Z"
-        );
-        let far_future = UNIX_EPOCH + Duration::from_secs(MAX_FORMATTABLE_SECS + 1000);
-        assert_eq!(
-            format_timestamp(far_future),
-            "9999-12-31T23:59:59.999999999Z"
-        );
-    }
 
     fn stamper(step_ns: u64) -> Timestamper {
         Timestamper::new(Arc::new(TestClock::with_step(

@@ -143,7 +143,7 @@ impl LogUpdater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::local::LocalStore;
+    use crate::local_store::LocalStore;
     use serde_json::Value;
 
     const UUID: &str = "zzzzz-dz642-000000000000001";

@@ -1,12 +1,11 @@
 //! The seam between a run and where its records and data live.
 //!
 //! `ApiStore` is the record side (containers, collections, the logs table) and `BlockStore`
-//! the data side (Keep blocks). Two backends implement them: `arvados` (the API server and
-//! Keep over HTTPS) and `local` (a directory, for local runs and the demo). The runner only
-//! ever sees these traits.
+//! the data side (Keep blocks). The backends live beside what they wrap and import this
+//! seam, never the other way round: `arvados::store::ArvadosStore` (the API server and
+//! Keep over HTTPS) and `local_store::LocalStore` (a directory, for local runs and the
+//! demo). The lifecycle only ever sees these traits; `memory` is the one test double.
 
-pub mod arvados;
-pub mod local;
 #[cfg(test)]
 pub mod memory;
 

@@ -9,10 +9,10 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
-use crate::arvados::client::{ApiClient, ApiSettings};
+use crate::arvados::client::{ApiClient, ApiSettings, percent_encode};
 use crate::arvados::keep::KeepClient;
 use crate::arvados::manifest::portable_data_hash;
-use crate::logging::timestamp::format_timestamp;
+use crate::rfc3339::format_timestamp;
 use crate::store::{
     ApiStore, BlockSource, BlockStore, ContainerAccess, SavedCollection, StoreError,
 };
@@ -26,15 +26,7 @@ pub struct ArvadosStore {
 
 /// Percent-encode one URL path segment (uuids and PDHs pass through unchanged).
 fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.+~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"-_.+~")
 }
 
 /// A string field of an API answer, or Invalid naming the call and field.
@@ -49,10 +41,6 @@ fn string_field(v: &Value, field: &str, what: &str) -> Result<String, StoreError
 }
 
 impl ArvadosStore {
-    pub fn new(api: ApiClient, keep: KeepClient) -> ArvadosStore {
-        ArvadosStore { api, keep }
-    }
-
     /// Connect with these settings: Keep services from `keep_services` (the value of
     /// ARVADOS_KEEP_SERVICES) if given and not blank, else discovered through the API
     /// (one API call, made now).
@@ -66,14 +54,6 @@ impl ArvadosStore {
             _ => KeepClient::discover(&api)?,
         };
         Ok(ArvadosStore { api, keep })
-    }
-
-    pub fn api(&self) -> &ApiClient {
-        &self.api
-    }
-
-    pub fn keep(&self) -> &KeepClient {
-        &self.keep
     }
 
     /// The container's own token, `v2/<auth uuid>/<secret>/<container uuid>`, from
@@ -281,8 +261,8 @@ impl BlockStore for ArvadosStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arvados::client::RetryPolicy;
     use crate::arvados::client::testserver::{Req, Server, response, start};
+    use crate::arvados::retry::RetryPolicy;
     use std::io::Read;
     use std::time::Duration;
 
@@ -508,7 +488,7 @@ mod tests {
         assert_eq!(s.get_block(&loc, &mut out).unwrap(), 3);
         assert_eq!(out, b"foo");
         assert_eq!(server.requests.lock().unwrap().len(), 2);
-        assert_eq!(s.keep().services()[0].uuid, "00000-bi6l4-000000000000000");
+        assert_eq!(s.keep.services()[0].uuid, "00000-bi6l4-000000000000000");
     }
 
     #[test]
@@ -521,7 +501,7 @@ mod tests {
             )
         });
         let s = ArvadosStore::connect(settings(&server.url), Some("  ")).unwrap();
-        assert_eq!(s.keep().services()[0].root, "https://keep0:25107");
+        assert_eq!(s.keep.services()[0].root, "https://keep0:25107");
         assert_eq!(
             server.requests.lock().unwrap()[0].path,
             "/arvados/v1/keep_services/accessible"

@@ -16,11 +16,11 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
 
-use super::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::arvados::container::{State, is_pdh};
 use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
-use crate::logging::timestamp::format_timestamp;
+use crate::rfc3339::format_timestamp;
+use crate::store::{ApiStore, BlockSource, BlockStore, SavedCollection, StoreError};
 use crate::writeback::start_writeback;
 
 pub struct LocalStore {
@@ -45,7 +45,7 @@ impl LocalStore {
         })
     }
 
-    pub fn container_path(&self, uuid: &str) -> PathBuf {
+    fn container_path(&self, uuid: &str) -> PathBuf {
         self.dir.join("containers").join(format!("{uuid}.json"))
     }
 
