@@ -747,8 +747,8 @@ impl LogsTableSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::fakes::MemApi;
     use crate::logging::timestamp::{TestClock, format_timestamp};
+    use crate::store::memory::MemoryStore;
 
     const T0: u64 = 1_451_404_305; // 2015-12-29T15:51:45Z
     const TS: &str = "2015-12-29T15:51:45.000000001Z";
@@ -967,7 +967,7 @@ mod tests {
 
     #[test]
     fn silenced_stream_counts_skipped_bytes_the_same_on_the_fast_path() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let cfg = LogsTableConfig {
             throttle_lines: 1,
@@ -1002,13 +1002,13 @@ mod tests {
         assert_eq!(lines[3], format!("{TS} back"));
     }
 
-    fn table(api: Arc<MemApi>, clock: Arc<TestClock>, cfg: LogsTableConfig) -> LogsTable {
+    fn table(api: Arc<MemoryStore>, clock: Arc<TestClock>, cfg: LogsTableConfig) -> LogsTable {
         LogsTable::new(api, "zzzzz-dz642-xxxxxxxxxxxxxxx".into(), clock, cfg)
     }
 
     #[test]
     fn two_lines_make_one_post_after_a_second() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let mut tab = table(api.clone(), clock.clone(), LogsTableConfig::default());
         tab.write("crunch-run", format!("{TS} Hello world!\n").as_bytes());
@@ -1034,7 +1034,7 @@ mod tests {
 
     #[test]
     fn four_kib_waiting_posts_at_once_and_streams_post_separately() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let mut tab = table(api.clone(), clock.clone(), LogsTableConfig::default());
         let line = format!("{TS} {}\n", "z".repeat(1000));
@@ -1051,7 +1051,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_becomes_replacement_characters_in_the_table_only() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let mut tab = table(api.clone(), clock, LogsTableConfig::default());
         let mut data = format!("{TS} ").into_bytes();
@@ -1063,10 +1063,9 @@ mod tests {
 
     #[test]
     fn post_failures_are_counted_not_fatal() {
-        let api = Arc::new(MemApi {
-            fail: true,
-            ..MemApi::default()
-        });
+        let mut store = MemoryStore::new();
+        store.fail_logs = true;
+        let api = Arc::new(store);
         let clock = Arc::new(TestClock::new(t(0)));
         let mut tab = table(api, clock.clone(), LogsTableConfig::default());
         tab.write("stdout", format!("{TS} a\n").as_bytes());
@@ -1091,7 +1090,7 @@ mod tests {
 
     #[test]
     fn sink_reports_dropped_bytes_as_skipped() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let sink = LogsTableSink::start(
             table(api.clone(), clock, LogsTableConfig::default()),
@@ -1121,10 +1120,9 @@ mod tests {
 
     #[test]
     fn a_hanging_api_never_blocks_the_sender_and_close_gives_up_at_the_deadline() {
-        let api = Arc::new(MemApi {
-            hang: Some(Duration::from_secs(30)),
-            ..MemApi::default()
-        });
+        let mut store = MemoryStore::new();
+        store.hang_logs = Some(Duration::from_secs(30));
+        let api = Arc::new(store);
         let clock = Arc::new(TestClock::new(t(0)));
         let cfg = LogsTableConfig {
             bytes_per_event: 1,
@@ -1150,7 +1148,7 @@ mod tests {
 
     #[test]
     fn sink_gives_used_buffers_back() {
-        let api = Arc::new(MemApi::default());
+        let api = Arc::new(MemoryStore::new());
         let clock = Arc::new(TestClock::new(t(0)));
         let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(4);
         let sink = LogsTableSink::start(

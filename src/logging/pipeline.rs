@@ -500,8 +500,8 @@ fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::fakes::{MemApi, MemBlocks};
     use crate::logging::timestamp::{TestClock, format_timestamp};
+    use crate::store::memory::MemoryStore;
     use std::sync::Mutex;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -511,19 +511,18 @@ mod tests {
         UNIX_EPOCH + Duration::new(1_451_404_305, 1) // 2015-12-29T15:51:45.000000001Z
     }
 
+    /// One `MemoryStore` serves as the block store and the logs table.
     struct Setup {
         dir: tempfile::TempDir,
-        blocks: Arc<MemBlocks>,
-        api: Arc<MemApi>,
+        store: Arc<MemoryStore>,
         clock: Arc<TestClock>,
     }
 
     impl Setup {
-        fn new(api: MemApi) -> Setup {
+        fn new(store: MemoryStore) -> Setup {
             Setup {
                 dir: tempfile::tempdir().unwrap(),
-                blocks: Arc::new(MemBlocks::default()),
-                api: Arc::new(api),
+                store: Arc::new(store),
                 clock: Arc::new(TestClock::new(t0())),
             }
         }
@@ -532,7 +531,7 @@ mod tests {
             LogPipelineConfig {
                 spool_dir: self.dir.path().join("logs"),
                 container_uuid: UUID.into(),
-                logs_table: Some(self.api.clone()),
+                logs_table: Some(self.store.clone()),
                 echo_crunch_log_to_stderr: false,
                 block_size: 64,
                 clock: self.clock.clone(),
@@ -540,12 +539,12 @@ mod tests {
         }
 
         fn start(&self) -> LogPipeline {
-            LogPipeline::start(self.config(), self.blocks.clone()).unwrap()
+            LogPipeline::start(self.config(), self.store.clone()).unwrap()
         }
 
         fn keep_file(&self, files: &[FileBlocks], name: &str) -> Vec<u8> {
             let f = files.iter().find(|f| f.name == name).unwrap();
-            let data = self.blocks.file(&f.locators);
+            let data = self.store.file(&f.locators);
             assert_eq!(data.len() as u64, f.size);
             data
         }
@@ -557,7 +556,7 @@ mod tests {
 
     #[test]
     fn streams_go_to_separate_timestamped_files_and_the_logs_table() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let log = p.crunch_log();
         log.line("Hello world!");
@@ -590,17 +589,24 @@ mod tests {
         let spooled = std::fs::read(done.spool_dir.join("stdout.txt")).unwrap();
         assert_eq!(spooled, stdout.as_bytes());
         // The logs table got the same text with the same timestamps, one POST per stream.
-        assert_eq!(s.api.texts("crunch-run"), vec![crunch]);
-        assert_eq!(s.api.texts("stdout"), vec![stdout]);
-        assert_eq!(s.api.texts("stderr"), vec![stderr + "\n"]);
-        assert!(s.api.logs.lock().unwrap().iter().all(|(u, _, _)| u == UUID));
+        assert_eq!(s.store.texts("crunch-run"), vec![crunch]);
+        assert_eq!(s.store.texts("stdout"), vec![stdout]);
+        assert_eq!(s.store.texts("stderr"), vec![stderr + "\n"]);
+        assert!(
+            s.store
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(u, _, _)| u == UUID)
+        );
         assert_eq!(done.logs_table_dropped_bytes, 0);
         assert!(done.logs_table.unwrap().finished);
     }
 
     #[test]
     fn a_snapshot_holds_what_was_logged_so_far_and_logging_goes_on() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let snapshots = p.snapshots();
         let log = p.crunch_log();
@@ -636,7 +642,7 @@ mod tests {
 
     #[test]
     fn empty_streams_still_give_three_files() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let done = s.start().finish();
         assert!(done.errors.is_empty());
         let want: Vec<FileBlocks> = ["crunch-run.txt", "stderr.txt", "stdout.txt"]
@@ -648,12 +654,12 @@ mod tests {
             })
             .collect();
         assert_eq!(done.files, want);
-        assert!(s.api.logs.lock().unwrap().is_empty());
+        assert!(s.store.logs.lock().unwrap().is_empty());
     }
 
     #[test]
     fn binary_output_is_byte_exact_in_keep() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let mut data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         data.extend_from_slice(b"\xff\xfe");
@@ -686,13 +692,12 @@ mod tests {
 
     #[test]
     fn a_hanging_logs_table_does_not_slow_the_container() {
-        let s = Setup::new(MemApi {
-            hang: Some(Duration::from_secs(60)),
-            ..MemApi::default()
-        });
+        let mut store = MemoryStore::new();
+        store.hang_logs = Some(Duration::from_secs(60));
+        let s = Setup::new(store);
         let mut cfg = s.config();
         cfg.block_size = 1 << 20;
-        let p = LogPipeline::start(cfg, s.blocks.clone()).unwrap();
+        let p = LogPipeline::start(cfg, s.store.clone()).unwrap();
         let started = Instant::now();
         let line = b"0123456789 this is a line of container output\n";
         let data: Vec<u8> = line
@@ -721,9 +726,9 @@ mod tests {
 
     #[test]
     fn a_failed_upload_is_reported_and_the_spool_kept() {
-        let s = Setup::new(MemApi::default());
-        s.blocks
-            .fail_next
+        let s = Setup::new(MemoryStore::new());
+        s.store
+            .fail_next_puts
             .store(100, std::sync::atomic::Ordering::SeqCst);
         let p = s.start();
         p.crunch_log().line("will not reach Keep");
@@ -741,7 +746,7 @@ mod tests {
 
     #[test]
     fn crunch_log_after_finish_is_a_no_op_and_copiers_drain_to_eof() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let log = p.crunch_log();
         // A pipe that is still written after finish: the copier keeps reading.
@@ -762,7 +767,7 @@ mod tests {
 
     #[test]
     fn unknown_stream_is_refused_but_drained() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let h = p.spawn_copier("crunch-run", Box::new(&b"abc"[..])).unwrap();
         let err = h.join().unwrap().unwrap_err();
@@ -783,11 +788,11 @@ mod tests {
 
     #[test]
     fn crunch_run_stream_is_echoed_with_the_container_uuid() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let echoed = Arc::new(Mutex::new(Vec::new()));
         let p = LogPipeline::start_with_echo(
             s.config(),
-            s.blocks.clone(),
+            s.store.clone(),
             Some(Box::new(SharedBuf(echoed.clone()))),
         )
         .unwrap();
@@ -811,7 +816,7 @@ mod tests {
                 Err(io::Error::other("pipe broke"))
             }
         }
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let h = p.spawn_copier("stdout", Box::new(Failing)).unwrap();
         assert!(h.join().unwrap().is_err());

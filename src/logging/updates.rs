@@ -143,21 +143,15 @@ impl LogUpdater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::local::LocalStore;
-    use serde_json::Value;
+    use crate::store::memory::MemoryStore;
 
     const UUID: &str = "zzzzz-dz642-000000000000001";
 
-    fn setup() -> (tempfile::TempDir, Arc<LocalStore>, LogCollection) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
-        std::fs::write(
-            dir.path().join("containers").join(format!("{UUID}.json")),
-            json!({"uuid": UUID, "state": "Running"}).to_string(),
-        )
-        .unwrap();
+    fn setup() -> (Arc<MemoryStore>, LogCollection) {
+        let store = Arc::new(MemoryStore::new());
+        store.add_container(UUID, json!({"uuid": UUID, "state": "Running"}));
         let collection = LogCollection::new(store.clone(), UUID);
-        (dir, store, collection)
+        (store, collection)
     }
 
     fn files(names: &[&str]) -> Vec<FileBlocks> {
@@ -171,14 +165,9 @@ mod tests {
             .collect()
     }
 
-    fn collection_record(dir: &tempfile::TempDir, uuid: &str) -> Value {
-        let path = dir.path().join("collections").join(format!("{uuid}.json"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
     #[test]
     fn interim_saves_update_one_collection_that_the_final_save_keeps() {
-        let (dir, store, collection) = setup();
+        let (store, collection) = setup();
         let first = collection
             .save_interim(&files(&["crunch-run.txt"]))
             .unwrap();
@@ -186,7 +175,7 @@ mod tests {
             store.get_container(UUID).unwrap()["log"],
             json!(first.portable_data_hash)
         );
-        assert!(collection_record(&dir, &first.uuid)["trash_at"].is_string());
+        assert!(store.collection(&first.uuid).unwrap().trash_at.is_some());
         let second = collection
             .save_interim(&files(&["crunch-run.txt", "stdout.txt"]))
             .unwrap();
@@ -200,30 +189,23 @@ mod tests {
             .save_final(&files(&["crunch-run.txt", "stderr.txt", "stdout.txt"]))
             .unwrap();
         assert_eq!(last.uuid, first.uuid);
-        let record = collection_record(&dir, &last.uuid);
-        assert!(record["trash_at"].is_null(), "{record}");
-        assert_eq!(record["name"], format!("logs for {UUID}"));
+        let record = store.collection(&last.uuid).unwrap();
+        assert_eq!(record.trash_at, None);
+        assert_eq!(record.name, format!("logs for {UUID}"));
     }
 
     #[test]
     fn the_final_logs_go_to_a_new_collection_if_the_interim_one_is_gone() {
-        let (dir, _store, collection) = setup();
+        let (store, collection) = setup();
         let first = collection
             .save_interim(&files(&["crunch-run.txt"]))
             .unwrap();
-        std::fs::remove_file(
-            dir.path()
-                .join("collections")
-                .join(format!("{}.json", first.uuid)),
-        )
-        .unwrap();
+        store.collections.lock().unwrap().remove(&first.uuid);
         let final_files = files(&["crunch-run.txt", "stdout.txt"]);
         let last = collection.save_final(&final_files).unwrap();
-        let record = collection_record(&dir, &last.uuid);
-        assert_eq!(
-            record["manifest_text"],
-            single_stream_manifest(&final_files)
-        );
-        assert!(record["trash_at"].is_null());
+        assert_ne!(last.uuid, first.uuid);
+        let record = store.collection(&last.uuid).unwrap();
+        assert_eq!(record.manifest_text, single_stream_manifest(&final_files));
+        assert_eq!(record.trash_at, None);
     }
 }
