@@ -22,6 +22,7 @@ use crate::docker::guard::Guard;
 use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
+use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::logging::updates::{LogCollection, LogUpdater};
 use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
@@ -298,7 +299,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
                 None
             },
             echo_crunch_log_to_stderr: true,
-            block_size: 64 << 20,
+            block_size: DEFAULT_BLOCK_SIZE,
             clock: Arc::new(SystemClock),
         },
         blocks.clone(),

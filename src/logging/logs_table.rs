@@ -747,7 +747,8 @@ impl LogsTableSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::timestamp::{TestClock, format_timestamp};
+    use crate::logging::test_clock::TestClock;
+    use crate::logging::timestamp::format_timestamp;
     use crate::store::memory::MemoryStore;
 
     const T0: u64 = 1_451_404_305; // 2015-12-29T15:51:45Z

@@ -9,5 +9,7 @@
 pub mod logs_table;
 pub mod pipeline;
 pub mod spool;
+#[cfg(test)]
+pub(crate) mod test_clock;
 pub mod timestamp;
 pub mod updates;

@@ -28,9 +28,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::logs_table::{Chunk, LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
-use super::timestamp::{
-    Clock, LinePrefixer, SystemClock, TIMESTAMP_LEN, Timestamper, format_timestamp_into,
-};
+use super::timestamp::{Clock, LinePrefixer, TIMESTAMP_LEN, Timestamper, format_timestamp_into};
 use crate::store::{ApiStore, BlockStore, FileBlocks};
 
 /// The streams, in the order of `LogsFinished::files`.
@@ -62,20 +60,6 @@ pub struct LogPipelineConfig {
     /// Keep block size; 0 means the default 64 MiB.
     pub block_size: u64,
     pub clock: Arc<dyn Clock>,
-}
-
-impl LogPipelineConfig {
-    /// Defaults: no logs table, echo on, 64 MiB blocks, the system clock.
-    pub fn new(spool_dir: impl Into<PathBuf>, container_uuid: impl Into<String>) -> Self {
-        LogPipelineConfig {
-            spool_dir: spool_dir.into(),
-            container_uuid: container_uuid.into(),
-            logs_table: None,
-            echo_crunch_log_to_stderr: true,
-            block_size: DEFAULT_BLOCK_SIZE,
-            clock: Arc::new(SystemClock),
-        }
-    }
 }
 
 /// What the pipeline left when it finished.
@@ -500,7 +484,8 @@ fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::timestamp::{TestClock, format_timestamp};
+    use crate::logging::test_clock::TestClock;
+    use crate::logging::timestamp::format_timestamp;
     use crate::store::memory::MemoryStore;
     use std::sync::Mutex;
     use std::time::{SystemTime, UNIX_EPOCH};

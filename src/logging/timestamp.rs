@@ -6,7 +6,7 @@
 //! untouched: binary output and invalid UTF-8 stay byte-exact.
 
 use std::io::{BufRead, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where "now" comes from. Injected so tests of timestamps and throttling need not sleep.
@@ -21,48 +21,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
-    }
-}
-
-/// A clock for tests: starts at a given time, moves only when told to, or by `step` after
-/// every reading (like the counter timestamper of the Go tests).
-#[derive(Debug)]
-pub struct TestClock {
-    state: Mutex<(SystemTime, Duration)>,
-}
-
-impl TestClock {
-    /// A clock standing still at `start`.
-    pub fn new(start: SystemTime) -> TestClock {
-        TestClock::with_step(start, Duration::ZERO)
-    }
-
-    /// A clock that reads `start` first and then advances by `step` after each reading.
-    pub fn with_step(start: SystemTime, step: Duration) -> TestClock {
-        TestClock {
-            state: Mutex::new((start, step)),
-        }
-    }
-
-    /// Move the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 += by;
-    }
-
-    /// Set the clock to `t`.
-    pub fn set(&self, t: SystemTime) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = t;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> SystemTime {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (t, step) = *state;
-        state.0 = t + step;
-        t
     }
 }
 
@@ -176,6 +134,7 @@ impl LinePrefixer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::test_clock::TestClock;
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
@@ -303,16 +262,5 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "zzzzz-dz642-000000000000000 one\nzzzzz-dz642-000000000000000 two\n"
         );
-    }
-
-    #[test]
-    fn test_clock_steps_and_advances() {
-        let c = TestClock::with_step(at(T0, 0), Duration::from_secs(1));
-        assert_eq!(c.now(), at(T0, 0));
-        assert_eq!(c.now(), at(T0 + 1, 0));
-        c.advance(Duration::from_secs(10));
-        assert_eq!(c.now(), at(T0 + 12, 0));
-        c.set(at(5, 0));
-        assert_eq!(c.now(), at(5, 0));
     }
 }
