@@ -21,10 +21,10 @@ use crate::docker::cli::{ContainerState, Docker, run_argv};
 use crate::docker::guard::Guard;
 use crate::docker::tail::TailReader;
 use crate::image::{ImageTar, find_image_tar, stream_file};
+use crate::logging::log_collection::{LogCollection, LogUpdater};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
-use crate::logging::updates::{LogCollection, LogUpdater};
 use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
 use crate::output::{self, CopiedFile, OutputSpec, RefMount};
 use crate::redact::Secrets;
@@ -1176,23 +1176,12 @@ impl ContainerRun {
             .to_string();
         self.say(&state);
         let finished = pipeline.finish();
-        let logs_dir = finished.spool_dir.clone();
-        let saved = if finished.errors.is_empty() {
-            self.log_collection
-                .save_final(&finished.files)
-                .map_err(|e| self.secrets.redact(&e.to_string()))
-        } else {
-            Err(finished.errors.join("; "))
-        };
+        let saved = self
+            .log_collection
+            .save_final_logs(&finished, &self.secrets);
         let (outcome, log_pdh) = match saved {
             Ok(c) => (outcome, Some(c.portable_data_hash)),
-            Err(e) => {
-                let msg = format!(
-                    "Saving the log collection failed: {e}. The log files are kept on this host in {}",
-                    logs_dir.display()
-                );
-                eprintln!("crunch-run: {}: {msg}", self.uuid);
-                self.post_late_log(&msg);
+            Err(msg) => {
                 let outcome = match outcome {
                     Outcome::Exited { code, .. } => Outcome::Failed {
                         reason: msg,
@@ -1227,25 +1216,9 @@ impl ContainerRun {
             Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
         };
         for problem in problems {
-            eprintln!("crunch-run: {}: {problem}", self.uuid);
-            self.post_late_log(&problem);
+            self.log_collection.post_late_log(&problem, &self.secrets);
         }
         status
-    }
-
-    /// A crunch-run line after the pipeline closed: straight to the logs table.
-    fn post_late_log(&self, text: &str) {
-        let line = format!(
-            "{} {}\n",
-            crate::logging::timestamp::format_timestamp(std::time::SystemTime::now()),
-            self.secrets.redact(text)
-        );
-        if let Err(e) = self.api.create_log(&self.uuid, "crunch-run", &line) {
-            eprintln!(
-                "crunch-run: {}: cannot post to the logs table either: {e}",
-                self.uuid
-            );
-        }
     }
 }
 

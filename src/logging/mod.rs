@@ -4,12 +4,13 @@
 //! Small pieces, composed by `pipeline`: `timestamp` (clock, format, line stamping),
 //! `spool` (a collection file written to local disk and uploaded to the block store block
 //! by block), `logs_table` (the batched, split, throttled live view in the API logs table),
-//! and `updates` (the log collection saved now and then while the container runs).
+//! and `log_collection` (the log collection: saved now and then while the container runs,
+//! and for good at the end).
 
+pub mod log_collection;
 pub mod logs_table;
 pub mod pipeline;
 pub mod spool;
 #[cfg(test)]
 pub(crate) mod test_clock;
 pub mod timestamp;
-pub mod updates;
