@@ -7,6 +7,7 @@
 //! and `log_collection` (the log collection: saved now and then while the container runs,
 //! and for good at the end).
 
+mod files;
 pub mod log_collection;
 pub mod logs_table;
 pub mod pipeline;
