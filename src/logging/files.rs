@@ -78,6 +78,14 @@ impl OpenFile {
         }
         std::mem::replace(&mut self.at_line_start, data.last() == Some(&b'\n'))
     }
+
+    /// Spool and echo `text` as lines stamped `now`; for the pipeline itself, once no
+    /// writer can reach this file any more.
+    pub fn write_line(&mut self, now: SystemTime, text: &str) {
+        let mut buf = Vec::new();
+        stamp_lines(now, text, &mut buf);
+        self.write(&buf);
+    }
 }
 
 /// What the writers, the snapshots and the pipeline share.

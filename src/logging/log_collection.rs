@@ -242,8 +242,6 @@ mod tests {
             files: files(&["crunch-run.txt", "stderr.txt", "stdout.txt"]),
             errors: errors.iter().map(|e| e.to_string()).collect(),
             spool_dir: "/spool/logs".into(),
-            logs_table_dropped_bytes: 0,
-            logs_table: None,
         }
     }
 

@@ -39,6 +39,7 @@ use crate::store::{ApiStore, BlockStore, FileBlocks};
 
 /// crunch-run's own stream; it is written line by line, never by a copier.
 const CRUNCH_RUN: &str = "crunch-run";
+const CRUNCH_RUN_FILE: &str = "crunch-run.txt";
 /// The streams every log collection has, after crunch-run's, in this order.
 const OTHER_FIRST_STREAMS: [&str; 2] = ["stderr", "stdout"];
 
@@ -71,12 +72,6 @@ pub struct LogsFinished {
     /// Spooling and upload failures: the files in `spool_dir` are then the only copy.
     pub errors: Vec<String>,
     pub spool_dir: PathBuf,
-    /// Bytes of log that never reached the logs table because it was too slow (dropped at
-    /// its queue), failed to post, or were still waiting at the close deadline. Throttled
-    /// bytes are not counted: the table reports those itself.
-    pub logs_table_dropped_bytes: u64,
-    /// What became of the logs table (None without one).
-    pub logs_table: Option<LogsTableReport>,
 }
 
 /// The running pipeline. Call `finish` once the copiers have returned.
@@ -160,7 +155,7 @@ impl LogPipeline {
         let mut files = Vec::new();
         let crunch_run = spooler.add(
             &mut files,
-            "crunch-run.txt".into(),
+            CRUNCH_RUN_FILE.into(),
             Some(CRUNCH_RUN),
             echo,
             b"",
@@ -287,27 +282,31 @@ impl LogPipeline {
             })
     }
 
-    /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`)
-    /// and finish the uploads.
+    /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`),
+    /// say in crunch-run.txt what the logs table lacks if anything, and finish the uploads.
     pub fn finish(self) -> LogsFinished {
         self.finish_with_timeout(DEFAULT_LOGS_TABLE_WAIT)
     }
 
     /// `finish`, waiting at most `logs_table_wait` for the logs table.
     pub fn finish_with_timeout(mut self, logs_table_wait: Duration) -> LogsFinished {
-        let Closed { files, sink } = self.shared.close();
+        let Closed { mut files, sink } = self.shared.close();
+        if let Some(sink) = sink {
+            let report = sink.close(Instant::now() + logs_table_wait);
+            let dropped = self.shared.dropped_total.load(Ordering::Relaxed);
+            let crunch_run = files.iter_mut().find(|(name, _)| name == CRUNCH_RUN_FILE);
+            if let (Some(note), Some((_, Some(file)))) = (
+                logs_table_shortfall(dropped, &report, logs_table_wait),
+                crunch_run,
+            ) {
+                file.write_line(self.shared.clock.now(), &note);
+            }
+        }
         let mut finished = LogsFinished {
             files: Vec::with_capacity(files.len()),
             errors: Vec::new(),
             spool_dir: self.spooler.dir.clone(),
-            logs_table_dropped_bytes: self.shared.dropped_total.load(Ordering::Relaxed),
-            logs_table: None,
         };
-        if let Some(sink) = sink {
-            let report = sink.close(Instant::now() + logs_table_wait);
-            finished.logs_table_dropped_bytes += report.unposted_bytes;
-            finished.logs_table = Some(report);
-        }
         for (name, open) in files {
             let Some(open) = open else {
                 // Cannot happen: only finish and drop take the files, and only once.
@@ -334,6 +333,46 @@ impl LogPipeline {
         }
         finished
     }
+}
+
+/// What the logs table lacks, as a line for crunch-run.txt (which has it all): the bytes
+/// dropped at its queue because it was too slow, that failed to post, or that were still
+/// waiting when `finish` stopped waiting for it. None if it lacks nothing. Throttled bytes
+/// are not counted: the table says so itself.
+fn logs_table_shortfall(
+    dropped_at_queue: u64,
+    report: &LogsTableReport,
+    waited: Duration,
+) -> Option<String> {
+    let missed = dropped_at_queue + report.unposted_bytes;
+    if missed == 0 && report.finished {
+        return None;
+    }
+    let mut why = Vec::new();
+    if dropped_at_queue > 0 {
+        why.push("it was too slow to keep up".to_string());
+    }
+    match report.failed_posts {
+        0 => {}
+        1 => why.push("1 post failed".to_string()),
+        n => why.push(format!("{n} posts failed")),
+    }
+    if !report.finished {
+        let waited = humantime::format_duration(waited);
+        why.push(format!("it was still busy after {waited}"));
+    } else if why.is_empty() {
+        why.push("it ran out of time".to_string());
+    }
+    let amount = match (missed, report.finished) {
+        (n, true) => format!("{n} bytes"),
+        (0, false) => "some".to_string(),
+        (n, false) => format!("at least {n} bytes"),
+    };
+    Some(format!(
+        "Warning: the logs table lacks {amount} of this run's logs ({}); \
+         the log collection has them all",
+        why.join(", ")
+    ))
 }
 
 impl Drop for LogPipeline {
@@ -448,8 +487,6 @@ mod tests {
                 .iter()
                 .all(|(u, _, _)| u == UUID)
         );
-        assert_eq!(done.logs_table_dropped_bytes, 0);
-        assert!(done.logs_table.unwrap().finished);
     }
 
     #[test]
@@ -565,11 +602,71 @@ mod tests {
             started.elapsed()
         );
         assert!(done.errors.is_empty());
-        assert!(!done.logs_table.unwrap().finished);
-        assert!(done.logs_table_dropped_bytes > 0);
+        // crunch-run.txt says what the logs table lacks.
+        let crunch = String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap();
+        let note = crunch
+            .strip_prefix(&format!("{} Warning: the logs table lacks at least ", ts()))
+            .unwrap_or_else(|| panic!("{crunch}"));
+        let (bytes, why) = note.split_once(" bytes of this run's logs (").unwrap();
+        assert!(bytes.parse::<u64>().unwrap() > 0, "{crunch}");
+        assert_eq!(
+            why,
+            "it was too slow to keep up, it was still busy after 300ms); \
+             the log collection has them all\n"
+        );
         let kept = s.keep_file(&done.files, "stdout.txt");
         let stamped_line = format!("{} {}", ts(), std::str::from_utf8(line).unwrap());
         assert_eq!(kept, stamped_line.repeat(100_000).as_bytes());
+    }
+
+    #[test]
+    fn what_a_failing_logs_table_lacks_is_counted_in_crunch_run_txt() {
+        let mut store = MemoryStore::new();
+        store.fail_logs = true;
+        let s = Setup::new(store);
+        let p = s.start();
+        p.crunch_log().line("hello");
+        let done = p.finish();
+        let hello = format!("{} hello\n", ts());
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!(
+                "{hello}{} Warning: the logs table lacks {} bytes of this run's logs \
+                 (1 post failed); the log collection has them all\n",
+                ts(),
+                hello.len()
+            )
+        );
+    }
+
+    #[test]
+    fn the_logs_table_shortfall_names_every_cause_and_nothing_when_complete() {
+        let report = |unposted_bytes, failed_posts, finished| LogsTableReport {
+            posts: 3,
+            failed_posts,
+            unposted_bytes,
+            finished,
+        };
+        let wait = Duration::from_secs(5);
+        assert_eq!(logs_table_shortfall(0, &report(0, 0, true), wait), None);
+        let note = |dropped, r| logs_table_shortfall(dropped, &r, wait).unwrap();
+        assert_eq!(
+            note(0, report(10, 0, true)),
+            "Warning: the logs table lacks 10 bytes of this run's logs (it ran out of time); \
+             the log collection has them all"
+        );
+        assert_eq!(
+            note(7, report(10, 2, false)),
+            "Warning: the logs table lacks at least 17 bytes of this run's logs (it was too \
+             slow to keep up, 2 posts failed, it was still busy after 5s); the log collection \
+             has them all"
+        );
+        // Busy at the deadline with nothing counted yet: still worth saying.
+        assert_eq!(
+            note(0, report(0, 0, false)),
+            "Warning: the logs table lacks some of this run's logs (it was still busy after \
+             5s); the log collection has them all"
+        );
     }
 
     #[test]
