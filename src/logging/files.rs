@@ -28,6 +28,9 @@ const READ_SIZE: usize = 64 * 1024;
 /// Input timestamped per step: bounds the output of one step (a slice of empty lines
 /// grows 32-fold) so a buffer handed on stays below about 256 KiB.
 const STAMP_SLICE: usize = 8 * 1024;
+/// Read errors in a row after which a copier stops reading. On a pipe, an error other
+/// than EINTR does not go away (EBADF, EFAULT): reading on would only spin.
+pub(super) const MAX_READ_ERRORS: u32 = 8;
 /// Spare buffers kept for reuse; larger ones are freed.
 pub(super) const POOL_SIZE: usize = 32;
 const POOL_MAX_CAPACITY: usize = 512 * 1024;
@@ -219,46 +222,59 @@ impl LogStream {
     }
 
     /// Copy `reader` into this stream until EOF, timestamping line starts; after the
-    /// pipeline finished, read on and discard. A read error is logged to `crunch_log`.
-    pub(super) fn copy(
-        &self,
-        mut reader: Box<dyn Read + Send>,
-        crunch_log: &LogStream,
-    ) -> io::Result<u64> {
-        let shared = &self.shared;
+    /// pipeline finished, read on and discard. A read error is logged to `crunch_log` (the
+    /// first one only) and reading goes on: what comes after it is kept, and the writer
+    /// never blocks on a pipe nobody reads. After `MAX_READ_ERRORS` in a row it stops, and
+    /// says so. Returns the number of bytes read.
+    pub(super) fn copy(&self, mut reader: Box<dyn Read + Send>, crunch_log: &LogStream) -> u64 {
         let stream = self.file.event_type.unwrap_or("log");
         let mut buf = vec![0u8; READ_SIZE];
-        let mut stamper = Timestamper::new(Arc::clone(&shared.clock));
-        let mut total = 0u64;
-        let mut open = true;
+        let mut stamper = Timestamper::new(Arc::clone(&self.shared.clock));
+        let (mut total, mut open) = (0u64, true);
+        let (mut errors, mut in_a_row) = (0u32, 0u32);
         loop {
             let n = match reader.read(&mut buf) {
-                Ok(0) => return Ok(total),
+                Ok(0) => return total,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    crunch_log.line(&format!("error reading container {stream}: {e}"));
-                    return Err(e);
+                    (errors, in_a_row) = (errors + 1, in_a_row + 1);
+                    if errors == 1 {
+                        crunch_log.line(&format!(
+                            "error reading container {stream}: {e}; reading on"
+                        ));
+                    }
+                    if in_a_row >= MAX_READ_ERRORS {
+                        crunch_log.line(&format!(
+                            "stopped reading container {stream} after {in_a_row} errors in a row: {e}"
+                        ));
+                        return total;
+                    }
+                    continue;
                 }
             };
+            in_a_row = 0;
             total += n as u64;
-            if !open {
-                continue;
-            }
-            let mut out = shared.buffer();
-            for slice in buf[..n].chunks(STAMP_SLICE) {
-                stamper.stamp(slice, &mut out);
-                if out.len() >= READ_SIZE {
-                    open = shared.write(&self.file, std::mem::replace(&mut out, shared.buffer()));
-                    if !open {
-                        break;
-                    }
-                }
-            }
-            if open && !out.is_empty() {
-                open = shared.write(&self.file, out);
+            if open {
+                open = self.stamp_and_write(&mut stamper, &buf[..n]);
             }
         }
+    }
+
+    /// Timestamp `data` and write it, in pieces of at most about `READ_SIZE`. False if the
+    /// pipeline has finished.
+    fn stamp_and_write(&self, stamper: &mut Timestamper, data: &[u8]) -> bool {
+        let shared = &self.shared;
+        let mut out = shared.buffer();
+        for slice in data.chunks(STAMP_SLICE) {
+            stamper.stamp(slice, &mut out);
+            if out.len() >= READ_SIZE
+                && !shared.write(&self.file, std::mem::replace(&mut out, shared.buffer()))
+            {
+                return false;
+            }
+        }
+        out.is_empty() || shared.write(&self.file, out)
     }
 }
 

@@ -247,12 +247,13 @@ impl LogPipeline {
     }
 
     /// Copy `reader` into the log stream `stream` (e.g. "stdout"; opened if need be, as by
-    /// `stream`) on a new thread, timestamping its lines. The thread reads until EOF no
-    /// matter what (even after `finish`, discarding), so the container never blocks on a
-    /// full pipe, and returns the number of bytes read. A read error is logged to the
-    /// crunch-run stream and returned. crunch-run's own stream takes no copier: that, or a
-    /// stream that cannot be opened, gives a thread that reads `reader` to its end, drops
-    /// what it read, and returns why.
+    /// `stream`) on a new thread, timestamping its lines. The thread reads until EOF, even
+    /// after `finish` (discarding), so the container never blocks on a full pipe, and
+    /// returns the number of bytes read. Read errors are logged to the crunch-run stream
+    /// and not returned: reading goes on after one, and stops only when they come
+    /// `MAX_READ_ERRORS` times in a row (a pipe that cannot be read any more).
+    /// crunch-run's own stream takes no copier: that, or a stream that cannot be opened,
+    /// gives a thread that reads `reader` to its end, drops what it read, and returns why.
     pub fn spawn_copier(
         &self,
         stream: &'static str,
@@ -269,7 +270,7 @@ impl LogPipeline {
         thread::Builder::new()
             .name(format!("log-copy-{stream}"))
             .spawn(move || match target {
-                Ok(log) => log.copy(reader, &crunch_log),
+                Ok(log) => Ok(log.copy(reader, &crunch_log)),
                 Err(e) => {
                     let drained = io::copy(&mut { reader }, &mut io::sink());
                     Err(io::Error::new(
@@ -385,6 +386,7 @@ impl Drop for LogPipeline {
 
 #[cfg(test)]
 mod tests {
+    use super::super::files::MAX_READ_ERRORS;
     use super::*;
     use crate::logging::test_clock::TestClock;
     use crate::logging::timestamp::format_timestamp;
@@ -901,22 +903,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn read_errors_are_logged_and_returned() {
-        struct Failing;
-        impl Read for Failing {
-            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-                Err(io::Error::other("pipe broke"))
+    /// Reads out `script` step by step: bytes, or an error.
+    struct Scripted(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Ok(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+                Some(Err(e)) => Err(io::Error::other(e)),
             }
         }
+    }
+
+    #[test]
+    fn a_read_error_is_logged_once_and_reading_goes_on() {
         let s = Setup::new(MemoryStore::new());
         let p = s.start();
-        let h = p.spawn_copier("stdout", Box::new(Failing)).unwrap();
-        assert!(h.join().unwrap().is_err());
+        let script = [
+            Ok(&b"before\n"[..]),
+            Err("pipe broke"),
+            Ok(b"after\n"),
+            Err("pipe broke again"),
+            Ok(b"end\n"),
+        ];
+        let h = p
+            .spawn_copier("stdout", Box::new(Scripted(script.into())))
+            .unwrap();
+        // Logged here, so not returned: the caller would log it a second time.
+        assert_eq!(h.join().unwrap().unwrap(), 17);
         let done = p.finish();
+        let ts = ts();
         assert_eq!(
-            s.keep_file(&done.files, "crunch-run.txt"),
-            format!("{} error reading container stdout: pipe broke\n", ts()).as_bytes()
+            String::from_utf8(s.keep_file(&done.files, "stdout.txt")).unwrap(),
+            format!("{ts} before\n{ts} after\n{ts} end\n"),
+            "nothing after the error is lost"
+        );
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!("{ts} error reading container stdout: pipe broke; reading on\n")
+        );
+    }
+
+    #[test]
+    fn a_reader_that_only_fails_is_given_up() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        let mut script = vec![Ok(&b"some\n"[..])];
+        script.extend(std::iter::repeat_n(Err("bad fd"), 100));
+        script.push(Ok(b"never read\n"));
+        let h = p
+            .spawn_copier("stderr", Box::new(Scripted(script.into())))
+            .unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), 5);
+        let done = p.finish();
+        let ts = ts();
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!(
+                "{ts} error reading container stderr: bad fd; reading on\n\
+                 {ts} stopped reading container stderr after {MAX_READ_ERRORS} errors in a row: bad fd\n"
+            )
+        );
+        assert_eq!(
+            s.keep_file(&done.files, "stderr.txt"),
+            format!("{ts} some\n").as_bytes()
         );
     }
 }
