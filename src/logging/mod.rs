@@ -1,11 +1,12 @@
 //! The log pipeline: timestamp every line, spool it to the log collection in Keep, and
 //! feed the live logs table.
 //!
-//! Small pieces, composed by `pipeline`: `timestamp` (clock, format, line stamping),
-//! `spool` (a collection file written to local disk and uploaded to the block store block
-//! by block), `logs_table` (the batched, split, throttled live view in the API logs table),
-//! and `log_collection` (the log collection: saved now and then while the container runs,
-//! and for good at the end).
+//! Small pieces, composed by `pipeline` (which keeps the list of log files and their
+//! writers in `files`): `timestamp` (clock, format, line stamping), `spool` (a collection
+//! file written to local disk and uploaded to the block store block by block),
+//! `logs_table` (the batched, split, throttled live view in the API logs table), and
+//! `log_collection` (the log collection: saved now and then while the container runs, and
+//! for good at the end).
 
 mod files;
 pub mod log_collection;
