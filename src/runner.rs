@@ -19,9 +19,10 @@ use crate::docker::{
     MIN_MEMORY_BYTES, classify_start_error, create_argv, display_argv, run_argv,
 };
 use crate::image::{ImageTar, find_image_tar, stream_file};
+use crate::logging::log_collection::{LogCollection, LogUpdater};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
+use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
-use crate::logging::updates::{LogCollection, LogUpdater};
 use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
 use crate::output::{self, CopiedFile, OutputSpec, RefMount};
 use crate::process::TailReader;
@@ -297,7 +298,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
                 None
             },
             echo_crunch_log_to_stderr: true,
-            block_size: 64 << 20,
+            block_size: DEFAULT_BLOCK_SIZE,
             clock: Arc::new(SystemClock),
         },
         blocks.clone(),
@@ -1172,23 +1173,12 @@ impl ContainerRun {
             .to_string();
         self.say(&state);
         let finished = pipeline.finish();
-        let logs_dir = finished.spool_dir.clone();
-        let saved = if finished.errors.is_empty() {
-            self.log_collection
-                .save_final(&finished.files)
-                .map_err(|e| self.secrets.redact(&e.to_string()))
-        } else {
-            Err(finished.errors.join("; "))
-        };
+        let saved = self
+            .log_collection
+            .save_final_logs(&finished, &self.secrets);
         let (outcome, log_pdh) = match saved {
             Ok(c) => (outcome, Some(c.portable_data_hash)),
-            Err(e) => {
-                let msg = format!(
-                    "Saving the log collection failed: {e}. The log files are kept on this host in {}",
-                    logs_dir.display()
-                );
-                eprintln!("crunch-run: {}: {msg}", self.uuid);
-                self.post_late_log(&msg);
+            Err(msg) => {
                 let outcome = match outcome {
                     Outcome::Exited { code, .. } => Outcome::Failed {
                         reason: msg,
@@ -1223,25 +1213,9 @@ impl ContainerRun {
             Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
         };
         for problem in problems {
-            eprintln!("crunch-run: {}: {problem}", self.uuid);
-            self.post_late_log(&problem);
+            self.log_collection.post_late_log(&problem, &self.secrets);
         }
         status
-    }
-
-    /// A crunch-run line after the pipeline closed: straight to the logs table.
-    fn post_late_log(&self, text: &str) {
-        let line = format!(
-            "{} {}\n",
-            crate::logging::timestamp::format_timestamp(std::time::SystemTime::now()),
-            self.secrets.redact(text)
-        );
-        if let Err(e) = self.api.create_log(&self.uuid, "crunch-run", &line) {
-            eprintln!(
-                "crunch-run: {}: cannot post to the logs table either: {e}",
-                self.uuid
-            );
-        }
     }
 }
 

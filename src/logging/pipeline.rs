@@ -1,15 +1,21 @@
-//! The log pipeline of one run: crunch-run's own log lines and the container's stdout and
-//! stderr, timestamped, spooled to the log collection files (`crunch-run.txt`,
-//! `stderr.txt`, `stdout.txt`) and offered to the live logs table.
+//! The log pipeline of one run: crunch-run's own log lines, the container's stdout and
+//! stderr, and any stream or file opened while it runs, spooled to the files of the log
+//! collection and (streams only) offered to the live logs table.
 //!
 //! ```text
-//! docker stdout ─ copier thread: read ≤64 KiB, timestamp line starts ─┐ per stream, under
-//! docker stderr ─ copier thread                                       ├ its own lock:
-//! CrunchLog (any thread, crunch-run stream) ──────────────────────────┘
-//!     ├─► SpoolFile of the stream (md5, write) → Uploader thread → BlockStore
+//! docker stdout ─ copier thread: read ≤64 KiB, timestamp line starts ─┐ per file, under
+//! docker stderr ─ copier thread                                       │ its own lock:
+//! CrunchLog (any thread, crunch-run stream) ──────────────────────────┤
+//! LogStream (e.g. crunchstat, opened with `stream`) ──────────────────┘
+//!     ├─► SpoolFile of the file (md5, write) → Uploader thread → BlockStore
 //!     ├─► LogsTableSink (try_send: drops, never waits)
 //!     └─► stderr, crunch-run stream only
+//! write_file (e.g. node-info.txt): raw bytes, once ─► SpoolFile only
 //! ```
+//!
+//! Every timestamped stream `<name>` is spooled to `<name>.txt` and posted to the logs table
+//! with event type `<name>`; a raw file gets no timestamps and stays out of the logs table.
+//! `crunch-run.txt`, `stderr.txt` and `stdout.txt` are always there, empty or not.
 //!
 //! Each writer spools its own bytes: no thread hop between reading a pipe and writing its
 //! spool file. Memory stays flat: buffers are fixed-size and recycled, the logs table's
@@ -20,33 +26,25 @@
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
-use super::logs_table::{Chunk, LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
+use super::files::{Closed, Echo, LogFile, OpenFile, POOL_SIZE, Shared, check_file_name, lock};
+pub use super::files::{CrunchLog, LogSnapshots, LogStream};
+use super::logs_table::{LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
-use super::timestamp::{
-    Clock, LinePrefixer, SystemClock, TIMESTAMP_LEN, Timestamper, format_timestamp_into,
-};
+use super::timestamp::{Clock, LinePrefixer};
 use crate::store::{ApiStore, BlockStore, FileBlocks};
 
-/// The streams, in the order of `LogsFinished::files`.
-const STREAMS: [&str; 3] = ["crunch-run", "stderr", "stdout"];
-const CRUNCH_RUN: usize = 0;
+/// crunch-run's own stream; it is written line by line, never by a copier.
+const CRUNCH_RUN: &str = "crunch-run";
+const CRUNCH_RUN_FILE: &str = "crunch-run.txt";
+/// The streams every log collection has, after crunch-run's, in this order.
+const OTHER_FIRST_STREAMS: [&str; 2] = ["stderr", "stdout"];
 
-/// Bytes read from a pipe at a time.
-const READ_SIZE: usize = 64 * 1024;
-/// Input timestamped per step: bounds the output of one step (a slice of empty lines
-/// grows 32-fold) so a buffer handed on stays below about 256 KiB.
-const STAMP_SLICE: usize = 8 * 1024;
 /// Chunks waiting for the logs table before it drops.
 const SINK_QUEUE: usize = 16;
-/// Spare buffers kept for reuse; larger ones are freed.
-const POOL_SIZE: usize = 32;
-const POOL_MAX_CAPACITY: usize = 512 * 1024;
 /// How long `finish` waits for the logs table.
 pub const DEFAULT_LOGS_TABLE_WAIT: Duration = Duration::from_secs(5);
 
@@ -64,206 +62,57 @@ pub struct LogPipelineConfig {
     pub clock: Arc<dyn Clock>,
 }
 
-impl LogPipelineConfig {
-    /// Defaults: no logs table, echo on, 64 MiB blocks, the system clock.
-    pub fn new(spool_dir: impl Into<PathBuf>, container_uuid: impl Into<String>) -> Self {
-        LogPipelineConfig {
-            spool_dir: spool_dir.into(),
-            container_uuid: container_uuid.into(),
-            logs_table: None,
-            echo_crunch_log_to_stderr: true,
-            block_size: DEFAULT_BLOCK_SIZE,
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
 /// What the pipeline left when it finished.
 #[derive(Debug)]
 pub struct LogsFinished {
-    /// `crunch-run.txt`, `stderr.txt`, `stdout.txt`, always all three (empty ones too).
-    /// A file whose upload failed is given as its longest prefix that the store confirmed.
+    /// `crunch-run.txt`, `stderr.txt`, `stdout.txt` (empty ones too), then the streams and
+    /// raw files opened while it ran, in the order they were opened. A file whose upload
+    /// failed is given as its longest prefix that the store confirmed.
     pub files: Vec<FileBlocks>,
     /// Spooling and upload failures: the files in `spool_dir` are then the only copy.
     pub errors: Vec<String>,
     pub spool_dir: PathBuf,
-    /// Bytes of log that never reached the logs table because it was too slow (dropped at
-    /// its queue), failed to post, or were still waiting at the close deadline. Throttled
-    /// bytes are not counted: the table reports those itself.
-    pub logs_table_dropped_bytes: u64,
-    /// What became of the logs table (None without one).
-    pub logs_table: Option<LogsTableReport>,
-}
-
-/// Where the crunch-run stream is echoed: the writer, its line prefixer, a scratch buffer.
-type Echo = (Box<dyn Write + Send>, LinePrefixer, Vec<u8>);
-
-/// One log stream: its spool file and what the logs table needs to know about it.
-struct Stream {
-    spool: SpoolFile,
-    /// The bytes written so far end a line.
-    at_line_start: bool,
-    /// Bytes dropped at the logs table's queue since a chunk of this stream got through.
-    dropped: u64,
-    /// The crunch-run stream only, if echoed.
-    echo: Option<Echo>,
-}
-
-/// What the copiers and `CrunchLog`s share.
-struct Shared {
-    /// Per stream; `None` once the pipeline finished (later data is discarded).
-    streams: [Mutex<Option<Stream>>; 3],
-    /// Taken by `finish` after the streams, so no chunk is offered to a closed table.
-    sink: Mutex<Option<LogsTableSink>>,
-    dropped_total: AtomicU64,
-    pool_tx: Sender<Vec<u8>>,
-    pool_rx: Receiver<Vec<u8>>,
-    clock: Arc<dyn Clock>,
-    closed: AtomicBool,
-}
-
-/// Lock, ignoring poisoning: a panicking writer leaves the stream as it was between writes.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    fn buffer(&self) -> Vec<u8> {
-        self.pool_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(READ_SIZE + READ_SIZE / 4))
-    }
-
-    /// Spool `data` (timestamped bytes) to its stream, echo it, offer it to the logs table.
-    /// False if the pipeline has finished (the data is dropped).
-    fn write(&self, index: usize, data: Vec<u8>) -> bool {
-        let mut slot = lock(&self.streams[index]);
-        let Some(stream) = slot.as_mut() else {
-            return false;
-        };
-        // A write error is kept by the spool file and reported by its finish().
-        let _ = stream.spool.write(&data);
-        if let Some((w, prefixer, buf)) = &mut stream.echo {
-            buf.clear();
-            prefixer.prefix(&data, buf);
-            let _ = w.write_all(buf).and_then(|()| w.flush());
-        }
-        let at_line_start =
-            std::mem::replace(&mut stream.at_line_start, data.last() == Some(&b'\n'));
-        let sink = lock(&self.sink);
-        let Some(sink) = sink.as_ref() else {
-            recycle(&self.pool_tx, data);
-            return true;
-        };
-        let len = data.len() as u64;
-        let chunk = Chunk {
-            event_type: STREAMS[index],
-            data,
-            dropped_before: stream.dropped,
-            at_line_start,
-        };
-        match sink.try_send(chunk) {
-            Ok(()) => stream.dropped = 0,
-            Err(chunk) => {
-                stream.dropped += len;
-                self.dropped_total.fetch_add(len, Ordering::Relaxed);
-                recycle(&self.pool_tx, chunk.data);
-            }
-        }
-        true
-    }
-
-    /// Take the streams and the logs table out (stopping all writers), streams first.
-    fn close(&self) -> (Vec<Option<Stream>>, Option<LogsTableSink>) {
-        self.closed.store(true, Ordering::Release);
-        let streams = self.streams.iter().map(|s| lock(s).take()).collect();
-        (streams, lock(&self.sink).take())
-    }
-}
-
-fn recycle(pool: &Sender<Vec<u8>>, mut buf: Vec<u8>) {
-    if buf.capacity() <= POOL_MAX_CAPACITY {
-        buf.clear();
-        let _ = pool.try_send(buf);
-    }
-}
-
-/// Writes crunch-run's own log lines. Cheap to clone; after the pipeline finished, writing
-/// does nothing.
-#[derive(Clone)]
-pub struct CrunchLog {
-    shared: Arc<Shared>,
-}
-
-impl CrunchLog {
-    /// Log `text`: each `\n`-separated line gets the current timestamp (a single trailing
-    /// `\n` is ignored). Waits if another thread is writing this stream; never fails.
-    pub fn line(&self, text: &str) {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let mut ts = [b'0'; TIMESTAMP_LEN];
-        format_timestamp_into(self.shared.clock.now(), &mut ts);
-        let mut buf = self.shared.buffer();
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        for line in text.split('\n') {
-            buf.extend_from_slice(&ts);
-            buf.push(b' ');
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-        }
-        self.shared.write(CRUNCH_RUN, buf);
-    }
-}
-
-/// Snapshots of the log files while the pipeline runs. Cheap to clone.
-#[derive(Clone)]
-pub struct LogSnapshots {
-    shared: Arc<Shared>,
-}
-
-impl LogSnapshots {
-    /// Bytes written to the log files so far.
-    pub fn bytes(&self) -> u64 {
-        self.shared
-            .streams
-            .iter()
-            .filter_map(|s| lock(s).as_ref().map(|s| s.spool.size()))
-            .sum()
-    }
-
-    /// The log files as they stand, in the order of `LogsFinished::files`: each is sealed
-    /// where it is (its last block cut short) and waited for, up to `patience`, until all
-    /// its blocks are stored. None if the pipeline finished or some upload is not done.
-    pub fn take(&self, patience: Duration) -> Option<Vec<FileBlocks>> {
-        let sealed = self
-            .shared
-            .streams
-            .iter()
-            .map(|s| lock(s).as_mut().map(|s| s.spool.seal()))
-            .collect::<Option<Vec<usize>>>()?;
-        let deadline = Instant::now() + patience;
-        loop {
-            let files = self
-                .shared
-                .streams
-                .iter()
-                .zip(&sealed)
-                .map(|(s, &blocks)| lock(s).as_mut()?.spool.stored_prefix(blocks))
-                .collect::<Option<Vec<FileBlocks>>>();
-            if files.is_some() || Instant::now() >= deadline {
-                return files;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// The running pipeline. Call `finish` once the copiers have returned.
 pub struct LogPipeline {
     shared: Arc<Shared>,
-    spool_dir: PathBuf,
+    crunch_run: Arc<LogFile>,
+    spooler: Spooler,
+}
+
+/// Creates the spool files of the log collection; their full blocks go to `uploader`.
+struct Spooler {
+    dir: PathBuf,
+    block_size: u64,
+    /// Taken by `finish`, after the files.
     uploader: Option<Uploader>,
+}
+
+impl Spooler {
+    /// Add the file `name`, holding `bytes` so far, to the list of log files.
+    fn add(
+        &self,
+        files: &mut Vec<Arc<LogFile>>,
+        name: String,
+        event_type: Option<&'static str>,
+        echo: Option<Echo>,
+        bytes: &[u8],
+    ) -> io::Result<Arc<LogFile>> {
+        let uploader = self
+            .uploader
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the log pipeline has finished"))?;
+        let mut spool = SpoolFile::create(&self.dir, &name, self.block_size, uploader)?;
+        spool.write(bytes)?;
+        let file = Arc::new(LogFile {
+            name,
+            event_type,
+            state: Mutex::new(Some(OpenFile::new(spool, echo))),
+        });
+        files.push(Arc::clone(&file));
+        Ok(file)
+    }
 }
 
 impl LogPipeline {
@@ -291,36 +140,29 @@ impl LogPipeline {
                 ),
             )
         })?;
-        let block_size = if cfg.block_size == 0 {
-            DEFAULT_BLOCK_SIZE
-        } else {
-            cfg.block_size
+        let spooler = Spooler {
+            dir: cfg.spool_dir,
+            block_size: match cfg.block_size {
+                0 => DEFAULT_BLOCK_SIZE,
+                n => n,
+            },
+            uploader: Some(Uploader::start(blocks)?),
         };
-        let uploader = Uploader::start(blocks)?;
-        let mut echo = echo.map(|w| {
-            (
-                w,
-                LinePrefixer::new(format!("{} ", cfg.container_uuid)),
-                Vec::new(),
-            )
+        let echo = echo.map(|w| {
+            let prefixer = LinePrefixer::new(format!("{} ", cfg.container_uuid));
+            (w, prefixer, Vec::new())
         });
-        let mut streams = Vec::with_capacity(STREAMS.len());
-        for (i, name) in STREAMS.iter().enumerate() {
-            streams.push(Mutex::new(Some(Stream {
-                spool: SpoolFile::create(
-                    &cfg.spool_dir,
-                    &format!("{name}.txt"),
-                    block_size,
-                    &uploader,
-                )?,
-                at_line_start: true,
-                dropped: 0,
-                echo: if i == CRUNCH_RUN { echo.take() } else { None },
-            })));
+        let mut files = Vec::new();
+        let crunch_run = spooler.add(
+            &mut files,
+            CRUNCH_RUN_FILE.into(),
+            Some(CRUNCH_RUN),
+            echo,
+            b"",
+        )?;
+        for name in OTHER_FIRST_STREAMS {
+            spooler.add(&mut files, format!("{name}.txt"), Some(name), None, b"")?;
         }
-        let streams: [Mutex<Option<Stream>>; 3] = streams
-            .try_into()
-            .map_err(|_| io::Error::other("log streams miscounted"))?;
         let (pool_tx, pool_rx) = crossbeam_channel::bounded(POOL_SIZE);
         let sink = match &cfg.logs_table {
             Some(api) => {
@@ -340,7 +182,7 @@ impl LogPipeline {
         };
         Ok(LogPipeline {
             shared: Arc::new(Shared {
-                streams,
+                files: Mutex::new(files),
                 sink: Mutex::new(sink),
                 dropped_total: AtomicU64::new(0),
                 pool_tx,
@@ -348,89 +190,138 @@ impl LogPipeline {
                 clock: cfg.clock,
                 closed: AtomicBool::new(false),
             }),
-            spool_dir: cfg.spool_dir,
-            uploader: Some(uploader),
+            crunch_run,
+            spooler,
         })
     }
 
     /// Snapshots of the log files while it runs.
     pub fn snapshots(&self) -> LogSnapshots {
-        LogSnapshots {
-            shared: Arc::clone(&self.shared),
-        }
+        LogSnapshots::new(Arc::clone(&self.shared))
     }
 
     /// A writer of the crunch-run stream.
     pub fn crunch_log(&self) -> CrunchLog {
-        CrunchLog {
-            shared: Arc::clone(&self.shared),
-        }
+        LogStream::new(Arc::clone(&self.shared), Arc::clone(&self.crunch_run))
     }
 
-    /// Copy `reader` ("stdout" or "stderr") into its log stream on a new thread. The thread
-    /// reads until EOF no matter what (even after `finish`, discarding), so the container
-    /// never blocks on a full pipe, and returns the number of bytes read. A read error is
-    /// logged to the crunch-run stream and returned.
+    /// The timestamped stream `name`: spooled to `<name>.txt`, posted to the logs table with
+    /// event type `name`, saved with the other log files. Opened by the first call, at any
+    /// time while the pipeline runs; later calls give another writer of the same stream.
+    /// Fails if `<name>.txt` is a raw file, or cannot name or create a file.
+    pub fn stream(&self, name: &'static str) -> io::Result<LogStream> {
+        check_file_name(name)?;
+        let file_name = format!("{name}.txt");
+        let mut files = lock(&self.shared.files);
+        let file = match files.iter().find(|f| f.name == file_name) {
+            Some(file) if file.event_type.is_some() => Arc::clone(file),
+            Some(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{file_name} is already a raw log file"),
+                ));
+            }
+            None => self
+                .spooler
+                .add(&mut files, file_name, Some(name), None, b"")?,
+        };
+        Ok(LogStream::new(Arc::clone(&self.shared), file))
+    }
+
+    /// Add `bytes` to the log collection as the file `name`, as they are: no timestamps,
+    /// not in the logs table. For files written once (`node-info.txt`, `container.json`).
+    /// Fails if the name is taken or the file cannot be spooled; the log collection then
+    /// has no such file.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        check_file_name(name)?;
+        let mut files = lock(&self.shared.files);
+        if files.iter().any(|f| f.name == name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{name} is already a log file"),
+            ));
+        }
+        self.spooler
+            .add(&mut files, name.to_string(), None, None, bytes)
+            .map(drop)
+    }
+
+    /// Copy `reader` into the log stream `stream` (e.g. "stdout"; opened if need be, as by
+    /// `stream`) on a new thread, timestamping its lines. The thread reads until EOF, even
+    /// after `finish` (discarding), so the container never blocks on a full pipe, and
+    /// returns the number of bytes read. Read errors are logged to the crunch-run stream
+    /// and not returned: reading goes on after one, and stops only when they come
+    /// `MAX_READ_ERRORS` times in a row (a pipe that cannot be read any more).
+    /// crunch-run's own stream takes no copier: that, or a stream that cannot be opened,
+    /// gives a thread that reads `reader` to its end, drops what it read, and returns why.
     pub fn spawn_copier(
         &self,
         stream: &'static str,
         reader: Box<dyn Read + Send>,
     ) -> io::Result<JoinHandle<io::Result<u64>>> {
-        let index = STREAMS
-            .iter()
-            .position(|s| *s == stream && *s != STREAMS[CRUNCH_RUN]);
-        let shared = Arc::clone(&self.shared);
+        let target = match stream {
+            CRUNCH_RUN => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "crunch-run's own stream takes no copier",
+            )),
+            _ => self.stream(stream),
+        };
+        let crunch_log = self.crunch_log();
         thread::Builder::new()
             .name(format!("log-copy-{stream}"))
-            .spawn(move || match index {
-                Some(index) => copy(&shared, stream, index, reader),
-                None => {
+            .spawn(move || match target {
+                Ok(log) => Ok(log.copy(reader, &crunch_log)),
+                Err(e) => {
                     let drained = io::copy(&mut { reader }, &mut io::sink());
                     Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
+                        e.kind(),
                         format!(
-                            "no log stream {stream:?} (read {drained:?} bytes and dropped them)"
+                            "no log stream {stream:?}: {e} (read {drained:?} bytes and dropped them)"
                         ),
                     ))
                 }
             })
     }
 
-    /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`)
-    /// and finish the uploads.
+    /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`),
+    /// say in crunch-run.txt what the logs table lacks if anything, and finish the uploads.
     pub fn finish(self) -> LogsFinished {
         self.finish_with_timeout(DEFAULT_LOGS_TABLE_WAIT)
     }
 
     /// `finish`, waiting at most `logs_table_wait` for the logs table.
     pub fn finish_with_timeout(mut self, logs_table_wait: Duration) -> LogsFinished {
-        let (streams, sink) = self.shared.close();
-        let mut finished = LogsFinished {
-            files: Vec::with_capacity(STREAMS.len()),
-            errors: Vec::new(),
-            spool_dir: self.spool_dir.clone(),
-            logs_table_dropped_bytes: self.shared.dropped_total.load(Ordering::Relaxed),
-            logs_table: None,
-        };
+        let Closed { mut files, sink } = self.shared.close();
         if let Some(sink) = sink {
             let report = sink.close(Instant::now() + logs_table_wait);
-            finished.logs_table_dropped_bytes += report.unposted_bytes;
-            finished.logs_table = Some(report);
+            let dropped = self.shared.dropped_total.load(Ordering::Relaxed);
+            let crunch_run = files.iter_mut().find(|(name, _)| name == CRUNCH_RUN_FILE);
+            if let (Some(note), Some((_, Some(file)))) = (
+                logs_table_shortfall(dropped, &report, logs_table_wait),
+                crunch_run,
+            ) {
+                file.write_line(self.shared.clock.now(), &note);
+            }
         }
-        for (name, stream) in STREAMS.iter().zip(streams) {
-            let Some(stream) = stream else {
-                // Cannot happen: only finish and drop take the streams, and only once.
+        let mut finished = LogsFinished {
+            files: Vec::with_capacity(files.len()),
+            errors: Vec::new(),
+            spool_dir: self.spooler.dir.clone(),
+        };
+        for (name, open) in files {
+            let Some(open) = open else {
+                // Cannot happen: only finish and drop take the files, and only once.
                 finished
                     .errors
-                    .push(format!("{name}.txt: log stream already closed"));
+                    .push(format!("{name}: log stream already closed"));
                 finished.files.push(FileBlocks {
-                    name: format!("{name}.txt"),
+                    name,
                     locators: vec![],
                     size: 0,
                 });
                 continue;
             };
-            match stream.spool.finish() {
+            match open.spool.finish() {
                 Ok(file) => finished.files.push(file),
                 Err(failure) => {
                     finished.errors.push(failure.message);
@@ -438,11 +329,51 @@ impl LogPipeline {
                 }
             }
         }
-        if let Some(uploader) = self.uploader.take() {
+        if let Some(uploader) = self.spooler.uploader.take() {
             uploader.shutdown();
         }
         finished
     }
+}
+
+/// What the logs table lacks, as a line for crunch-run.txt (which has it all): the bytes
+/// dropped at its queue because it was too slow, that failed to post, or that were still
+/// waiting when `finish` stopped waiting for it. None if it lacks nothing. Throttled bytes
+/// are not counted: the table says so itself.
+fn logs_table_shortfall(
+    dropped_at_queue: u64,
+    report: &LogsTableReport,
+    waited: Duration,
+) -> Option<String> {
+    let missed = dropped_at_queue + report.unposted_bytes;
+    if missed == 0 && report.finished {
+        return None;
+    }
+    let mut why = Vec::new();
+    if dropped_at_queue > 0 {
+        why.push("it was too slow to keep up".to_string());
+    }
+    match report.failed_posts {
+        0 => {}
+        1 => why.push("1 post failed".to_string()),
+        n => why.push(format!("{n} posts failed")),
+    }
+    if !report.finished {
+        let waited = humantime::format_duration(waited);
+        why.push(format!("it was still busy after {waited}"));
+    } else if why.is_empty() {
+        why.push("it ran out of time".to_string());
+    }
+    let amount = match (missed, report.finished) {
+        (n, true) => format!("{n} bytes"),
+        (0, false) => "some".to_string(),
+        (n, false) => format!("at least {n} bytes"),
+    };
+    Some(format!(
+        "Warning: the logs table lacks {amount} of this run's logs ({}); \
+         the log collection has them all",
+        why.join(", ")
+    ))
 }
 
 impl Drop for LogPipeline {
@@ -453,55 +384,13 @@ impl Drop for LogPipeline {
     }
 }
 
-/// The copier loop of one pipe.
-fn copy(
-    shared: &Arc<Shared>,
-    stream: &'static str,
-    index: usize,
-    mut reader: Box<dyn Read + Send>,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; READ_SIZE];
-    let mut stamper = Timestamper::new(Arc::clone(&shared.clock));
-    let mut total = 0u64;
-    let mut open = true;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                CrunchLog {
-                    shared: Arc::clone(shared),
-                }
-                .line(&format!("error reading container {stream}: {e}"));
-                return Err(e);
-            }
-        };
-        total += n as u64;
-        if !open {
-            continue;
-        }
-        let mut out = shared.buffer();
-        for slice in buf[..n].chunks(STAMP_SLICE) {
-            stamper.stamp(slice, &mut out);
-            if out.len() >= READ_SIZE {
-                open = shared.write(index, std::mem::replace(&mut out, shared.buffer()));
-                if !open {
-                    break;
-                }
-            }
-        }
-        if open && !out.is_empty() {
-            open = shared.write(index, out);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::files::MAX_READ_ERRORS;
     use super::*;
-    use crate::logging::fakes::{MemApi, MemBlocks};
-    use crate::logging::timestamp::{TestClock, format_timestamp};
+    use crate::logging::test_clock::TestClock;
+    use crate::rfc3339::format_timestamp;
+    use crate::store::memory::MemoryStore;
     use std::sync::Mutex;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -511,19 +400,18 @@ mod tests {
         UNIX_EPOCH + Duration::new(1_451_404_305, 1) // 2015-12-29T15:51:45.000000001Z
     }
 
+    /// One `MemoryStore` serves as the block store and the logs table.
     struct Setup {
         dir: tempfile::TempDir,
-        blocks: Arc<MemBlocks>,
-        api: Arc<MemApi>,
+        store: Arc<MemoryStore>,
         clock: Arc<TestClock>,
     }
 
     impl Setup {
-        fn new(api: MemApi) -> Setup {
+        fn new(store: MemoryStore) -> Setup {
             Setup {
                 dir: tempfile::tempdir().unwrap(),
-                blocks: Arc::new(MemBlocks::default()),
-                api: Arc::new(api),
+                store: Arc::new(store),
                 clock: Arc::new(TestClock::new(t0())),
             }
         }
@@ -532,7 +420,7 @@ mod tests {
             LogPipelineConfig {
                 spool_dir: self.dir.path().join("logs"),
                 container_uuid: UUID.into(),
-                logs_table: Some(self.api.clone()),
+                logs_table: Some(self.store.clone()),
                 echo_crunch_log_to_stderr: false,
                 block_size: 64,
                 clock: self.clock.clone(),
@@ -540,12 +428,12 @@ mod tests {
         }
 
         fn start(&self) -> LogPipeline {
-            LogPipeline::start(self.config(), self.blocks.clone()).unwrap()
+            LogPipeline::start(self.config(), self.store.clone()).unwrap()
         }
 
         fn keep_file(&self, files: &[FileBlocks], name: &str) -> Vec<u8> {
             let f = files.iter().find(|f| f.name == name).unwrap();
-            let data = self.blocks.file(&f.locators);
+            let data = self.store.file(&f.locators);
             assert_eq!(data.len() as u64, f.size);
             data
         }
@@ -557,7 +445,7 @@ mod tests {
 
     #[test]
     fn streams_go_to_separate_timestamped_files_and_the_logs_table() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let log = p.crunch_log();
         log.line("Hello world!");
@@ -590,17 +478,22 @@ mod tests {
         let spooled = std::fs::read(done.spool_dir.join("stdout.txt")).unwrap();
         assert_eq!(spooled, stdout.as_bytes());
         // The logs table got the same text with the same timestamps, one POST per stream.
-        assert_eq!(s.api.texts("crunch-run"), vec![crunch]);
-        assert_eq!(s.api.texts("stdout"), vec![stdout]);
-        assert_eq!(s.api.texts("stderr"), vec![stderr + "\n"]);
-        assert!(s.api.logs.lock().unwrap().iter().all(|(u, _, _)| u == UUID));
-        assert_eq!(done.logs_table_dropped_bytes, 0);
-        assert!(done.logs_table.unwrap().finished);
+        assert_eq!(s.store.texts("crunch-run"), vec![crunch]);
+        assert_eq!(s.store.texts("stdout"), vec![stdout]);
+        assert_eq!(s.store.texts("stderr"), vec![stderr + "\n"]);
+        assert!(
+            s.store
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(u, _, _)| u == UUID)
+        );
     }
 
     #[test]
     fn a_snapshot_holds_what_was_logged_so_far_and_logging_goes_on() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let snapshots = p.snapshots();
         let log = p.crunch_log();
@@ -636,7 +529,7 @@ mod tests {
 
     #[test]
     fn empty_streams_still_give_three_files() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let done = s.start().finish();
         assert!(done.errors.is_empty());
         let want: Vec<FileBlocks> = ["crunch-run.txt", "stderr.txt", "stdout.txt"]
@@ -648,12 +541,12 @@ mod tests {
             })
             .collect();
         assert_eq!(done.files, want);
-        assert!(s.api.logs.lock().unwrap().is_empty());
+        assert!(s.store.logs.lock().unwrap().is_empty());
     }
 
     #[test]
     fn binary_output_is_byte_exact_in_keep() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let mut data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         data.extend_from_slice(b"\xff\xfe");
@@ -686,13 +579,12 @@ mod tests {
 
     #[test]
     fn a_hanging_logs_table_does_not_slow_the_container() {
-        let s = Setup::new(MemApi {
-            hang: Some(Duration::from_secs(60)),
-            ..MemApi::default()
-        });
+        let mut store = MemoryStore::new();
+        store.hang_logs = Some(Duration::from_secs(60));
+        let s = Setup::new(store);
         let mut cfg = s.config();
         cfg.block_size = 1 << 20;
-        let p = LogPipeline::start(cfg, s.blocks.clone()).unwrap();
+        let p = LogPipeline::start(cfg, s.store.clone()).unwrap();
         let started = Instant::now();
         let line = b"0123456789 this is a line of container output\n";
         let data: Vec<u8> = line
@@ -712,18 +604,78 @@ mod tests {
             started.elapsed()
         );
         assert!(done.errors.is_empty());
-        assert!(!done.logs_table.unwrap().finished);
-        assert!(done.logs_table_dropped_bytes > 0);
+        // crunch-run.txt says what the logs table lacks.
+        let crunch = String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap();
+        let note = crunch
+            .strip_prefix(&format!("{} Warning: the logs table lacks at least ", ts()))
+            .unwrap_or_else(|| panic!("{crunch}"));
+        let (bytes, why) = note.split_once(" bytes of this run's logs (").unwrap();
+        assert!(bytes.parse::<u64>().unwrap() > 0, "{crunch}");
+        assert_eq!(
+            why,
+            "it was too slow to keep up, it was still busy after 300ms); \
+             the log collection has them all\n"
+        );
         let kept = s.keep_file(&done.files, "stdout.txt");
         let stamped_line = format!("{} {}", ts(), std::str::from_utf8(line).unwrap());
         assert_eq!(kept, stamped_line.repeat(100_000).as_bytes());
     }
 
     #[test]
+    fn what_a_failing_logs_table_lacks_is_counted_in_crunch_run_txt() {
+        let mut store = MemoryStore::new();
+        store.fail_logs = true;
+        let s = Setup::new(store);
+        let p = s.start();
+        p.crunch_log().line("hello");
+        let done = p.finish();
+        let hello = format!("{} hello\n", ts());
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!(
+                "{hello}{} Warning: the logs table lacks {} bytes of this run's logs \
+                 (1 post failed); the log collection has them all\n",
+                ts(),
+                hello.len()
+            )
+        );
+    }
+
+    #[test]
+    fn the_logs_table_shortfall_names_every_cause_and_nothing_when_complete() {
+        let report = |unposted_bytes, failed_posts, finished| LogsTableReport {
+            posts: 3,
+            failed_posts,
+            unposted_bytes,
+            finished,
+        };
+        let wait = Duration::from_secs(5);
+        assert_eq!(logs_table_shortfall(0, &report(0, 0, true), wait), None);
+        let note = |dropped, r| logs_table_shortfall(dropped, &r, wait).unwrap();
+        assert_eq!(
+            note(0, report(10, 0, true)),
+            "Warning: the logs table lacks 10 bytes of this run's logs (it ran out of time); \
+             the log collection has them all"
+        );
+        assert_eq!(
+            note(7, report(10, 2, false)),
+            "Warning: the logs table lacks at least 17 bytes of this run's logs (it was too \
+             slow to keep up, 2 posts failed, it was still busy after 5s); the log collection \
+             has them all"
+        );
+        // Busy at the deadline with nothing counted yet: still worth saying.
+        assert_eq!(
+            note(0, report(0, 0, false)),
+            "Warning: the logs table lacks some of this run's logs (it was still busy after \
+             5s); the log collection has them all"
+        );
+    }
+
+    #[test]
     fn a_failed_upload_is_reported_and_the_spool_kept() {
-        let s = Setup::new(MemApi::default());
-        s.blocks
-            .fail_next
+        let s = Setup::new(MemoryStore::new());
+        s.store
+            .fail_next_puts
             .store(100, std::sync::atomic::Ordering::SeqCst);
         let p = s.start();
         p.crunch_log().line("will not reach Keep");
@@ -741,7 +693,7 @@ mod tests {
 
     #[test]
     fn crunch_log_after_finish_is_a_no_op_and_copiers_drain_to_eof() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
         let log = p.crunch_log();
         // A pipe that is still written after finish: the copier keeps reading.
@@ -761,12 +713,147 @@ mod tests {
     }
 
     #[test]
-    fn unknown_stream_is_refused_but_drained() {
-        let s = Setup::new(MemApi::default());
+    fn a_copier_into_crunch_run_or_a_bad_name_is_refused_but_drained() {
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
-        let h = p.spawn_copier("crunch-run", Box::new(&b"abc"[..])).unwrap();
-        let err = h.join().unwrap().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        for name in ["crunch-run", "a/b"] {
+            let h = p.spawn_copier(name, Box::new(&b"abc"[..])).unwrap();
+            let err = h.join().unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name}");
+            assert!(err.to_string().contains("read Ok(3) bytes"), "{err}");
+        }
+        let done = p.finish();
+        assert_eq!(done.files.len(), 3);
+        assert_eq!(done.files[0].size, 0, "nothing reached crunch-run.txt");
+    }
+
+    fn names(files: &[FileBlocks]) -> Vec<&str> {
+        files.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    /// The files every log collection has, then `more`.
+    fn first_three_and(more: &[&'static str]) -> Vec<&'static str> {
+        [&["crunch-run.txt", "stderr.txt", "stdout.txt"][..], more].concat()
+    }
+
+    #[test]
+    fn streams_opened_while_running_are_timestamped_saved_and_in_the_logs_table() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        p.crunch_log().line("starting");
+        let crunchstat = p.stream("crunchstat").unwrap();
+        crunchstat.line("mem 1 cache");
+        // A copier opens its stream if need be.
+        let h = p
+            .spawn_copier("arv-mount", Box::new(&b"mounted\nno newline"[..]))
+            .unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), 18);
+        // Opening it again gives the same stream.
+        p.stream("crunchstat").unwrap().line("cpu 2\nnet 3");
+        let done = p.finish();
+        assert!(done.errors.is_empty(), "{:?}", done.errors);
+        assert_eq!(
+            names(&done.files),
+            first_three_and(&["crunchstat.txt", "arv-mount.txt"])
+        );
+        let ts = ts();
+        let stats = format!("{ts} mem 1 cache\n{ts} cpu 2\n{ts} net 3\n");
+        let mount = format!("{ts} mounted\n{ts} no newline");
+        assert_eq!(s.keep_file(&done.files, "crunchstat.txt"), stats.as_bytes());
+        assert_eq!(s.keep_file(&done.files, "arv-mount.txt"), mount.as_bytes());
+        assert_eq!(s.store.texts("crunchstat"), vec![stats]);
+        assert_eq!(s.store.texts("arv-mount"), vec![mount + "\n"]);
+        assert_eq!(
+            s.store.texts("crunch-run"),
+            vec![format!("{ts} starting\n")]
+        );
+    }
+
+    #[test]
+    fn raw_files_are_kept_byte_exact_without_timestamps_or_logs_table() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        // Over one block (64 bytes in these tests), with no final newline and a byte that
+        // is not UTF-8.
+        let node_info: Vec<u8> = b"cpu: 4\nmemory: 8 GiB\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(100)
+            .chain(*b"\xff")
+            .collect();
+        p.write_file("node-info.txt", &node_info).unwrap();
+        p.write_file("container.json", b"{}\n").unwrap();
+        p.crunch_log().line("after");
+        let done = p.finish();
+        assert!(done.errors.is_empty(), "{:?}", done.errors);
+        assert_eq!(
+            names(&done.files),
+            first_three_and(&["node-info.txt", "container.json"])
+        );
+        assert_eq!(s.keep_file(&done.files, "node-info.txt"), node_info);
+        assert_eq!(done.files[3].locators.len(), 2);
+        assert_eq!(s.keep_file(&done.files, "container.json"), b"{}\n");
+        let logged: Vec<String> = s
+            .store
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.1.clone())
+            .collect();
+        assert_eq!(
+            logged,
+            ["crunch-run"],
+            "only crunch-run's line reached the logs table"
+        );
+    }
+
+    #[test]
+    fn a_log_file_name_is_taken_once() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        p.write_file("node-info.txt", b"first").unwrap();
+        let kind = |r: io::Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind(p.write_file("node-info.txt", b"second")),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(p.write_file("stdout.txt", b"x")),
+            io::ErrorKind::AlreadyExists
+        );
+        assert_eq!(
+            kind(p.stream("node-info").map(drop)),
+            io::ErrorKind::AlreadyExists
+        );
+        for bad in ["", ".", "..", "a/b", "nul\0"] {
+            assert_eq!(kind(p.write_file(bad, b"x")), io::ErrorKind::InvalidInput);
+        }
+        assert_eq!(kind(p.stream("").map(drop)), io::ErrorKind::InvalidInput);
+        let done = p.finish();
+        assert_eq!(s.keep_file(&done.files, "node-info.txt"), b"first");
+        assert_eq!(done.files.len(), 4);
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_streams_and_files_opened_so_far() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        let snapshots = p.snapshots();
+        p.stream("crunchstat").unwrap().line("mem 1");
+        p.write_file("node-info.txt", b"raw").unwrap();
+        let files = snapshots.take(Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            names(&files),
+            first_three_and(&["crunchstat.txt", "node-info.txt"])
+        );
+        assert_eq!(
+            s.keep_file(&files, "crunchstat.txt"),
+            format!("{} mem 1\n", ts()).as_bytes()
+        );
+        assert_eq!(s.keep_file(&files, "node-info.txt"), b"raw");
+        assert_eq!(snapshots.bytes(), files.iter().map(|f| f.size).sum::<u64>());
         p.finish();
     }
 
@@ -783,11 +870,11 @@ mod tests {
 
     #[test]
     fn crunch_run_stream_is_echoed_with_the_container_uuid() {
-        let s = Setup::new(MemApi::default());
+        let s = Setup::new(MemoryStore::new());
         let echoed = Arc::new(Mutex::new(Vec::new()));
         let p = LogPipeline::start_with_echo(
             s.config(),
-            s.blocks.clone(),
+            s.store.clone(),
             Some(Box::new(SharedBuf(echoed.clone()))),
         )
         .unwrap();
@@ -803,22 +890,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn read_errors_are_logged_and_returned() {
-        struct Failing;
-        impl Read for Failing {
-            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-                Err(io::Error::other("pipe broke"))
+    /// Reads out `script` step by step: bytes, or an error.
+    struct Scripted(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Ok(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+                Some(Err(e)) => Err(io::Error::other(e)),
             }
         }
-        let s = Setup::new(MemApi::default());
+    }
+
+    #[test]
+    fn a_read_error_is_logged_once_and_reading_goes_on() {
+        let s = Setup::new(MemoryStore::new());
         let p = s.start();
-        let h = p.spawn_copier("stdout", Box::new(Failing)).unwrap();
-        assert!(h.join().unwrap().is_err());
+        let script = [
+            Ok(&b"before\n"[..]),
+            Err("pipe broke"),
+            Ok(b"after\n"),
+            Err("pipe broke again"),
+            Ok(b"end\n"),
+        ];
+        let h = p
+            .spawn_copier("stdout", Box::new(Scripted(script.into())))
+            .unwrap();
+        // Logged here, so not returned: the caller would log it a second time.
+        assert_eq!(h.join().unwrap().unwrap(), 17);
         let done = p.finish();
+        let ts = ts();
         assert_eq!(
-            s.keep_file(&done.files, "crunch-run.txt"),
-            format!("{} error reading container stdout: pipe broke\n", ts()).as_bytes()
+            String::from_utf8(s.keep_file(&done.files, "stdout.txt")).unwrap(),
+            format!("{ts} before\n{ts} after\n{ts} end\n"),
+            "nothing after the error is lost"
+        );
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!("{ts} error reading container stdout: pipe broke; reading on\n")
+        );
+    }
+
+    #[test]
+    fn a_reader_that_only_fails_is_given_up() {
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        let mut script = vec![Ok(&b"some\n"[..])];
+        script.extend(std::iter::repeat_n(Err("bad fd"), 100));
+        script.push(Ok(b"never read\n"));
+        let h = p
+            .spawn_copier("stderr", Box::new(Scripted(script.into())))
+            .unwrap();
+        assert_eq!(h.join().unwrap().unwrap(), 5);
+        let done = p.finish();
+        let ts = ts();
+        assert_eq!(
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!(
+                "{ts} error reading container stderr: bad fd; reading on\n\
+                 {ts} stopped reading container stderr after {MAX_READ_ERRORS} errors in a row: bad fd\n"
+            )
+        );
+        assert_eq!(
+            s.keep_file(&done.files, "stderr.txt"),
+            format!("{ts} some\n").as_bytes()
         );
     }
 }

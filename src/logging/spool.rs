@@ -352,7 +352,8 @@ impl SpoolFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::fakes::{MemBlocks, md5_hex};
+    use crate::arvados::manifest::md5_hex;
+    use crate::store::memory::{MemoryStore, SIGNATURE};
     use std::sync::atomic::Ordering;
 
     #[test]
@@ -384,9 +385,9 @@ mod tests {
         assert!(failure.uploaded.locators.is_empty());
     }
 
-    fn setup() -> (tempfile::TempDir, Arc<MemBlocks>, Uploader) {
+    fn setup() -> (tempfile::TempDir, Arc<MemoryStore>, Uploader) {
         let dir = tempfile::tempdir().unwrap();
-        let blocks = Arc::new(MemBlocks::default());
+        let blocks = Arc::new(MemoryStore::new());
         let uploader = Uploader::start(blocks.clone()).unwrap();
         (dir, blocks, uploader)
     }
@@ -406,7 +407,7 @@ mod tests {
         assert_eq!(fb.size, 40);
         let want: Vec<String> = [&data[..16], &data[16..32], &data[32..]]
             .iter()
-            .map(|b| format!("{}+{}+Asignature@00000000", md5_hex(b), b.len()))
+            .map(|b| format!("{}+{}{SIGNATURE}", md5_hex(b), b.len()))
             .collect();
         assert_eq!(fb.locators, want);
         assert_eq!(blocks.file(&fb.locators), data);
@@ -433,8 +434,8 @@ mod tests {
         assert_eq!(
             prefix.locators,
             [
-                format!("{}+8+Asignature@00000000", md5_hex(b"01234567")),
-                format!("{}+2+Asignature@00000000", md5_hex(b"89")),
+                format!("{}+8{SIGNATURE}", md5_hex(b"01234567")),
+                format!("{}+2{SIGNATURE}", md5_hex(b"89")),
             ]
         );
         assert_eq!(blocks.file(&prefix.locators), b"0123456789");
@@ -453,7 +454,7 @@ mod tests {
         let fb = f.finish().unwrap();
         assert_eq!(
             fb.locators,
-            vec!["d3b07384d113edec49eaa6238ad5ff00+4+Asignature@00000000".to_string()]
+            vec![format!("d3b07384d113edec49eaa6238ad5ff00+4{SIGNATURE}")]
         );
     }
 
@@ -464,7 +465,7 @@ mod tests {
         f.write(b"abcdefgh").unwrap();
         let fb = f.finish().unwrap();
         assert_eq!(fb.locators.len(), 2);
-        assert_eq!(blocks.puts.load(Ordering::SeqCst), 2);
+        assert_eq!(blocks.puts(), 2);
     }
 
     #[test]
@@ -480,7 +481,7 @@ mod tests {
                 size: 0
             }
         );
-        assert_eq!(blocks.puts.load(Ordering::SeqCst), 0);
+        assert_eq!(blocks.puts(), 0);
         assert!(dir.path().join("stderr.txt").exists());
     }
 
@@ -500,12 +501,12 @@ mod tests {
     #[test]
     fn a_failed_upload_is_retried_once_at_finish() {
         let (dir, blocks, uploader) = setup();
-        blocks.fail_next.store(1, Ordering::SeqCst);
+        blocks.fail_next_puts.store(1, Ordering::SeqCst);
         let mut f = SpoolFile::create(dir.path(), "c.txt", 4, &uploader).unwrap();
         f.write(b"0123456789").unwrap();
         let fb = f.finish().unwrap();
         assert_eq!(blocks.file(&fb.locators), b"0123456789");
-        assert_eq!(blocks.puts.load(Ordering::SeqCst), 4);
+        assert_eq!(blocks.puts(), 4);
     }
 
     #[test]
@@ -516,10 +517,10 @@ mod tests {
         let mut f = SpoolFile::create(dir.path(), "stdout.txt", 4, &uploader).unwrap();
         f.write(b"0123").unwrap();
         // Wait for block 0 to be stored before arming the failures.
-        while blocks.puts.load(Ordering::SeqCst) < 1 {
+        while blocks.puts() < 1 {
             std::thread::yield_now();
         }
-        blocks.fail_next.store(5, Ordering::SeqCst);
+        blocks.fail_next_puts.store(5, Ordering::SeqCst);
         f.write(b"4567").unwrap();
         let err = f.finish().unwrap_err();
         assert!(

@@ -6,8 +6,8 @@
 //! untouched: binary output and invalid UTF-8 stay byte-exact.
 
 use std::io::BufRead;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Where "now" comes from. Injected so tests of timestamps and throttling need not sleep.
 pub trait Clock: Send + Sync {
@@ -24,49 +24,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock for tests: starts at a given time, moves only when told to, or by `step` after
-/// every reading (like the counter timestamper of the Go tests).
-#[derive(Debug)]
-pub struct TestClock {
-    state: Mutex<(SystemTime, Duration)>,
-}
-
-impl TestClock {
-    /// A clock standing still at `start`.
-    pub fn new(start: SystemTime) -> TestClock {
-        TestClock::with_step(start, Duration::ZERO)
-    }
-
-    /// A clock that reads `start` first and then advances by `step` after each reading.
-    pub fn with_step(start: SystemTime, step: Duration) -> TestClock {
-        TestClock {
-            state: Mutex::new((start, step)),
-        }
-    }
-
-    /// Move the clock forward.
-    pub fn advance(&self, by: Duration) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 += by;
-    }
-
-    /// Set the clock to `t`.
-    pub fn set(&self, t: SystemTime) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = t;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> SystemTime {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (t, step) = *state;
-        state.0 = t + step;
-        t
-    }
-}
-
-pub use crate::rfc3339::{TIMESTAMP_LEN, format_timestamp, format_timestamp_into};
+use crate::rfc3339::{TIMESTAMP_LEN, format_timestamp_into};
 
 /// Copies `chunk` to `out`, calling `prefix(out)` at every line start: at the very start if
 /// `at_line_start`, and after every `\n` that is followed by more bytes. Updates
@@ -154,6 +112,8 @@ impl LinePrefixer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::test_clock::TestClock;
+    use std::time::Duration;
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         std::time::UNIX_EPOCH + Duration::new(secs, nanos)
@@ -244,16 +204,5 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "zzzzz-dz642-000000000000000 one\nzzzzz-dz642-000000000000000 two\n"
         );
-    }
-
-    #[test]
-    fn test_clock_steps_and_advances() {
-        let c = TestClock::with_step(at(T0, 0), Duration::from_secs(1));
-        assert_eq!(c.now(), at(T0, 0));
-        assert_eq!(c.now(), at(T0 + 1, 0));
-        c.advance(Duration::from_secs(10));
-        assert_eq!(c.now(), at(T0 + 12, 0));
-        c.set(at(5, 0));
-        assert_eq!(c.now(), at(5, 0));
     }
 }

@@ -1,8 +1,12 @@
-//! The log collection while the container runs. Now and then (see `LogUpdates`) the logs so
-//! far are saved to it and the record's `log` is pointed at it: they then survive crunch-run
-//! or its host dying, and the API shows them meanwhile. As in Go crunch-run, these interim
-//! saves carry a trash date two weeks ahead, so a run that dies leaves nothing for good;
-//! the final save clears it.
+//! The container's log collection. While the container runs, now and then (see
+//! `LogUpdates`) the logs so far are saved to it and the record's `log` is pointed at it:
+//! they then survive crunch-run or its host dying, and the API shows them meanwhile. As in
+//! Go crunch-run, these interim saves carry a trash date two weeks ahead, so a run that dies
+//! leaves nothing for good; the final save (`save_final_logs`) clears it. Lines crunch-run
+//! has to say after the pipeline closed go straight to the logs table (`post_late_log`).
+//!
+//! It reports what happened to the logs; what that means for the run's outcome is for the
+//! lifecycle to decide.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -12,9 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{RecvTimeoutError, Sender};
 use serde_json::{Map, json};
 
-use super::pipeline::LogSnapshots;
+use super::pipeline::{LogSnapshots, LogsFinished};
 use crate::arvados::manifest::single_stream_manifest;
 use crate::config::LogUpdates;
+use crate::redact::Secrets;
+use crate::rfc3339::format_timestamp;
 use crate::store::{ApiStore, FileBlocks, SavedCollection, StoreError};
 
 /// How long an interim log collection outlives a crunch-run that never finished it.
@@ -47,8 +53,45 @@ impl LogCollection {
     }
 
     /// Save `files` as the complete logs, kept for good.
-    pub fn save_final(&self, files: &[FileBlocks]) -> Result<SavedCollection, StoreError> {
+    fn save_final(&self, files: &[FileBlocks]) -> Result<SavedCollection, StoreError> {
         self.save(files, None)
+    }
+
+    /// Save what the finished pipeline left as the complete logs. If that fails (a log file
+    /// could not be spooled or stored, or the collection not saved), says why on stderr and
+    /// in the logs table, and returns the same words. The spool directory is left alone
+    /// either way: removing it is the caller's call.
+    pub fn save_final_logs(
+        &self,
+        finished: &LogsFinished,
+        secrets: &Secrets,
+    ) -> Result<SavedCollection, String> {
+        let saved = if finished.errors.is_empty() {
+            self.save_final(&finished.files)
+                .map_err(|e| secrets.redact(&e.to_string()))
+        } else {
+            Err(finished.errors.join("; "))
+        };
+        saved.map_err(|e| {
+            let msg = format!(
+                "Saving the log collection failed: {e}. The log files are kept on this host in {}",
+                finished.spool_dir.display()
+            );
+            self.post_late_log(&msg, secrets);
+            msg
+        })
+    }
+
+    /// A crunch-run line after the pipeline closed, when crunch-run.txt can no longer take
+    /// it: on stderr, and straight to the logs table with a timestamp of its own.
+    pub fn post_late_log(&self, text: &str, secrets: &Secrets) {
+        let text = secrets.redact(text);
+        let uuid = &self.container_uuid;
+        eprintln!("crunch-run: {uuid}: {text}");
+        let line = format!("{} {text}\n", format_timestamp(SystemTime::now()));
+        if let Err(e) = self.api.create_log(uuid, "crunch-run", &line) {
+            eprintln!("crunch-run: {uuid}: cannot post to the logs table either: {e}");
+        }
     }
 
     fn save(
@@ -143,21 +186,15 @@ impl LogUpdater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local_store::LocalStore;
-    use serde_json::Value;
+    use crate::store::memory::MemoryStore;
 
     const UUID: &str = "zzzzz-dz642-000000000000001";
 
-    fn setup() -> (tempfile::TempDir, Arc<LocalStore>, LogCollection) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
-        std::fs::write(
-            dir.path().join("containers").join(format!("{UUID}.json")),
-            json!({"uuid": UUID, "state": "Running"}).to_string(),
-        )
-        .unwrap();
+    fn setup() -> (Arc<MemoryStore>, LogCollection) {
+        let store = Arc::new(MemoryStore::new());
+        store.add_container(UUID, json!({"uuid": UUID, "state": "Running"}));
         let collection = LogCollection::new(store.clone(), UUID);
-        (dir, store, collection)
+        (store, collection)
     }
 
     fn files(names: &[&str]) -> Vec<FileBlocks> {
@@ -171,14 +208,9 @@ mod tests {
             .collect()
     }
 
-    fn collection_record(dir: &tempfile::TempDir, uuid: &str) -> Value {
-        let path = dir.path().join("collections").join(format!("{uuid}.json"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
     #[test]
     fn interim_saves_update_one_collection_that_the_final_save_keeps() {
-        let (dir, store, collection) = setup();
+        let (store, collection) = setup();
         let first = collection
             .save_interim(&files(&["crunch-run.txt"]))
             .unwrap();
@@ -186,7 +218,7 @@ mod tests {
             store.get_container(UUID).unwrap()["log"],
             json!(first.portable_data_hash)
         );
-        assert!(collection_record(&dir, &first.uuid)["trash_at"].is_string());
+        assert!(store.collection(&first.uuid).unwrap().trash_at.is_some());
         let second = collection
             .save_interim(&files(&["crunch-run.txt", "stdout.txt"]))
             .unwrap();
@@ -200,30 +232,84 @@ mod tests {
             .save_final(&files(&["crunch-run.txt", "stderr.txt", "stdout.txt"]))
             .unwrap();
         assert_eq!(last.uuid, first.uuid);
-        let record = collection_record(&dir, &last.uuid);
-        assert!(record["trash_at"].is_null(), "{record}");
-        assert_eq!(record["name"], format!("logs for {UUID}"));
+        let record = store.collection(&last.uuid).unwrap();
+        assert_eq!(record.trash_at, None);
+        assert_eq!(record.name, format!("logs for {UUID}"));
+    }
+
+    fn finished(errors: &[&str]) -> LogsFinished {
+        LogsFinished {
+            files: files(&["crunch-run.txt", "stderr.txt", "stdout.txt"]),
+            errors: errors.iter().map(|e| e.to_string()).collect(),
+            spool_dir: "/spool/logs".into(),
+        }
+    }
+
+    #[test]
+    fn the_final_save_gives_the_collection_and_posts_nothing() {
+        let (store, collection) = setup();
+        let saved = collection
+            .save_final_logs(&finished(&[]), &Secrets::new())
+            .unwrap();
+        let record = store.collection(&saved.uuid).unwrap();
+        assert_eq!(
+            record.manifest_text,
+            single_stream_manifest(&finished(&[]).files)
+        );
+        assert_eq!(record.trash_at, None);
+        assert!(store.logs.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failed_final_save_says_why_and_where_the_files_are() {
+        let (store, collection) = setup();
+        let err = collection
+            .save_final_logs(&finished(&["stdout.txt: disk full", "x"]), &Secrets::new())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "Saving the log collection failed: stdout.txt: disk full; x. \
+             The log files are kept on this host in /spool/logs"
+        );
+        assert!(
+            store.collections.lock().unwrap().is_empty(),
+            "nothing saved"
+        );
+        let posted = store.texts("crunch-run");
+        assert_eq!(posted.len(), 1);
+        let (ts, text) = posted[0].split_once(' ').unwrap();
+        assert_eq!(ts.len(), crate::rfc3339::TIMESTAMP_LEN);
+        assert_eq!(text, format!("{err}\n"));
+    }
+
+    #[test]
+    fn a_late_log_line_is_redacted() {
+        let (store, collection) = setup();
+        let mut secrets = Secrets::new();
+        secrets.add("v2/zzzzz-gj3su-000000000000000/secret-token");
+        collection.post_late_log(
+            "removing failed: v2/zzzzz-gj3su-000000000000000/secret-token",
+            &secrets,
+        );
+        let posted = store.texts("crunch-run").concat();
+        assert!(
+            posted.ends_with(" removing failed: [REDACTED]\n"),
+            "{posted}"
+        );
     }
 
     #[test]
     fn the_final_logs_go_to_a_new_collection_if_the_interim_one_is_gone() {
-        let (dir, _store, collection) = setup();
+        let (store, collection) = setup();
         let first = collection
             .save_interim(&files(&["crunch-run.txt"]))
             .unwrap();
-        std::fs::remove_file(
-            dir.path()
-                .join("collections")
-                .join(format!("{}.json", first.uuid)),
-        )
-        .unwrap();
+        store.collections.lock().unwrap().remove(&first.uuid);
         let final_files = files(&["crunch-run.txt", "stdout.txt"]);
         let last = collection.save_final(&final_files).unwrap();
-        let record = collection_record(&dir, &last.uuid);
-        assert_eq!(
-            record["manifest_text"],
-            single_stream_manifest(&final_files)
-        );
-        assert!(record["trash_at"].is_null());
+        assert_ne!(last.uuid, first.uuid);
+        let record = store.collection(&last.uuid).unwrap();
+        assert_eq!(record.manifest_text, single_stream_manifest(&final_files));
+        assert_eq!(record.trash_at, None);
     }
 }

@@ -1,0 +1,335 @@
+//! The files of the log collection while the pipeline runs, and the handles that write
+//! them from any thread.
+//!
+//! The files form a list that grows: `crunch-run.txt`, `stderr.txt` and `stdout.txt` from
+//! the start, then any stream or raw file opened later (`crunchstat.txt`, `node-info.txt`).
+//! The list's lock is taken only to open a file, to snapshot and to close. Every file has
+//! its own lock, held by a writer for one write: writers of different streams never wait
+//! for each other, and a writer keeps its file's `Arc`, so it never looks in the list.
+//!
+//! A timestamped stream has an event type and feeds the logs table; a raw file has none.
+//! After `Shared::close`, writing does nothing.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::logs_table::{Chunk, LogsTableSink};
+use super::spool::SpoolFile;
+use super::timestamp::{Clock, LinePrefixer, Timestamper};
+use crate::rfc3339::{TIMESTAMP_LEN, format_timestamp_into};
+use crate::store::FileBlocks;
+
+/// Bytes read from a pipe at a time.
+const READ_SIZE: usize = 64 * 1024;
+/// Input timestamped per step: bounds the output of one step (a slice of empty lines
+/// grows 32-fold) so a buffer handed on stays below about 256 KiB.
+const STAMP_SLICE: usize = 8 * 1024;
+/// Read errors in a row after which a copier stops reading. On a pipe, an error other
+/// than EINTR does not go away (EBADF, EFAULT): reading on would only spin.
+pub(super) const MAX_READ_ERRORS: u32 = 8;
+/// Spare buffers kept for reuse; larger ones are freed.
+pub(super) const POOL_SIZE: usize = 32;
+const POOL_MAX_CAPACITY: usize = 512 * 1024;
+
+/// Where the crunch-run stream is echoed: the writer, its line prefixer, a scratch buffer.
+pub(super) type Echo = (Box<dyn Write + Send>, LinePrefixer, Vec<u8>);
+
+/// One file of the log collection.
+pub(super) struct LogFile {
+    /// Its name in the collection, e.g. `stdout.txt`.
+    pub name: String,
+    /// The logs-table event type of a timestamped stream (e.g. `stdout`); None for a raw
+    /// file, which only `LogPipeline::write_file` writes.
+    pub event_type: Option<&'static str>,
+    /// None once the pipeline finished.
+    pub state: Mutex<Option<OpenFile>>,
+}
+
+/// A log file's spool, and what the logs table needs to know about its stream.
+pub(super) struct OpenFile {
+    pub spool: SpoolFile,
+    /// The bytes written so far end a line.
+    at_line_start: bool,
+    /// Bytes dropped at the logs table's queue since a chunk of this stream got through.
+    dropped: u64,
+    /// The crunch-run stream only, if echoed.
+    echo: Option<Echo>,
+}
+
+impl OpenFile {
+    pub fn new(spool: SpoolFile, echo: Option<Echo>) -> OpenFile {
+        OpenFile {
+            spool,
+            at_line_start: true,
+            dropped: 0,
+            echo,
+        }
+    }
+
+    /// Spool `data` and echo it; returns whether it started at a line start.
+    pub fn write(&mut self, data: &[u8]) -> bool {
+        // A write error is kept by the spool file and reported by its finish().
+        let _ = self.spool.write(data);
+        if let Some((w, prefixer, buf)) = &mut self.echo {
+            buf.clear();
+            prefixer.prefix(data, buf);
+            let _ = w.write_all(buf).and_then(|()| w.flush());
+        }
+        std::mem::replace(&mut self.at_line_start, data.last() == Some(&b'\n'))
+    }
+
+    /// Spool and echo `text` as lines stamped `now`; for the pipeline itself, once no
+    /// writer can reach this file any more.
+    pub fn write_line(&mut self, now: SystemTime, text: &str) {
+        let mut buf = Vec::new();
+        stamp_lines(now, text, &mut buf);
+        self.write(&buf);
+    }
+}
+
+/// What the writers, the snapshots and the pipeline share.
+pub(super) struct Shared {
+    /// Every log file, in the order of `LogsFinished::files`.
+    pub files: Mutex<Vec<Arc<LogFile>>>,
+    /// Taken by `close` after the files, so no chunk is offered to a closed table.
+    pub sink: Mutex<Option<LogsTableSink>>,
+    pub dropped_total: AtomicU64,
+    pub pool_tx: Sender<Vec<u8>>,
+    pub pool_rx: Receiver<Vec<u8>>,
+    pub clock: Arc<dyn Clock>,
+    pub closed: AtomicBool,
+}
+
+/// Lock, ignoring poisoning: a panicking writer leaves the file as it was between writes.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(READ_SIZE + READ_SIZE / 4))
+    }
+
+    /// Spool `data` (timestamped bytes) to its stream, echo it, offer it to the logs table.
+    /// False if the pipeline has finished (the data is dropped).
+    pub fn write(&self, file: &LogFile, data: Vec<u8>) -> bool {
+        let mut state = lock(&file.state);
+        let Some(open) = state.as_mut() else {
+            return false;
+        };
+        let at_line_start = open.write(&data);
+        let sink = lock(&self.sink);
+        let (Some(sink), Some(event_type)) = (sink.as_ref(), file.event_type) else {
+            recycle(&self.pool_tx, data);
+            return true;
+        };
+        let len = data.len() as u64;
+        let chunk = Chunk {
+            event_type,
+            data,
+            dropped_before: open.dropped,
+            at_line_start,
+        };
+        match sink.try_send(chunk) {
+            Ok(()) => open.dropped = 0,
+            Err(chunk) => {
+                open.dropped += len;
+                self.dropped_total.fetch_add(len, Ordering::Relaxed);
+                recycle(&self.pool_tx, chunk.data);
+            }
+        }
+        true
+    }
+
+    /// Take the files and the logs table out (stopping all writers), files first.
+    pub fn close(&self) -> Closed {
+        self.closed.store(true, Ordering::Release);
+        let files = lock(&self.files).clone();
+        let files = files
+            .into_iter()
+            .map(|f| {
+                let open = lock(&f.state).take();
+                (f.name.clone(), open)
+            })
+            .collect();
+        Closed {
+            files,
+            sink: lock(&self.sink).take(),
+        }
+    }
+}
+
+/// What `Shared::close` took out.
+pub(super) struct Closed {
+    /// Every file's name and state (None if it was taken before), in order.
+    pub files: Vec<(String, Option<OpenFile>)>,
+    pub sink: Option<LogsTableSink>,
+}
+
+fn recycle(pool: &Sender<Vec<u8>>, mut buf: Vec<u8>) {
+    if buf.capacity() <= POOL_MAX_CAPACITY {
+        buf.clear();
+        let _ = pool.try_send(buf);
+    }
+}
+
+/// `text` as log lines: each `\n`-separated line gets the timestamp `now` (a single
+/// trailing `\n` is ignored).
+fn stamp_lines(now: SystemTime, text: &str, buf: &mut Vec<u8>) {
+    let mut ts = [b'0'; TIMESTAMP_LEN];
+    format_timestamp_into(now, &mut ts);
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    for line in text.split('\n') {
+        buf.extend_from_slice(&ts);
+        buf.push(b' ');
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+}
+
+/// Writes lines to one timestamped log stream: crunch-run's own (`LogPipeline::crunch_log`)
+/// or one opened with `LogPipeline::stream`. Cheap to clone; after the pipeline finished,
+/// writing does nothing.
+#[derive(Clone)]
+pub struct LogStream {
+    shared: Arc<Shared>,
+    file: Arc<LogFile>,
+}
+
+/// The writer of crunch-run's own log, `crunch-run.txt`.
+pub type CrunchLog = LogStream;
+
+impl LogStream {
+    pub(super) fn new(shared: Arc<Shared>, file: Arc<LogFile>) -> LogStream {
+        LogStream { shared, file }
+    }
+
+    /// Log `text`: each `\n`-separated line gets the current timestamp (a single trailing
+    /// `\n` is ignored). Waits if another thread is writing this stream; never fails.
+    pub fn line(&self, text: &str) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buf = self.shared.buffer();
+        stamp_lines(self.shared.clock.now(), text, &mut buf);
+        self.shared.write(&self.file, buf);
+    }
+
+    /// Copy `reader` into this stream until EOF, timestamping line starts; after the
+    /// pipeline finished, read on and discard. A read error is logged to `crunch_log` (the
+    /// first one only) and reading goes on: what comes after it is kept, and the writer
+    /// never blocks on a pipe nobody reads. After `MAX_READ_ERRORS` in a row it stops, and
+    /// says so. Returns the number of bytes read.
+    pub(super) fn copy(&self, mut reader: Box<dyn Read + Send>, crunch_log: &LogStream) -> u64 {
+        let stream = self.file.event_type.unwrap_or("log");
+        let mut buf = vec![0u8; READ_SIZE];
+        let mut stamper = Timestamper::new(Arc::clone(&self.shared.clock));
+        let (mut total, mut open) = (0u64, true);
+        let (mut errors, mut in_a_row) = (0u32, 0u32);
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return total,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    (errors, in_a_row) = (errors + 1, in_a_row + 1);
+                    if errors == 1 {
+                        crunch_log.line(&format!(
+                            "error reading container {stream}: {e}; reading on"
+                        ));
+                    }
+                    if in_a_row >= MAX_READ_ERRORS {
+                        crunch_log.line(&format!(
+                            "stopped reading container {stream} after {in_a_row} errors in a row: {e}"
+                        ));
+                        return total;
+                    }
+                    continue;
+                }
+            };
+            in_a_row = 0;
+            total += n as u64;
+            if open {
+                open = self.stamp_and_write(&mut stamper, &buf[..n]);
+            }
+        }
+    }
+
+    /// Timestamp `data` and write it, in pieces of at most about `READ_SIZE`. False if the
+    /// pipeline has finished.
+    fn stamp_and_write(&self, stamper: &mut Timestamper, data: &[u8]) -> bool {
+        let shared = &self.shared;
+        let mut out = shared.buffer();
+        for slice in data.chunks(STAMP_SLICE) {
+            stamper.stamp(slice, &mut out);
+            if out.len() >= READ_SIZE
+                && !shared.write(&self.file, std::mem::replace(&mut out, shared.buffer()))
+            {
+                return false;
+            }
+        }
+        out.is_empty() || shared.write(&self.file, out)
+    }
+}
+
+/// Snapshots of the log files while the pipeline runs. Cheap to clone.
+#[derive(Clone)]
+pub struct LogSnapshots {
+    shared: Arc<Shared>,
+}
+
+impl LogSnapshots {
+    pub(super) fn new(shared: Arc<Shared>) -> LogSnapshots {
+        LogSnapshots { shared }
+    }
+
+    /// Bytes written to the log files so far.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.shared.files)
+            .iter()
+            .filter_map(|f| lock(&f.state).as_ref().map(|s| s.spool.size()))
+            .sum()
+    }
+
+    /// The log files as they stand, in the order of `LogsFinished::files`: each is sealed
+    /// where it is (its last block cut short) and waited for, up to `patience`, until all
+    /// its blocks are stored. None if the pipeline finished or some upload is not done.
+    pub fn take(&self, patience: Duration) -> Option<Vec<FileBlocks>> {
+        let files = lock(&self.shared.files).clone();
+        let sealed = files
+            .iter()
+            .map(|f| lock(&f.state).as_mut().map(|s| s.spool.seal()))
+            .collect::<Option<Vec<usize>>>()?;
+        let deadline = Instant::now() + patience;
+        loop {
+            let stored = files
+                .iter()
+                .zip(&sealed)
+                .map(|(f, &blocks)| lock(&f.state).as_mut()?.spool.stored_prefix(blocks))
+                .collect::<Option<Vec<FileBlocks>>>();
+            if stored.is_some() || Instant::now() >= deadline {
+                return stored;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A name the log collection can hold as one file of its top directory (and the spool
+/// directory as one file): not empty, not `.` or `..`, no `/` and no NUL.
+pub(super) fn check_file_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} cannot name a log file"),
+        ));
+    }
+    Ok(())
+}
