@@ -555,11 +555,11 @@ fn clean_collection_path(target: &str, p: &str) -> Result<Option<String>, MountE
     Ok(Some(p.to_string()))
 }
 
-/// `zzzzz-4zz18-0123456789abcde`.
+/// `zzzzz-4zz18-0123456789abcde`. Compared as bytes: a record may hold any text here.
 fn is_collection_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 27
-        && &s[5..12] == "-4zz18-"
+        && &b[5..12] == b"-4zz18-"
         && b[..5]
             .iter()
             .chain(&b[12..])
@@ -1637,6 +1637,22 @@ mod tests {
                 "{mounts}"
             );
         }
+    }
+
+    /// Issue 7: a 27-byte uuid with a multi-byte character across byte 5 panicked the
+    /// validator (a `str` sliced off a char boundary) instead of being refused.
+    #[test]
+    fn a_uuid_with_a_multi_byte_character_is_refused_not_a_panic() {
+        let uuid = "zzzz\u{e9}4zz18-0123456789abcde";
+        assert_eq!(uuid.len(), 27);
+        assert_eq!(
+            parse_err(
+                json!({"/tmp": {"kind": "tmp"}, "/c": {"kind": "collection", "uuid": uuid}}),
+                Value::Null,
+                "/tmp"
+            ),
+            format!("mount \"/c\": uuid {uuid:?} is not a collection UUID")
+        );
     }
 
     #[test]
