@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 
+use crate::arvados::ids::is_image_id;
 use crate::arvados::manifest::{Manifest, ManifestFile};
 use crate::store::{ApiStore, BlockStore, StoreError};
 
@@ -79,15 +80,6 @@ pub fn stream_file(
     Ok(())
 }
 
-/// `sha256:<64 hex>` or bare 64 hex, as `docker save` names image tars.
-pub fn is_image_id(s: &str) -> bool {
-    let hex = s.strip_prefix("sha256:").unwrap_or(s);
-    hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
 /// part of a Keep block.
 pub struct RangeWriter<'a> {
@@ -155,15 +147,6 @@ mod tests {
         let mut w = RangeWriter::new(&mut out, 0, 5);
         w.write_all(b"abc").unwrap();
         assert!(w.finish().is_err());
-    }
-
-    #[test]
-    fn image_ids() {
-        let hex = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
-        assert!(is_image_id(hex));
-        assert!(is_image_id(&format!("sha256:{hex}")));
-        assert!(!is_image_id("busybox:latest"));
-        assert!(!is_image_id(&format!("sha256:{}", &hex[1..])));
     }
 
     #[test]

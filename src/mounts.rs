@@ -31,8 +31,8 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 use serde_json::{Map, Value};
 
-use crate::arvados::container::is_pdh;
 use crate::arvados::container::kind_of;
+use crate::arvados::ids::{is_collection_uuid, is_pdh};
 use crate::arvados::manifest::{
     BlockRange, Locator, Manifest, ManifestError, ManifestFile, hex, unescape_name,
 };
@@ -553,17 +553,6 @@ fn clean_collection_path(target: &str, p: &str) -> Result<Option<String>, MountE
         )));
     }
     Ok(Some(p.to_string()))
-}
-
-/// `zzzzz-4zz18-0123456789abcde`. Compared as bytes: a record may hold any text here.
-fn is_collection_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 27
-        && &b[5..12] == b"-4zz18-"
-        && b[..5]
-            .iter()
-            .chain(&b[12..])
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 fn check_output_mount(plan: &MountPlan) -> Result<(), MountError> {

@@ -2,5 +2,6 @@
 
 pub mod client;
 pub mod container;
+pub mod ids;
 pub mod keep;
 pub mod manifest;
