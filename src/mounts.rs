@@ -33,9 +33,7 @@ use serde_json::{Map, Value};
 
 use crate::arvados::container::kind_of;
 use crate::arvados::ids::{is_collection_uuid, is_pdh};
-use crate::arvados::manifest::{
-    BlockRange, Locator, Manifest, ManifestError, ManifestFile, hex, unescape_name,
-};
+use crate::arvados::manifest::{BlockRange, Locator, Manifest, ManifestError, ManifestFile, hex};
 use crate::store::{ApiStore, BlockStore, StoreError};
 use crate::writeback::start_writeback;
 
@@ -1060,7 +1058,7 @@ impl Stager<'_> {
             what: format!("mount {target:?}: collection {id}"),
             source,
         })?;
-        select(manifest.files(), manifest_dirs(&text), sub).ok_or_else(|| {
+        select(manifest.files(), manifest.dirs(), sub).ok_or_else(|| {
             invalid(format!(
                 "mount {target:?}: path {:?} not found in collection {id}",
                 sub.unwrap_or("")
@@ -1282,39 +1280,6 @@ fn select(files: Vec<ManifestFile>, dirs: Vec<String>, sub: Option<&str>) -> Opt
         files,
         dirs,
     })
-}
-
-/// Every directory a (valid) manifest mentions, relative to its root: stream names, and the
-/// directories holding `.` markers (how empty directories are written). Sorted, no root.
-fn manifest_dirs(text: &str) -> Vec<String> {
-    let mut dirs: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let mut tokens = line.split(' ');
-        let Some(Ok(stream)) = tokens.next().map(unescape_name) else {
-            continue;
-        };
-        let stream_dir = stream.strip_prefix("./").unwrap_or("");
-        if !stream_dir.is_empty() {
-            dirs.push(stream_dir.to_string());
-        }
-        for token in tokens.filter(|t| t.contains(':')) {
-            let Some(Ok(name)) = token.splitn(3, ':').nth(2).map(unescape_name) else {
-                continue;
-            };
-            let comps: Vec<&str> = name.split('/').collect();
-            if comps.last() != Some(&".") {
-                continue;
-            }
-            let inner: Vec<&str> = comps.iter().copied().filter(|c| *c != ".").collect();
-            let dir = join_rel(stream_dir, &inner.join("/"));
-            if !dir.is_empty() {
-                dirs.push(dir);
-            }
-        }
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs
 }
 
 #[cfg(test)]
@@ -2207,8 +2172,13 @@ mod tests {
     }
 
     #[test]
-    fn manifest_dirs_finds_streams_and_markers() {
-        let text = ". d41d8cd98f00b204e9800998ecf8427e+0 0:0:a/b/\\056 0:0:f\n./s\\040t d41d8cd98f00b204e9800998ecf8427e+0 0:0:\\056\n";
-        assert_eq!(manifest_dirs(text), ["a/b", "s t"]);
+    fn manifest_dirs_are_streams_markers_file_dirs_and_their_parents() {
+        let e = "d41d8cd98f00b204e9800998ecf8427e+0";
+        let text = format!(
+            ". {e} 0:0:a/b/\\056 0:0:f 0:0:x/./y/z\n./s\\040t {e} 0:0:\\056\n./p/q {e} 0:0:r\n"
+        );
+        let dirs = Manifest::parse(&text).unwrap().dirs();
+        assert_eq!(dirs, ["a", "a/b", "p", "p/q", "s t", "x", "x/y"]);
+        assert!(Manifest::parse("").unwrap().dirs().is_empty());
     }
 }
