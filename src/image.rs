@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use crate::arvados::ids::is_image_id;
 use crate::arvados::manifest::{Manifest, ManifestFile};
+use crate::collection::{CollectionError, stream_file};
 use crate::store::{ApiStore, BlockStore, StoreError};
 
 /// The image tar of an image collection.
@@ -55,117 +56,21 @@ pub fn find_image_tar(api: &dyn ApiStore, pdh: &str) -> Result<ImageTar, String>
     Ok(ImageTar { id, file })
 }
 
-/// Write the bytes of `file` to `out`, block by block, each block md5-checked by the
-/// store. `keep_going` is asked before each block (a cancel stops the stream).
-pub fn stream_file(
+/// Stream the image tar into `out` (`docker load`'s stdin), block by block. `keep_going`
+/// is asked before each block (a cancel stops the stream, with its error). A reader that
+/// gave up (a broken pipe) is passed on as is: docker load says why.
+pub fn stream_image(
     blocks: &dyn BlockStore,
-    file: &ManifestFile,
+    tar: &ImageTar,
     out: &mut dyn Write,
     keep_going: &dyn Fn() -> io::Result<()>,
 ) -> io::Result<()> {
-    for range in &file.ranges {
-        keep_going()?;
-        let mut window = RangeWriter::new(out, range.offset, range.len);
-        blocks
-            .get_block(&range.locator, &mut window)
-            .map_err(|e| match e {
-                // The reader (docker load) gave up: let it tell why.
-                StoreError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe => {
-                    source
-                }
-                other => io::Error::other(format!("reading image from Keep: {other}")),
-            })?;
-        window.finish()?;
-    }
-    Ok(())
-}
-
-/// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
-/// part of a Keep block.
-pub struct RangeWriter<'a> {
-    out: &'a mut dyn Write,
-    skip: u64,
-    left: u64,
-}
-
-impl<'a> RangeWriter<'a> {
-    pub fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
-        RangeWriter {
-            out,
-            skip: offset,
-            left: len,
-        }
-    }
-
-    /// Error if the block was shorter than the range promised.
-    pub fn finish(self) -> io::Result<()> {
-        if self.left > 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "block ended {} bytes before the end of the file range",
-                    self.left
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Write for RangeWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        let skip = (self.skip as usize).min(rest.len());
-        rest = &rest[skip..];
-        self.skip -= skip as u64;
-        let take = (self.left as usize).min(rest.len());
-        if take > 0 {
-            self.out.write_all(&rest[..take])?;
-            self.left -= take as u64;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_writer_passes_only_the_range() {
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 3, 4);
-        w.write_all(b"ab").unwrap();
-        w.write_all(b"cdefghij").unwrap();
-        w.finish().unwrap();
-        assert_eq!(out, b"defg");
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 0, 5);
-        w.write_all(b"abc").unwrap();
-        assert!(w.finish().is_err());
-    }
-
-    #[test]
-    fn a_file_spanning_blocks_streams_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::local::LocalStore::open(dir.path()).unwrap();
-        let put = |data: &'static [u8]| {
-            let hash = crate::arvados::manifest::md5_hex(data);
-            let open = move || -> io::Result<Box<dyn io::Read + Send>> { Ok(Box::new(data)) };
-            store.put_block(&hash, data.len() as u64, &open).unwrap()
-        };
-        let a = put(b"xxheadpart");
-        let b = put(b"tail-yy");
-        let manifest = format!(". {a} {b} 2:13:sha256:{}.tar\n", "ab".repeat(32));
-        let file = &Manifest::parse(&manifest).unwrap().files()[0];
-        let mut out = Vec::new();
-        stream_file(&store, file, &mut out, &|| Ok(())).unwrap();
-        assert_eq!(out, b"headparttail-");
-        let stop = || Err(io::Error::other("cancelled"));
-        assert!(stream_file(&store, file, &mut Vec::new(), &stop).is_err());
-    }
+    stream_file(blocks, &tar.file, out, keep_going).map_err(|e| match e {
+        CollectionError::Stopped(stop) => stop,
+        CollectionError::Block {
+            source: StoreError::Io { source, .. },
+            ..
+        } if source.kind() == io::ErrorKind::BrokenPipe => source,
+        other => io::Error::other(format!("reading image from Keep: {other}")),
+    })
 }

@@ -20,7 +20,7 @@ use crate::docker::argv::{
 use crate::docker::cli::{ContainerState, Docker, run_argv};
 use crate::docker::guard::Guard;
 use crate::docker::tail::TailReader;
-use crate::image::{ImageTar, find_image_tar, stream_file};
+use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::timestamp::SystemClock;
 use crate::logging::updates::{LogCollection, LogUpdater};
@@ -676,7 +676,7 @@ impl ContainerRun {
             None => Ok(()),
         };
         let blocks = self.blocks.clone();
-        let mut feed = |stdin: &mut dyn Write| stream_file(&*blocks, &tar.file, stdin, &keep_going);
+        let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
         let loaded = self.docker.load_image(&mut feed).map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
