@@ -649,7 +649,7 @@ impl ContainerRun {
     /// The image tar of the record's image collection, and whether the engine has it.
     fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let tar = find_image_tar(&*self.api, pdh).map_err(failed)?;
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| failed(e.to_string()))?;
         self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked
             .store(true, std::sync::atomic::Ordering::Relaxed);
