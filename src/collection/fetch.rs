@@ -4,7 +4,7 @@
 //!
 //! Each distinct block is fetched once and its byte ranges written straight into every file
 //! (or the stream) that uses it, never a whole block in memory; each block's size and md5 are
-//! checked against its locator on the way. Which files to read is [`super::select`]'s job,
+//! checked against its locator on the way. Which files to read is `select.rs`'s job,
 //! and what the files are for (modes, binds, output) is the caller's.
 
 use std::collections::HashMap;

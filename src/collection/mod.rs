@@ -1,5 +1,5 @@
 //! The read side of a collection, shared by mounts (staging), image (`docker load`) and
-//! output (capture by reference): which part of a collection a path names ([`select`]), and
+//! output (capture by reference): which part of a collection a path names (`select.rs`), and
 //! getting its bytes out of the block store ([`fetch`]).
 //!
 //! Writing collections is output capture's and the log pipeline's job. A later arv-mount
