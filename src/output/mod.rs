@@ -20,22 +20,29 @@
 //! and the mounted collections, or a symlink cycle fails the whole capture.
 //!
 //! Memory: only per-file metadata (paths, sizes, block ranges) is kept, never file data.
+//!
+//! Here: what capture is given ([`OutputSpec`], built from the staged mounts by
+//! [`OutputSpec::from_staged`] in spec.rs) and the capture itself. The walk of the output
+//! directory is walk.rs's, uploading a file's blocks upload.rs's, `output_glob` glob.rs's.
 
 mod glob;
+mod paths;
+mod spec;
+mod upload;
+mod walk;
 
-pub use glob::{OutputGlobs, glob_match};
+pub use glob::OutputGlobs;
+pub use upload::store_file;
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, Metadata};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use md5::{Digest, Md5};
-
-use crate::arvados::manifest::{BlockRange, Manifest, ManifestFile, hex, normalized_manifest};
+use crate::arvados::manifest::{BlockRange, ManifestFile, normalized_manifest};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::store::{BlockStore, StoreError};
+use upload::upload_file;
+use walk::Source;
 
 /// How many symlinks may be followed along any one path, as in Go's copier.
 pub const MAX_SYMLINK_HOPS: u32 = 10;
@@ -53,39 +60,6 @@ pub struct RefMount {
     /// The mounted files, paths relative to the mount point. A mount of a single file has
     /// one entry whose path is `""`. No entries: an empty directory.
     pub files: Vec<ManifestFile>,
-}
-
-impl RefMount {
-    /// The mount at `path` of `sub_path` (`""`, `"dir"`, `"/dir/file.txt"`) of a collection.
-    pub fn from_manifest(
-        path: &str,
-        manifest: &Manifest,
-        sub_path: &str,
-    ) -> Result<RefMount, OutputError> {
-        let sub = sub_path.trim_matches('/');
-        let mut files = Vec::new();
-        for mut f in manifest.files() {
-            if sub.is_empty() {
-                files.push(f);
-            } else if f.path == sub {
-                f.path = String::new();
-                files.push(f);
-            } else if let Some(rest) = f.path.strip_prefix(sub).and_then(|r| r.strip_prefix('/')) {
-                f.path = rest.to_string();
-                files.push(f);
-            }
-        }
-        if files.is_empty() && !sub.is_empty() {
-            return Err(OutputError::NotInCollection {
-                mount: path.to_string(),
-                sub: sub.to_string(),
-            });
-        }
-        Ok(RefMount {
-            path: path.to_string(),
-            files,
-        })
-    }
 }
 
 /// A file copied into the output directory from a writable collection mount before the
@@ -152,8 +126,6 @@ pub enum OutputError {
         #[source]
         source: StoreError,
     },
-    #[error("collection mount at {mount:?}: {sub:?} is not in the collection")]
-    NotInCollection { mount: String, sub: String },
 }
 
 /// Capture the output directory: upload what needs uploading and return the normalized
@@ -173,14 +145,7 @@ fn capture_with_block_size(
     say: &dyn Fn(&str),
     block_size: u64,
 ) -> Result<String, OutputError> {
-    let mut walker = Walker::new(spec, say);
-    walker.walk_dir("", "", MAX_SYMLINK_HOPS, true)?;
-    let Walker {
-        files, dirs, globs, ..
-    } = walker;
-    let (dirs, mut files) = apply_globs(&globs, dirs.into_iter().collect(), files, |p| &p.dest);
-    files.sort_by(|a, b| a.dest.cmp(&b.dest));
-
+    let (dirs, files) = walk::plan(spec, say)?;
     let mut buf = vec![0u8; READ_BUFFER];
     let mut stored: Vec<(String, Vec<BlockRange>)> = Vec::with_capacity(files.len());
     for file in files {
@@ -196,533 +161,6 @@ fn capture_with_block_size(
     Ok(normalized_manifest(&stored, &dirs))
 }
 
-/// Keep only the files the globs select, and the directories they select or that hold
-/// something kept (Go's `applyGlobsToFilesAndDirs`). Returns sorted directories.
-fn apply_globs<T>(
-    globs: &OutputGlobs,
-    dirs: Vec<String>,
-    files: Vec<T>,
-    path_of: impl Fn(&T) -> &str,
-) -> (Vec<String>, Vec<T>) {
-    if globs.is_empty() {
-        let mut dirs = dirs;
-        dirs.sort();
-        return (dirs, files);
-    }
-    let mut keep: HashSet<String> = HashSet::new();
-    for d in dirs.iter().filter(|d| globs.matches(d, true)) {
-        add_with_ancestors(d, &mut keep);
-        keep.insert(d.clone());
-    }
-    let files: Vec<T> = files
-        .into_iter()
-        .filter(|f| globs.matches(path_of(f), false))
-        .collect();
-    for f in &files {
-        add_with_ancestors(path_of(f), &mut keep);
-    }
-    let mut dirs: Vec<String> = keep.into_iter().collect();
-    dirs.sort();
-    (dirs, files)
-}
-
-fn add_with_ancestors(path: &str, keep: &mut HashSet<String>) {
-    for (i, c) in path.char_indices() {
-        if i > 0 && c == '/' {
-            keep.insert(path[..i].to_string());
-        }
-    }
-}
-
-/// Where a planned output file's data comes from.
-#[derive(Debug)]
-enum Source {
-    /// Upload this host file's first `size` bytes.
-    Host { path: PathBuf, size: u64 },
-    /// Already in the store (mounted collection, unchanged copy, empty file).
-    Stored(Vec<BlockRange>),
-}
-
-#[derive(Debug)]
-struct Planned {
-    /// Path in the output collection.
-    dest: String,
-    source: Source,
-}
-
-/// What a symlink leads to.
-enum Target<'a> {
-    /// A file or directory in the output directory, with its (not followed) metadata.
-    Host { rel: String, meta: Metadata },
-    /// Inside a mounted collection.
-    Ref { mount: &'a RefMount, sub: String },
-    /// Inside an excluded path: leave out silently.
-    Excluded,
-    /// A secret: left out, and said so (a secret never reaches the output).
-    Secret(String),
-}
-
-/// The walk of the output directory, collecting what to capture.
-struct Walker<'a> {
-    spec: &'a OutputSpec,
-    say: &'a dyn Fn(&str),
-    globs: OutputGlobs,
-    /// The container output path, cleaned (`"/tmp"`, or `""` for `/`).
-    ctr_root: String,
-    /// `by_reference` mounts by cleaned relative path.
-    refs: HashMap<String, &'a RefMount>,
-    /// `link_targets` by cleaned absolute container path.
-    outside: Vec<(String, &'a RefMount)>,
-    /// Secrets as cleaned absolute container paths.
-    secrets: Vec<String>,
-    excluded: Vec<String>,
-    candidates: HashMap<&'a str, &'a CopiedFile>,
-    files: Vec<Planned>,
-    dirs: HashSet<String>,
-}
-
-impl<'a> Walker<'a> {
-    fn new(spec: &'a OutputSpec, say: &'a dyn Fn(&str)) -> Walker<'a> {
-        let ctr_root = clean_abs(&spec.ctr_output_path);
-        let secrets = spec
-            .secret_paths
-            .iter()
-            .map(|p| match p.strip_prefix(&spec.output_dir) {
-                Ok(rel) => ctr_join(&ctr_root, &rel.to_string_lossy()),
-                Err(_) => clean_abs(&p.to_string_lossy()),
-            })
-            .collect();
-        Walker {
-            spec,
-            say,
-            globs: OutputGlobs::new(&spec.globs),
-            refs: spec
-                .by_reference
-                .iter()
-                .map(|m| (clean_rel(&m.path), m))
-                .collect(),
-            outside: spec
-                .link_targets
-                .iter()
-                .map(|m| (clean_abs(&m.path), m))
-                .collect(),
-            secrets,
-            excluded: spec.excluded.iter().map(|e| clean_rel(e)).collect(),
-            candidates: spec
-                .unchanged_candidates
-                .iter()
-                .map(|c| (c.rel_path.trim_matches('/'), c))
-                .collect(),
-            ctr_root,
-            files: Vec::new(),
-            dirs: HashSet::new(),
-        }
-    }
-
-    fn host(&self, rel: &str) -> PathBuf {
-        if rel.is_empty() {
-            self.spec.output_dir.clone()
-        } else {
-            self.spec.output_dir.join(rel)
-        }
-    }
-
-    fn is_secret(&self, ctr_path: &str) -> bool {
-        self.secrets.iter().any(|s| under(ctr_path, s))
-    }
-
-    fn is_excluded(&self, rel: &str) -> bool {
-        self.excluded.iter().any(|e| !e.is_empty() && under(rel, e))
-    }
-
-    /// Capture the directory `src` (relative to the output dir) as `dest`. With
-    /// `include_mounts` (the root, or a directory reached through a symlink), the
-    /// collection mounts under `src` are added at the same place under `dest`.
-    fn walk_dir(
-        &mut self,
-        dest: &str,
-        src: &str,
-        hops: u32,
-        include_mounts: bool,
-    ) -> Result<(), OutputError> {
-        if include_mounts {
-            self.add_mounts_below(dest, src)?;
-        }
-        if !dest.is_empty() {
-            self.dirs.insert(dest.to_string());
-        }
-        let host = self.host(src);
-        let mut names = Vec::new();
-        let entries = fs::read_dir(&host).map_err(|e| io_err("read directory", &host, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("read directory", &host, e))?;
-            let name = entry
-                .file_name()
-                .into_string()
-                .map_err(|_| OutputError::NonUtf8Name { path: entry.path() })?;
-            names.push(name);
-        }
-        if names.is_empty() && !dest.is_empty() {
-            self.files.push(Planned {
-                dest: format!("{dest}/.keep"),
-                source: Source::Stored(Vec::new()),
-            });
-            return Ok(());
-        }
-        names.sort();
-        for name in names {
-            let child_src = join(src, &name);
-            if self.is_secret(&ctr_join(&self.ctr_root, &child_src))
-                || self.is_excluded(&child_src)
-                || self.refs.contains_key(&child_src)
-            {
-                continue;
-            }
-            self.walk_entry(&join(dest, &name), &child_src, hops)?;
-        }
-        Ok(())
-    }
-
-    /// Capture one directory entry `src` as `dest`, following it if it is a symlink.
-    fn walk_entry(&mut self, dest: &str, src: &str, hops: u32) -> Result<(), OutputError> {
-        let host = self.host(src);
-        let meta = fs::symlink_metadata(&host).map_err(|e| io_err("lstat", &host, e))?;
-        if !meta.file_type().is_symlink() {
-            return self.add_host(dest, src, &meta, hops, false);
-        }
-        let mut hops = hops;
-        let start = self.follow(dest, src, &mut hops)?;
-        match self.resolve(dest, start, &mut hops)? {
-            Target::Excluded => Ok(()),
-            Target::Secret(target) => {
-                (self.say)(&format!(
-                    "not copying {dest:?}: it is a symlink to the secret mount {target:?}"
-                ));
-                Ok(())
-            }
-            Target::Ref { mount, sub } => self.add_ref(dest, mount, &sub),
-            Target::Host { rel, meta } => self.add_host(dest, &rel, &meta, hops, true),
-        }
-    }
-
-    /// Read the symlink at `src` (relative) and return its target as a container path,
-    /// spending one hop.
-    fn follow(&self, dest: &str, src: &str, hops: &mut u32) -> Result<String, OutputError> {
-        if *hops == 0 {
-            return Err(OutputError::TooManySymlinks {
-                path: dest.to_string(),
-            });
-        }
-        *hops -= 1;
-        let host = self.host(src);
-        let target = fs::read_link(&host).map_err(|e| io_err("readlink", &host, e))?;
-        let target = target
-            .into_os_string()
-            .into_string()
-            .map_err(|_| OutputError::NonUtf8Name { path: host.clone() })?;
-        if target.starts_with('/') {
-            return Ok(target);
-        }
-        let parent = src.rsplit_once('/').map_or("", |(p, _)| p);
-        Ok(format!("{}/{}", ctr_join(&self.ctr_root, parent), target))
-    }
-
-    /// Find what the container path `path` (a symlink's target, seen from the output
-    /// entry `dest`) is, following symlinks in any of its components.
-    fn resolve(&self, dest: &str, path: String, hops: &mut u32) -> Result<Target<'a>, OutputError> {
-        let mut path = path;
-        'restart: loop {
-            let abs = clean_abs(&path);
-            if self.is_secret(&abs) {
-                return Ok(Target::Secret(abs));
-            }
-            let Some(rel) = strip_dir(&abs, &self.ctr_root) else {
-                return self.resolve_outside(dest, abs);
-            };
-            let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-            // The output dir itself, then each longer prefix of the path.
-            let mut i = 0;
-            loop {
-                let prefix = comps[..i].join("/");
-                if i > 0 && self.is_excluded(&prefix) {
-                    return Ok(Target::Excluded);
-                }
-                if let Some(mount) = self.refs.get(&prefix) {
-                    let sub = comps[i..].join("/");
-                    return Ok(Target::Ref { mount, sub });
-                }
-                let host = self.host(&prefix);
-                let meta = if i == 0 {
-                    fs::metadata(&host)
-                } else {
-                    fs::symlink_metadata(&host)
-                };
-                let meta = match meta {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(OutputError::MissingTarget {
-                            path: dest.to_string(),
-                            target: abs,
-                        });
-                    }
-                    Err(e) => return Err(io_err("lstat", &host, e)),
-                };
-                if meta.file_type().is_symlink() {
-                    let target = self.follow(dest, &prefix, hops)?;
-                    path = format!("{target}/{}", comps[i..].join("/"));
-                    continue 'restart;
-                }
-                if i == comps.len() {
-                    return Ok(Target::Host { rel: prefix, meta });
-                }
-                if !meta.is_dir() {
-                    return Err(OutputError::MissingTarget {
-                        path: dest.to_string(),
-                        target: abs,
-                    });
-                }
-                i += 1;
-            }
-        }
-    }
-
-    /// A symlink target outside the output directory: only mounted collections will do.
-    fn resolve_outside(&self, dest: &str, abs: String) -> Result<Target<'a>, OutputError> {
-        for (root, mount) in &self.outside {
-            if let Some(sub) = strip_dir(&abs, root) {
-                return Ok(Target::Ref {
-                    mount,
-                    sub: sub.to_string(),
-                });
-            }
-        }
-        Err(OutputError::NotMounted {
-            path: dest.to_string(),
-            target: abs,
-        })
-    }
-
-    /// A file or directory of the output dir (`src`) captured as `dest`.
-    fn add_host(
-        &mut self,
-        dest: &str,
-        src: &str,
-        meta: &Metadata,
-        hops: u32,
-        via_link: bool,
-    ) -> Result<(), OutputError> {
-        if meta.is_dir() {
-            if !self.globs.matches(dest, true) && !self.globs.subtree_could_match(dest) {
-                return Ok(());
-            }
-            return self.walk_dir(dest, src, hops, via_link);
-        }
-        if meta.is_file() {
-            self.add_host_file(dest, src, meta);
-            return Ok(());
-        }
-        (self.say)(&format!(
-            "skipping unsupported file type ({}) in output dir: {:?}",
-            file_kind(meta),
-            ctr_join(&self.ctr_root, src)
-        ));
-        Ok(())
-    }
-
-    fn add_host_file(&mut self, dest: &str, src: &str, meta: &Metadata) {
-        let size = meta.len();
-        let unchanged = self
-            .candidates
-            .get(src)
-            .filter(|c| c.size == size && meta.modified().ok() == Some(c.mtime));
-        let source = match unchanged {
-            Some(c) => Source::Stored(c.ranges.clone()),
-            None if size == 0 => Source::Stored(Vec::new()),
-            None => Source::Host {
-                path: self.host(src),
-                size,
-            },
-        };
-        self.files.push(Planned {
-            dest: dest.to_string(),
-            source,
-        });
-    }
-
-    /// The `by_reference` mounts strictly under `src`, added at the same place under `dest`.
-    fn add_mounts_below(&mut self, dest: &str, src: &str) -> Result<(), OutputError> {
-        let mut below: Vec<(String, &'a RefMount)> = self
-            .refs
-            .iter()
-            .filter_map(|(path, m)| {
-                let rest = if src.is_empty() {
-                    Some(path.as_str())
-                } else {
-                    path.strip_prefix(src).and_then(|r| r.strip_prefix('/'))
-                };
-                rest.filter(|r| !r.is_empty()).map(|r| (join(dest, r), *m))
-            })
-            .collect();
-        below.sort_by(|a, b| a.0.cmp(&b.0));
-        for (mount_dest, mount) in below {
-            let mount_src = clean_rel(&mount.path);
-            if self.is_excluded(&mount_src) || self.is_secret(&ctr_join(&self.ctr_root, &mount_src))
-            {
-                continue;
-            }
-            if !self.globs.matches(&mount_dest, true)
-                && !self.globs.subtree_could_match(&mount_dest)
-            {
-                (self.say)(&format!(
-                    "not copying {mount_dest:?} because contents cannot match output globs"
-                ));
-                continue;
-            }
-            self.add_ref(&mount_dest, mount, "")?;
-        }
-        Ok(())
-    }
-
-    /// The part `sub` of a mounted collection, captured as `dest` by reference.
-    fn add_ref(&mut self, dest: &str, mount: &RefMount, sub: &str) -> Result<(), OutputError> {
-        // Files of an output mount hidden by another output mount nested inside it.
-        let mount_rel = clean_rel(&mount.path);
-        let is_output_mount = self
-            .refs
-            .get(&mount_rel)
-            .is_some_and(|m| std::ptr::eq(*m, mount));
-        let nested: Vec<String> = if is_output_mount {
-            self.refs
-                .keys()
-                .filter_map(|other| strip_dir(other, &mount_rel))
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut found = false;
-        for f in &mount.files {
-            let rest = if sub.is_empty() {
-                Some(f.path.as_str())
-            } else if f.path == sub {
-                Some("")
-            } else {
-                f.path.strip_prefix(sub).and_then(|r| r.strip_prefix('/'))
-            };
-            let Some(rest) = rest else { continue };
-            found = true;
-            if nested.iter().any(|n| under(&f.path, n)) {
-                continue;
-            }
-            let file_dest = join(dest, rest);
-            self.add_ancestor_dirs(dest, &file_dest);
-            self.files.push(Planned {
-                dest: file_dest,
-                source: Source::Stored(f.ranges.clone()),
-            });
-        }
-        if !found {
-            if !sub.is_empty() {
-                return Err(OutputError::MissingTarget {
-                    path: dest.to_string(),
-                    target: format!("{}/{sub}", mount.path.trim_end_matches('/')),
-                });
-            }
-            self.dirs.insert(dest.to_string());
-        }
-        Ok(())
-    }
-
-    /// With globs, the directories inside a mounted collection are candidates too (a glob
-    /// may select one that has no selected file).
-    fn add_ancestor_dirs(&mut self, top: &str, file_dest: &str) {
-        if self.globs.is_empty() || file_dest == top {
-            return;
-        }
-        let mut dir = file_dest;
-        while let Some((parent, _)) = dir.rsplit_once('/') {
-            if parent.len() < top.len() {
-                break;
-            }
-            if !self.dirs.insert(parent.to_string()) {
-                break;
-            }
-            dir = parent;
-        }
-    }
-}
-
-/// Store the whole file at `path` in 64 MiB blocks (as output capture does): its block
-/// ranges, in order.
-pub fn store_file(blocks: &dyn BlockStore, path: &Path) -> Result<Vec<BlockRange>, OutputError> {
-    let size = fs::metadata(path)
-        .map_err(|e| io_err("stat", path, e))?
-        .len();
-    let mut buf = vec![0u8; READ_BUFFER];
-    let dest = path.display().to_string();
-    upload_file(blocks, path, &dest, size, DEFAULT_BLOCK_SIZE, &mut buf)
-}
-
-/// Upload the first `size` bytes of the file at `path` in blocks of `block_size`: md5
-/// each region from the file, then let the store stream it again from the same region.
-fn upload_file(
-    blocks: &dyn BlockStore,
-    path: &Path,
-    dest: &str,
-    size: u64,
-    block_size: u64,
-    buf: &mut [u8],
-) -> Result<Vec<BlockRange>, OutputError> {
-    let mut file = File::open(path).map_err(|e| io_err("open", path, e))?;
-    let mut ranges = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let len = block_size.min(size - offset);
-        let hash = md5_region(&mut file, len, buf).map_err(|e| io_err("read", path, e))?;
-        let Some(hash) = hash else {
-            return Err(OutputError::Changed {
-                path: dest.to_string(),
-                detail: format!("file shrank below {size} bytes while it was being captured"),
-            });
-        };
-        let open = || -> io::Result<Box<dyn Read + Send>> {
-            let mut f = File::open(path)?;
-            f.seek(SeekFrom::Start(offset))?;
-            Ok(Box::new(f.take(len)))
-        };
-        let locator = blocks
-            .put_block(&hash, len, &open)
-            .map_err(|source| OutputError::Store {
-                path: dest.to_string(),
-                source,
-            })?;
-        ranges.push(BlockRange {
-            locator,
-            offset: 0,
-            len,
-        });
-        offset += len;
-    }
-    Ok(ranges)
-}
-
-/// md5 of the next `len` bytes of `file`; `None` if the file ends first.
-fn md5_region(file: &mut File, len: u64, buf: &mut [u8]) -> io::Result<Option<String>> {
-    let mut md5 = Md5::new();
-    let mut left = len;
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        md5.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(Some(hex(&md5.finalize())))
-}
-
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
     OutputError::Io {
         op,
@@ -731,140 +169,40 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
     }
 }
 
-fn file_kind(meta: &Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
-        "fifo"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_char_device() {
-        "character device"
-    } else {
-        "unknown"
-    }
-}
-
-/// Whether `path` is `dir` or inside it (both cleaned, same kind: relative or absolute).
-fn under(path: &str, dir: &str) -> bool {
-    strip_dir(path, dir).is_some()
-}
-
-/// `path` relative to `dir` (`""` if equal), or `None` if it is not inside. `dir` may be
-/// `""` (the root, for cleaned absolute paths written `"/a/b"`, or the output root for
-/// relative paths).
-fn strip_dir<'p>(path: &'p str, dir: &str) -> Option<&'p str> {
-    if dir.is_empty() {
-        return Some(path.trim_start_matches('/'));
-    }
-    let rest = path.strip_prefix(dir)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('/')
-    }
-}
-
-/// Lexically clean a container path: `"/a/./b/../c/"` → `"/a/c"`; the root is `""`.
-fn clean_abs(path: &str) -> String {
-    let mut comps: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                comps.pop();
-            }
-            c => comps.push(c),
-        }
-    }
-    comps.iter().map(|c| format!("/{c}")).collect()
-}
-
-/// A relative path without leading, trailing or doubled slashes, nor `.` components.
-fn clean_rel(path: &str) -> String {
-    clean_abs(path).trim_start_matches('/').to_string()
-}
-
-/// The container path of `rel` under the cleaned container directory `root`.
-fn ctr_join(root: &str, rel: &str) -> String {
-    clean_abs(&format!("{root}/{rel}"))
-}
-
-fn join(dir: &str, name: &str) -> String {
-    match (dir.is_empty(), name.is_empty()) {
-        (true, _) => name.to_string(),
-        (false, true) => dir.to_string(),
-        (false, false) => format!("{dir}/{name}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::{self, File};
     use std::io::Write;
     use std::os::unix::fs::symlink;
     use std::sync::Mutex;
 
     use super::*;
-    use crate::arvados::manifest::{EMPTY_BLOCK_LOCATOR, md5_hex, portable_manifest_text};
-    use crate::store::BlockSource;
+    use crate::arvados::manifest::{
+        EMPTY_BLOCK_LOCATOR, Manifest, md5_hex, portable_manifest_text,
+    };
+    use crate::collection::select;
+    use crate::store::memory::{MemoryStore, SIGNATURE};
 
     const CTR: &str = "/ctr/outdir";
     const SIG: &str = "+Afeedfacefeedfacefeedfacefeedfacefeedface@569fa8c3";
 
-    /// Blocks in memory; records every put. Signs locators unless `unsigned`.
-    #[derive(Default)]
-    struct Recorder {
-        puts: Mutex<Vec<String>>,
-        data: Mutex<HashMap<String, Vec<u8>>>,
-        unsigned: bool,
-        fail: bool,
+    /// The bytes the store holds for `ranges`.
+    fn bytes(store: &MemoryStore, ranges: &[BlockRange]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in ranges {
+            let block = store.block(&r.locator);
+            out.extend_from_slice(&block[r.offset as usize..(r.offset + r.len) as usize]);
+        }
+        out
     }
 
-    impl Recorder {
-        fn puts(&self) -> usize {
-            self.puts.lock().unwrap().len()
-        }
-        fn bytes(&self, ranges: &[BlockRange]) -> Vec<u8> {
-            let data = self.data.lock().unwrap();
-            let mut out = Vec::new();
-            for r in ranges {
-                let block = &data[&r.locator[..32]];
-                out.extend_from_slice(&block[r.offset as usize..(r.offset + r.len) as usize]);
-            }
-            out
-        }
-    }
-
-    impl BlockStore for Recorder {
-        fn put_block(
-            &self,
-            hash: &str,
-            size: u64,
-            body: &BlockSource<'_>,
-        ) -> Result<String, StoreError> {
-            if self.fail {
-                return Err(StoreError::Unavailable {
-                    what: format!("PUT {hash}"),
-                    message: "injected failure".into(),
-                });
-            }
-            let mut data = Vec::new();
-            body().unwrap().read_to_end(&mut data).unwrap();
-            assert_eq!(data.len() as u64, size);
-            assert_eq!(md5_hex(&data), hash);
-            self.puts.lock().unwrap().push(format!("{hash}+{size}"));
-            self.data.lock().unwrap().insert(hash.to_string(), data);
-            Ok(if self.unsigned {
-                format!("{hash}+{size}")
-            } else {
-                format!("{hash}+{size}{SIG}")
-            })
-        }
-
-        fn get_block(&self, _: &str, _: &mut dyn std::io::Write) -> Result<u64, StoreError> {
-            unimplemented!()
+    /// The collection mount at `at` (relative to the output directory) of part `sub` of
+    /// the collection `m` (`""`: all of it).
+    fn ref_mount(at: &str, m: &Manifest, sub: &str) -> RefMount {
+        let sub = (!sub.is_empty()).then_some(sub);
+        RefMount {
+            path: at.to_string(),
+            files: select(m, sub).unwrap().files,
         }
     }
 
@@ -894,13 +232,13 @@ mod tests {
     }
 
     /// Capture with the default block size; the manifest must be valid.
-    fn capture(spec: &OutputSpec, store: &Recorder) -> Result<String, OutputError> {
+    fn capture(spec: &OutputSpec, store: &MemoryStore) -> Result<String, OutputError> {
         capture_small(spec, store, DEFAULT_BLOCK_SIZE, &mut Vec::new())
     }
 
     fn capture_small(
         spec: &OutputSpec,
-        store: &Recorder,
+        store: &MemoryStore,
         block_size: u64,
         said: &mut Vec<String>,
     ) -> Result<String, OutputError> {
@@ -934,9 +272,9 @@ mod tests {
     fn stdout_vector() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "a/b/c.out", "bilbo\n");
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let text = capture(&spec(tmp.path()), &store).unwrap();
-        assert!(text.contains(SIG), "{text}");
+        assert!(text.contains(SIGNATURE), "{text}");
         assert_eq!(
             portable(&text),
             "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6 0:6:c.out\n"
@@ -949,7 +287,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "a/out.txt", "hello\n");
         write(tmp.path(), "b/err.txt", "oops\n");
-        let text = capture(&spec(tmp.path()), &Recorder::default()).unwrap();
+        let text = capture(&spec(tmp.path()), &MemoryStore::new()).unwrap();
         assert_eq!(
             portable(&text),
             "./a b1946ac92492d2347c6235b4d2611184+6 0:6:out.txt\n./b 38af5c54926b620264ab1501150cf189+5 0:5:err.txt\n"
@@ -961,7 +299,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "secret.conf", "mypassword");
         let mut s = spec(tmp.path());
-        let text = capture(&s, &Recorder::default()).unwrap();
+        let text = capture(&s, &MemoryStore::new()).unwrap();
         assert_eq!(
             portable(&text),
             ". 34819d7beeabb9260a5c854bc85b3e44+10 0:10:secret.conf\n"
@@ -972,7 +310,7 @@ mod tests {
             PathBuf::from("/ctr/outdir/secret.conf"),
         ] {
             s.secret_paths = vec![secret];
-            let store = Recorder::default();
+            let store = MemoryStore::new();
             assert_eq!(capture(&s, &store).unwrap(), "");
             assert_eq!(store.puts(), 0);
         }
@@ -981,7 +319,7 @@ mod tests {
     #[test]
     fn empty_output_is_empty_manifest() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         assert_eq!(capture(&spec(tmp.path()), &store).unwrap(), "");
         assert_eq!(store.puts(), 0);
     }
@@ -999,7 +337,7 @@ mod tests {
             let c = std::ffi::CString::new(tmp.path().join(fifo).to_str().unwrap()).unwrap();
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         }
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let mut said = Vec::new();
         let text = capture_small(&spec(tmp.path()), &store, 1 << 20, &mut said).unwrap();
         let e = EMPTY_BLOCK_LOCATOR;
@@ -1029,7 +367,7 @@ mod tests {
         write(tmp.path(), "top", "foo");
         write(tmp.path(), "a b/c:d/e\\f", "bar");
         write(tmp.path(), "a/x/y/z", "foo");
-        let text = capture(&spec(tmp.path()), &Recorder::default()).unwrap();
+        let text = capture(&spec(tmp.path()), &MemoryStore::new()).unwrap();
         assert_eq!(
             portable(&text),
             ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:top\n\
@@ -1044,16 +382,16 @@ mod tests {
         let body: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         write(tmp.path(), "big", &body);
         write(tmp.path(), "two", &body[..32]);
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let text = capture_small(&spec(tmp.path()), &store, 16, &mut Vec::new()).unwrap();
         let files = Manifest::parse(&text).unwrap().files();
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].path, "big");
         let lens: Vec<u64> = files[0].ranges.iter().map(|r| r.len).collect();
         assert_eq!(lens, vec![16, 16, 8]);
-        assert_eq!(store.bytes(&files[0].ranges), body.as_bytes());
+        assert_eq!(bytes(&store, &files[0].ranges), body.as_bytes());
         assert_eq!(files[1].ranges.len(), 2);
-        assert_eq!(store.bytes(&files[1].ranges), &body.as_bytes()[..32]);
+        assert_eq!(bytes(&store, &files[1].ranges), &body.as_bytes()[..32]);
         // Blocks of "two" are the first two of "big": listed once in the stream.
         let locators = Manifest::parse(&text).unwrap().locators().count();
         assert_eq!(locators, 3);
@@ -1066,13 +404,13 @@ mod tests {
         let size = 5 * READ_BUFFER + 3;
         let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         fs::write(tmp.path().join("big"), &body).unwrap();
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let block = 2 * READ_BUFFER as u64 + 1;
         let text = capture_small(&spec(tmp.path()), &store, block, &mut Vec::new()).unwrap();
         let files = Manifest::parse(&text).unwrap().files();
         let lens: Vec<u64> = files[0].ranges.iter().map(|r| r.len).collect();
         assert_eq!(lens, vec![block, block, size as u64 - 2 * block]);
-        assert!(store.bytes(&files[0].ranges) == body);
+        assert!(bytes(&store, &files[0].ranges) == body);
     }
 
     #[test]
@@ -1089,7 +427,7 @@ mod tests {
         link(d, "morelinks/l_rel_dir2", "../dir1/dir2");
         link(d, "l_rel_dir3", "dir1/dir2/dir3");
         link(d, "morelinks/l_rel_l_rel_file", "../dir1/dir2/l_rel_file");
-        let text = capture(&spec(d), &Recorder::default()).unwrap();
+        let text = capture(&spec(d), &MemoryStore::new()).unwrap();
         let want: Vec<(String, u64)> = [
             ("dir1/dir2/dir3/.keep", 0),
             ("dir1/dir2/l_rel_file", 4),
@@ -1153,7 +491,7 @@ mod tests {
             for (at, target) in &links {
                 link(tmp.path(), at, target);
             }
-            let err = capture(&spec(tmp.path()), &Recorder::default()).unwrap_err();
+            let err = capture(&spec(tmp.path()), &MemoryStore::new()).unwrap_err();
             assert!(err.to_string().contains(want), "{links:?}: {err}");
         }
     }
@@ -1172,7 +510,7 @@ mod tests {
                 link(tmp.path(), &format!("l{i}"), &target);
             }
             // l0 -> l1 -> ... -> file: l0 needs `chain` hops (the other links fewer).
-            let result = capture(&spec(tmp.path()), &Recorder::default());
+            let result = capture(&spec(tmp.path()), &MemoryStore::new());
             assert_eq!(result.is_ok(), ok, "chain of {chain}: {result:?}");
         }
     }
@@ -1187,7 +525,7 @@ mod tests {
         s.secret_paths = vec![tmp.path().join("secret.conf")];
         let said = std::cell::RefCell::new(Vec::new());
         let say = |line: &str| said.borrow_mut().push(line.to_string());
-        let manifest = capture_output(&s, &Recorder::default(), &say).unwrap();
+        let manifest = capture_output(&s, &MemoryStore::new(), &say).unwrap();
         assert!(manifest.contains(":kept.txt"), "{manifest}");
         assert!(
             !manifest.contains(":l") && !manifest.contains("secret"),
@@ -1204,7 +542,7 @@ mod tests {
         link(tmp.path(), "symlink", "/secret_text");
         let mut s = spec(tmp.path());
         s.secret_paths = vec![PathBuf::from("/secret_text")];
-        assert_eq!(capture(&s, &Recorder::default()).unwrap(), "");
+        assert_eq!(capture(&s, &MemoryStore::new()).unwrap(), "");
     }
 
     const NORMALIZED_WITH_SUBDIRS: &str = ". 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0abcdefgh11234567890@569fa8c3 0:9:file1_in_main.txt 9:18:file2_in_main.txt 0:27:zzzzz-8i9sb-bcdefghijkdhvnk.log.txt\n./subdir1 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396cabcdefghij6419876543234@569fa8c4 0:9:file1_in_subdir1.txt 9:18:file2_in_subdir1.txt\n./subdir1/subdir2 3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0bcdefghijk544332211@569fa8c5 0:9:file1_in_subdir2.txt 9:18:file2_in_subdir2.txt\n";
@@ -1227,8 +565,7 @@ mod tests {
             } else {
                 write(dir, at, "");
             }
-            s.by_reference
-                .push(RefMount::from_manifest(at, &m, sub).unwrap());
+            s.by_reference.push(ref_mount(at, &m, sub));
         }
         s
     }
@@ -1241,25 +578,22 @@ mod tests {
             tmp.path(),
             NORMALIZED_WITH_SUBDIRS,
             &[
-                ("foo/bar", "/file2_in_main.txt", false),
-                ("foo/sub1", "/subdir1", true),
-                ("foo/sub1file2", "/subdir1/file2_in_subdir1.txt", false),
+                ("foo/bar", "file2_in_main.txt", false),
+                ("foo/sub1", "subdir1", true),
+                ("foo/sub1file2", "subdir1/file2_in_subdir1.txt", false),
                 (
                     "foo/baz/sub2file2",
-                    "/subdir1/subdir2/file2_in_subdir2.txt",
+                    "subdir1/subdir2/file2_in_subdir2.txt",
                     false,
                 ),
             ],
         );
-        let store = Recorder {
-            unsigned: true,
-            ..Recorder::default()
-        };
+        let store = MemoryStore::new();
         let text = capture(&s, &store).unwrap();
         assert_eq!(
             text,
             format!(
-                "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6 0:6:c.out\n\
+                "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6{SIGNATURE} 0:6:c.out\n\
                  ./foo {L1} {L2} 9:18:bar 36:18:sub1file2\n\
                  ./foo/baz {L3} 9:18:sub2file2\n\
                  ./foo/sub1 {L2} 0:9:file1_in_subdir1.txt 9:18:file2_in_subdir1.txt\n\
@@ -1276,44 +610,15 @@ mod tests {
         let s = stdout_and_mounts(
             tmp.path(),
             DENORMALIZED_WITH_SUBDIRS,
-            &[("foo/bar", "/subdir1/file2_in_subdir1.txt", false)],
+            &[("foo/bar", "subdir1/file2_in_subdir1.txt", false)],
         );
-        let store = Recorder {
-            unsigned: true,
-            ..Recorder::default()
-        };
+        let store = MemoryStore::new();
         assert_eq!(
             capture(&s, &store).unwrap(),
-            format!("./a/b 307372fa8fd5c146b22ae7a45b49bc31+6 0:6:c.out\n./foo {L1} 10:17:bar\n")
+            format!(
+                "./a/b 307372fa8fd5c146b22ae7a45b49bc31+6{SIGNATURE} 0:6:c.out\n./foo {L1} 10:17:bar\n"
+            )
         );
-    }
-
-    #[test]
-    fn ref_mount_from_manifest_paths() {
-        let m = Manifest::parse(NORMALIZED_WITH_SUBDIRS).unwrap();
-        let whole = RefMount::from_manifest("all", &m, "").unwrap();
-        assert_eq!(whole.files.len(), 7);
-        let dir = RefMount::from_manifest("d", &m, "subdir1/").unwrap();
-        let paths: Vec<&str> = dir.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "file1_in_subdir1.txt",
-                "file2_in_subdir1.txt",
-                "subdir2/file1_in_subdir2.txt",
-                "subdir2/file2_in_subdir2.txt"
-            ]
-        );
-        let file = RefMount::from_manifest("f", &m, "/file1_in_main.txt").unwrap();
-        assert_eq!(file.files.len(), 1);
-        assert_eq!(file.files[0].path, "");
-        let err = RefMount::from_manifest("x", &m, "/nope").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "collection mount at \"x\": \"nope\" is not in the collection"
-        );
-        // "subdir" is not a prefix directory of "subdir1".
-        assert!(RefMount::from_manifest("x", &m, "subdir").is_err());
     }
 
     #[test]
@@ -1327,14 +632,14 @@ mod tests {
         .unwrap();
         let subdirs = Manifest::parse(NORMALIZED_WITH_SUBDIRS).unwrap();
         let mut s = spec(d);
-        s.link_targets = vec![RefMount::from_manifest("/mnt", &foo, "").unwrap()];
-        s.by_reference = vec![RefMount::from_manifest("in/sub", &subdirs, "subdir1").unwrap()];
+        s.link_targets = vec![ref_mount("/mnt", &foo, "")];
+        s.by_reference = vec![ref_mount("in/sub", &subdirs, "subdir1")];
         mkdir(d, "in/sub");
         link(d, "l_dir", "../../mnt");
         link(d, "l_file", "/mnt/foo");
         link(d, "l_mount_file", "in/sub/subdir2/file1_in_subdir2.txt");
         link(d, "l_in", "in");
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let text = capture(&s, &store).unwrap();
         let files: Vec<(String, u64)> = [
             ("in/sub/file1_in_subdir1.txt", 9),
@@ -1371,10 +676,10 @@ mod tests {
         let m = Manifest::parse(NORMALIZED_WITH_SUBDIRS).unwrap();
         let mut s = spec(tmp.path());
         s.by_reference = vec![
-            RefMount::from_manifest("m", &m, "").unwrap(),
-            RefMount::from_manifest("m/subdir1", &m, "file1_in_main.txt").unwrap(),
+            ref_mount("m", &m, ""),
+            ref_mount("m/subdir1", &m, "file1_in_main.txt"),
         ];
-        let text = capture(&s, &Recorder::default()).unwrap();
+        let text = capture(&s, &MemoryStore::new()).unwrap();
         let paths: Vec<String> = listing(&text).into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             paths,
@@ -1430,7 +735,7 @@ mod tests {
                 "37b51d194a7513e45b56f6524f2d51f2",
             ),
         ];
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let text = capture(&s, &store).unwrap();
         assert!(
             text.contains("acbd18db4cc2f85cedef654fccc4a4d8+3+Aold@00000001"),
@@ -1440,14 +745,11 @@ mod tests {
             !text.contains("37b51d194a7513e45b56f6524f2d51f2+3+Aold"),
             "{text}"
         );
-        // Uploaded, in path order: the grown file and the touched one.
-        assert_eq!(
-            store.puts.lock().unwrap().clone(),
-            [
-                format!("{}+4", md5_hex(b"food")),
-                "37b51d194a7513e45b56f6524f2d51f2+3".to_string()
-            ]
-        );
+        // Uploaded: the grown file and the touched one, nothing else.
+        assert_eq!(store.puts(), 2);
+        let blocks = store.blocks.lock().unwrap();
+        assert!(blocks.contains_key(&md5_hex(b"food")));
+        assert!(blocks.contains_key("37b51d194a7513e45b56f6524f2d51f2"));
     }
 
     #[test]
@@ -1460,9 +762,9 @@ mod tests {
         mkdir(d, "mnt");
         link(d, "l_ex", "ex/dir/file");
         let mut s = spec(d);
-        s.by_reference = vec![RefMount::from_manifest("mnt", &m, "").unwrap()];
+        s.by_reference = vec![ref_mount("mnt", &m, "")];
         s.excluded = vec!["ex".to_string(), "/mnt/".to_string()];
-        let store = Recorder::default();
+        let store = MemoryStore::new();
         let text = capture(&s, &store).unwrap();
         assert_eq!(
             portable(&text),
@@ -1475,52 +777,15 @@ mod tests {
     fn store_errors_name_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "d/f", "foo");
-        let store = Recorder {
-            fail: true,
-            ..Recorder::default()
-        };
+        let store = MemoryStore::new();
+        store
+            .fail_next_puts
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
         let err = capture(&spec(tmp.path()), &store).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot output \"d/f\": storing its data: PUT acbd18db4cc2f85cedef654fccc4a4d8: injected failure"
         );
-    }
-
-    /// Go's TestApplyGlobsToFilesAndDirs.
-    #[test]
-    fn apply_globs_to_files_and_dirs() {
-        let dirs = ["dir1", "dir1/dir11", "dir1/dir12", "dir2"];
-        let files = ["dir1/file11", "dir1/dir11/file111", "dir2/file2"];
-        let trials: &[(&[&str], &[&str], &[&str])] = &[
-            (&[], &dirs, &files),
-            (&["**"], &dirs, &files),
-            (
-                &["**/file111"],
-                &["dir1", "dir1/dir11"],
-                &["dir1/dir11/file111"],
-            ),
-            (&["nothing"], &[], &[]),
-            (&["**/dir12"], &["dir1", "dir1/dir12"], &[]),
-            (&["**/file*"], &["dir1", "dir1/dir11", "dir2"], &files),
-            (&["**/dir1[12]"], &["dir1", "dir1/dir11", "dir1/dir12"], &[]),
-            (&["**/dir1[^2]"], &["dir1", "dir1/dir11"], &[]),
-            (
-                &["dir1/**"],
-                &["dir1", "dir1/dir11", "dir1/dir12"],
-                &["dir1/file11", "dir1/dir11/file111"],
-            ),
-        ];
-        for (globs, want_dirs, want_files) in trials {
-            let g = OutputGlobs::new(&globs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-            let (got_dirs, got_files) = apply_globs(
-                &g,
-                dirs.iter().map(|s| s.to_string()).collect(),
-                files.iter().map(|s| s.to_string()).collect(),
-                |f: &String| f.as_str(),
-            );
-            assert_eq!(&got_dirs, want_dirs, "{globs:?}");
-            assert_eq!(&got_files, want_files, "{globs:?}");
-        }
     }
 
     #[test]
@@ -1545,7 +810,7 @@ mod tests {
         ];
         for (glob, want, puts) in trials {
             s.globs = vec![glob.to_string()];
-            let store = Recorder::default();
+            let store = MemoryStore::new();
             let text = capture(&s, &store).unwrap();
             assert_eq!(&portable(&text), want, "{glob}");
             assert_eq!(store.puts(), *puts, "{glob}");
@@ -1561,12 +826,11 @@ mod tests {
         let mut s = spec(d);
         for at in ["include/includer", "exclude/excluder"] {
             mkdir(d, at);
-            s.by_reference
-                .push(RefMount::from_manifest(at, &m, "").unwrap());
+            s.by_reference.push(ref_mount(at, &m, ""));
         }
         s.globs = vec!["?ncl*/*r/*".to_string(), "*/?ncl*/**".to_string()];
         let mut said = Vec::new();
-        let text = capture_small(&s, &Recorder::default(), 1 << 20, &mut said).unwrap();
+        let text = capture_small(&s, &MemoryStore::new(), 1 << 20, &mut said).unwrap();
         let paths: Vec<String> = listing(&text).into_iter().map(|(p, _)| p).collect();
         assert_eq!(
             paths,
@@ -1589,7 +853,7 @@ mod tests {
         // A directory of a mounted collection selected by a glob but with no selected file
         // is kept as an empty directory.
         s.globs = vec!["include/includer/subdir1".to_string()];
-        let text = capture(&s, &Recorder::default()).unwrap();
+        let text = capture(&s, &MemoryStore::new()).unwrap();
         assert_eq!(
             text,
             format!("./include/includer/subdir1 {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n")
