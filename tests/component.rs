@@ -838,7 +838,8 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
             ("FAKE_DOCKER_STDIN_TO", stdin_copy.to_str().unwrap()),
             (
                 "FAKE_DOCKER_RUN_SH",
-                "echo made > \"$(host_of /out)/made.txt\"; mkdir \"$(host_of /out)/emptydir\"",
+                "echo made > \"$(host_of /out)/made.txt\"; mkdir \"$(host_of /out)/emptydir\"; \
+                 ln -s /in/a.txt \"$(host_of /out)/link.txt\"",
             ),
         ],
     );
@@ -890,6 +891,11 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
     let output = rec["output"].as_str().unwrap();
     assert_eq!(h.fake.read_file(output, "made.txt").unwrap(), b"made\n");
     assert_eq!(h.fake.read_file(output, "emptydir/.keep").unwrap(), b"");
+    // A symlink into a collection mounted elsewhere is kept, by reference.
+    assert_eq!(
+        h.fake.read_file(output, "link.txt").unwrap(),
+        b"first file\n"
+    );
     assert_eq!(
         h.fake.read_file(output, "log/stdout.txt").unwrap(),
         b"to stdout\n"

@@ -32,8 +32,8 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::arvados::manifest::{BlockRange, ManifestFile};
-use crate::collection::CollectionError;
+use crate::arvados::manifest::BlockRange;
+use crate::collection::{CollectionError, Selection};
 
 /// What a mount is. Only the kinds crunch-run can honour; everything else is refused by
 /// [`parse_mounts`].
@@ -98,19 +98,21 @@ pub struct MountPlan {
 /// One bind mount for docker (`--mount type=bind,…`).
 pub use crate::docker::argv::Bind;
 
-/// What output capture must know about the output directory. Every `rel` is relative to
-/// the host output directory (and to the output path in the container), `""` being the
-/// directory itself.
+/// What output capture must know about the output directory and the mounts around it.
+/// Every `rel` is relative to the host output directory (and to the output path in the
+/// container), `""` being the directory itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputRef {
-    /// A read-only collection mounted under the output path: its files go into the output
-    /// by reference (their `path`s are already relative to the output directory), and the
-    /// host directory at `rel` (docker's empty mount point) must not be walked.
+    /// A read-only collection mount (not excluded from the output), captured by reference.
+    /// Under the output path (`rel`), its content goes into the output and the host
+    /// directory at `rel` (docker's empty mount point) must not be walked. Anywhere, a
+    /// symlink from the output may lead into it.
     Collection {
-        rel: String,
-        files: Vec<ManifestFile>,
-        /// Empty directories of the collection, relative to the output directory.
-        dirs: Vec<String>,
+        /// The mount point in the container.
+        target: String,
+        rel: Option<String>,
+        /// What is mounted, paths relative to the mount point.
+        selection: Selection,
     },
     /// A file copied into the output directory from a writable collection. If at capture
     /// time it still has this size and mtime, its `ranges` can be reused instead of

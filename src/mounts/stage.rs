@@ -19,7 +19,6 @@ use super::{
     Bind, Mount, MountError, MountKind, MountPlan, OutputRef, StagedMounts, at_or_below, below,
     in_mount, invalid, io_err, title,
 };
-use crate::arvados::manifest::ManifestFile;
 use crate::collection::select::join_rel;
 use crate::collection::{CollectionReader, Selection};
 use crate::store::{ApiStore, BlockStore};
@@ -252,25 +251,15 @@ impl Stager<'_> {
         let sel = self.select(&m.target, id, sub)?;
         let host = self.collection_host_path(&m.target, "coll", id, sub, &sel)?;
         self.bind(host, &m.target, true);
-        match rel {
-            Some(r) if m.exclude_from_output => {
-                self.output_refs
-                    .push(OutputRef::Excluded { rel: r.to_string() });
-            }
-            Some(r) => self.output_refs.push(OutputRef::Collection {
-                rel: r.to_string(),
-                files: sel
-                    .files
-                    .into_iter()
-                    .map(|f| ManifestFile {
-                        path: join_rel(r, &f.path),
-                        ..f
-                    })
-                    .collect(),
-                dirs: sel.dirs.iter().map(|d| join_rel(r, d)).collect(),
-            }),
-            None => {}
-        }
+        let output_ref = match rel {
+            Some(r) if m.exclude_from_output => OutputRef::Excluded { rel: r.to_string() },
+            _ => OutputRef::Collection {
+                target: m.target.clone(),
+                rel: rel.map(str::to_string),
+                selection: sel,
+            },
+        };
+        self.output_refs.push(output_ref);
         Ok(())
     }
 
@@ -567,6 +556,12 @@ mod tests {
         let s = staged.unwrap();
         let inp = bind_of(&s, "/keepinp");
         assert!(inp.read_only);
+        // Outside the output path: kept for symlinks from the output that lead into it.
+        assert!(matches!(
+            &s.output_refs[..],
+            [OutputRef::Collection { target, rel: None, selection }]
+                if target == "/keepinp" && selection.files.len() == 5
+        ));
         let out = bind_of(&s, "/keepout");
         assert!(!out.read_only);
         assert_eq!(out.host, s.output_dir);
@@ -791,14 +786,20 @@ mod tests {
         assert_eq!(read(&bind_of(&s, "/tmp/x/b.txt").host), "bee");
 
         assert_eq!(s.output_refs.len(), 3, "{:?}", s.output_refs);
-        let OutputRef::Collection { rel, files, dirs } = &s.output_refs[0] else {
+        let OutputRef::Collection {
+            target,
+            rel,
+            selection,
+        } = &s.output_refs[0]
+        else {
             panic!("{:?}", s.output_refs[0]);
         };
-        assert_eq!(rel, "foo");
+        assert_eq!((target.as_str(), rel.as_deref()), ("/tmp/foo", Some("foo")));
+        let files = &selection.files;
         let paths: Vec<(&str, u64)> = files.iter().map(|f| (f.path.as_str(), f.size)).collect();
-        assert_eq!(paths, [("foo/baz", 3), ("foo/big", 16)]);
+        assert_eq!(paths, [("baz", 3), ("big", 16)]);
         assert_eq!(files[1].ranges.len(), 2);
-        assert_eq!(dirs, &["foo/deep"]);
+        assert_eq!(selection.dirs, ["deep"]);
         assert_eq!(s.output_refs[1], OutputRef::Excluded { rel: "skip".into() });
         assert_eq!(
             s.output_refs[2],

@@ -670,6 +670,36 @@ mod tests {
         );
     }
 
+    /// Issue 7: the production path (staging, then `from_staged`) gave capture no link
+    /// targets, so this failed with "is not in the output directory or a mounted
+    /// collection".
+    #[test]
+    fn a_symlink_into_a_collection_mounted_elsewhere_is_kept_by_reference() {
+        let store = MemoryStore::new();
+        let staged = spec::tests::stage_with(
+            &store,
+            serde_json::json!({
+                "/out": {"kind": "tmp"},
+                "/in": {"kind": "collection", "portable_data_hash": spec::tests::PDH},
+                // Mounted over /in's sub directory: a link there leads into this one.
+                "/in/sub": {"kind": "collection", "portable_data_hash": format!("{}/foo", spec::tests::PDH)},
+            }),
+        );
+        let out = &staged.mounts.output_dir;
+        link(out, "l_foo", "/in/foo");
+        link(out, "d/l_nested", "../../in/sub");
+        write(out, "made.txt", "made");
+        let s = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
+        let puts = store.puts();
+        let text = capture(&s, &store).unwrap();
+        let want: Vec<(String, u64)> = [("d/l_nested", 3), ("l_foo", 3), ("made.txt", 4)]
+            .iter()
+            .map(|(p, n)| (p.to_string(), *n))
+            .collect();
+        assert_eq!(listing(&text), want);
+        assert_eq!(store.puts() - puts, 1, "only made.txt is uploaded");
+    }
+
     #[test]
     fn nested_output_mounts_hide_what_they_cover() {
         let tmp = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! what must stay out. Staging itself is `mounts`'s job; the capture is mod.rs's.
 
 use super::{CopiedFile, OutputSpec, RefMount};
-use crate::arvados::manifest::ManifestFile;
 use crate::mounts::{OutputRef, StagedMounts};
 
 impl OutputSpec {
@@ -18,18 +17,22 @@ impl OutputSpec {
         };
         for r in &staged.output_refs {
             match r {
-                OutputRef::Collection { rel, files, .. } => spec.by_reference.push(RefMount {
-                    path: rel.clone(),
-                    // Staging names the files from the output directory; capture wants
-                    // them from the mount point.
-                    files: files
-                        .iter()
-                        .map(|f| ManifestFile {
-                            path: relative_to(&f.path, rel),
-                            ..f.clone()
-                        })
-                        .collect(),
-                }),
+                OutputRef::Collection {
+                    target,
+                    rel,
+                    selection,
+                } => {
+                    // Under the output path, by its path there; elsewhere, by its mount point,
+                    // for the symlinks that lead into it.
+                    let (mounts, path) = match rel {
+                        Some(rel) => (&mut spec.by_reference, rel),
+                        None => (&mut spec.link_targets, target),
+                    };
+                    mounts.push(RefMount {
+                        path: path.clone(),
+                        files: selection.files.clone(),
+                    });
+                }
                 OutputRef::Copied {
                     rel,
                     size,
@@ -54,27 +57,14 @@ impl OutputSpec {
     }
 }
 
-/// `path` (relative to the output directory) as seen from `base` under it.
-fn relative_to(path: &str, base: &str) -> String {
-    if path == base || base.is_empty() && path.is_empty() {
-        return String::new();
-    }
-    if base.is_empty() {
-        return path.to_string();
-    }
-    path.strip_prefix(base)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .unwrap_or(path)
-        .to_string()
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::arvados::manifest::BlockRange;
+    use crate::arvados::manifest::{BlockRange, ManifestFile};
+    use crate::collection::Selection;
 
     fn file(path: &str, size: u64) -> ManifestFile {
         ManifestFile {
@@ -110,31 +100,50 @@ mod tests {
         assert!(spec.by_reference.is_empty() && spec.link_targets.is_empty());
     }
 
-    #[test]
-    fn collections_under_the_output_path_are_named_from_their_mount_point() {
-        let refs = vec![
-            OutputRef::Collection {
-                rel: "in/coll".into(),
-                files: vec![file("in/coll/a", 3), file("in/coll/d/b", 4)],
-                dirs: vec!["in/coll/d".into()],
-            },
-            // A mount of one file: the file is the mount point.
-            OutputRef::Collection {
-                rel: "one.txt".into(),
-                files: vec![file("one.txt", 5)],
+    fn mounted(target: &str, rel: Option<&str>, files: Vec<ManifestFile>) -> OutputRef {
+        OutputRef::Collection {
+            target: target.into(),
+            rel: rel.map(str::to_string),
+            selection: Selection {
+                is_file: files.len() == 1 && files[0].path.is_empty(),
+                files,
                 dirs: Vec::new(),
             },
+        }
+    }
+
+    #[test]
+    fn collections_by_their_path_under_the_output_and_by_mount_point_elsewhere() {
+        let refs = vec![
+            mounted(
+                "/out/in/coll",
+                Some("in/coll"),
+                vec![file("a", 3), file("d/b", 4)],
+            ),
+            // A mount of one file: the file is the mount point.
+            mounted("/out/one.txt", Some("one.txt"), vec![file("", 5)]),
+            mounted("/keep/in", None, vec![file("c", 6)]),
         ];
         let spec = OutputSpec::from_staged(&staged(refs), "/out", &[]);
-        let seen: Vec<(&str, Vec<&str>)> = spec
-            .by_reference
-            .iter()
-            .map(|m| {
-                let files = m.files.iter().map(|f| f.path.as_str()).collect();
-                (m.path.as_str(), files)
-            })
-            .collect();
-        assert_eq!(seen, [("in/coll", vec!["a", "d/b"]), ("one.txt", vec![""])]);
+        let seen = |mounts: &[RefMount]| -> Vec<(String, Vec<String>)> {
+            mounts
+                .iter()
+                .map(|m| {
+                    let files = m.files.iter().map(|f| f.path.clone()).collect();
+                    (m.path.clone(), files)
+                })
+                .collect()
+        };
+        let owned = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+            v.iter()
+                .map(|(p, fs)| (p.to_string(), fs.iter().map(|f| f.to_string()).collect()))
+                .collect()
+        };
+        assert_eq!(
+            seen(&spec.by_reference),
+            owned(&[("in/coll", &["a", "d/b"]), ("one.txt", &[""])])
+        );
+        assert_eq!(seen(&spec.link_targets), owned(&[("/keep/in", &["c"])]));
         assert_eq!(spec.by_reference[0].files[1].size, 4);
     }
 
@@ -182,11 +191,64 @@ mod tests {
         assert_eq!(spec.secret_paths, secrets);
     }
 
+    /// A run directory of staged mounts, removed with its read-only trees at the end.
+    pub(in crate::output) struct Staged {
+        pub dir: tempfile::TempDir,
+        pub mounts: StagedMounts,
+    }
+
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            let _ = crate::mounts::remove_staged(&self.dir.path().join("run"));
+        }
+    }
+
+    pub(in crate::output) const PDH: &str = "59389a8f9ee9d399be35462a0f92541c+53";
+
+    /// `mounts` (output path `/out`) staged from `store`, where collection [`PDH`] holds
+    /// `foo` and `sub/bar`.
+    pub(in crate::output) fn stage_with(
+        store: &crate::store::memory::MemoryStore,
+        mounts: serde_json::Value,
+    ) -> Staged {
+        let loc = store.put(b"foo");
+        store.add_collection(PDH, &format!(". {loc} 0:3:foo\n./sub {loc} 0:3:bar\n"));
+        let plan = crate::mounts::parse_mounts(&mounts, &serde_json::Value::Null, "/out").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = crate::mounts::stage(&plan, store, store, &dir.path().join("run"), &|_| {});
+        Staged {
+            dir,
+            mounts: mounts.unwrap(),
+        }
+    }
+
+    /// Issue 7: staging kept nothing of a read-only collection mounted outside the output
+    /// path, so `link_targets` stayed empty and a symlink from the output into it failed
+    /// the capture, though such links are meant to be kept by reference.
     #[test]
-    fn relative_paths() {
-        assert_eq!(relative_to("a/b", "a"), "b");
-        assert_eq!(relative_to("a", "a"), "");
-        assert_eq!(relative_to("a", ""), "a");
-        assert_eq!(relative_to("", ""), "");
+    fn a_read_only_collection_mounted_elsewhere_is_a_link_target() {
+        let store = crate::store::memory::MemoryStore::new();
+        let staged = stage_with(
+            &store,
+            serde_json::json!({
+                "/out": {"kind": "tmp"},
+                "/in": {"kind": "collection", "portable_data_hash": PDH},
+                "/in-sub": {"kind": "collection", "portable_data_hash": format!("{PDH}/sub")},
+            }),
+        );
+        let spec = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
+        let targets: Vec<(&str, Vec<&str>)> = spec
+            .link_targets
+            .iter()
+            .map(|m| {
+                let files = m.files.iter().map(|f| f.path.as_str()).collect();
+                (m.path.as_str(), files)
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [("/in", vec!["foo", "sub/bar"]), ("/in-sub", vec!["bar"])]
+        );
+        assert!(spec.by_reference.is_empty());
     }
 }

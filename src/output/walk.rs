@@ -282,20 +282,24 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// A symlink target outside the output directory: only mounted collections will do.
+    /// A symlink target outside the output directory: only mounted collections will do,
+    /// the deepest mount holding it (a mount hides what it is mounted over).
     fn resolve_outside(&self, dest: &str, abs: String) -> Result<Target<'a>, OutputError> {
-        for (root, mount) in &self.outside {
-            if let Some(sub) = strip_dir(&abs, root) {
-                return Ok(Target::Ref {
-                    mount,
-                    sub: sub.to_string(),
-                });
-            }
+        let deepest = self
+            .outside
+            .iter()
+            .filter_map(|(root, mount)| strip_dir(&abs, root).map(|sub| (root.len(), *mount, sub)))
+            .max_by_key(|(depth, ..)| *depth);
+        match deepest {
+            Some((_, mount, sub)) => Ok(Target::Ref {
+                mount,
+                sub: sub.to_string(),
+            }),
+            None => Err(OutputError::NotMounted {
+                path: dest.to_string(),
+                target: abs,
+            }),
         }
-        Err(OutputError::NotMounted {
-            path: dest.to_string(),
-            target: abs,
-        })
     }
 
     /// A file or directory of the output dir (`src`) captured as `dest`.
