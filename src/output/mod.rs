@@ -8,7 +8,8 @@
 //! - an empty directory as `dir/.keep` (an empty file); a directory whose entries were all
 //!   skipped as an empty directory (`\056` marker);
 //! - read-only collection mounts under the output path ([`RefMount`]), by locator, without
-//!   copying data; files pre-copied from writable collection mounts ([`CopiedFile`]) by
+//!   copying data, their empty directories as empty directories (as the Go crunch-run
+//!   keeps them); files pre-copied from writable collection mounts ([`CopiedFile`]) by
 //!   their old locators when their size and mtime are unchanged;
 //! - symlinks followed (at most [`MAX_SYMLINK_HOPS`] along any path): into the output
 //!   directory (content captured under the link's name) or into a mounted collection (by
@@ -38,7 +39,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::arvados::manifest::{BlockRange, ManifestFile, normalized_manifest};
+use crate::arvados::manifest::{BlockRange, normalized_manifest};
+use crate::collection::Selection;
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::store::{BlockStore, StoreError};
 use upload::upload_file;
@@ -57,9 +59,9 @@ pub struct RefMount {
     /// (`"foo/bar"`). In [`OutputSpec::link_targets`]: the absolute mount point in the
     /// container (`"/keep/in"`).
     pub path: String,
-    /// The mounted files, paths relative to the mount point. A mount of a single file has
-    /// one entry whose path is `""`. No entries: an empty directory.
-    pub files: Vec<ManifestFile>,
+    /// What is mounted, paths relative to the mount point: files and directories, or one
+    /// file whose path is `""`.
+    pub selection: Selection,
 }
 
 /// A file copied into the output directory from a writable collection mount before the
@@ -182,6 +184,7 @@ mod tests {
     };
     use crate::collection::select;
     use crate::store::memory::{MemoryStore, SIGNATURE};
+    use spec::tests::{Staged, stage_parts};
 
     const CTR: &str = "/ctr/outdir";
     const SIG: &str = "+Afeedfacefeedfacefeedfacefeedfacefeedface@569fa8c3";
@@ -202,7 +205,7 @@ mod tests {
         let sub = (!sub.is_empty()).then_some(sub);
         RefMount {
             path: at.to_string(),
-            files: select(m, sub).unwrap().files,
+            selection: select(m, sub).unwrap(),
         }
     }
 
@@ -670,34 +673,73 @@ mod tests {
         );
     }
 
+    /// The capture of staged mounts (output path `/out`), as the lifecycle does it.
+    fn capture_staged(staged: &Staged, store: &MemoryStore) -> String {
+        let spec = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
+        capture(&spec, store).unwrap()
+    }
+
     /// Issue 7: the production path (staging, then `from_staged`) gave capture no link
     /// targets, so this failed with "is not in the output directory or a mounted
     /// collection".
     #[test]
     fn a_symlink_into_a_collection_mounted_elsewhere_is_kept_by_reference() {
         let store = MemoryStore::new();
-        let staged = spec::tests::stage_with(
-            &store,
-            serde_json::json!({
-                "/out": {"kind": "tmp"},
-                "/in": {"kind": "collection", "portable_data_hash": spec::tests::PDH},
-                // Mounted over /in's sub directory: a link there leads into this one.
-                "/in/sub": {"kind": "collection", "portable_data_hash": format!("{}/foo", spec::tests::PDH)},
-            }),
-        );
+        // /in/sub is mounted over /in's sub directory: a link there leads into it.
+        let staged = stage_parts(&store, &[("/in", ""), ("/in/sub", "foo")]);
         let out = &staged.mounts.output_dir;
         link(out, "l_foo", "/in/foo");
         link(out, "d/l_nested", "../../in/sub");
         write(out, "made.txt", "made");
-        let s = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
         let puts = store.puts();
-        let text = capture(&s, &store).unwrap();
+        let text = capture_staged(&staged, &store);
         let want: Vec<(String, u64)> = [("d/l_nested", 3), ("l_foo", 3), ("made.txt", 4)]
             .iter()
             .map(|(p, n)| (p.to_string(), *n))
             .collect();
         assert_eq!(listing(&text), want);
         assert_eq!(store.puts() - puts, 1, "only made.txt is uploaded");
+    }
+
+    /// Issue 7: staging computed the empty directories of a read-only collection mounted
+    /// under the output path, and they were dropped on the way to capture; the Go
+    /// crunch-run keeps them in the output collection.
+    #[test]
+    fn empty_directories_of_a_collection_mounted_under_the_output_are_kept() {
+        let store = MemoryStore::new();
+        let staged = stage_parts(&store, &[("/out/in", ""), ("/out/part", "sub")]);
+        let text = portable(&capture_staged(&staged, &store));
+        let foo = md5_hex(b"foo");
+        assert_eq!(
+            text,
+            format!(
+                "./in {foo}+3 0:3:foo\n\
+                 ./in/sub {foo}+3 0:3:bar\n\
+                 ./in/sub/empty {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n\
+                 ./part {foo}+3 0:3:bar\n\
+                 ./part/empty {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n"
+            )
+        );
+    }
+
+    /// A symlink to an empty directory of a mounted collection is an empty directory too,
+    /// not a missing target.
+    #[test]
+    fn a_symlink_to_an_empty_directory_of_a_mounted_collection_is_kept() {
+        let store = MemoryStore::new();
+        let staged = stage_parts(&store, &[("/in", "")]);
+        link(&staged.mounts.output_dir, "l_empty", "/in/sub/empty");
+        link(&staged.mounts.output_dir, "l_sub", "/in/sub");
+        let text = portable(&capture_staged(&staged, &store));
+        assert_eq!(
+            text,
+            format!(
+                "./l_empty {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n\
+                 ./l_sub {}+3 0:3:bar\n\
+                 ./l_sub/empty {EMPTY_BLOCK_LOCATOR} 0:0:\\056\n",
+                md5_hex(b"foo")
+            )
+        );
     }
 
     #[test]

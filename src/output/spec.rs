@@ -30,7 +30,7 @@ impl OutputSpec {
                     };
                     mounts.push(RefMount {
                         path: path.clone(),
-                        files: selection.files.clone(),
+                        selection: selection.clone(),
                     });
                 }
                 OutputRef::Copied {
@@ -129,7 +129,7 @@ pub(super) mod tests {
             mounts
                 .iter()
                 .map(|m| {
-                    let files = m.files.iter().map(|f| f.path.clone()).collect();
+                    let files = m.selection.files.iter().map(|f| f.path.clone()).collect();
                     (m.path.clone(), files)
                 })
                 .collect()
@@ -144,7 +144,7 @@ pub(super) mod tests {
             owned(&[("in/coll", &["a", "d/b"]), ("one.txt", &[""])])
         );
         assert_eq!(seen(&spec.link_targets), owned(&[("/keep/in", &["c"])]));
-        assert_eq!(spec.by_reference[0].files[1].size, 4);
+        assert_eq!(spec.by_reference[0].selection.files[1].size, 4);
     }
 
     #[test]
@@ -206,13 +206,14 @@ pub(super) mod tests {
     pub(in crate::output) const PDH: &str = "59389a8f9ee9d399be35462a0f92541c+53";
 
     /// `mounts` (output path `/out`) staged from `store`, where collection [`PDH`] holds
-    /// `foo` and `sub/bar`.
-    pub(in crate::output) fn stage_with(
-        store: &crate::store::memory::MemoryStore,
-        mounts: serde_json::Value,
-    ) -> Staged {
+    /// `foo`, `sub/bar` and the empty directory `sub/empty`.
+    fn stage_with(store: &crate::store::memory::MemoryStore, mounts: serde_json::Value) -> Staged {
         let loc = store.put(b"foo");
-        store.add_collection(PDH, &format!(". {loc} 0:3:foo\n./sub {loc} 0:3:bar\n"));
+        let e = crate::arvados::manifest::EMPTY_BLOCK_LOCATOR;
+        store.add_collection(
+            PDH,
+            &format!(". {loc} 0:3:foo\n./sub {loc} 0:3:bar\n./sub/empty {e} 0:0:\\056\n"),
+        );
         let plan = crate::mounts::parse_mounts(&mounts, &serde_json::Value::Null, "/out").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mounts = crate::mounts::stage(&plan, store, store, &dir.path().join("run"), &|_| {});
@@ -222,26 +223,34 @@ pub(super) mod tests {
         }
     }
 
+    /// A tmp output directory at `/out` and, for each `(target, path)`, a read-only mount of
+    /// `path` of collection [`PDH`] (`""`: all of it), staged from `store`.
+    pub(in crate::output) fn stage_parts(
+        store: &crate::store::memory::MemoryStore,
+        parts: &[(&str, &str)],
+    ) -> Staged {
+        let mut mounts = serde_json::json!({"/out": {"kind": "tmp"}});
+        for (target, path) in parts {
+            mounts[*target] = serde_json::json!(
+                {"kind": "collection", "portable_data_hash": PDH, "path": path}
+            );
+        }
+        stage_with(store, mounts)
+    }
+
     /// Issue 7: staging kept nothing of a read-only collection mounted outside the output
     /// path, so `link_targets` stayed empty and a symlink from the output into it failed
     /// the capture, though such links are meant to be kept by reference.
     #[test]
     fn a_read_only_collection_mounted_elsewhere_is_a_link_target() {
         let store = crate::store::memory::MemoryStore::new();
-        let staged = stage_with(
-            &store,
-            serde_json::json!({
-                "/out": {"kind": "tmp"},
-                "/in": {"kind": "collection", "portable_data_hash": PDH},
-                "/in-sub": {"kind": "collection", "portable_data_hash": format!("{PDH}/sub")},
-            }),
-        );
+        let staged = stage_parts(&store, &[("/in", ""), ("/in-sub", "sub")]);
         let spec = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
         let targets: Vec<(&str, Vec<&str>)> = spec
             .link_targets
             .iter()
             .map(|m| {
-                let files = m.files.iter().map(|f| f.path.as_str()).collect();
+                let files = m.selection.files.iter().map(|f| f.path.as_str()).collect();
                 (m.path.as_str(), files)
             })
             .collect();

@@ -3,6 +3,7 @@
 //! output directory and into mounted collections, leaving out what must stay out. No data
 //! is read here; uploading is upload.rs's job and writing the manifest mod.rs's.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, Metadata};
 use std::io;
@@ -384,73 +385,59 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    /// The part `sub` of a mounted collection, captured as `dest` by reference.
+    /// The part `sub` of a mounted collection, captured as `dest` by reference: its files,
+    /// and its directories (empty ones stay empty directories; with globs, any of them may
+    /// be selected on its own).
     fn add_ref(&mut self, dest: &str, mount: &RefMount, sub: &str) -> Result<(), OutputError> {
-        // Files of an output mount hidden by another output mount nested inside it.
+        let part = match sub {
+            "" => Cow::Borrowed(&mount.selection),
+            _ => match mount.selection.part(sub) {
+                Some(part) => Cow::Owned(part),
+                None => {
+                    return Err(OutputError::MissingTarget {
+                        path: dest.to_string(),
+                        target: format!("{}/{sub}", mount.path.trim_end_matches('/')),
+                    });
+                }
+            },
+        };
+        let nested = self.nested_mounts(mount);
+        let hidden = |rest: &str| {
+            let in_mount = join_rel(sub, rest);
+            nested.iter().any(|n| under(&in_mount, n))
+        };
+        if !part.is_file {
+            self.dirs.insert(dest.to_string());
+        }
+        for dir in part.dirs.iter().filter(|d| !hidden(d)) {
+            self.dirs.insert(join_rel(dest, dir));
+        }
+        for f in part.files.iter().filter(|f| !hidden(&f.path)) {
+            self.files.push(Planned {
+                dest: join_rel(dest, &f.path),
+                source: Source::Stored(f.ranges.clone()),
+            });
+        }
+        Ok(())
+    }
+
+    /// For an output mount, the output mounts nested inside it (relative to it): what they
+    /// cover is theirs.
+    fn nested_mounts(&self, mount: &RefMount) -> Vec<String> {
         let mount_rel = clean_rel(&mount.path);
         let is_output_mount = self
             .refs
             .get(&mount_rel)
             .is_some_and(|m| std::ptr::eq(*m, mount));
-        let nested: Vec<String> = if is_output_mount {
-            self.refs
-                .keys()
-                .filter_map(|other| strip_dir(other, &mount_rel))
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut found = false;
-        for f in &mount.files {
-            let rest = if sub.is_empty() {
-                Some(f.path.as_str())
-            } else if f.path == sub {
-                Some("")
-            } else {
-                f.path.strip_prefix(sub).and_then(|r| r.strip_prefix('/'))
-            };
-            let Some(rest) = rest else { continue };
-            found = true;
-            if nested.iter().any(|n| under(&f.path, n)) {
-                continue;
-            }
-            let file_dest = join_rel(dest, rest);
-            self.add_ancestor_dirs(dest, &file_dest);
-            self.files.push(Planned {
-                dest: file_dest,
-                source: Source::Stored(f.ranges.clone()),
-            });
+        if !is_output_mount {
+            return Vec::new();
         }
-        if !found {
-            if !sub.is_empty() {
-                return Err(OutputError::MissingTarget {
-                    path: dest.to_string(),
-                    target: format!("{}/{sub}", mount.path.trim_end_matches('/')),
-                });
-            }
-            self.dirs.insert(dest.to_string());
-        }
-        Ok(())
-    }
-
-    /// With globs, the directories inside a mounted collection are candidates too (a glob
-    /// may select one that has no selected file).
-    fn add_ancestor_dirs(&mut self, top: &str, file_dest: &str) {
-        if self.globs.is_empty() || file_dest == top {
-            return;
-        }
-        let mut dir = file_dest;
-        while let Some((parent, _)) = dir.rsplit_once('/') {
-            if parent.len() < top.len() {
-                break;
-            }
-            if !self.dirs.insert(parent.to_string()) {
-                break;
-            }
-            dir = parent;
-        }
+        self.refs
+            .keys()
+            .filter_map(|other| strip_dir(other, &mount_rel))
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 }
 
