@@ -482,6 +482,12 @@ mod tests {
         (dir, staged)
     }
 
+    /// Why staging `mounts` fails.
+    fn stage_err(store: &MemoryStore, mounts: Value, output_path: &str) -> String {
+        let (_dir, staged) = run_stage(store, mounts, output_path);
+        staged.unwrap_err().to_string()
+    }
+
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o7777
     }
@@ -648,13 +654,12 @@ mod tests {
     fn missing_path_in_collection() {
         let store = MemoryStore::new();
         fixture(&store);
-        let (_dir, staged) = run_stage(
-            &store,
-            json!({"/out": {"kind": "tmp"}, "/f": {"kind": "collection", "portable_data_hash": PDH, "path": "nope"}}),
-            "/out",
-        );
         assert_eq!(
-            staged.unwrap_err().to_string(),
+            stage_err(
+                &store,
+                json!({"/out": {"kind": "tmp"}, "/f": {"kind": "collection", "portable_data_hash": PDH, "path": "nope"}}),
+                "/out"
+            ),
             format!("mount \"/f\": path \"nope\" not found in collection {PDH}")
         );
     }
@@ -843,13 +848,12 @@ mod tests {
         );
         assert_eq!(read(&staged.unwrap().stdin.unwrap()), "{\"x\":[1,\"y\"]}");
 
-        let (_dir, staged) = run_stage(
-            &store,
-            json!({"/tmp": {"kind": "tmp"}, "stdin": {"kind": "collection", "portable_data_hash": PDH, "path": "sub"}}),
-            "/tmp",
-        );
         assert_eq!(
-            staged.unwrap_err().to_string(),
+            stage_err(
+                &store,
+                json!({"/tmp": {"kind": "tmp"}, "stdin": {"kind": "collection", "portable_data_hash": PDH, "path": "sub"}}),
+                "/tmp"
+            ),
             format!("stdin mount: path \"sub\" of collection {PDH} is a directory, not a file")
         );
     }
@@ -904,12 +908,11 @@ mod tests {
         let loc = store.put(b"hello");
         store.add_collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
         store.blocks.lock().unwrap().clear();
-        let (_dir, staged) = run_stage(
+        let err = stage_err(
             &store,
             json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
             "/tmp",
         );
-        let err = staged.unwrap_err().to_string();
         assert!(
             err.starts_with("mount \"/in\": fetching block 5d41402abc4b2a76b9719d911017c592+5: ")
                 && err.ends_with(": not found"),
@@ -923,13 +926,12 @@ mod tests {
         let loc = store.put(b"hello");
         store.add_collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
         *store.lie.lock().unwrap() = Some(b"jello".to_vec());
-        let (_dir, staged) = run_stage(
-            &store,
-            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
-            "/tmp",
-        );
         assert_eq!(
-            staged.unwrap_err().to_string(),
+            stage_err(
+                &store,
+                json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
+                "/tmp"
+            ),
             format!(
                 "mount \"/in\": block 5d41402abc4b2a76b9719d911017c592+5 from Keep does not match its locator (got 5 bytes with md5 {})",
                 md5_hex(b"jello")
@@ -940,13 +942,12 @@ mod tests {
     #[test]
     fn missing_collection_is_an_error() {
         let store = MemoryStore::new();
-        let (_dir, staged) = run_stage(
-            &store,
-            json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde"}}),
-            "/tmp",
-        );
         assert_eq!(
-            staged.unwrap_err().to_string(),
+            stage_err(
+                &store,
+                json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "uuid": "zzzzz-4zz18-0123456789abcde"}}),
+                "/tmp"
+            ),
             "mount \"/in\": fetching collection zzzzz-4zz18-0123456789abcde: GET collections/zzzzz-4zz18-0123456789abcde: not found"
         );
     }
