@@ -15,6 +15,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::arvados::ids::is_container_uuid;
+
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
 #[derive(Debug, Parser)]
@@ -224,17 +226,6 @@ fn is_go_long_flag(s: &str) -> bool {
             .split('=')
             .next()
             .is_some_and(|n| n.len() >= 2 && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
-}
-
-/// True for `zzzzz-dz642-0123456789abcde`.
-pub fn is_container_uuid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 3
-        && parts[0].len() == 5
-        && parts[1] == "dz642"
-        && parts[2].len() == 15
-        && s.chars()
-            .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_lowercase())
 }
 
 /// The process environment. A variable whose name or value is not UTF-8 is left out:

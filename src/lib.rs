@@ -4,12 +4,14 @@
 //! `config` turns flags and environment into a `Config`, `store` is the seam between the
 //! run and where records and blocks live (the Arvados API and Keep, or a local directory),
 //! `docker` drives the docker CLI, `logging` timestamps and fans out every log line,
+//! `collection` reads collections (which part a path names, their blocks from Keep),
 //! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
 //! and lays them out on the host, `output` turns the output directory into the output
 //! collection's manifest, and `runner` is the lifecycle of one container and decides its
 //! final state; `writeback` keeps the data we write from piling up dirty in the page cache.
 
 pub mod arvados;
+pub mod collection;
 pub mod config;
 pub mod detach;
 pub mod docker;

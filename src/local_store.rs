@@ -16,7 +16,8 @@ use std::time::SystemTime;
 use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
 
-use crate::arvados::container::{State, is_pdh};
+use crate::arvados::container::State;
+use crate::arvados::ids::is_pdh;
 use crate::arvados::manifest::hex;
 use crate::arvados::manifest::portable_data_hash;
 use crate::rfc3339::format_timestamp;

@@ -12,19 +12,18 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
-use crate::arvados::manifest::ManifestFile;
 use crate::config::{ApiEnv, Backend, Config, LogUpdates};
 use crate::docker::{
     Attached, Bind, ContainerExit, ContainerSpec, ContainerState, Docker, DockerError, Gpus, Guard,
     MIN_MEMORY_BYTES, classify_start_error, create_argv, display_argv, run_argv,
 };
-use crate::image::{ImageTar, find_image_tar, stream_file};
+use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::logging::log_collection::{LogCollection, LogUpdater};
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
-use crate::mounts::{self, MountPlan, OutputRef, StagedMounts};
-use crate::output::{self, CopiedFile, OutputSpec, RefMount};
+use crate::mounts::{self, MountPlan, StagedMounts};
+use crate::output::{self, OutputSpec};
 use crate::process::TailReader;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
@@ -549,7 +548,7 @@ impl ContainerRun {
             return exited(None);
         };
         self.say("Capturing the output");
-        let spec = output_spec(staged, container);
+        let spec = OutputSpec::from_staged(staged, &container.output_path, &container.output_glob);
         let (api, blocks) = self.container_stores();
         let say = |line: &str| self.say(line);
         let manifest = match output::capture_output(&spec, &*blocks, &say) {
@@ -652,7 +651,7 @@ impl ContainerRun {
     /// The image tar of the record's image collection, and whether the engine has it.
     fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let tar = find_image_tar(&*self.api, pdh).map_err(failed)?;
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| failed(e.to_string()))?;
         self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -679,7 +678,7 @@ impl ContainerRun {
             None => Ok(()),
         };
         let blocks = self.blocks.clone();
-        let mut feed = |stdin: &mut dyn Write| stream_file(&*blocks, &tar.file, stdin, &keep_going);
+        let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
         let loaded = self.docker.load_image(&mut feed).map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
@@ -1217,65 +1216,6 @@ impl ContainerRun {
         }
         status
     }
-}
-
-/// What output capture needs from the staged mounts and the record.
-fn output_spec(staged: &StagedMounts, container: &Container) -> OutputSpec {
-    let mut spec = OutputSpec {
-        output_dir: staged.output_dir.clone(),
-        ctr_output_path: container.output_path.clone(),
-        globs: container.output_glob.clone(),
-        ..Default::default()
-    };
-    for r in &staged.output_refs {
-        match r {
-            OutputRef::Collection { rel, files, .. } => spec.by_reference.push(RefMount {
-                path: rel.clone(),
-                // Staging names the files from the output directory; capture wants them
-                // from the mount point.
-                files: files
-                    .iter()
-                    .map(|f| ManifestFile {
-                        path: relative_to(&f.path, rel),
-                        ..f.clone()
-                    })
-                    .collect(),
-            }),
-            OutputRef::Copied {
-                rel,
-                size,
-                mtime,
-                ranges,
-            } => spec.unchanged_candidates.push(CopiedFile {
-                rel_path: rel.clone(),
-                size: *size,
-                mtime: *mtime,
-                ranges: ranges.clone(),
-            }),
-            OutputRef::Excluded { rel } => spec.excluded.push(rel.clone()),
-            OutputRef::Secret { rel, host } => {
-                spec.secret_paths.push(host.clone());
-                if let Some(rel) = rel {
-                    spec.secret_paths.push(staged.output_dir.join(rel));
-                }
-            }
-        }
-    }
-    spec
-}
-
-/// `path` (relative to the output directory) as seen from `base` under it.
-fn relative_to(path: &str, base: &str) -> String {
-    if path == base || base.is_empty() && path.is_empty() {
-        return String::new();
-    }
-    if base.is_empty() {
-        return path.to_string();
-    }
-    path.strip_prefix(base)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .unwrap_or(path)
-        .to_string()
 }
 
 /// How the `docker run` client ended. Its status is not the container's, except that it

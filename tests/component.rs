@@ -755,6 +755,49 @@ fn bad_mounts_cancel_before_anything_starts() {
     }
 }
 
+/// Issue 7: a mount `uuid` of 27 bytes with a multi-byte character across byte 5 panicked
+/// crunch-run (exit 101) and left the record Locked. Run, as it was found, on the local
+/// store: the record must end Cancelled with the reason, and crunch-run exit 0.
+#[test]
+fn a_mount_uuid_with_a_multi_byte_character_cancels_the_record_on_the_local_store() {
+    use crunch_run::local_store::LocalStore;
+    use crunch_run::store::{ApiStore, BlockStore};
+
+    let h = Harness::with_fake_docker();
+    let dir = h.tmp.path().join("store");
+    let store = LocalStore::open(&dir).unwrap();
+    let tar = b"not much of a tar";
+    let open = || -> std::io::Result<Box<dyn std::io::Read + Send>> { Ok(Box::new(&tar[..])) };
+    let hash = crunch_run::arvados::manifest::md5_hex(tar);
+    let loc = store.put_block(&hash, tar.len() as u64, &open).unwrap();
+    let manifest = format!(". {loc} 0:{}:{}.tar\n", tar.len(), image_id());
+    let image = store.create_collection("image", &manifest).unwrap();
+
+    let uuid = "zzzz\u{e9}4zz18-0123456789abcde";
+    assert_eq!(uuid.len(), 27);
+    let mut rec = record(UUID, &image.portable_data_hash, &["true"]);
+    rec["mounts"] = json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "uuid": uuid}});
+    std::fs::write(
+        dir.join("containers").join(format!("{UUID}.json")),
+        rec.to_string(),
+    )
+    .unwrap();
+
+    let out = h
+        .command(UUID)
+        .arg("--local-store")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let rec = store.get_container(UUID).unwrap();
+    assert_eq!(rec["state"], "Cancelled", "{rec}");
+    let error = rec["runtime_status"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("is not a collection UUID"), "{rec}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// The file the fake docker copied from the bind mount at `target` when the container
 /// started.
 fn seen_in_container(h: &Harness, target: &str) -> Vec<u8> {
@@ -799,7 +842,8 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
             ("FAKE_DOCKER_STDIN_TO", stdin_copy.to_str().unwrap()),
             (
                 "FAKE_DOCKER_RUN_SH",
-                "echo made > \"$(host_of /out)/made.txt\"; mkdir \"$(host_of /out)/emptydir\"",
+                "echo made > \"$(host_of /out)/made.txt\"; mkdir \"$(host_of /out)/emptydir\"; \
+                 ln -s /in/a.txt \"$(host_of /out)/link.txt\"",
             ),
         ],
     );
@@ -851,6 +895,11 @@ fn every_mount_kind_is_staged_and_the_output_saved() {
     let output = rec["output"].as_str().unwrap();
     assert_eq!(h.fake.read_file(output, "made.txt").unwrap(), b"made\n");
     assert_eq!(h.fake.read_file(output, "emptydir/.keep").unwrap(), b"");
+    // A symlink into a collection mounted elsewhere is kept, by reference.
+    assert_eq!(
+        h.fake.read_file(output, "link.txt").unwrap(),
+        b"first file\n"
+    );
     assert_eq!(
         h.fake.read_file(output, "log/stdout.txt").unwrap(),
         b"to stdout\n"

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::arvados::ids::is_pdh;
+
 /// Container states of the Arvados API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -89,21 +91,6 @@ pub fn raw_state(record: &Value) -> Result<State, RecordError> {
         .and_then(Value::as_str)
         .ok_or_else(|| RecordError("state is missing or not a string".into()))?;
     State::parse(s).ok_or_else(|| RecordError(format!("unknown state {s:?}")))
-}
-
-/// True for a portable data hash: 32 lowercase hex digits, "+", a size.
-pub fn is_pdh(s: &str) -> bool {
-    match s.split_once('+') {
-        Some((hash, size)) => {
-            hash.len() == 32
-                && hash
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                && !size.is_empty()
-                && size.bytes().all(|b| b.is_ascii_digit())
-        }
-        None => false,
-    }
 }
 
 impl Container {
@@ -380,14 +367,6 @@ mod tests {
         );
         r["output_glob"] = json!([1]);
         assert!(Container::from_json(&r).is_err());
-    }
-
-    #[test]
-    fn pdh_shape() {
-        assert!(is_pdh("d41d8cd98f00b204e9800998ecf8427e+0"));
-        assert!(!is_pdh("d41d8cd98f00b204e9800998ecf8427e"));
-        assert!(!is_pdh("D41D8CD98F00B204E9800998ECF8427E+0"));
-        assert!(!is_pdh("d41d8cd98f00b204e9800998ecf8427e+"));
     }
 
     #[test]

@@ -477,6 +477,49 @@ impl Stream {
     }
 }
 
+impl Manifest {
+    /// Every directory of the collection, relative to its root, sorted, the root left out:
+    /// stream names, the directories in file names, those holding a `.` marker (how an
+    /// empty directory is written), and all their parents.
+    pub fn dirs(&self) -> Vec<String> {
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut add_with_parents = |dir: String| {
+            let mut end = dir.len();
+            while end > 0 && dirs.insert(dir[..end].to_string()) {
+                end = dir[..end].rfind('/').unwrap_or(0);
+            }
+        };
+        for stream in &self.streams {
+            let stream_dir = stream.name.strip_prefix("./").unwrap_or("");
+            add_with_parents(stream_dir.to_string());
+            for seg in &stream.segments {
+                let name = seg.name.as_str();
+                let in_name = if name == "." || name.ends_with("/.") {
+                    name
+                } else {
+                    match name.rsplit_once('/') {
+                        Some((dir, _)) => dir,
+                        None => continue,
+                    }
+                };
+                let comps: Vec<&str> = in_name.split('/').filter(|c| *c != ".").collect();
+                if comps.is_empty() {
+                    continue;
+                }
+                let mut dir = stream_dir.to_string();
+                for c in comps {
+                    if !dir.is_empty() {
+                        dir.push('/');
+                    }
+                    dir.push_str(c);
+                }
+                add_with_parents(dir);
+            }
+        }
+        dirs.into_iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::write::locator_size;

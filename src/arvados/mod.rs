@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod container;
+pub mod ids;
 pub mod keep;
 pub mod manifest;
 pub mod retry;

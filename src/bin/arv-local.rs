@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crunch_run::arvados::manifest::{Manifest, single_stream_manifest};
-use crunch_run::image::stream_file;
+use crunch_run::collection::stream_file;
 use crunch_run::local_store::LocalStore;
 use crunch_run::output::store_file;
 use crunch_run::store::{ApiStore, FileBlocks};

@@ -13,6 +13,8 @@
 //! nothing. [`OutputGlobs::matches`] adds the copier's rule that `x/**` selects a *file*
 //! only if it is inside `x`, never a file named like `x` itself.
 
+use std::collections::HashSet;
+
 /// Most patterns one glob may expand to through `{…}` alternatives; beyond it the glob is
 /// treated as malformed rather than using unbounded memory.
 const MAX_ALTERNATIVES: usize = 4096;
@@ -108,12 +110,6 @@ impl OutputGlobs {
             .filter_map(|g| g.alternatives.as_ref())
             .flatten()
     }
-}
-
-/// Whether the doublestar-style `pattern` matches the whole of `path` (no file/dir rule).
-pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let names = split_names(path);
-    compile(pattern).is_some_and(|alts| alts.iter().any(|alt| match_components(alt, &names)))
 }
 
 fn split_names(path: &str) -> Vec<&str> {
@@ -390,12 +386,56 @@ fn compile_class(inner: &[char]) -> Token {
     Token::Class { negate, ranges }
 }
 
+/// Keep only the files the globs select, and the directories they select or that hold
+/// something kept (Go's `applyGlobsToFilesAndDirs`). Returns sorted directories.
+pub(super) fn apply_globs<T>(
+    globs: &OutputGlobs,
+    dirs: Vec<String>,
+    files: Vec<T>,
+    path_of: impl Fn(&T) -> &str,
+) -> (Vec<String>, Vec<T>) {
+    if globs.is_empty() {
+        let mut dirs = dirs;
+        dirs.sort();
+        return (dirs, files);
+    }
+    let mut keep: HashSet<String> = HashSet::new();
+    for d in dirs.iter().filter(|d| globs.matches(d, true)) {
+        add_with_ancestors(d, &mut keep);
+        keep.insert(d.clone());
+    }
+    let files: Vec<T> = files
+        .into_iter()
+        .filter(|f| globs.matches(path_of(f), false))
+        .collect();
+    for f in &files {
+        add_with_ancestors(path_of(f), &mut keep);
+    }
+    let mut dirs: Vec<String> = keep.into_iter().collect();
+    dirs.sort();
+    (dirs, files)
+}
+
+fn add_with_ancestors(path: &str, keep: &mut HashSet<String>) {
+    for (i, c) in path.char_indices() {
+        if i > 0 && c == '/' {
+            keep.insert(path[..i].to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn globs(patterns: &[&str]) -> OutputGlobs {
         OutputGlobs::new(&patterns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// Whether `pattern` matches the whole of `path`, without the file rule for `x/**`
+    /// (as a directory is matched).
+    fn glob_match(pattern: &str, path: &str) -> bool {
+        globs(&[pattern]).matches(path, true)
     }
 
     /// Go's TestMatchGlobs truth table.
@@ -583,6 +623,43 @@ mod tests {
         ];
         for (p, name) in no {
             assert!(!glob_match(p, name), "{p} should not match {name}");
+        }
+    }
+
+    /// Go's TestApplyGlobsToFilesAndDirs.
+    #[test]
+    fn apply_globs_to_files_and_dirs() {
+        let dirs = ["dir1", "dir1/dir11", "dir1/dir12", "dir2"];
+        let files = ["dir1/file11", "dir1/dir11/file111", "dir2/file2"];
+        let trials: &[(&[&str], &[&str], &[&str])] = &[
+            (&[], &dirs, &files),
+            (&["**"], &dirs, &files),
+            (
+                &["**/file111"],
+                &["dir1", "dir1/dir11"],
+                &["dir1/dir11/file111"],
+            ),
+            (&["nothing"], &[], &[]),
+            (&["**/dir12"], &["dir1", "dir1/dir12"], &[]),
+            (&["**/file*"], &["dir1", "dir1/dir11", "dir2"], &files),
+            (&["**/dir1[12]"], &["dir1", "dir1/dir11", "dir1/dir12"], &[]),
+            (&["**/dir1[^2]"], &["dir1", "dir1/dir11"], &[]),
+            (
+                &["dir1/**"],
+                &["dir1", "dir1/dir11", "dir1/dir12"],
+                &["dir1/file11", "dir1/dir11/file111"],
+            ),
+        ];
+        for (globs, want_dirs, want_files) in trials {
+            let g = OutputGlobs::new(&globs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            let (got_dirs, got_files) = apply_globs(
+                &g,
+                dirs.iter().map(|s| s.to_string()).collect(),
+                files.iter().map(|s| s.to_string()).collect(),
+                |f: &String| f.as_str(),
+            );
+            assert_eq!(&got_dirs, want_dirs, "{globs:?}");
+            assert_eq!(&got_files, want_files, "{globs:?}");
         }
     }
 }

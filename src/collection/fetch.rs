@@ -1,0 +1,383 @@
+//! Getting a collection's bytes out of the block store: a selection into host files
+//! ([`CollectionReader::write_selection`], for staging mounts) or one file into a stream
+//! ([`stream_file`], for `docker load`).
+//!
+//! Each distinct block is fetched once and its byte ranges written straight into every file
+//! (or the stream) that uses it, never a whole block in memory; each block's size and md5 are
+//! checked against its locator on the way. Which files to read is `select.rs`'s job,
+//! and what the files are for (modes, binds, output) is the caller's.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use super::CollectionError;
+use super::select::{Selection, select};
+use crate::arvados::manifest::{Locator, Manifest, ManifestFile, hex};
+use crate::store::{ApiStore, BlockStore};
+use crate::writeback::start_writeback;
+
+/// Fetch and parse the manifest of collection `id` (a PDH or a UUID).
+pub fn read_manifest(api: &dyn ApiStore, id: &str) -> Result<Manifest, CollectionError> {
+    let text = api
+        .get_collection_manifest(id)
+        .map_err(|source| CollectionError::Fetch {
+            id: id.to_string(),
+            source,
+        })?;
+    Manifest::parse(&text).map_err(|source| CollectionError::Manifest {
+        id: id.to_string(),
+        source,
+    })
+}
+
+/// Reads collections: manifests from the API, blocks from the block store.
+#[derive(Clone, Copy)]
+pub struct CollectionReader<'a> {
+    api: &'a dyn ApiStore,
+    blocks: &'a dyn BlockStore,
+}
+
+/// What [`CollectionReader::write_selection`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The host path of each file, in the order of the selection's files.
+    pub hosts: Vec<PathBuf>,
+    /// Distinct blocks fetched.
+    pub blocks: usize,
+}
+
+impl<'a> CollectionReader<'a> {
+    pub fn new(api: &'a dyn ApiStore, blocks: &'a dyn BlockStore) -> CollectionReader<'a> {
+        CollectionReader { api, blocks }
+    }
+
+    /// The part `sub` of collection `id` (see [`select`]); an error if it names nothing.
+    pub fn select(&self, id: &str, sub: Option<&str>) -> Result<Selection, CollectionError> {
+        let manifest = read_manifest(self.api, id)?;
+        select(&manifest, sub).ok_or_else(|| CollectionError::NotFound {
+            id: id.to_string(),
+            path: sub.unwrap_or("").to_string(),
+        })
+    }
+
+    /// Create the selection's directories and files under `dest` (or at `dest`, for a
+    /// single file), then fill them from the block store. Files are created with the
+    /// process umask; setting modes is the caller's.
+    pub fn write_selection(
+        &self,
+        sel: &Selection,
+        dest: &Path,
+    ) -> Result<Written, CollectionError> {
+        if !sel.is_file {
+            create_dirs(dest)?;
+        }
+        for dir in &sel.dirs {
+            create_dirs(&dest.join(dir))?;
+        }
+        let mut hosts = Vec::with_capacity(sel.files.len());
+        for file in &sel.files {
+            let host = if file.path.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(&file.path)
+            };
+            if let Some(parent) = host.parent() {
+                create_dirs(parent)?;
+            }
+            File::create(&host).map_err(io_err(format!("create {}", host.display())))?;
+            hosts.push(host);
+        }
+        let jobs = block_jobs(&sel.files)?;
+        for job in &jobs {
+            self.fetch_block(job, &hosts)?;
+        }
+        Ok(Written {
+            hosts,
+            blocks: jobs.len(),
+        })
+    }
+
+    /// Fetch one block once and write each of its pieces into its file.
+    fn fetch_block(&self, job: &BlockJob, hosts: &[PathBuf]) -> Result<(), CollectionError> {
+        let mut files: HashMap<usize, File> = HashMap::new();
+        for piece in &job.pieces {
+            if let Entry::Vacant(slot) = files.entry(piece.file) {
+                let host = &hosts[piece.file];
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(host)
+                    .map_err(io_err(format!("open {}", host.display())))?;
+                slot.insert(f);
+            }
+        }
+        let mut out = FanOut {
+            pieces: &job.pieces,
+            files: &files,
+            pos: 0,
+            md5: Md5::new(),
+        };
+        self.blocks
+            .get_block(&job.token, &mut out)
+            .map_err(|source| CollectionError::Block {
+                block: job.portable(),
+                source,
+            })?;
+        let md5 = hex(&out.md5.finalize());
+        if out.pos != job.size || md5 != job.hash {
+            return Err(CollectionError::BadBlock {
+                block: job.portable(),
+                bytes: out.pos,
+                md5,
+            });
+        }
+        // Staged copies would otherwise stay dirty until the container's teardown syncs them.
+        for f in files.values() {
+            start_writeback(f, 0, 0);
+        }
+        Ok(())
+    }
+}
+
+/// Make `path` and its parents (mode 0777 before the umask).
+pub fn make_dirs(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o777)
+        .create(path)
+}
+
+fn create_dirs(path: &Path) -> Result<(), CollectionError> {
+    make_dirs(path).map_err(io_err(format!("create {}", path.display())))
+}
+
+fn io_err(what: String) -> impl FnOnce(io::Error) -> CollectionError {
+    move |source| CollectionError::Io { what, source }
+}
+
+/// One distinct block of a selection and where its bytes go.
+struct BlockJob {
+    /// The locator as written in the manifest (signed), for the fetch.
+    token: String,
+    hash: String,
+    size: u64,
+    pieces: Vec<Piece>,
+}
+
+impl BlockJob {
+    /// `hash+size`: how errors name the block (a signature is a credential).
+    fn portable(&self) -> String {
+        format!("{}+{}", self.hash, self.size)
+    }
+}
+
+/// `len` bytes at `block_off` in a block go to `file_off` of file number `file`.
+struct Piece {
+    file: usize,
+    block_off: u64,
+    len: u64,
+    file_off: u64,
+}
+
+/// Group the files' ranges by block (keyed by `hash+size`, so differently signed tokens of
+/// one block are still fetched once), in order of first use.
+fn block_jobs(files: &[ManifestFile]) -> Result<Vec<BlockJob>, CollectionError> {
+    let mut jobs: Vec<BlockJob> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (file_no, file) in files.iter().enumerate() {
+        let mut file_off = 0;
+        for range in &file.ranges {
+            let loc = Locator::parse(&range.locator).map_err(CollectionError::Locator)?;
+            let i = *index.entry(loc.portable()).or_insert_with(|| {
+                jobs.push(BlockJob {
+                    token: range.locator.clone(),
+                    hash: loc.hash.clone(),
+                    size: loc.size,
+                    pieces: Vec::new(),
+                });
+                jobs.len() - 1
+            });
+            jobs[i].pieces.push(Piece {
+                file: file_no,
+                block_off: range.offset,
+                len: range.len,
+                file_off,
+            });
+            file_off += range.len;
+        }
+    }
+    Ok(jobs)
+}
+
+/// The writer a block is streamed into: each chunk is written, at its place, into every
+/// file whose piece overlaps it, and hashed on the way.
+struct FanOut<'a> {
+    pieces: &'a [Piece],
+    files: &'a HashMap<usize, File>,
+    /// Position in the block of the next byte.
+    pos: u64,
+    md5: Md5,
+}
+
+impl Write for FanOut<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let start = self.pos;
+        let end = start + buf.len() as u64;
+        for piece in self.pieces {
+            let from = start.max(piece.block_off);
+            let to = end.min(piece.block_off + piece.len);
+            if from >= to {
+                continue;
+            }
+            let chunk = &buf[(from - start) as usize..(to - start) as usize];
+            if let Some(file) = self.files.get(&piece.file) {
+                file.write_all_at(chunk, piece.file_off + (from - piece.block_off))?;
+            }
+        }
+        self.md5.update(buf);
+        self.pos = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Write the bytes of `file` to `out`, block by block, each block checked by the store.
+/// `keep_going` is asked before each block: its error (a cancel) stops the stream.
+pub fn stream_file(
+    blocks: &dyn BlockStore,
+    file: &ManifestFile,
+    out: &mut dyn Write,
+    keep_going: &dyn Fn() -> io::Result<()>,
+) -> Result<(), CollectionError> {
+    for range in &file.ranges {
+        keep_going().map_err(CollectionError::Stopped)?;
+        let block = portable(&range.locator);
+        let mut window = RangeWriter::new(out, range.offset, range.len);
+        blocks
+            .get_block(&range.locator, &mut window)
+            .map_err(|source| CollectionError::Block {
+                block: block.clone(),
+                source,
+            })?;
+        if window.left > 0 {
+            return Err(CollectionError::ShortBlock {
+                block,
+                missing: window.left,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `hash+size` of a locator token, hints (and so signatures) left out.
+fn portable(locator: &str) -> String {
+    Locator::parse(locator)
+        .map(|l| l.portable())
+        .unwrap_or_else(|_| locator.split('+').take(2).collect::<Vec<_>>().join("+"))
+}
+
+/// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
+/// part of a block.
+struct RangeWriter<'a> {
+    out: &'a mut dyn Write,
+    skip: u64,
+    /// Bytes of the range not passed on yet.
+    left: u64,
+}
+
+impl<'a> RangeWriter<'a> {
+    fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
+        RangeWriter {
+            out,
+            skip: offset,
+            left: len,
+        }
+    }
+}
+
+impl Write for RangeWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        let skip = (self.skip as usize).min(rest.len());
+        rest = &rest[skip..];
+        self.skip -= skip as u64;
+        let take = (self.left as usize).min(rest.len());
+        if take > 0 {
+            self.out.write_all(&rest[..take])?;
+            self.left -= take as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn range_writer_passes_only_the_range() {
+        let mut out = Vec::new();
+        let mut w = RangeWriter::new(&mut out, 3, 4);
+        w.write_all(b"ab").unwrap();
+        w.write_all(b"cdefghij").unwrap();
+        assert_eq!(w.left, 0);
+        assert_eq!(out, b"defg");
+        let mut out = Vec::new();
+        let mut w = RangeWriter::new(&mut out, 0, 5);
+        w.write_all(b"abc").unwrap();
+        assert_eq!(w.left, 2);
+    }
+
+    fn two_block_file(store: &MemoryStore) -> ManifestFile {
+        let a = store.put(b"xxheadpart");
+        let b = store.put(b"tail-yy");
+        let manifest = format!(". {a} {b} 2:13:sha256:{}.tar\n", "ab".repeat(32));
+        Manifest::parse(&manifest).unwrap().files().remove(0)
+    }
+
+    #[test]
+    fn a_file_spanning_blocks_streams_in_order() {
+        let store = MemoryStore::new();
+        let file = two_block_file(&store);
+        let mut out = Vec::new();
+        stream_file(&store, &file, &mut out, &|| Ok(())).unwrap();
+        assert_eq!(out, b"headparttail-");
+        let stop = || Err(io::Error::other("cancelled"));
+        let err = stream_file(&store, &file, &mut Vec::new(), &stop).unwrap_err();
+        assert_eq!(err.to_string(), "cancelled");
+    }
+
+    #[test]
+    fn a_short_or_missing_block_is_an_error_that_names_it() {
+        let store = MemoryStore::new();
+        let file = two_block_file(&store);
+        *store.lie.lock().unwrap() = Some(b"xx".to_vec());
+        let err = stream_file(&store, &file, &mut Vec::new(), &|| Ok(())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "block {}+10 ended 8 bytes before the end of the file range",
+                crate::arvados::manifest::md5_hex(b"xxheadpart")
+            )
+        );
+        *store.lie.lock().unwrap() = None;
+        store.blocks.lock().unwrap().clear();
+        let err = stream_file(&store, &file, &mut Vec::new(), &|| Ok(())).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("fetching block "), "{text}");
+        assert!(text.ends_with(": not found"), "{text}");
+    }
+}
