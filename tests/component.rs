@@ -1154,3 +1154,76 @@ fn the_logs_so_far_are_saved_while_the_container_runs() {
     assert_eq!(last["portable_data_hash"], rec["log"]);
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "early\n");
 }
+
+// ------------------------------------------------------------ requests and connections
+
+/// Print the fake's request log: what a failed assertion about it needs.
+fn show_timeline(h: &Harness) -> common::fake_timing::PathSummary {
+    let log = h.fake.timeline();
+    for t in &log {
+        eprintln!(
+            "{:>8.1} {:>8.1} ms  {}#{} {} {}",
+            t.start.as_secs_f64() * 1e3,
+            t.end.as_secs_f64() * 1e3,
+            t.server,
+            t.conn,
+            t.method,
+            t.path
+        );
+    }
+    let summary = common::fake_timing::summarize(&log);
+    eprintln!(
+        "connections {:?}; critical path {}, longest chain {}",
+        h.fake.connections(),
+        summary.critical_path,
+        summary.longest_chain
+    );
+    summary
+}
+
+/// A run with no mounts, its image in the engine, as `make bench` runs `echo hello`.
+fn hello_without_mounts(h: &Harness, pdh: &str, extra: &[(&str, &str)]) {
+    h.fake.add_container(record(UUID, pdh, &["echo", "hello"]));
+    let mut env = vec![("FAKE_DOCKER_STDOUT", "hello\n")];
+    env.extend_from_slice(extra);
+    let images = image_id();
+    env.push(("FAKE_DOCKER_IMAGES", &images));
+    assert!(run_with(h, &env).status.success());
+    assert_eq!(final_record(h)["state"], "Complete");
+}
+
+#[test]
+fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
+    let (h, pdh) = setup();
+    // With a latency, requests the client has in flight together overlap at the fake too.
+    h.fake.set_latency(std::time::Duration::from_millis(25));
+    hello_without_mounts(&h, &pdh, &[]);
+    show_timeline(&h);
+    let log = h.fake.timeline();
+    assert!(
+        !log.iter().any(|t| t.path.contains("keep_services")),
+        "ARVADOS_KEEP_SERVICES is set: no discovery"
+    );
+    // Connections (TLS handshakes) are reused: a host never gets more than the requests
+    // in flight to it at once, whatever the lifecycle runs in parallel.
+    for (server, n) in h.fake.connections() {
+        let peak = common::fake_timing::peak_in_flight(&log, &server);
+        assert!(
+            n as usize <= peak,
+            "{n} connections to {server}, at most {peak} requests at once"
+        );
+    }
+}
+
+#[test]
+fn without_keep_services_given_they_are_discovered_once() {
+    let (h, pdh) = setup();
+    hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
+    let discovery: Vec<_> = h
+        .fake
+        .timeline()
+        .into_iter()
+        .filter(|t| t.path.ends_with("/keep_services/accessible"))
+        .collect();
+    assert_eq!(discovery.len(), 1, "{discovery:?}");
+}
