@@ -38,6 +38,8 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
 IMAGE_ROUNDS = int(os.environ.get("BENCH_IMAGE_ROUNDS", "3"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "150"))
 SECTIONS = ("hello", "floods", "mounts", "api", "image")
+# Another build to measure (e.g. the one before a change), instead of target/release's.
+CRUNCH_RUN = os.environ.get("BENCH_CRUNCH_RUN") or os.path.join(BIN, "crunch-run")
 FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "3"))
 LINE = "crunch-run bench line of text that is a bit longer than the usual log line ok"
 
@@ -75,7 +77,7 @@ def run_crunch(store, spool, env=None, uuid=UUID, stderr=subprocess.DEVNULL):
     `store`, it runs against the API that `env` names."""
     start = time.monotonic()
     where = ["--local-store", store] if store else []
-    p = subprocess.Popen([os.path.join(BIN, "crunch-run")] + where + ["--spool-dir", spool, uuid],
+    p = subprocess.Popen([CRUNCH_RUN] + where + ["--spool-dir", spool, uuid],
                          stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     peak = [0]
     done = threading.Event()
