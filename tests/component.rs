@@ -1192,20 +1192,10 @@ fn hello_without_mounts(h: &Harness, pdh: &str, extra: &[(&str, &str)]) {
     assert_eq!(final_record(h)["state"], "Complete");
 }
 
-#[test]
-fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
-    let (h, pdh) = setup();
-    // With a latency, requests the client has in flight together overlap at the fake too.
-    h.fake.set_latency(std::time::Duration::from_millis(25));
-    hello_without_mounts(&h, &pdh, &[]);
-    show_timeline(&h);
+/// No host gets more connections (TLS handshakes) than the requests in flight to it at
+/// once: the connections are pooled and reused, whatever the lifecycle runs in parallel.
+fn assert_connections_reused(h: &Harness) {
     let log = h.fake.timeline();
-    assert!(
-        !log.iter().any(|t| t.path.contains("keep_services")),
-        "ARVADOS_KEEP_SERVICES is set: no discovery"
-    );
-    // Connections (TLS handshakes) are reused: a host never gets more than the requests
-    // in flight to it at once, whatever the lifecycle runs in parallel.
     for (server, n) in h.fake.connections() {
         let peak = common::fake_timing::peak_in_flight(&log, &server);
         assert!(
@@ -1216,9 +1206,29 @@ fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_ser
 }
 
 #[test]
-fn without_keep_services_given_they_are_discovered_once() {
+fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
     let (h, pdh) = setup();
+    // With a latency, requests the client has in flight together overlap at the fake too.
+    h.fake.set_latency(std::time::Duration::from_millis(25));
+    hello_without_mounts(&h, &pdh, &[]);
+    show_timeline(&h);
+    assert!(
+        !h.fake
+            .timeline()
+            .iter()
+            .any(|t| t.path.contains("keep_services")),
+        "ARVADOS_KEEP_SERVICES is set: no discovery"
+    );
+    assert_connections_reused(&h);
+}
+
+#[test]
+fn without_keep_services_given_they_are_discovered_once_and_connections_still_reused() {
+    let (h, pdh) = setup();
+    h.fake.set_latency(std::time::Duration::from_millis(25));
+    // As on a compute node: the services are discovered, keepstores, PUT to in parallel.
     hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
+    show_timeline(&h);
     let discovery: Vec<_> = h
         .fake
         .timeline()
@@ -1226,4 +1236,5 @@ fn without_keep_services_given_they_are_discovered_once() {
         .filter(|t| t.path.ends_with("/keep_services/accessible"))
         .collect();
     assert_eq!(discovery.len(), 1, "{discovery:?}");
+    assert_connections_reused(&h);
 }
