@@ -1119,6 +1119,7 @@ fn send(rq: tiny_http::Request, reply: Reply) {
             resp.add_header(h);
         }
     }
+    super::fake_timing::responding();
     let _ = rq.respond(resp);
 }
 

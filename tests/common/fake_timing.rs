@@ -4,7 +4,8 @@
 // how many requests were on its critical path.
 //
 // Kept apart from fake_arvados.rs, which only calls `Timing::serve_one` around each
-// request and `Timing::accepted` per connection, so the API rules there stay about HTTP.
+// request, `responding` as it answers and `Timing::accepted` per connection, so the API
+// rules there stay about HTTP.
 //
 // The critical path, defined so that a test and `make bench` can compute it from the
 // log alone: a request is on it when the run waited for it. From the server we see
@@ -16,12 +17,26 @@
 // started after the one before ended, is the upper bound (it counts background
 // requests that nothing waited for).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+thread_local! {
+    /// When the request this thread handles began to be answered (see `responding`).
+    static RESPONDING: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Say that the answer to this thread's request is about to be sent. Its end is taken
+/// here, not once the answer is written: a client may get the answer and send its next
+/// request before the handler's thread runs again, and that request must not seem to
+/// overlap the one it waited for.
+pub fn responding() {
+    RESPONDING.with(|r| r.set(Some(Instant::now())));
+}
 
 /// One request, on the fake's clock (time since it started).
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +86,12 @@ impl Timing {
         self.epoch.map(|e| e.elapsed()).unwrap_or_default()
     }
 
+    fn since_epoch(&self, at: Instant) -> Duration {
+        self.epoch
+            .map(|e| at.saturating_duration_since(e))
+            .unwrap_or_default()
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.latency_nanos.store(nanos, Ordering::SeqCst);
@@ -118,8 +139,12 @@ impl Timing {
         if !latency.is_zero() {
             thread::sleep(latency);
         }
+        RESPONDING.with(|r| r.set(None));
         handle(rq);
-        let end = self.now();
+        let end = match RESPONDING.with(Cell::take) {
+            Some(at) => self.since_epoch(at),
+            None => self.now(),
+        };
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
