@@ -296,12 +296,14 @@ fn make_tls() -> Tls {
 }
 
 fn start_https(tls: &Tls) -> (Arc<tiny_http::Server>, SocketAddr) {
-    let server = tiny_http::Server::https(
-        "127.0.0.1:0",
-        tiny_http::SslConfig {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind https server");
+    super::fake_timing::no_delay_when_accepted(&listener);
+    let server = tiny_http::Server::from_listener(
+        listener,
+        Some(tiny_http::SslConfig {
             certificate: tls.cert_chain_pem.clone().into_bytes(),
             private_key: tls.key_pem.clone().into_bytes(),
-        },
+        }),
     )
     .expect("start https server");
     let addr = server

@@ -17,7 +17,7 @@
 // started after the one before ended, is the upper bound (it counts background
 // requests that nothing waited for).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,17 +25,35 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-thread_local! {
-    /// When the request this thread handles began to be answered (see `responding`).
-    static RESPONDING: Cell<Option<Instant>> = const { Cell::new(None) };
+/// The request this thread handles, logged when its answer starts.
+struct Pending {
+    log: Arc<Mutex<Vec<Timed>>>,
+    epoch: Instant,
+    timed: Timed,
 }
 
-/// Say that the answer to this thread's request is about to be sent. Its end is taken
-/// here, not once the answer is written: a client may get the answer and send its next
-/// request before the handler's thread runs again, and that request must not seem to
-/// overlap the one it waited for.
+impl Pending {
+    fn log(mut self) {
+        self.timed.end = self.epoch.elapsed();
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.timed);
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+}
+
+/// Say that the answer to this thread's request is about to be sent: it ends, and is
+/// logged, now rather than once the answer is written. A client may get the answer and
+/// send its next request (or exit) before the handler's thread runs again; that request
+/// must not seem to overlap the one it waited for, nor the log miss the last one.
 pub fn responding() {
-    RESPONDING.with(|r| r.set(Some(Instant::now())));
+    if let Some(pending) = PENDING.with(|p| p.borrow_mut().take()) {
+        pending.log();
+    }
 }
 
 /// One request, on the fake's clock (time since it started).
@@ -69,7 +87,7 @@ pub struct PathSummary {
 pub struct Timing {
     epoch: Option<Instant>,
     latency_nanos: AtomicU64,
-    log: Mutex<Vec<Timed>>,
+    log: Arc<Mutex<Vec<Timed>>>,
     /// Per server name: connections accepted.
     accepts: Mutex<Vec<(String, u64)>>,
 }
@@ -84,12 +102,6 @@ impl Timing {
 
     fn now(&self) -> Duration {
         self.epoch.map(|e| e.elapsed()).unwrap_or_default()
-    }
-
-    fn since_epoch(&self, at: Instant) -> Duration {
-        self.epoch
-            .map(|e| at.saturating_duration_since(e))
-            .unwrap_or_default()
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -139,23 +151,22 @@ impl Timing {
         if !latency.is_zero() {
             thread::sleep(latency);
         }
-        RESPONDING.with(|r| r.set(None));
-        handle(rq);
-        let end = match RESPONDING.with(Cell::take) {
-            Some(at) => self.since_epoch(at),
-            None => self.now(),
-        };
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Timed {
+        let pending = Pending {
+            log: self.log.clone(),
+            epoch: self.epoch.unwrap_or_else(Instant::now),
+            timed: Timed {
                 server: server.to_string(),
                 method,
                 path,
                 conn,
                 start,
-                end,
-            });
+                end: start,
+            },
+        };
+        PENDING.with(|p| *p.borrow_mut() = Some(pending));
+        handle(rq);
+        // A handler that never answered through `send` ends here.
+        responding();
     }
 
     /// The requests handled so far, by start time.
@@ -207,6 +218,25 @@ impl ConnNumbers {
             .find(|(p, _)| *p == port)
             .map(|(_, n)| *n)
             .unwrap_or(u64::MAX)
+    }
+}
+
+/// Make the connections `listener` accepts send at once (TCP_NODELAY; Linux copies it
+/// from the listener). tiny_http does not set it: an answer written in two parts then
+/// waited for the client's delayed ACK, 40 ms, now and then, which a latency of 0 ms
+/// cannot afford.
+pub fn no_delay_when_accepted(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int of ours, for a socket `listener` owns.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
