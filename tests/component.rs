@@ -1208,8 +1208,9 @@ fn assert_connections_reused(h: &Harness) {
 #[test]
 fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
     let (h, pdh) = setup();
-    // With a latency, requests the client has in flight together overlap at the fake too.
-    h.fake.set_latency(std::time::Duration::from_millis(25));
+    // With a latency, requests the client has in flight together overlap at the fake too
+    // (unless a thread of either stalls longer than it: so a long one).
+    h.fake.set_latency(std::time::Duration::from_millis(60));
     hello_without_mounts(&h, &pdh, &[]);
     show_timeline(&h);
     assert!(
@@ -1225,7 +1226,7 @@ fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_ser
 #[test]
 fn without_keep_services_given_they_are_discovered_once_and_connections_still_reused() {
     let (h, pdh) = setup();
-    h.fake.set_latency(std::time::Duration::from_millis(25));
+    h.fake.set_latency(std::time::Duration::from_millis(60));
     // As on a compute node: the services are discovered, keepstores, PUT to in parallel.
     hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
     show_timeline(&h);
