@@ -312,24 +312,6 @@ mod tests {
         assert!(text.ends_with(": not found"), "{text}");
     }
 
-    /// A block store that takes its time over every block.
-    struct Slow(MemoryStore, std::time::Duration);
-
-    impl BlockStore for Slow {
-        fn put_block(
-            &self,
-            hash: &str,
-            size: u64,
-            body: &crate::store::BlockSource<'_>,
-        ) -> Result<String, StoreError> {
-            self.0.put_block(hash, size, body)
-        }
-        fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
-            std::thread::sleep(self.1);
-            self.0.get_block(locator, out)
-        }
-    }
-
     /// A writer that takes its time over every write, as docker load's stdin.
     struct SlowWriter(Vec<u8>, std::time::Duration);
 
@@ -347,9 +329,10 @@ mod tests {
     #[test]
     fn the_next_block_is_fetched_while_this_one_is_written() {
         let pause = std::time::Duration::from_millis(100);
-        let store = Slow(MemoryStore::new(), pause);
+        let store = MemoryStore::new();
+        *store.block_delay.lock().unwrap() = Some(pause);
         let parts: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 100_000]).collect();
-        let locators: Vec<String> = parts.iter().map(|p| store.0.put(p)).collect();
+        let locators: Vec<String> = parts.iter().map(|p| store.put(p)).collect();
         let manifest = format!(". {} 0:400000:image.tar\n", locators.join(" "));
         let file = Manifest::parse(&manifest).unwrap().files().remove(0);
         let mut out = SlowWriter(Vec::new(), pause);
