@@ -1192,12 +1192,19 @@ fn hello_without_mounts(h: &Harness, pdh: &str, extra: &[(&str, &str)]) {
     assert_eq!(final_record(h)["state"], "Complete");
 }
 
+/// The fake's latency for the connection checks. Requests in flight together at the
+/// client overlap at the fake too unless a thread stalls longer than this: so a long one.
+const LATENCY: std::time::Duration = std::time::Duration::from_millis(60);
+/// How long before the fake sees a request the client may have taken its connection.
+const CHECKOUT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// No host gets more connections (TLS handshakes) than the requests in flight to it at
 /// once: the connections are pooled and reused, whatever the lifecycle runs in parallel.
+/// (Without the pool, the API gets 9 connections for its 9 requests.)
 fn assert_connections_reused(h: &Harness) {
     let log = h.fake.timeline();
     for (server, n) in h.fake.connections() {
-        let peak = common::fake_timing::peak_in_flight(&log, &server);
+        let peak = common::fake_timing::peak_in_flight(&log, &server, CHECKOUT);
         assert!(
             n as usize <= peak,
             "{n} connections to {server}, at most {peak} requests at once"
@@ -1208,9 +1215,7 @@ fn assert_connections_reused(h: &Harness) {
 #[test]
 fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
     let (h, pdh) = setup();
-    // With a latency, requests the client has in flight together overlap at the fake too
-    // (unless a thread of either stalls longer than it: so a long one).
-    h.fake.set_latency(std::time::Duration::from_millis(60));
+    h.fake.set_latency(LATENCY);
     hello_without_mounts(&h, &pdh, &[]);
     show_timeline(&h);
     assert!(
@@ -1226,7 +1231,7 @@ fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_ser
 #[test]
 fn without_keep_services_given_they_are_discovered_once_and_connections_still_reused() {
     let (h, pdh) = setup();
-    h.fake.set_latency(std::time::Duration::from_millis(60));
+    h.fake.set_latency(LATENCY);
     // As on a compute node: the services are discovered, keepstores, PUT to in parallel.
     hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
     show_timeline(&h);

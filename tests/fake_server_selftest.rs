@@ -1227,6 +1227,7 @@ fn the_critical_path_counts_stretches_of_requests_in_flight() {
         method: "GET".into(),
         path: name.into(),
         conn: 0,
+        conn_opened: Duration::ZERO,
         start: Duration::from_millis(start),
         end: Duration::from_millis(end),
     };

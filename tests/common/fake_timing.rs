@@ -66,6 +66,8 @@ pub struct Timed {
     pub path: String,
     /// The TCP connection it came on (numbered per server from 0, in accept order).
     pub conn: u64,
+    /// When that connection was accepted.
+    pub conn_opened: Duration,
     pub start: Duration,
     pub end: Duration,
 }
@@ -90,6 +92,8 @@ pub struct Timing {
     log: Arc<Mutex<Vec<Timed>>>,
     /// Per server name: connections accepted.
     accepts: Mutex<Vec<(String, u64)>>,
+    /// Server name, connection number and when it was accepted.
+    opened: Mutex<Vec<(String, u64, Duration)>>,
 }
 
 impl Timing {
@@ -117,7 +121,7 @@ impl Timing {
     /// number on that server.
     pub fn accepted(&self, server: &str) -> u64 {
         let mut accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
-        match accepts.iter_mut().find(|(s, _)| s == server) {
+        let number = match accepts.iter_mut().find(|(s, _)| s == server) {
             Some((_, n)) => {
                 *n += 1;
                 *n - 1
@@ -126,7 +130,22 @@ impl Timing {
                 accepts.push((server.to_string(), 1));
                 0
             }
-        }
+        };
+        self.opened.lock().unwrap_or_else(|e| e.into_inner()).push((
+            server.to_string(),
+            number,
+            self.now(),
+        ));
+        number
+    }
+
+    fn opened_at(&self, server: &str, conn: u64) -> Option<Duration> {
+        let opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        opened
+            .iter()
+            .rev()
+            .find(|(s, n, _)| s == server && *n == conn)
+            .map(|(_, _, at)| *at)
     }
 
     /// Handle one request of `server` with `handle`, after the latency, and log it.
@@ -159,6 +178,7 @@ impl Timing {
                 method,
                 path,
                 conn,
+                conn_opened: self.opened_at(server, conn).unwrap_or(start),
                 start,
                 end: start,
             },
@@ -191,6 +211,10 @@ impl Timing {
     pub fn reset(&self) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.accepts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.opened
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
@@ -279,13 +303,25 @@ fn longest_chain(timeline: &[&Timed]) -> usize {
 }
 
 /// The most requests to `server` that were in flight at one time: how many connections
-/// a client that reuses its idle connections needs to that server.
-pub fn peak_in_flight(timeline: &[Timed], server: &str) -> usize {
+/// a client that reuses its idle connections needs to that server. The client took a
+/// request's connection before the fake saw the request: the first request on a
+/// connection is taken to start when the connection was accepted (its TLS handshake came
+/// between), and every request `lead` earlier still (the client's checkout and connect).
+pub fn peak_in_flight(timeline: &[Timed], server: &str, lead: Duration) -> usize {
+    let first_on_conn = |t: &Timed| {
+        !timeline
+            .iter()
+            .any(|o| o.server == t.server && o.conn == t.conn && o.start < t.start)
+    };
+    let taken = |t: &Timed| match first_on_conn(t) {
+        true => t.start.min(t.conn_opened),
+        false => t.start,
+    };
     // Ends sort before starts at the same instant: a connection freed can be taken again.
     let mut edges: Vec<(Duration, i32)> = timeline
         .iter()
         .filter(|t| t.server == server)
-        .flat_map(|t| [(t.start, 1), (t.end, -1)])
+        .flat_map(|t| [(taken(t).saturating_sub(lead), 1), (t.end, -1)])
         .collect();
     edges.sort();
     let (mut now, mut peak) = (0i32, 0i32);
