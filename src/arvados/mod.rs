@@ -9,3 +9,4 @@ pub mod keep;
 pub mod manifest;
 pub mod retry;
 pub mod store;
+pub(crate) mod tls;

@@ -11,6 +11,10 @@
 //                                  applies the Jan-2016 rules (no Locked:
 //                                  Queued→Running, narrower field lists) to
 //                                  containers added in state Queued.
+//   start_self_signed()            as start(), but every server presents one
+//                                  self-signed CA:TRUE certificate (as
+//                                  `openssl req -x509` makes it), which is also
+//                                  all that ca_file() holds.
 //   api_host() -> "127.0.0.1:PORT" for ARVADOS_API_HOST
 //   ca_file() -> &Path              CA PEM, for SSL_CERT_FILE
 //   ca_pem() -> Vec<u8>             the same bytes
@@ -293,6 +297,26 @@ fn make_tls() -> Tls {
     }
 }
 
+/// One certificate that is its own issuer and says CA:TRUE, as `openssl req -x509
+/// -addext subjectAltName=IP:127.0.0.1,DNS:localhost` makes it: the API server's own
+/// self-signed certificate, which is also the whole trusted file.
+fn make_self_signed_tls() -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    Tls {
+        ca_pem: cert.pem(),
+        cert_chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
 fn start_https(tls: &Tls) -> (Arc<tiny_http::Server>, SocketAddr) {
     let server = tiny_http::Server::https(
         "127.0.0.1:0",
@@ -342,8 +366,17 @@ impl FakeArvados {
         Self::start_with(true)
     }
 
+    /// Start with every server presenting one self-signed CA:TRUE certificate (as
+    /// `openssl req -x509` makes it); `ca_file()` holds that certificate alone.
+    pub fn start_self_signed() -> FakeArvados {
+        Self::start_with_tls(false, make_self_signed_tls())
+    }
+
     fn start_with(mode_2016: bool) -> FakeArvados {
-        let tls = make_tls();
+        Self::start_with_tls(mode_2016, make_tls())
+    }
+
+    fn start_with_tls(mode_2016: bool, tls: Tls) -> FakeArvados {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_path = dir.path().join("fake-arvados-ca.pem");
         std::fs::write(&ca_path, &tls.ca_pem).expect("write CA");
