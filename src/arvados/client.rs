@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
+use crate::arvados::decode;
 use crate::arvados::retry::{Attempt, RetryPolicy, is_transient_error, retry_loop};
 use crate::arvados::tls;
 use crate::redact::Secrets;
@@ -326,12 +327,9 @@ fn classify_response(status: u16, bytes: &[u8], what: &str) -> Attempt<Value> {
             if bytes.is_empty() {
                 return Attempt::Done(Value::Null);
             }
-            match serde_json::from_slice(bytes) {
+            match decode::answer(bytes, what) {
                 Ok(v) => Attempt::Done(v),
-                Err(e) => Attempt::Fatal(StoreError::Invalid {
-                    what: what.to_string(),
-                    message: format!("response is not JSON ({e}): {}", error_message(bytes)),
-                }),
+                Err(e) => Attempt::Fatal(e),
             }
         }
         404 => Attempt::NotFound,
@@ -361,6 +359,15 @@ pub(crate) fn redact_error(err: StoreError, secrets: &Secrets) -> StoreError {
         StoreError::Invalid { what, message } => StoreError::Invalid {
             what: secrets.redact(&what),
             message: secrets.redact(&message),
+        },
+        StoreError::Undecodable {
+            what,
+            message,
+            state,
+        } => StoreError::Undecodable {
+            what: secrets.redact(&what),
+            message: secrets.redact(&message),
+            state,
         },
         StoreError::Io { what, source } => {
             let text = source.to_string();
@@ -709,10 +716,13 @@ mod tests {
     }
 
     #[test]
-    fn bad_json_on_success_is_invalid() {
+    fn bad_json_on_success_is_undecodable() {
         let server = start(|_, _| response(200, &[], b"<html>"));
         let c = client(&server.url, fast_retry());
         let err = c.get("/x", &[]).unwrap_err();
-        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Undecodable { state: None, .. }),
+            "{err:?}"
+        );
     }
 }

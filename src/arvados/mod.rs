@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod container;
+pub(crate) mod decode;
 pub mod ids;
 pub mod keep;
 pub mod manifest;

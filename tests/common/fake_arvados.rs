@@ -28,6 +28,8 @@
 //   add_container(record)           uuid required; missing fields get the
 //                                   defaults of reference §2.3(a) (state Locked,
 //                                   or Queued in 2016 mode)
+//   add_deeply_nested_container(uuid, levels)  a Locked record nested
+//                                   `levels` deep (≥ 128: serde_json refuses it)
 //   container(uuid) -> Value        current record
 //   container_updates(uuid)         accepted `container` maps of PUT/PATCH, in order
 //   set_container_fields(uuid, map) change a record bypassing all rules
@@ -519,6 +521,28 @@ impl FakeArvados {
             st.legacy.insert(uuid.clone());
         }
         st.containers.insert(uuid, rec);
+    }
+
+    /// Add a Locked container whose record is nested `levels` deep in all (a json
+    /// mount's content of nested arrays), otherwise valid and served as usual; from 128
+    /// levels on serde_json refuses to read it (issue 10, point 6). It can be updated
+    /// like any record, e.g. to Cancelled with a runtime_status.
+    pub fn add_deeply_nested_container(&self, uuid: &str, levels: usize) {
+        assert!(
+            levels >= 4,
+            "record > mounts > mount > content: at least 4 levels"
+        );
+        let mut content = json!([]);
+        for _ in 4..levels {
+            content = json!([content]);
+        }
+        self.add_container(json!({
+            "uuid": uuid,
+            "mounts": {
+                "/tmp": {"kind": "tmp", "capacity": 1000000},
+                "/deep.json": {"kind": "json", "content": content},
+            },
+        }));
     }
 
     pub fn container(&self, uuid: &str) -> Value {
