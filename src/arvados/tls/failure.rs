@@ -74,7 +74,7 @@ fn problem_of(err: &rustls::Error) -> Problem {
         Error::InvalidMessage(_)
         | Error::InappropriateMessage { .. }
         | Error::InappropriateHandshakeMessage { .. } => {
-            Problem::Handshake("the server does not speak TLS there (is it an http:// service?)")
+            Problem::Handshake("the server does not speak TLS on that port")
         }
         Error::PeerIncompatible(_) => {
             Problem::Handshake("the server has no TLS version or cipher suite in common with us")

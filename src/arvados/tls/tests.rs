@@ -324,6 +324,29 @@ fn tls_refusals_are_one_sentence_for_api_and_keep() {
     }
 }
 
+/// A server that answers in plain HTTP where TLS was expected: a handshake failure, in
+/// the same one sentence, not retried.
+#[test]
+fn a_plain_http_server_is_a_handshake_failure() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let (api, keep) = clients(addr, None, false);
+    let (api_text, _) = refusals(&api, &keep);
+    assert_eq!(
+        api_text,
+        format!(
+            "GET /arvados/v1/x: the TLS handshake with {addr} failed: the server does not \
+             speak TLS on that port{TAIL}"
+        )
+    );
+}
+
 #[test]
 fn ca_file_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
