@@ -15,7 +15,11 @@ fn image_id() -> String {
 
 /// A harness with an image collection holding one fake `<id>.tar`; returns its PDH.
 fn setup() -> (Harness, String) {
-    let h = Harness::with_fake_docker();
+    setup_on(Harness::with_fake_docker())
+}
+
+/// `setup()` on a harness of the caller's choosing.
+fn setup_on(h: Harness) -> (Harness, String) {
     let tar: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let pdh = h
         .fake
@@ -1153,4 +1157,51 @@ fn the_logs_so_far_are_saved_while_the_container_runs() {
     );
     assert_eq!(last["portable_data_hash"], rec["log"]);
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "early\n");
+}
+
+/// The API server's own self-signed certificate (CA:TRUE, as `openssl req -x509` makes it),
+/// named by SSL_CERT_FILE, is trusted as curl and Python trust it: a normal run, API and
+/// Keep alike (issue 10, point 4).
+#[test]
+fn a_self_signed_server_certificate_named_by_ssl_cert_file_is_trusted() {
+    let (h, pdh) = setup_on(Harness::new(
+        common::fake_arvados::FakeArvados::start_self_signed(),
+        true,
+    ));
+    h.fake.add_container(record(UUID, &pdh, &["echo", "hi"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hi\n")]);
+    assert!(out.status.success());
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hi\n");
+    assert_no_rejections(&h);
+}
+
+/// Another self-signed certificate in SSL_CERT_FILE trusts nothing: crunch-run stops at
+/// once with one plain sentence naming the host and both ways out, no Rust debug value.
+#[test]
+fn an_untrusted_server_certificate_is_one_plain_sentence() {
+    let h = Harness::new(common::fake_arvados::FakeArvados::start_self_signed(), true);
+    let other = common::fake_arvados::FakeArvados::start_self_signed();
+    h.fake
+        .add_container(record(UUID, &"0".repeat(32), &["true"]));
+    let started = std::time::Instant::now();
+    let out = run_with(
+        &h,
+        &[("SSL_CERT_FILE", &other.ca_file().display().to_string())],
+    );
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let host = h.fake.api_host();
+    assert!(
+        stderr.contains(&format!("the TLS certificate of {host} is not trusted")),
+        "{stderr}"
+    );
+    for name in ["SSL_CERT_FILE", "--ca-certs", "ARVADOS_API_HOST_INSECURE"] {
+        assert!(stderr.contains(name), "{name} in {stderr}");
+    }
+    assert!(!stderr.contains("Other("), "{stderr}");
+    assert!(!stderr.contains("Error"), "{stderr}");
+    assert_eq!(h.fake.container(UUID)["state"], "Locked");
 }
