@@ -118,7 +118,8 @@ pub enum OutputRef {
     /// time it still has this size and mtime, its `ranges` can be reused instead of
     /// uploading it again.
     Copied {
-        rel: String,
+        /// Bytes: the rest of the path is the collection's file name.
+        rel: Vec<u8>,
         size: u64,
         mtime: SystemTime,
         ranges: Vec<BlockRange>,

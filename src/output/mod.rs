@@ -15,8 +15,13 @@
 //!   directory (content captured under the link's name) or into a mounted collection (by
 //!   reference).
 //!
+//! Names are bytes, as on the filesystem: a name that is not UTF-8 is kept like any other
+//! (how it is escaped in the manifest, and why, is in arvados/manifest/names.rs).
+//!
 //! What stays out: fifos, sockets and devices (with a warning), `exclude_from_output`
 //! paths, secret mounts, and whatever `output_glob` does not select ([`OutputGlobs`]).
+//! Bytes a mounted collection names `.` (no file can have that name) are left out with a
+//! warning that [`capture`] also returns, for the record's `runtime_status.warning`.
 //! A symlink to a secret, to a missing target, to anything outside the output directory
 //! and the mounted collections, or a symlink cycle fails the whole capture.
 //!
@@ -39,7 +44,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::arvados::manifest::{BlockRange, normalized_manifest};
+use crate::arvados::manifest::{BlockRange, normalized_manifest, shown};
 use crate::collection::Selection;
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::store::{BlockStore, StoreError};
@@ -68,8 +73,8 @@ pub struct RefMount {
 /// container started. If it still has this size and mtime, its old block ranges are used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopiedFile {
-    /// Relative to the output directory.
-    pub rel_path: String,
+    /// Relative to the output directory (bytes, as the collection's names are).
+    pub rel_path: Vec<u8>,
     pub size: u64,
     pub mtime: SystemTime,
     pub ranges: Vec<BlockRange>,
@@ -100,7 +105,8 @@ pub struct OutputSpec {
 }
 
 /// Why the output could not be captured. Paths are relative to the output directory,
-/// symlink targets are container paths.
+/// symlink targets are container paths; both are any bytes, shown as text with the bytes
+/// that are not UTF-8 as `\xNN`.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{op} {path}: {source}")]
@@ -111,56 +117,77 @@ pub enum OutputError {
         source: io::Error,
     },
     #[error("cannot output {path:?}: too many symlinks, or symlink cycle")]
-    TooManySymlinks { path: String },
+    TooManySymlinks { path: PathBuf },
     #[error("cannot output {path:?}: symlink target {target:?} does not exist")]
-    MissingTarget { path: String, target: String },
+    MissingTarget { path: PathBuf, target: PathBuf },
     #[error(
         "cannot output {path:?}: symlink target {target:?} is not in the output directory or a mounted collection"
     )]
-    NotMounted { path: String, target: String },
-    #[error("cannot output {path}: file name is not valid UTF-8")]
-    NonUtf8Name { path: PathBuf },
+    NotMounted { path: PathBuf, target: PathBuf },
     #[error("cannot output {path:?}: {detail}")]
-    Changed { path: String, detail: String },
+    Changed { path: PathBuf, detail: String },
     #[error("cannot output {path:?}: storing its data: {source}")]
     Store {
-        path: String,
+        path: PathBuf,
         #[source]
         source: StoreError,
     },
 }
 
+/// A captured output: its manifest, and what was left out of it that the user must hear of
+/// (each line already said; for the record's `runtime_status.warning`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Normalized, signed where the store signs; `""` for an empty output.
+    pub manifest_text: String,
+    pub warnings: Vec<String>,
+}
+
 /// Capture the output directory: upload what needs uploading and return the normalized
-/// manifest text (`""` for an empty output). `say` gets progress and warnings.
+/// manifest text (`""` for an empty output). `say` gets progress and warnings. What
+/// [`capture`] returns as warnings is only said here.
 pub fn capture_output(
     spec: &OutputSpec,
     blocks: &dyn BlockStore,
     say: &dyn Fn(&str),
 ) -> Result<String, OutputError> {
+    capture(spec, blocks, say).map(|c| c.manifest_text)
+}
+
+/// Capture the output directory: upload what needs uploading; the normalized manifest,
+/// and the warnings about what was left out. `say` gets progress and warnings.
+pub fn capture(
+    spec: &OutputSpec,
+    blocks: &dyn BlockStore,
+    say: &dyn Fn(&str),
+) -> Result<Captured, OutputError> {
     capture_with_block_size(spec, blocks, say, DEFAULT_BLOCK_SIZE)
 }
 
-/// [`capture_output`] with a chosen block size (tests use tiny ones).
+/// [`capture`] with a chosen block size (tests use tiny ones).
 fn capture_with_block_size(
     spec: &OutputSpec,
     blocks: &dyn BlockStore,
     say: &dyn Fn(&str),
     block_size: u64,
-) -> Result<String, OutputError> {
-    let (dirs, files) = walk::plan(spec, say)?;
+) -> Result<Captured, OutputError> {
+    let plan = walk::plan(spec, say)?;
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut stored: Vec<(String, Vec<BlockRange>)> = Vec::with_capacity(files.len());
-    for file in files {
+    let mut stored: Vec<(Vec<u8>, Vec<BlockRange>)> = Vec::with_capacity(plan.files.len());
+    for file in plan.files {
         let ranges = match file.source {
             Source::Stored(ranges) => ranges,
             Source::Host { path, size } => {
-                say(&format!("copying {:?} ({size} bytes)", file.dest));
+                say(&format!("copying {:?} ({size} bytes)", shown(&file.dest)));
                 upload_file(blocks, &path, &file.dest, size, block_size.max(1), &mut buf)?
             }
         };
         stored.push((file.dest, ranges));
     }
-    Ok(normalized_manifest(&stored, &dirs))
+    Ok(Captured {
+        manifest_text: normalized_manifest(&stored, &plan.dirs),
+        warnings: plan.warnings,
+    })
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
@@ -175,6 +202,7 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
 mod tests {
     use std::fs::{self, File};
     use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     use std::sync::Mutex;
 
@@ -249,10 +277,13 @@ mod tests {
         let say = |s: &str| log.lock().unwrap().push(s.to_string());
         let result = capture_with_block_size(spec, store, &say, block_size);
         said.extend(log.into_inner().unwrap());
-        if let Ok(text) = &result {
-            Manifest::parse(text).unwrap();
+        if let Ok(captured) = &result {
+            Manifest::parse(&captured.manifest_text).unwrap();
+            for warning in &captured.warnings {
+                assert!(said.contains(warning), "{warning:?} was not said");
+            }
         }
-        result
+        result.map(|c| c.manifest_text)
     }
 
     fn portable(text: &str) -> String {
@@ -265,7 +296,7 @@ mod tests {
             .unwrap()
             .files()
             .into_iter()
-            .map(|f| (f.path, f.size))
+            .map(|f| (String::from_utf8_lossy(&f.path).into_owned(), f.size))
             .collect();
         files.sort();
         files
@@ -364,6 +395,73 @@ mod tests {
         );
     }
 
+    /// Issue 10: one file whose name is not UTF-8 (`printf '\377\376'`) failed the whole
+    /// capture ("file name is not valid UTF-8"), and every other file was lost with it.
+    #[test]
+    fn names_that_are_not_utf8_are_kept_with_every_other_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let at = |name: &[u8]| d.join(std::ffi::OsStr::from_bytes(name));
+        fs::write(at(b"\xff\xfe"), "foo").unwrap();
+        fs::create_dir(at(b"d\xe9")).unwrap();
+        fs::write(at(b"d\xe9/caf\xc3\xa9 \xff"), "bar").unwrap();
+        write(d, "ok.txt", "ok");
+        symlink(std::ffi::OsStr::from_bytes(b"\xff\xfe"), at(b"l\xfd")).unwrap();
+        let store = MemoryStore::new();
+        let text = capture(&spec(d), &store).unwrap();
+        let files: Vec<(Vec<u8>, Vec<u8>)> = Manifest::parse(&text)
+            .unwrap()
+            .files()
+            .into_iter()
+            .map(|f| (f.path, bytes(&store, &f.ranges)))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [
+            (&b"l\xfd"[..], &b"foo"[..]),
+            (b"ok.txt", b"ok"),
+            (b"\xff\xfe", b"foo"),
+            (b"d\xe9/caf\xc3\xa9 \xff", b"bar"),
+        ]
+        .iter()
+        .map(|(p, b)| (p.to_vec(), b.to_vec()))
+        .collect();
+        assert_eq!(files, want, "{text}");
+        // Every byte >= 0x80 of those names escaped (the module header of
+        // manifest/names.rs says why), the UTF-8 name left as it is.
+        for escaped in [
+            "0:3:\\377\\376",
+            "0:3:l\\375",
+            "./d\\351 ",
+            ":caf\\303\\251\\040\\377",
+        ] {
+            assert!(text.contains(escaped), "{escaped} not in {text}");
+        }
+    }
+
+    /// Issue 10: data named `.` in a collection mounted under the output was dropped
+    /// without a word; it is left out (no file can have that name) and said, and the
+    /// warning is returned for the record's `runtime_status`.
+    #[test]
+    fn data_named_dot_in_a_mounted_collection_is_left_out_with_a_warning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Manifest::parse(&format!(
+            ". acbd18db4cc2f85cedef654fccc4a4d8+3{SIG} 0:3:foo\n./d acbd18db4cc2f85cedef654fccc4a4d8+3{SIG} 0:3:\\056 0:3:bar\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = spec(tmp.path());
+        mkdir(tmp.path(), "in");
+        s.by_reference = vec![ref_mount("in", &m, "")];
+        let log = Mutex::new(Vec::new());
+        let say = |l: &str| log.lock().unwrap().push(l.to_string());
+        let captured = capture_with_block_size(&s, &MemoryStore::new(), &say, 1 << 20).unwrap();
+        assert_eq!(
+            listing(&captured.manifest_text),
+            [("in/d/bar".to_string(), 3), ("in/foo".to_string(), 3)]
+        );
+        let warning = "output: left out 3 bytes at \"in/d/.\" (no file can be named \".\")";
+        assert_eq!(captured.warnings, [warning]);
+        assert!(log.lock().unwrap().iter().any(|l| l == warning));
+    }
+
     #[test]
     fn nested_dirs_and_escaped_names() {
         let tmp = tempfile::tempdir().unwrap();
@@ -389,7 +487,7 @@ mod tests {
         let text = capture_small(&spec(tmp.path()), &store, 16, &mut Vec::new()).unwrap();
         let files = Manifest::parse(&text).unwrap().files();
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].path, "big");
+        assert_eq!(files[0].path, b"big");
         let lens: Vec<u64> = files[0].ranges.iter().map(|r| r.len).collect();
         assert_eq!(lens, vec![16, 16, 8]);
         assert_eq!(bytes(&store, &files[0].ranges), body.as_bytes());
@@ -777,7 +875,7 @@ mod tests {
                 .unwrap()
         };
         let old = |rel: &str, size, mtime, hash: &str| CopiedFile {
-            rel_path: rel.to_string(),
+            rel_path: rel.into(),
             size,
             mtime,
             ranges: vec![BlockRange {

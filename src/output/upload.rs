@@ -3,10 +3,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use md5::{Digest, Md5};
 
+use super::paths::path_buf;
 use super::{OutputError, READ_BUFFER, io_err};
 use crate::arvados::manifest::{BlockRange, hex};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
@@ -19,8 +21,8 @@ pub fn store_file(blocks: &dyn BlockStore, path: &Path) -> Result<Vec<BlockRange
         .map_err(|e| io_err("stat", path, e))?
         .len();
     let mut buf = vec![0u8; READ_BUFFER];
-    let dest = path.display().to_string();
-    upload_file(blocks, path, &dest, size, DEFAULT_BLOCK_SIZE, &mut buf)
+    let dest = path.as_os_str().as_bytes();
+    upload_file(blocks, path, dest, size, DEFAULT_BLOCK_SIZE, &mut buf)
 }
 
 /// Upload the first `size` bytes of the file at `path` in blocks of `block_size`: md5
@@ -28,7 +30,7 @@ pub fn store_file(blocks: &dyn BlockStore, path: &Path) -> Result<Vec<BlockRange
 pub(super) fn upload_file(
     blocks: &dyn BlockStore,
     path: &Path,
-    dest: &str,
+    dest: &[u8],
     size: u64,
     block_size: u64,
     buf: &mut [u8],
@@ -41,7 +43,7 @@ pub(super) fn upload_file(
         let hash = md5_region(&mut file, len, buf).map_err(|e| io_err("read", path, e))?;
         let Some(hash) = hash else {
             return Err(OutputError::Changed {
-                path: dest.to_string(),
+                path: path_buf(dest),
                 detail: format!("file shrank below {size} bytes while it was being captured"),
             });
         };
@@ -53,7 +55,7 @@ pub(super) fn upload_file(
         let locator = blocks
             .put_block(&hash, len, &open)
             .map_err(|source| OutputError::Store {
-                path: dest.to_string(),
+                path: path_buf(dest),
                 source,
             })?;
         ranges.push(BlockRange {

@@ -11,6 +11,7 @@
 pub mod fake_arvados;
 pub mod fake_support;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -42,10 +43,11 @@ pub fn test_python() -> PathBuf {
     }
 }
 
-/// Read file `path` of collection `pdh` from `fake` with the real Arvados
-/// Python SDK (tests/python/read_collection.py) and return its bytes.
-/// Panics with the script's stderr if it fails.
-pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec<u8> {
+/// Read file `path` (its exact bytes) of collection `pdh` from `fake` with the
+/// real Arvados Python SDK (tests/python/read_collection.py) and return its
+/// bytes. Panics with the script's stderr if it fails.
+pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: impl AsRef<OsStr>) -> Vec<u8> {
+    let path = path.as_ref();
     let python = test_python();
     assert!(
         python.exists(),
@@ -73,7 +75,7 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     if !out.status.success() {
         panic!(
-            "read_collection.py {pdh} {path} failed ({}):\n{}",
+            "read_collection.py {pdh} {path:?} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
