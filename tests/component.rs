@@ -1176,24 +1176,28 @@ fn completed(h: &Harness) -> Value {
     rec
 }
 
+/// Run a container (output path a tmp mount at `/out`) whose shell `script` writes into the
+/// host output directory `$o`; the harness and the final record, which must be Complete.
+fn run_writing_output(script: &str) -> (Harness, Value) {
+    let (h, pdh) = setup();
+    h.fake.add_container(record_with_output(&pdh, json!({})));
+    let script = format!("o=$(host_of /out); {script}");
+    run_with(&h, &[("FAKE_DOCKER_RUN_SH", &script)]);
+    let rec = completed(&h);
+    (h, rec)
+}
+
 /// Issue 10: a container that wrote one file whose name is not UTF-8 (`printf '\377\376'`)
 /// ended Cancelled with no output ("file name is not valid UTF-8"). Every file is kept,
 /// and the real Python SDK reads the odd one back by its exact bytes.
 #[test]
 fn a_file_name_that_is_not_utf8_keeps_the_whole_output() {
     use std::os::unix::ffi::OsStrExt;
-    let (h, pdh) = setup();
-    h.fake.add_container(record_with_output(&pdh, json!({})));
-    run_with(
-        &h,
-        &[(
-            "FAKE_DOCKER_RUN_SH",
-            "o=$(host_of /out); printf odd > \"$o/$(printf '\\377\\376')\"; \
-             echo one > \"$o/one.txt\"; mkdir \"$o/d$(printf '\\351')\"; \
-             echo two > \"$o/d$(printf '\\351')/two.txt\"",
-        )],
+    let (h, rec) = run_writing_output(
+        "printf odd > \"$o/$(printf '\\377\\376')\"; \
+         echo one > \"$o/one.txt\"; mkdir \"$o/d$(printf '\\351')\"; \
+         echo two > \"$o/d$(printf '\\351')/two.txt\"",
     );
-    let rec = completed(&h);
     assert_no_rejections(&h);
     let output = rec["output"].as_str().unwrap();
     let manifest = h.fake.collection_manifest(output).unwrap();
@@ -1323,5 +1327,55 @@ fn hostile_input_manifests_are_refused_and_nothing_is_written() {
             "{manifest}"
         );
         assert!(h.docker_calls().iter().all(|c| !c.starts_with("run ")));
+    }
+}
+
+/// Issue 10: eight small output files were eight Keep PUTs and eight blocks. They share
+/// one block (with the tail of a file larger than a block), the manifest points into it,
+/// and the real Python SDK reads every file back.
+#[test]
+fn small_output_files_are_packed_into_shared_blocks() {
+    let (h, rec) = run_writing_output(
+        "mkdir \"$o/d\"; \
+         for i in 0 1 2 3 4 5 6 7; do echo \"file $i\" > \"$o/d/f$i\"; done; \
+         head -c 70000000 /dev/zero | tr '\\0' x > \"$o/big\"",
+    );
+    let output = rec["output"].as_str().unwrap();
+    let manifest = h.fake.collection_manifest(output).unwrap();
+    // "big" fills one block and starts the next, which the eight small files share.
+    let hashes = |line: &str| -> Vec<String> {
+        line.split(' ')
+            .filter(|t| t.len() > 33 && t.as_bytes()[32] == b'+')
+            .map(|t| t[..32].to_string())
+            .collect()
+    };
+    let lines: Vec<&str> = manifest.lines().collect();
+    assert_eq!(lines.len(), 2, "{manifest}");
+    let (root, d) = (hashes(lines[0]), hashes(lines[1]));
+    assert_eq!((root.len(), d.len()), (2, 1), "{manifest}");
+    assert_eq!(root[1], d[0], "{manifest}");
+    assert!(lines[0].ends_with(" 0:70000000:big"), "{manifest}");
+    let puts = h
+        .fake
+        .keep_requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && root.iter().any(|b| r.path.contains(b.as_str())))
+        .count();
+    assert_eq!(puts, 2 * 2, "two blocks, each on both Keep services");
+    assert_eq!(
+        h.fake.read_file(output, "big").unwrap(),
+        vec![b'x'; 70_000_000]
+    );
+    for i in 0..8 {
+        assert_eq!(
+            h.fake.read_file(output, &format!("d/f{i}")).unwrap(),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+    for i in [0, 7] {
+        assert_eq!(
+            common::python_reads_collection(&h.fake, output, format!("d/f{i}")),
+            format!("file {i}\n").as_bytes()
+        );
     }
 }
