@@ -147,6 +147,9 @@ pub struct StagedMounts {
     pub output_refs: Vec<OutputRef>,
     /// Contents of secret mounts, for log redaction.
     pub secrets: Vec<String>,
+    /// What staging left out that the user must hear of (each line already said; for the
+    /// record's `runtime_status.warning`).
+    pub warnings: Vec<String>,
 }
 
 /// Why the mounts cannot be set up. Validation messages are the reference's where it has

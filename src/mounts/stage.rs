@@ -50,6 +50,7 @@ pub fn stage(
         binds: Vec::new(),
         output_refs: Vec::new(),
         secrets: Vec::new(),
+        warnings: Vec::new(),
     };
     for mount in &plan.mounts {
         stager.stage_mount(mount, &plan.output_path)?;
@@ -71,6 +72,7 @@ pub fn stage(
         stderr,
         output_refs: stager.output_refs,
         secrets: stager.secrets,
+        warnings: stager.warnings,
     })
 }
 
@@ -86,6 +88,7 @@ struct Stager<'a> {
     binds: Vec<Bind>,
     output_refs: Vec<OutputRef>,
     secrets: Vec<String>,
+    warnings: Vec<String>,
 }
 
 fn serialize_json(target: &str, content: &Value) -> Result<Vec<u8>, MountError> {
@@ -396,10 +399,10 @@ impl Stager<'_> {
         self.reader.select(id, sub).map_err(in_mount(target))
     }
 
-    /// Write the selection at `dest` from Keep, and say so. Returns the host path of each
-    /// file, in the order of `sel.files`.
+    /// Write the selection at `dest` from Keep, and say so, with what it leaves out.
+    /// Returns the host path of each file, in the order of `sel.files`.
     fn write_selection(
-        &self,
+        &mut self,
         target: &str,
         id: &str,
         sel: &Selection,
@@ -417,6 +420,7 @@ impl Stager<'_> {
         ));
         for line in sel.left_out(&format!("mount {target}: collection {id}")) {
             (self.say)(&line);
+            self.warnings.push(line);
         }
         Ok(written.hosts)
     }
@@ -1078,6 +1082,8 @@ mod tests {
         assert_eq!(read(&host.join("foo")), "foo");
         assert!(host.join("d").is_dir());
         let said = said.into_inner().unwrap();
+        assert_eq!(staged.warnings.len(), 2);
+        assert!(staged.warnings.iter().all(|w| said.contains(w)));
         for line in [
             format!(
                 "mount /in: collection {PDH}: left out 3 bytes at \".\" (no file can be named \".\")"

@@ -91,6 +91,7 @@ pub(super) mod tests {
             stderr: None,
             output_refs,
             secrets: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
