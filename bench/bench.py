@@ -7,8 +7,12 @@
     `docker run --log-driver none IMAGE ... > /dev/null`, with two plain consumers of the
     same output for scale (`| md5sum` and `| cat > file`), and crunch-run fed the same bytes
     by the fake docker of binstubs/ (a bare `cat`), to show its own forwarding speed;
-(c) crunch-run's own peak RSS (VmHWM) during those floods, for 50 MB and 500 MB.
+(c) crunch-run's own peak RSS (VmHWM) during those floods, for 50 MB and 500 MB;
+(d), (e) staging a 200 MB input collection, and uploading it again as output;
+(f) capturing 10,000 output files of 1 KiB, against arv-put of the same directory, both
+    into the fake API + Keep of the tests (tests/bench_capture.rs): time and Keep PUTs.
 
+BENCH_ONLY=capture runs section (f) alone (no Docker engine needed).
 Figures are printed, never asserted: the machines are shared and noisy.
 """
 import json
@@ -125,6 +129,9 @@ def flood_command(mb):
 def main():
     load = os.getloadavg()
     print("machine: %d cores, load average %.2f %.2f %.2f" % (os.cpu_count(), *load))
+    if os.environ.get("BENCH_ONLY") == "capture":
+        capture_bench()
+        return
     image = make_image()
     work = tempfile.mkdtemp(prefix="crunch-run-bench-")
     store = os.path.join(work, "store")
@@ -179,6 +186,7 @@ def main():
         print("(c) %d MB flood: crunch-run peak RSS %.1f MiB (target <= 32 MiB)" % (mb, peak / 2**20))
     mounts_bench(store, spool, pdh, work)
     shutil.rmtree(work, ignore_errors=True)
+    capture_bench()
 
 
 def timed_cp(src, dst):
@@ -220,6 +228,21 @@ def mounts_bench(store, spool, image_pdh, work):
           % (staged - base, base, cp, (staged - base) / cp, peak_stage / 2**20))
     print("(e) staging it and uploading it again as output: %.2f s over a trivial run, 2 x cp %.2f s, ratio %.2fx; peak RSS %.1f MiB (target < 64 MiB)"
           % (both - base, 2 * cp, (both - base) / (2 * cp), peak_both / 2**20))
+
+
+def capture_bench():
+    """(f) crunch-run capturing 10,000 files of 1 KiB against arv-put (the Python SDK in
+    .venv) of the same directory, both into the fake API + Keep: tests/bench_capture.rs,
+    built in release mode, does the work and prints the figures."""
+    argv = ["cargo", "test", "--release", "--quiet", "--test", "bench_capture", "--",
+            "--ignored", "--nocapture", "--test-threads=1"]
+    run = subprocess.run(argv, cwd=TOP, capture_output=True, text=True)
+    figures = run.stdout[run.stdout.find("(f)"):].splitlines()
+    if run.returncode != 0 or not figures:
+        sys.exit("the capture bench failed (%s):\n%s%s" % (" ".join(argv), run.stdout, run.stderr[-3000:]))
+    for line in figures:
+        if line.startswith(("(f)", "    ")):
+            print(line)
 
 
 if __name__ == "__main__":

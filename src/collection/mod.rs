@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod select;
 
 use std::io;
+use std::path::PathBuf;
 
 use crate::arvados::manifest::ManifestError;
 use crate::store::StoreError;
@@ -62,6 +63,9 @@ pub enum CollectionError {
     /// The caller asked to stop (a cancel) between blocks.
     #[error("{0}")]
     Stopped(#[source] io::Error),
+    /// A path of the collection cannot be written on the host.
+    #[error("path {path:?} of the collection cannot be written here: {reason}")]
+    BadPath { path: PathBuf, reason: &'static str },
     /// A host file operation failed.
     #[error("{what}: {source}")]
     Io {
