@@ -9,16 +9,18 @@
     by the fake docker of binstubs/ (a bare `cat`), to show its own forwarding speed;
 (c) crunch-run's own peak RSS (VmHWM) during those floods, for 50 MB and 500 MB;
 (d), (e) staging a 200 MB input collection, and uploading it again as output;
-(f) `echo hello` against the fake Arvados API + Keep over HTTPS (examples/fake_arvados.rs)
+(f) capturing 10,000 output files of 1 KiB, against arv-put of the same directory, both
+    into the fake API + Keep of the tests (tests/bench_capture.rs): time and Keep PUTs;
+(g) `echo hello` against the fake Arvados API + Keep over HTTPS (examples/fake_arvados.rs)
     answering every request after a latency (BENCH_API_LATENCY, default 0ms,10ms,30ms),
     with the requests on the run's critical path, read from the fake's request log;
-(g) loading a 150 MB image into the engine: crunch-run streaming it from Keep (the fake,
+(h) loading a 150 MB image into the engine: crunch-run streaming it from Keep (the fake,
     over HTTPS, and the local store) into `docker load`, against `docker load -i` of the
     same tar on local disk.
 
-Sections can run alone: `bench.py api image` or BENCH_SECTIONS=api,image (names: hello,
-floods, mounts, api, image). Figures are printed, never asserted: the machines are shared
-and noisy.
+Sections can run alone: `bench.py api image`, or BENCH_SECTIONS=api,image (BENCH_ONLY is
+the same), names: hello, floods, mounts, capture, api, image; capture needs no Docker
+engine. Figures are printed, never asserted: the machines are shared and noisy.
 """
 import json
 import os
@@ -37,7 +39,7 @@ UUID = "zzzzz-dz642-0000000000bench"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
 IMAGE_ROUNDS = int(os.environ.get("BENCH_IMAGE_ROUNDS", "3"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "150"))
-SECTIONS = ("hello", "floods", "mounts", "api", "image")
+SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image")
 # Another build to measure (e.g. the one before a change), instead of target/release's.
 CRUNCH_RUN = os.environ.get("BENCH_CRUNCH_RUN") or os.path.join(BIN, "crunch-run")
 FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "3"))
@@ -139,8 +141,10 @@ def flood_command(mb):
 
 
 def chosen_sections():
-    """The sections to run: the arguments, else BENCH_SECTIONS (comma-separated), else all."""
-    names = sys.argv[1:] or [n for n in os.environ.get("BENCH_SECTIONS", "").split(",") if n]
+    """The sections to run: the arguments, else BENCH_SECTIONS or BENCH_ONLY
+    (comma-separated), else all."""
+    listed = os.environ.get("BENCH_SECTIONS") or os.environ.get("BENCH_ONLY") or ""
+    names = sys.argv[1:] or [n for n in listed.split(",") if n]
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         sys.exit("unknown bench section(s) %s; known: %s" % (", ".join(unknown), ", ".join(SECTIONS)))
@@ -152,6 +156,9 @@ def main():
     load = os.getloadavg()
     print("machine: %d cores, load average %.2f %.2f %.2f; sections: %s"
           % (os.cpu_count(), *load, " ".join(sections)))
+    if sections == ["capture"]:
+        capture_bench()
+        return
     image = make_image()
     work = tempfile.mkdtemp(prefix="crunch-run-bench-")
     store = os.path.join(work, "store")
@@ -164,6 +171,8 @@ def main():
         floods_bench(store, spool, pdh, image, work)
     if "mounts" in sections:
         mounts_bench(store, spool, pdh, work)
+    if "capture" in sections:
+        capture_bench()
     if "api" in sections or "image" in sections:
         fake = FakeArvados()
         try:
@@ -266,6 +275,21 @@ def mounts_bench(store, spool, image_pdh, work):
           % (both - base, 2 * cp, (both - base) / (2 * cp), peak_both / 2**20))
 
 
+def capture_bench():
+    """(f) crunch-run capturing 10,000 files of 1 KiB against arv-put (the Python SDK in
+    .venv) of the same directory, both into the fake API + Keep: tests/bench_capture.rs,
+    built in release mode, does the work and prints the figures."""
+    argv = ["cargo", "test", "--release", "--quiet", "--test", "bench_capture", "--",
+            "--ignored", "--nocapture", "--test-threads=1"]
+    run = subprocess.run(argv, cwd=TOP, capture_output=True, text=True)
+    figures = run.stdout[run.stdout.find("(f)"):].splitlines()
+    if run.returncode != 0 or not figures:
+        sys.exit("the capture bench failed (%s):\n%s%s" % (" ".join(argv), run.stdout, run.stderr[-3000:]))
+    for line in figures:
+        if line.startswith(("(f)", "    ")):
+            print(line)
+
+
 class FakeArvados:
     """The fake Arvados API + Keep of the tests, run as examples/fake_arvados (see there for
     its protocol: one JSON command a line on stdin, one JSON answer a line on stdout)."""
@@ -337,7 +361,7 @@ def short_request(r):
 
 
 def api_bench(fake, image, spool, work):
-    """(f) echo hello against the fake API over HTTPS, at each latency, alternating with
+    """(g) echo hello against the fake API over HTTPS, at each latency, alternating with
     bare docker run. The critical path is read from the fake's request log: the stretches
     of time in which at least one request was in flight (requests that overlap count once;
     a lower bound), and the longest chain of requests each started after the one before
@@ -348,7 +372,7 @@ def api_bench(fake, image, spool, work):
     os.unlink(tar)
     env = fake.env()
     keep = "listed in ARVADOS_KEEP_SERVICES" if "ARVADOS_KEEP_SERVICES" in env else "discovered"
-    print("(f) echo hello against the fake API + Keep over HTTPS (Keep services %s), median of %d:" % (keep, ROUNDS))
+    print("(g) echo hello against the fake API + Keep over HTTPS (Keep services %s), median of %d:" % (keep, ROUNDS))
     n = 0
     for ms in latencies():
         fake.call("latency", ms=ms)
@@ -447,7 +471,7 @@ def crunch_load_time(store, spool, env, uuid, work):
 
 
 def image_bench(fake, store, spool, work):
-    """(g) a IMAGE_MB image from Keep into docker load, against docker load -i of the same
+    """(h) a IMAGE_MB image from Keep into docker load, against docker load -i of the same
     tar on local disk, alternating; the image is removed before every load."""
     image, tar = make_big_image(work, IMAGE_MB)
     size = os.path.getsize(tar) / 1e6
@@ -474,7 +498,7 @@ def image_bench(fake, store, spool, work):
     remove_image(image)
     os.unlink(tar)
     p = statistics.median(plain)
-    print("(g) loading a %.0f MB image, median of %d: docker load -i %.2f s (%.0f MB/s)" % (size, IMAGE_ROUNDS, p, size / p))
+    print("(h) loading a %.0f MB image, median of %d: docker load -i %.2f s (%.0f MB/s)" % (size, IMAGE_ROUNDS, p, size / p))
     for what, times in (("the fake Keep over HTTPS", from_fake), ("the local store", from_local)):
         t = statistics.median(times)
         print("    crunch-run streaming it from %s into docker load: %.2f s (%.0f MB/s), throughput ratio %.2f (target >= 0.95)"

@@ -75,7 +75,7 @@ pub fn find_image_tar(api: &dyn ApiStore, pdh: &str) -> Result<ImageTar, ImageEr
     let mut tars: Vec<ManifestFile> = manifest
         .files()
         .into_iter()
-        .filter(|f| !f.path.contains('/') && f.path.ends_with(".tar"))
+        .filter(|f| !f.path.contains(&b'/') && f.path.ends_with(b".tar"))
         .collect();
     let file = match tars.len() {
         1 => tars.remove(0),
@@ -87,18 +87,24 @@ pub fn find_image_tar(api: &dyn ApiStore, pdh: &str) -> Result<ImageTar, ImageEr
         _ => {
             return Err(ImageError::SeveralTars {
                 pdh: pdh.to_string(),
-                names: tars.into_iter().map(|f| f.path).collect(),
+                names: tars.iter().map(|f| lossy(&f.path)).collect(),
             });
         }
     };
-    let id = file.path.trim_end_matches(".tar").to_string();
+    let name = lossy(&file.path);
+    let id = name.trim_end_matches(".tar").to_string();
     if !is_image_id(&id) {
         return Err(ImageError::NotAnImageId {
             pdh: pdh.to_string(),
-            name: file.path,
+            name,
         });
     }
     Ok(ImageTar { id, file })
+}
+
+/// A file name as text (names are bytes; an image id never has a byte that is not UTF-8).
+fn lossy(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
 }
 
 /// Stream the image tar into `out` (`docker load`'s stdin), block by block. `keep_going`

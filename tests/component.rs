@@ -15,7 +15,11 @@ fn image_id() -> String {
 
 /// A harness with an image collection holding one fake `<id>.tar`; returns its PDH.
 fn setup() -> (Harness, String) {
-    let h = Harness::with_fake_docker();
+    setup_on(Harness::with_fake_docker())
+}
+
+/// `setup()` on a harness of the caller's choosing.
+fn setup_on(h: Harness) -> (Harness, String) {
     let tar: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let pdh = h
         .fake
@@ -1243,4 +1247,276 @@ fn without_keep_services_given_they_are_discovered_once_and_connections_still_re
         .collect();
     assert_eq!(discovery.len(), 1, "{discovery:?}");
     assert_connections_reused(&h);
+}
+
+/// The API server's own self-signed certificate (CA:TRUE, as `openssl req -x509` makes it),
+/// named by SSL_CERT_FILE, is trusted as curl and Python trust it: a normal run, API and
+/// Keep alike (issue 10, point 4).
+#[test]
+fn a_self_signed_server_certificate_named_by_ssl_cert_file_is_trusted() {
+    let (h, pdh) = setup_on(Harness::new(
+        common::fake_arvados::FakeArvados::start_self_signed(),
+        true,
+    ));
+    h.fake.add_container(record(UUID, &pdh, &["echo", "hi"]));
+    let out = run_with(&h, &[("FAKE_DOCKER_STDOUT", "hi\n")]);
+    assert!(out.status.success());
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Complete");
+    assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hi\n");
+    assert_no_rejections(&h);
+}
+
+/// Another self-signed certificate in SSL_CERT_FILE trusts nothing: crunch-run stops at
+/// once with one plain sentence naming the host and both ways out, no Rust debug value.
+#[test]
+fn an_untrusted_server_certificate_is_one_plain_sentence() {
+    let h = Harness::new(common::fake_arvados::FakeArvados::start_self_signed(), true);
+    let other = common::fake_arvados::FakeArvados::start_self_signed();
+    h.fake
+        .add_container(record(UUID, &"0".repeat(32), &["true"]));
+    let started = std::time::Instant::now();
+    let out = run_with(
+        &h,
+        &[("SSL_CERT_FILE", &other.ca_file().display().to_string())],
+    );
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let host = h.fake.api_host();
+    assert!(
+        stderr.contains(&format!("the TLS certificate of {host} is not trusted")),
+        "{stderr}"
+    );
+    for name in ["SSL_CERT_FILE", "--ca-certs", "ARVADOS_API_HOST_INSECURE"] {
+        assert!(stderr.contains(name), "{name} in {stderr}");
+    }
+    assert!(!stderr.contains("Other("), "{stderr}");
+    assert!(!stderr.contains("Error"), "{stderr}");
+    assert_eq!(h.fake.container(UUID)["state"], "Locked");
+}
+
+/// A record whose output path is a tmp mount at `/out`, plus `mounts`.
+fn record_with_output(pdh: &str, mounts: Value) -> Value {
+    let mut rec = record(UUID, pdh, &["sh", "-c", "..."]);
+    rec["output_path"] = json!("/out");
+    rec["mounts"] = mounts;
+    rec["mounts"]["/out"] = json!({"kind": "tmp"});
+    rec
+}
+
+/// The final record of a run that must reach Complete, with crunch-run.txt on failure.
+fn completed(h: &Harness) -> Value {
+    let rec = final_record(h);
+    assert_eq!(
+        rec["state"],
+        "Complete",
+        "{rec}\n{}",
+        h.log_text(UUID, "crunch-run.txt")
+    );
+    rec
+}
+
+/// Run a container (output path a tmp mount at `/out`) whose shell `script` writes into the
+/// host output directory `$o`; the harness and the final record, which must be Complete.
+fn run_writing_output(script: &str) -> (Harness, Value) {
+    let (h, pdh) = setup();
+    h.fake.add_container(record_with_output(&pdh, json!({})));
+    let script = format!("o=$(host_of /out); {script}");
+    run_with(&h, &[("FAKE_DOCKER_RUN_SH", &script)]);
+    let rec = completed(&h);
+    (h, rec)
+}
+
+/// Issue 10: a container that wrote one file whose name is not UTF-8 (`printf '\377\376'`)
+/// ended Cancelled with no output ("file name is not valid UTF-8"). Every file is kept,
+/// and the real Python SDK reads the odd one back by its exact bytes.
+#[test]
+fn a_file_name_that_is_not_utf8_keeps_the_whole_output() {
+    use std::os::unix::ffi::OsStrExt;
+    let (h, rec) = run_writing_output(
+        "printf odd > \"$o/$(printf '\\377\\376')\"; \
+         echo one > \"$o/one.txt\"; mkdir \"$o/d$(printf '\\351')\"; \
+         echo two > \"$o/d$(printf '\\351')/two.txt\"",
+    );
+    assert_no_rejections(&h);
+    let output = rec["output"].as_str().unwrap();
+    let manifest = h.fake.collection_manifest(output).unwrap();
+    assert!(manifest.contains(":\\377\\376\n"), "{manifest}");
+    assert!(manifest.contains("./d\\351 "), "{manifest}");
+    let odd = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    assert_eq!(
+        common::python_reads_collection(&h.fake, output, odd),
+        b"odd"
+    );
+    let two = std::ffi::OsStr::from_bytes(b"d\xe9/two.txt");
+    assert_eq!(
+        common::python_reads_collection(&h.fake, output, two),
+        b"two\n"
+    );
+    assert_eq!(
+        common::python_reads_collection(&h.fake, output, "one.txt"),
+        b"one\n"
+    );
+}
+
+/// Issue 10: bytes named `.` in an input collection (which no file can hold) were dropped
+/// without a word, from the staged copy and from the output alike. They are still left
+/// out, and crunch-run.txt says so for each.
+#[test]
+fn data_named_dot_in_an_input_collection_is_left_out_and_said() {
+    let (h, pdh) = setup();
+    let foo = h.fake.add_block(b"foo");
+    let input = h
+        .fake
+        .add_manifest(&format!(". {foo} 0:3:foo\n./d {foo} 0:3:\\056 0:3:bar\n"));
+    h.fake.add_container(record_with_output(
+        &pdh,
+        json!({
+            "/in": {"kind": "collection", "portable_data_hash": input},
+            "/out/in": {"kind": "collection", "portable_data_hash": input},
+        }),
+    ));
+    run_with(&h, &[]);
+    let rec = completed(&h);
+    let output = rec["output"].as_str().unwrap();
+    assert_eq!(h.fake.read_file(output, "in/d/bar").unwrap(), b"foo");
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    for said in [
+        format!(
+            "mount /in: collection {input}: left out 3 bytes at \"d/.\" (no file can be named \".\")"
+        ),
+        "output: left out 3 bytes at \"in/d/.\" (no file can be named \".\")".to_string(),
+    ] {
+        assert!(crunch.contains(&said), "{said:?} not in:\n{crunch}");
+    }
+}
+
+/// Every file and directory under `dir`, relative to it.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Issue 10, point 7 (this held already; the test keeps it held): input manifests whose
+/// names lead out of the staging directory (`..`, `\056\056`, `\057`, absolute paths, a
+/// stream name above the root) or that no host file can have (NUL) are refused when
+/// staging, the record ends Cancelled with the reason, and nothing is written anywhere.
+#[test]
+fn hostile_input_manifests_are_refused_and_nothing_is_written() {
+    let escape = "tmp/crunch-run-hostile-escape";
+    let up = "\\056\\056/".repeat(12);
+    let hostile: Vec<(String, &str)> = vec![
+        (
+            format!("./{} FOO 0:3:x\n", "../".repeat(12) + escape),
+            "\"..\"",
+        ),
+        (
+            format!(". FOO 0:3:{up}{}\n", escape.replace('/', "\\057")),
+            "\"..\"",
+        ),
+        (format!(". FOO 0:3:\\056\\056\\057{}\n", "x"), "\"..\""),
+        (
+            format!(". FOO 0:3:\\057{}\n", escape.replace('/', "\\057")),
+            "empty",
+        ),
+        (format!("./\\056\\056 FOO 0:3:{}\n", "x"), "\"..\""),
+        (
+            format!("./a/\\056\\056/\\056\\056 FOO 0:3:{}\n", "x"),
+            "\"..\"",
+        ),
+        (". FOO 0:3:a\\000b\n".to_string(), "NUL"),
+    ];
+    for (manifest, why) in hostile {
+        let (h, pdh) = setup();
+        let foo = h.fake.add_block(b"foo");
+        let input = h
+            .fake
+            .add_manifest_unchecked(&manifest.replace("FOO", &foo));
+        h.fake.add_container(record_with_output(
+            &pdh,
+            json!({"/in": {"kind": "collection", "portable_data_hash": input}}),
+        ));
+        let before = tree(h.tmp.path());
+        run_with(&h, &[]);
+        let rec = final_record(&h);
+        assert_eq!(rec["state"], "Cancelled", "{manifest}: {rec}");
+        let reason = rec["runtime_status"]["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("While setting up mounts"),
+            "{manifest}: {reason}"
+        );
+        let crunch = h.log_text(UUID, "crunch-run.txt");
+        assert!(crunch.contains(why), "{manifest}: {crunch}");
+        let written: Vec<String> = tree(h.tmp.path())
+            .into_iter()
+            .filter(|p| !before.contains(p) && p.contains("hostile"))
+            .collect();
+        assert!(written.is_empty(), "{manifest}: {written:?}");
+        assert!(
+            !std::path::Path::new("/").join(escape).exists(),
+            "{manifest}"
+        );
+        assert!(h.docker_calls().iter().all(|c| !c.starts_with("run ")));
+    }
+}
+
+/// Issue 10: eight small output files were eight Keep PUTs and eight blocks. They share
+/// one block (with the tail of a file larger than a block), the manifest points into it,
+/// and the real Python SDK reads every file back.
+#[test]
+fn small_output_files_are_packed_into_shared_blocks() {
+    let (h, rec) = run_writing_output(
+        "mkdir \"$o/d\"; \
+         for i in 0 1 2 3 4 5 6 7; do echo \"file $i\" > \"$o/d/f$i\"; done; \
+         head -c 70000000 /dev/zero | tr '\\0' x > \"$o/big\"",
+    );
+    let output = rec["output"].as_str().unwrap();
+    let manifest = h.fake.collection_manifest(output).unwrap();
+    // "big" fills one block and starts the next, which the eight small files share.
+    let hashes = |line: &str| -> Vec<String> {
+        line.split(' ')
+            .filter(|t| t.len() > 33 && t.as_bytes()[32] == b'+')
+            .map(|t| t[..32].to_string())
+            .collect()
+    };
+    let lines: Vec<&str> = manifest.lines().collect();
+    assert_eq!(lines.len(), 2, "{manifest}");
+    let (root, d) = (hashes(lines[0]), hashes(lines[1]));
+    assert_eq!((root.len(), d.len()), (2, 1), "{manifest}");
+    assert_eq!(root[1], d[0], "{manifest}");
+    assert!(lines[0].ends_with(" 0:70000000:big"), "{manifest}");
+    let puts = h
+        .fake
+        .keep_requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && root.iter().any(|b| r.path.contains(b.as_str())))
+        .count();
+    assert_eq!(puts, 2 * 2, "two blocks, each on both Keep services");
+    assert_eq!(
+        h.fake.read_file(output, "big").unwrap(),
+        vec![b'x'; 70_000_000]
+    );
+    for i in 0..8 {
+        assert_eq!(
+            h.fake.read_file(output, &format!("d/f{i}")).unwrap(),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+    for i in [0, 7] {
+        assert_eq!(
+            common::python_reads_collection(&h.fake, output, format!("d/f{i}")),
+            format!("file {i}\n").as_bytes()
+        );
+    }
 }

@@ -353,6 +353,42 @@ fn cancel_from_locked_permits_log_but_not_exit_code() {
     assert_eq!(fake.container(CUUID)["state"], "Cancelled");
 }
 
+/// The fixture for issue 10, point 6: a record nested too deep for serde_json is served
+/// whole, and can still be moved to Cancelled with the reason in runtime_status.
+#[test]
+fn a_record_nested_too_deep_is_served_and_can_be_cancelled() {
+    let fake = FakeArvados::start();
+    fake.add_deeply_nested_container(CUUID, 130);
+    let c = Client::new(&fake);
+    let r = c.call(
+        "GET",
+        &container_path(CUUID),
+        Some(&bearer(fake.token())),
+        Body::None,
+    );
+    assert_eq!(r.status, 200);
+    let err = serde_json::from_slice::<Value>(&r.body).unwrap_err();
+    assert!(
+        err.to_string().starts_with("recursion limit exceeded"),
+        "{err}"
+    );
+    let text = r.text();
+    // 130 levels: record, mounts, mount, then 127 arrays.
+    assert!(text.contains(&"[".repeat(127)) && !text.contains(&"[".repeat(128)));
+    assert!(text.contains(r#""state":"Locked""#), "{text:.200}");
+
+    let status = json!({"error": "cannot read the container record", "errorDetail": "nested"});
+    let r = put_container(
+        &c,
+        &fake,
+        json!({"state": "Cancelled", "runtime_status": status}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rec = fake.container(CUUID);
+    assert_eq!(rec["state"], "Cancelled");
+    assert_eq!(rec["runtime_status"], status);
+}
+
 #[test]
 fn field_and_reference_rules() {
     let fake = FakeArvados::start();

@@ -249,6 +249,12 @@ fn manifest_of(c: &Case, pdh: &str) -> String {
         .unwrap_or_else(|| panic!("no collection {pdh}"))
 }
 
+/// The paths of the files of `manifest`, in order.
+fn paths_of(manifest: &str) -> Vec<Vec<u8>> {
+    let parsed = crunch_run::arvados::manifest::Manifest::parse(manifest).unwrap();
+    parsed.files().into_iter().map(|f| f.path).collect()
+}
+
 #[test]
 fn inputs_are_mounted_read_only_and_the_output_is_captured() {
     let c = Case::with_shared_image(
@@ -287,13 +293,11 @@ fn inputs_are_mounted_read_only_and_the_output_is_captured() {
     assert_eq!(fake.read_file(output, "emptydir/.keep").unwrap(), b"");
     // Exactly those files, and the PDH by Arvados' rule.
     let manifest = manifest_of(&c, output);
-    let files: Vec<String> = crunch_run::arvados::manifest::Manifest::parse(&manifest)
-        .unwrap()
-        .files()
-        .into_iter()
-        .map(|f| f.path)
-        .collect();
-    assert_eq!(files, ["inputfile", "json", "text", "emptydir/.keep"]);
+    let files = paths_of(&manifest);
+    assert_eq!(
+        files,
+        [&b"inputfile"[..], b"json", b"text", b"emptydir/.keep"]
+    );
     assert_eq!(
         crunch_run::arvados::manifest::portable_data_hash(&manifest),
         output
@@ -329,6 +333,48 @@ fn stdout_mount_sends_stdout_to_the_output_not_the_log() {
     );
     assert_eq!(c.h.log_text(&c.uuid, "stdout.txt"), "");
     assert!(c.crunch_log().contains("stdout is written as is to"));
+}
+
+/// Issue 10: one file whose name is not UTF-8 (`printf '\377\376'`) made the run
+/// Cancelled with no output. Every file is kept, and the Python SDK reads the odd one back
+/// by its exact bytes.
+#[test]
+fn a_file_name_that_is_not_utf8_keeps_the_whole_output() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Case::with_shared_image(
+        1010,
+        &[
+            "sh",
+            "-c",
+            "cd /tmp && printf odd > \"$(printf '\\377\\376')\" && echo one > one.txt \
+             && mkdir sub && echo two > sub/two.txt",
+        ],
+    );
+    c.edit(|r| {
+        r["output_path"] = json!("/tmp");
+        r["mounts"] = json!({"/tmp": {"kind": "tmp"}});
+    });
+    let rec = c.run();
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    let output = rec["output"].as_str().unwrap();
+    let manifest = manifest_of(&c, output);
+    let paths = paths_of(&manifest);
+    assert_eq!(
+        paths,
+        [&b"one.txt"[..], b"\xff\xfe", b"sub/two.txt"],
+        "{manifest}"
+    );
+    let fake = &c.h.fake;
+    let odd = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    assert_eq!(common::python_reads_collection(fake, output, odd), b"odd");
+    assert_eq!(
+        common::python_reads_collection(fake, output, "one.txt"),
+        b"one\n"
+    );
+    assert_eq!(
+        common::python_reads_collection(fake, output, "sub/two.txt"),
+        b"two\n"
+    );
 }
 
 #[test]

@@ -1,29 +1,23 @@
-//! Arvados REST API client over HTTPS (ureq, blocking): TLS settings, auth header, JSON
-//! bodies, Arvados error messages (reference §2.1). When to retry is `retry`'s job.
+//! Arvados REST API client over HTTPS (ureq, blocking): auth header, JSON bodies, Arvados
+//! error messages (reference §2.1). When to retry is `retry`'s job, whom to trust `tls`'s.
 //!
 //! Every call sends `Authorization: Bearer <token>` and one `X-Request-Id` (the same on
 //! every retry of that call). Transient failures (connection errors, 408, 429, 5xx except
 //! 501) are retried until `RetryPolicy::deadline`; other 4xx answers return at once. Error
 //! texts never contain the token.
 
-use std::fs;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use crate::arvados::decode;
 use crate::arvados::retry::{Attempt, RetryPolicy, is_transient_error, retry_loop};
+use crate::arvados::tls;
 use crate::redact::Secrets;
 use crate::store::StoreError;
-
-/// Where the system CA bundle may live; the first one that exists is used.
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-];
 
 /// Largest JSON response we read (a big output collection's manifest can be large).
 const MAX_JSON_BODY: u64 = 1 << 30;
@@ -102,76 +96,10 @@ pub(crate) fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// Load the TLS settings: no verification if insecure; otherwise the system bundle plus
-/// the extra CA file. If no system bundle exists: the extra CA file alone if given, else
-/// ureq's built-in WebPki roots.
-fn tls_config(settings: &ApiSettings) -> Result<TlsConfig, StoreError> {
-    if settings.insecure {
-        return Ok(TlsConfig::builder().disable_verification(true).build());
-    }
-    let mut certs: Vec<Certificate<'static>> = Vec::new();
-    let mut have_system = false;
-    if let Some(path) = SYSTEM_CA_BUNDLES
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-    {
-        // An unreadable system bundle is not fatal: fall back as if there were none.
-        if let Ok(pem) = fs::read(path) {
-            certs.extend(pem_certs(&pem));
-            have_system = !certs.is_empty();
-        }
-    }
-    if let Some(extra) = &settings.extra_ca_file {
-        let what = format!("reading CA certificates from {}", extra.display());
-        let pem = fs::read(extra).map_err(|source| StoreError::Io {
-            what: what.clone(),
-            source,
-        })?;
-        let mut n = 0;
-        for item in ureq::tls::parse_pem(&pem) {
-            match item {
-                Ok(PemItem::Certificate(c)) => {
-                    certs.push(c);
-                    n += 1;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(StoreError::Invalid {
-                        what,
-                        message: format!("bad PEM: {e}"),
-                    });
-                }
-            }
-        }
-        if n == 0 {
-            return Err(StoreError::Invalid {
-                what,
-                message: "no certificates found in the file".to_string(),
-            });
-        }
-    } else if !have_system {
-        return Ok(TlsConfig::builder().root_certs(RootCerts::WebPki).build());
-    }
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::Specific(std::sync::Arc::new(certs)))
-        .build())
-}
-
-/// The certificates of a PEM bundle, skipping anything unparsable.
-fn pem_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Build the HTTP agent shared by the API and Keep clients.
 fn build_agent(settings: &ApiSettings) -> Result<ureq::Agent, StoreError> {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .tls_config(tls_config(settings)?)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_send_request(Some(Duration::from_secs(60)))
         // A stall of this long in any read or write fails the attempt. The whole body
@@ -191,7 +119,12 @@ fn build_agent(settings: &ApiSettings) -> Result<ureq::Agent, StoreError> {
         .max_idle_age(IDLE_CONNECTION_AGE)
         .user_agent(concat!("crunch-run/", env!("CARGO_PKG_VERSION")))
         .build();
-    Ok(ureq::Agent::new_with_config(config))
+    let connector = tls::connector(settings.insecure, settings.extra_ca_file.as_deref())?;
+    Ok(ureq::Agent::with_parts(
+        config,
+        connector,
+        ureq::unversioned::resolver::DefaultResolver::default(),
+    ))
 }
 
 /// Client for the Arvados REST API. Cheap to share by reference; `agent()` hands out the
@@ -408,12 +341,9 @@ fn classify_response(status: u16, bytes: &[u8], what: &str) -> Attempt<Value> {
             if bytes.is_empty() {
                 return Attempt::Done(Value::Null);
             }
-            match serde_json::from_slice(bytes) {
+            match decode::answer(bytes, what) {
                 Ok(v) => Attempt::Done(v),
-                Err(e) => Attempt::Fatal(StoreError::Invalid {
-                    what: what.to_string(),
-                    message: format!("response is not JSON ({e}): {}", error_message(bytes)),
-                }),
+                Err(e) => Attempt::Fatal(e),
             }
         }
         404 => Attempt::NotFound,
@@ -443,6 +373,15 @@ pub(crate) fn redact_error(err: StoreError, secrets: &Secrets) -> StoreError {
         StoreError::Invalid { what, message } => StoreError::Invalid {
             what: secrets.redact(&what),
             message: secrets.redact(&message),
+        },
+        StoreError::Undecodable {
+            what,
+            message,
+            state,
+        } => StoreError::Undecodable {
+            what: secrets.redact(&what),
+            message: secrets.redact(&message),
+            state,
         },
         StoreError::Io { what, source } => {
             let text = source.to_string();
@@ -791,83 +730,13 @@ mod tests {
     }
 
     #[test]
-    fn bad_json_on_success_is_invalid() {
+    fn bad_json_on_success_is_undecodable() {
         let server = start(|_, _| response(200, &[], b"<html>"));
         let c = client(&server.url, fast_retry());
         let err = c.get("/x", &[]).unwrap_err();
-        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn ca_file_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("nope.pem");
-        let settings = |p: &std::path::Path| ApiSettings {
-            host: "example.invalid".into(),
-            token: TOKEN.into(),
-            insecure: false,
-            extra_ca_file: Some(p.to_path_buf()),
-            retry: RetryPolicy::default(),
-        };
-        let err = ApiClient::new(settings(&missing)).unwrap_err();
-        assert!(err.to_string().contains("nope.pem"), "{err}");
-        let junk = dir.path().join("junk.pem");
-        fs::write(&junk, "not a certificate\n").unwrap();
-        let err = ApiClient::new(settings(&junk)).unwrap_err();
-        assert!(err.to_string().contains("junk.pem"), "{err}");
-        assert!(err.to_string().contains("no certificates"), "{err}");
-        // A real certificate is accepted.
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let good = dir.path().join("good.pem");
-        fs::write(&good, cert.cert.pem()).unwrap();
-        let c = ApiClient::new(settings(&good)).unwrap();
-        assert_eq!(c.base_url, "https://example.invalid");
-        assert!(!format!("{c:?}").contains(TOKEN));
-    }
-
-    /// HTTPS against a self-signed server: trusted through the extra CA file; without it
-    /// the certificate error fails at once instead of being retried until the deadline;
-    /// `insecure` skips the check.
-    #[test]
-    fn tls_extra_ca_and_untrusted_certificates() {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let server = tiny_http::Server::https(
-            "127.0.0.1:0",
-            tiny_http::SslConfig {
-                certificate: ck.cert.pem().into_bytes(),
-                private_key: ck.signing_key.serialize_pem().into_bytes(),
-            },
-        )
-        .unwrap();
-        let addr = server.server_addr().to_ip().unwrap();
-        std::thread::spawn(move || {
-            for req in server.incoming_requests() {
-                let _ = req.respond(tiny_http::Response::from_string(r#"{"ok":1}"#));
-            }
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        fs::write(&ca, ck.cert.pem()).unwrap();
-        let settings = |extra: Option<PathBuf>, insecure: bool| ApiSettings {
-            host: format!("127.0.0.1:{}", addr.port()),
-            token: TOKEN.into(),
-            insecure,
-            extra_ca_file: extra,
-            retry: RetryPolicy {
-                deadline: Duration::from_secs(20),
-                ..fast_retry()
-            },
-        };
-        let c = ApiClient::new(settings(Some(ca), false)).unwrap();
-        assert_eq!(c.get("/x", &[]).unwrap(), json!({"ok": 1}));
-
-        let c = ApiClient::new(settings(None, true)).unwrap();
-        assert_eq!(c.get("/x", &[]).unwrap(), json!({"ok": 1}));
-
-        let c = ApiClient::new(settings(None, false)).unwrap();
-        let started = Instant::now();
-        let err = c.get("/x", &[]).unwrap_err();
-        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+        assert!(
+            matches!(err, StoreError::Undecodable { state: None, .. }),
+            "{err:?}"
+        );
     }
 }

@@ -375,3 +375,6 @@ mod tests {
         assert_eq!(raw_state(&r).unwrap(), State::Complete);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod props;

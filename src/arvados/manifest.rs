@@ -4,14 +4,17 @@
 //! - [`Locator`]: one block locator `md5hex+size(+Hint)*`.
 //! - [`portable_data_hash`]: md5 of the manifest with every locator hint stripped, plus its
 //!   length (the API server's `compute_pdh`).
-//! - [`escape_name`] / [`unescape_name`]: the `\NNN` octal escapes of stream and file names.
+//! - [`escape_name`] / [`unescape_name`] (in `names`): the `\NNN` octal escapes of stream and
+//!   file names, which are bytes, UTF-8 or not.
 //! - [`Manifest`]: a validated parse of a manifest, and its files as ranges of blocks.
 //! - [`single_stream_manifest`] / [`normalized_manifest`] (in `write`): the normalized
 //!   manifest of files written block by block, or of pieces of blocks (what the SDKs'
 //!   `normalize()` would produce for them).
 
+mod names;
 mod write;
 
+pub use names::{escape_name, shown, unescape_name};
 pub use write::{normalized_manifest, single_stream_manifest};
 
 use std::collections::HashMap;
@@ -170,58 +173,6 @@ pub fn portable_data_hash(manifest_text: &str) -> String {
     format!("{}+{}", md5_hex(portable.as_bytes()), portable.len())
 }
 
-/// Escape a stream or file name for a manifest: every byte in `[\000-\040:\\]` (which covers
-/// all ASCII whitespace) becomes a 3-digit octal escape, e.g. `\040`, `\072`, `\134`.
-pub fn escape_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for ch in name.chars() {
-        if ch <= ' ' || ch == ':' || ch == '\\' {
-            out.push_str(&format!("\\{:03o}", ch as u32));
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
-
-/// Undo [`escape_name`]: `\NNN` (three octal digits) is that byte, `\\` is a backslash. Any
-/// other backslash, or a result that is not UTF-8, is an error.
-pub fn unescape_name(escaped: &str) -> Result<String, ManifestError> {
-    if !escaped.contains('\\') {
-        return Ok(escaped.to_string());
-    }
-    let bad = |reason: &str| ManifestError::BadEscape {
-        name: escaped.to_string(),
-        reason: reason.to_string(),
-    };
-    let b = escaped.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'\\' {
-            out.push(b[i]);
-            i += 1;
-        } else if b.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else {
-            let digits = b
-                .get(i + 1..i + 4)
-                .ok_or_else(|| bad("backslash not followed by three octal digits (name ends)"))?;
-            if !digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                return Err(bad("backslash not followed by three octal digits"));
-            }
-            let value = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            let byte = u8::try_from(value).map_err(|_| bad("octal escape above \\377"))?;
-            out.push(byte);
-            i += 4;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad("name is not UTF-8 once unescaped"))
-}
-
 /// A byte range inside one block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockRange {
@@ -235,8 +186,9 @@ pub struct BlockRange {
 /// One file of a manifest: its path and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestFile {
-    /// `"name"` for files of the `.` stream, `"dir/sub/name"` otherwise (unescaped).
-    pub path: String,
+    /// `name` for files of the `.` stream, `dir/sub/name` otherwise: unescaped, any bytes
+    /// but `/` and NUL-free only if the manifest says so (show it with [`shown`]).
+    pub path: Vec<u8>,
     pub size: u64,
     /// The file's bytes, in order. Empty for an empty file.
     pub ranges: Vec<BlockRange>,
@@ -248,13 +200,13 @@ struct Segment {
     pos: u64,
     len: u64,
     /// Unescaped.
-    name: String,
+    name: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stream {
-    /// Unescaped, `"."` or `"./dir/…"`.
-    name: String,
+    /// Unescaped, `.` or `./dir/…`.
+    name: Vec<u8>,
     /// Locator tokens as written.
     locators: Vec<String>,
     /// Offset of each block within the stream, and the stream's total length at the end.
@@ -336,23 +288,15 @@ impl Manifest {
 
     /// Every file, in order of first appearance, with its byte ranges. Several segments of
     /// the same path (also from different lines with the same stream name) concatenate.
-    /// Files named `.` (the `\056` empty-directory markers) are left out: they hold no data
-    /// and are not files.
+    /// A segment whose name ends in `.` (`\056`, the empty-directory marker) is not a file:
+    /// it is left out, and if it carries data, [`Manifest::data_named_dot`] says so.
     pub fn files(&self) -> Vec<ManifestFile> {
         let mut files: Vec<ManifestFile> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         for stream in &self.streams {
-            let dir = stream.name.strip_prefix("./");
             for seg in &stream.segments {
-                let segment_name = seg.name.as_str();
-                // Normalize "a/./b" style names; skip the "." marker.
-                let comps: Vec<&str> = segment_name.split('/').filter(|c| *c != ".").collect();
-                if comps.is_empty() {
+                let Named::File(path) = stream.named(&seg.name) else {
                     continue;
-                }
-                let path = match dir {
-                    Some(d) => format!("{}/{}", d, comps.join("/")),
-                    None => comps.join("/"),
                 };
                 let i = *index.entry(path.clone()).or_insert_with(|| {
                     files.push(ManifestFile {
@@ -370,6 +314,22 @@ impl Manifest {
         files
     }
 
+    /// The segments named `.` that carry data, as `(directory, bytes)`, in order. No SDK
+    /// reads them as a file (Python takes them for the empty-directory marker, Go refuses
+    /// the collection) and no filesystem can hold a file named `.`: whoever copies such a
+    /// collection leaves them out and says so.
+    pub fn data_named_dot(&self) -> Vec<(Vec<u8>, u64)> {
+        let mut found = Vec::new();
+        for stream in &self.streams {
+            for seg in stream.segments.iter().filter(|s| s.len > 0) {
+                if let Named::Dir(dir) = stream.named(&seg.name) {
+                    found.push((dir, seg.len));
+                }
+            }
+        }
+        found
+    }
+
     /// All locator tokens, in order, as written (duplicates included).
     pub fn locators(&self) -> impl Iterator<Item = &str> {
         self.streams
@@ -378,26 +338,58 @@ impl Manifest {
     }
 }
 
+/// What a segment name means in its stream.
+enum Named {
+    /// A file at this path (relative to the collection root, `.` components dropped).
+    File(Vec<u8>),
+    /// The name ends in `.`: the marker that keeps this directory (`""`: the root).
+    Dir(Vec<u8>),
+}
+
+/// The components of a path or name, split at `/`.
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&b| b == b'/')
+}
+
 /// The unescaped name of a stream from its token: `.` or `./a/b`, without empty, `.` or
 /// `..` components. `Err` says why not.
-fn stream_name(raw: &str) -> Result<String, String> {
+fn stream_name(raw: &str) -> Result<Vec<u8>, String> {
     let name = unescape_name(raw).map_err(|e| e.to_string())?;
-    if name == "." {
+    if name == b"." {
         return Ok(name);
     }
-    let Some(rest) = name.strip_prefix("./") else {
+    let Some(rest) = name.strip_prefix(b"./") else {
         return Err("stream name must be \".\" or start with \"./\"".to_string());
     };
-    if rest
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
+    if components(rest).any(|c| c.is_empty() || c == b"." || c == b"..") {
         return Err("stream name has an empty, \".\" or \"..\" component".to_string());
     }
     Ok(name)
 }
 
 impl Stream {
+    /// The stream's directory relative to the collection root (`""` for `.`).
+    fn dir(&self) -> &[u8] {
+        self.name.strip_prefix(b"./").unwrap_or_default()
+    }
+
+    /// What the segment name `name` of this stream means.
+    fn named(&self, name: &[u8]) -> Named {
+        let is_marker = components(name).last() == Some(b".".as_slice());
+        let mut path = self.dir().to_vec();
+        for c in components(name).filter(|c| *c != b".") {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(c);
+        }
+        if is_marker {
+            Named::Dir(path)
+        } else {
+            Named::File(path)
+        }
+    }
+
     /// The stream's length so far: the end of its last block.
     fn len(&self) -> u64 {
         self.starts[self.starts.len() - 1]
@@ -439,7 +431,7 @@ impl Stream {
             return Err("empty file name".to_string());
         }
         let name = unescape_name(n).map_err(|e| e.to_string())?;
-        if name.split('/').any(|c| c.is_empty() || c == "..") {
+        if components(&name).any(|c| c.is_empty() || c == b"..") {
             return Err("file name has an empty or \"..\" path component".to_string());
         }
         self.segments.push(Segment { pos, len, name });
@@ -481,39 +473,25 @@ impl Manifest {
     /// Every directory of the collection, relative to its root, sorted, the root left out:
     /// stream names, the directories in file names, those holding a `.` marker (how an
     /// empty directory is written), and all their parents.
-    pub fn dirs(&self) -> Vec<String> {
+    pub fn dirs(&self) -> Vec<Vec<u8>> {
         let mut dirs = std::collections::BTreeSet::new();
-        let mut add_with_parents = |dir: String| {
+        let mut add_with_parents = |dir: &[u8]| {
             let mut end = dir.len();
-            while end > 0 && dirs.insert(dir[..end].to_string()) {
-                end = dir[..end].rfind('/').unwrap_or(0);
+            while end > 0 && dirs.insert(dir[..end].to_vec()) {
+                end = dir[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
             }
         };
         for stream in &self.streams {
-            let stream_dir = stream.name.strip_prefix("./").unwrap_or("");
-            add_with_parents(stream_dir.to_string());
+            add_with_parents(stream.dir());
             for seg in &stream.segments {
-                let name = seg.name.as_str();
-                let in_name = if name == "." || name.ends_with("/.") {
-                    name
-                } else {
-                    match name.rsplit_once('/') {
-                        Some((dir, _)) => dir,
-                        None => continue,
+                match stream.named(&seg.name) {
+                    Named::Dir(dir) => add_with_parents(&dir),
+                    Named::File(path) => {
+                        if let Some(end) = path.iter().rposition(|&b| b == b'/') {
+                            add_with_parents(&path[..end]);
+                        }
                     }
-                };
-                let comps: Vec<&str> = in_name.split('/').filter(|c| *c != ".").collect();
-                if comps.is_empty() {
-                    continue;
                 }
-                let mut dir = stream_dir.to_string();
-                for c in comps {
-                    if !dir.is_empty() {
-                        dir.push('/');
-                    }
-                    dir.push_str(c);
-                }
-                add_with_parents(dir);
             }
         }
         dirs.into_iter().collect()
@@ -640,32 +618,6 @@ mod tests {
     }
 
     #[test]
-    fn escapes_round_trip() {
-        assert_eq!(escape_name("a b"), "a\\040b");
-        assert_eq!(escape_name("x:y"), "x\\072y");
-        assert_eq!(escape_name("back\\slash"), "back\\134slash");
-        assert_eq!(escape_name("tab\tnl\ncr\r"), "tab\\011nl\\012cr\\015");
-        assert_eq!(escape_name("\u{0}"), "\\000");
-        assert_eq!(escape_name("plain-Ünïcode.txt"), "plain-Ünïcode.txt");
-        for name in [
-            "a b",
-            "x:y\\z",
-            "all\t\n\r\x0b\x0c \x01:",
-            "ünï cödé",
-            ".",
-            "",
-        ] {
-            assert_eq!(unescape_name(&escape_name(name)).unwrap(), name);
-        }
-        assert_eq!(unescape_name("a\\\\b").unwrap(), "a\\b");
-        assert_eq!(unescape_name("\\056").unwrap(), ".");
-        assert_eq!(unescape_name("\\303\\274").unwrap(), "ü");
-        for bad in ["a\\", "a\\04", "a\\09x", "a\\400", "\\377"] {
-            assert!(unescape_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn single_stream_commit_logs_vector() {
         let m = single_stream_manifest(&[fb(
             "crunch-run.txt",
@@ -713,10 +665,15 @@ mod tests {
         );
         let parsed = Manifest::parse(&m).unwrap();
         let files = parsed.files();
-        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        let names: Vec<&[u8]> = files.iter().map(|f| f.path.as_slice()).collect();
         assert_eq!(
             names,
-            vec!["crunch-run.txt", "my file:1", "stderr.txt", "stdout.txt"]
+            [
+                b"crunch-run.txt".as_slice(),
+                b"my file:1",
+                b"stderr.txt",
+                b"stdout.txt"
+            ]
         );
         assert_eq!(files[1].size, 0);
         assert!(files[1].ranges.is_empty());
@@ -773,13 +730,16 @@ mod tests {
                 ". {bar} 0:3:top\n./a {foo} 0:3:z\n./a/x {foo} 0:3:y\n./a\\040b {bar} 0:3:x\n./b {foo} 0:3:c.out\n"
             )
         );
-        let paths: Vec<String> = Manifest::parse(&m)
+        let paths: Vec<Vec<u8>> = Manifest::parse(&m)
             .unwrap()
             .files()
             .into_iter()
             .map(|f| f.path)
             .collect();
-        assert_eq!(paths, vec!["top", "a/z", "a/x/y", "a b/x", "b/c.out"]);
+        assert_eq!(
+            paths,
+            [b"top".as_slice(), b"a/z", b"a/x/y", b"a b/x", b"b/c.out"]
+        );
     }
 
     #[test]
@@ -788,8 +748,8 @@ mod tests {
         let m = ". 408672f5b5325f7d20edfbf899faee42+83 0:83:crunch-run.txt\n. c556a293010069fa79a6790a931531d5+80 0:80:stdout.txt\n";
         let files = Manifest::parse(m).unwrap().files();
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].path, "crunch-run.txt");
-        assert_eq!(files[1].path, "stdout.txt");
+        assert_eq!(files[0].path, b"crunch-run.txt");
+        assert_eq!(files[1].path, b"stdout.txt");
         assert_eq!(files[1].size, 80);
         assert_eq!(
             files[1].ranges[0].locator,
@@ -800,7 +760,7 @@ mod tests {
         let m = "./d acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:f\n./d 37b51d194a7513e45b56f6524f2d51f2+3 1:2:f\n";
         let files = Manifest::parse(m).unwrap().files();
         assert_eq!(files.len(), 1);
-        assert_eq!(files[0].path, "d/f");
+        assert_eq!(files[0].path, b"d/f");
         assert_eq!(files[0].size, 5);
         assert_eq!(
             files[0].ranges,
@@ -834,13 +794,13 @@ mod tests {
             len,
         };
         assert_eq!(files.len(), 3);
-        assert_eq!(files[0].path, "x");
+        assert_eq!(files[0].path, b"x");
         assert_eq!(files[0].size, 6);
         assert_eq!(files[0].ranges, vec![r(a, 7, 3), r(b, 0, 3)]);
-        assert_eq!(files[1].path, "y");
+        assert_eq!(files[1].path, b"y");
         assert_eq!(files[1].size, 10);
         assert_eq!(files[1].ranges, vec![r(a, 0, 2), r(b, 2, 8)]);
-        assert_eq!(files[2].path, "sub dir/z:");
+        assert_eq!(files[2].path, b"sub dir/z:");
         assert_eq!(files[2].size, 0);
 
         // A whole large file over several blocks, as in the docker image fixture.
@@ -864,10 +824,46 @@ mod tests {
         let manifest = Manifest::parse(&m).unwrap();
         let files = manifest.files();
         assert_eq!(files.len(), 1);
-        assert_eq!(files[0].path, "foo");
+        assert_eq!(files[0].path, b"foo");
         assert_eq!(
             manifest.locators().collect::<Vec<_>>(),
             vec!["acbd18db4cc2f85cedef654fccc4a4d8+3", EMPTY_BLOCK_LOCATOR]
+        );
+    }
+
+    /// Issue 10: a name that is not UTF-8 once unescaped made the whole manifest invalid,
+    /// so an output we wrote for such a file could not be mounted as an input.
+    #[test]
+    fn names_that_are_not_utf8_parse_and_come_back_as_their_bytes() {
+        let foo = "acbd18db4cc2f85cedef654fccc4a4d8+3";
+        let m = format!(". {foo} 0:3:\\377\\376\n./d\\351 {foo} 0:3:caf\\303\\251\\040\\377\n");
+        let manifest = Manifest::parse(&m).unwrap();
+        let paths: Vec<Vec<u8>> = manifest.files().into_iter().map(|f| f.path).collect();
+        assert_eq!(paths, [&b"\xff\xfe"[..], b"d\xe9/caf\xc3\xa9 \xff"]);
+        assert_eq!(manifest.dirs(), [b"d\xe9"]);
+        let files: Vec<(Vec<u8>, Vec<BlockRange>)> = manifest
+            .files()
+            .into_iter()
+            .map(|f| (f.path, f.ranges))
+            .collect();
+        assert_eq!(normalized_manifest(&files, &[]), m);
+    }
+
+    /// Issue 10: a segment named `.` that carries data was dropped without a word (and a
+    /// `.` marker at the end of a longer name, `0:0:a/b/\056`, made `a/b` an empty file
+    /// as well as a directory).
+    #[test]
+    fn data_named_dot_is_not_a_file_and_is_reported() {
+        let foo = "acbd18db4cc2f85cedef654fccc4a4d8+3";
+        let m =
+            format!(". {foo} 0:3:\\056 0:0:a/b/\\056 0:3:keep\n./d {foo} 1:2:x/\\056 0:0:\\056\n");
+        let manifest = Manifest::parse(&m).unwrap();
+        let paths: Vec<Vec<u8>> = manifest.files().into_iter().map(|f| f.path).collect();
+        assert_eq!(paths, [b"keep"]);
+        assert_eq!(manifest.dirs(), [&b"a"[..], b"a/b", b"d", b"d/x"]);
+        assert_eq!(
+            manifest.data_named_dot(),
+            [(Vec::new(), 3), (b"d/x".to_vec(), 2)]
         );
     }
 
@@ -924,27 +920,21 @@ mod tests {
         let l2 = "3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396cabcdefghij6419876543234@569fa8c4";
         let l3 = "3e426d509afffb85e06c4c96a7c15e91+27+Aa124ac75e5168396c73c0bcdefghijk544332211@569fa8c5";
         let files = vec![
-            ("foo/sub1file2".to_string(), vec![br(l2, 9, 18)]),
-            ("foo/bar".to_string(), vec![br(l1, 9, 18)]),
+            ("foo/sub1file2".into(), vec![br(l2, 9, 18)]),
+            ("foo/bar".into(), vec![br(l1, 9, 18)]),
             (
-                "a/b/c.out".to_string(),
+                "a/b/c.out".into(),
                 vec![br("307372fa8fd5c146b22ae7a45b49bc31+6", 0, 6)],
             ),
-            ("foo/baz/sub2file2".to_string(), vec![br(l3, 9, 18)]),
+            ("foo/baz/sub2file2".into(), vec![br(l3, 9, 18)]),
+            ("foo/sub1/file1_in_subdir1.txt".into(), vec![br(l2, 0, 9)]),
+            ("foo/sub1/file2_in_subdir1.txt".into(), vec![br(l2, 9, 18)]),
             (
-                "foo/sub1/file1_in_subdir1.txt".to_string(),
-                vec![br(l2, 0, 9)],
-            ),
-            (
-                "foo/sub1/file2_in_subdir1.txt".to_string(),
-                vec![br(l2, 9, 18)],
-            ),
-            (
-                "foo/sub1/subdir2/file2_in_subdir2.txt".to_string(),
+                "foo/sub1/subdir2/file2_in_subdir2.txt".into(),
                 vec![br(l3, 9, 18)],
             ),
             (
-                "foo/sub1/subdir2/file1_in_subdir2.txt".to_string(),
+                "foo/sub1/subdir2/file1_in_subdir2.txt".into(),
                 vec![br(l3, 0, 9)],
             ),
         ];
@@ -955,7 +945,7 @@ mod tests {
              ./foo/sub1 {l2} 0:9:file1_in_subdir1.txt 9:18:file2_in_subdir1.txt\n\
              ./foo/sub1/subdir2 {l3} 0:9:file1_in_subdir2.txt 9:18:file2_in_subdir2.txt\n"
         );
-        let dirs = vec!["a".to_string(), "a/b".to_string(), "foo".to_string()];
+        let dirs: Vec<Vec<u8>> = vec!["a".into(), "a/b".into(), "foo".into()];
         assert_eq!(normalized_manifest(&files, &dirs), want);
         Manifest::parse(&want).unwrap();
     }
@@ -963,15 +953,12 @@ mod tests {
     #[test]
     fn normalized_manifest_empty_dirs_empty_files_and_nothing() {
         assert_eq!(normalized_manifest(&[], &[]), "");
-        assert_eq!(normalized_manifest(&[], &["".to_string()]), "");
+        assert_eq!(normalized_manifest(&[], &[Vec::new()]), "");
         let e = EMPTY_BLOCK_LOCATOR;
-        let files = vec![
-            ("d/x".to_string(), vec![]),
-            ("d/y".to_string(), vec![br(e, 0, 0)]),
-        ];
-        let dirs: Vec<String> = ["d", "empty", "deep/er/est", "deep", "deep/er", "empty"]
+        let files = vec![("d/x".into(), vec![]), ("d/y".into(), vec![br(e, 0, 0)])];
+        let dirs: Vec<Vec<u8>> = ["d", "empty", "deep/er/est", "deep", "deep/er", "empty"]
             .iter()
-            .map(|s| s.to_string())
+            .map(|s| s.as_bytes().to_vec())
             .collect();
         let want =
             format!("./d {e} 0:0:x 0:0:y\n./deep/er/est {e} 0:0:\\056\n./empty {e} 0:0:\\056\n");
@@ -986,12 +973,12 @@ mod tests {
         let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb+10";
         let files = vec![
             // Across two blocks: one segment.
-            ("big".to_string(), vec![br(a, 0, 10), br(b, 0, 10)]),
+            ("big".into(), vec![br(a, 0, 10), br(b, 0, 10)]),
             // Non-contiguous pieces: two segments.
-            ("gappy".to_string(), vec![br(b, 2, 3), br(a, 1, 1)]),
-            ("sp ace/co:lon\\".to_string(), vec![br(a, 4, 2)]),
-            ("a b/x".to_string(), vec![br(b, 0, 1)]),
-            ("a/x".to_string(), vec![br(b, 0, 1)]),
+            ("gappy".into(), vec![br(b, 2, 3), br(a, 1, 1)]),
+            ("sp ace/co:lon\\".into(), vec![br(a, 4, 2)]),
+            ("a b/x".into(), vec![br(b, 0, 1)]),
+            ("a/x".into(), vec![br(b, 0, 1)]),
         ];
         let text = normalized_manifest(&files, &[]);
         assert_eq!(
@@ -1002,7 +989,7 @@ mod tests {
         );
         // What goes in comes back out.
         let parsed = Manifest::parse(&text).unwrap().files();
-        let got: Vec<(String, Vec<BlockRange>)> =
+        let got: Vec<(Vec<u8>, Vec<BlockRange>)> =
             parsed.into_iter().map(|f| (f.path, f.ranges)).collect();
         for f in &files {
             assert!(got.contains(f), "{f:?} not in {got:?}");

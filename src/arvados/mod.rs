@@ -4,8 +4,10 @@
 
 pub mod client;
 pub mod container;
+pub(crate) mod decode;
 pub mod ids;
 pub mod keep;
 pub mod manifest;
 pub mod retry;
 pub mod store;
+pub(crate) mod tls;

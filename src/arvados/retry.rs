@@ -9,6 +9,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::arvados::tls::failure_of;
 use crate::store::StoreError;
 
 /// How long to keep retrying, and how long to wait between tries.
@@ -78,7 +79,11 @@ pub(crate) enum Attempt<T> {
 impl<T> Attempt<T> {
     /// The attempt that failed with this transport error.
     pub(crate) fn from_transport(err: &ureq::Error) -> Attempt<T> {
-        let message = err.to_string();
+        // A TLS failure is one sentence of its own; ureq's wrapping would only add noise.
+        let message = match failure_of(err) {
+            Some(tls) => tls.to_string(),
+            None => err.to_string(),
+        };
         if is_transient_error(err) {
             Attempt::Transient {
                 status: None,
@@ -114,8 +119,9 @@ pub(crate) fn is_transient_status(status: u16) -> bool {
     status == 408 || status == 429 || (status >= 500 && status != 501)
 }
 
-/// Whether a transport error is worth retrying. Bad URLs and TLS/certificate problems are
-/// not (rustls reports a certificate it does not trust as an `InvalidData` I/O error).
+/// Whether a transport error is worth retrying. Bad URLs and TLS problems are not: a failed
+/// handshake comes as `tls::TlsFailure` inside `Error::Other`, and rustls reports a broken
+/// TLS stream later on as an `InvalidData` I/O error.
 pub(crate) fn is_transient_error(err: &ureq::Error) -> bool {
     match err {
         ureq::Error::Io(e) => e.kind() != std::io::ErrorKind::InvalidData,

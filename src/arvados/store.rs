@@ -410,6 +410,31 @@ mod tests {
         (s, server)
     }
 
+    /// A record nested deeper than serde_json reads (issue 10, point 6) is Undecodable
+    /// with its state, so the run can still close it; not retried.
+    #[test]
+    fn a_record_too_deep_to_read_is_undecodable_with_its_state() {
+        let body = format!(
+            r#"{{"uuid":"{CUUID}","mounts":{{"/j":{{"kind":"json","content":{}{}}}}},"state":"Locked"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let (s, server) = store(move |_, _| response(200, &[], body.as_bytes()));
+        let err = s.get_container(CUUID).unwrap_err();
+        match &err {
+            StoreError::Undecodable { what, state, .. } => {
+                assert_eq!(what, &format!("GET /arvados/v1/containers/{CUUID}"));
+                assert_eq!(state.as_deref(), Some("Locked"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("nested more than 127 levels deep"),
+            "{err}"
+        );
+        assert_eq!(server.requests.lock().unwrap().len(), 1);
+    }
+
     fn sent(server: &Server, i: usize) -> (String, String, Value) {
         let r = server.requests.lock().unwrap()[i].clone();
         let body = if r.body.is_empty() {

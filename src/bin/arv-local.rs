@@ -76,7 +76,7 @@ fn cat(dir: &str, pdh: &str, path: &str) -> Result<(), Error> {
     let file = manifest
         .files()
         .into_iter()
-        .find(|f| f.path == path)
+        .find(|f| f.path == path.as_bytes())
         .ok_or_else(|| format!("{pdh} has no file {path}"))?;
     stream_file(&store, &file, &mut io::stdout().lock(), &|| Ok(()))?;
     Ok(())

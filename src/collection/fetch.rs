@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
@@ -68,30 +70,37 @@ impl<'a> CollectionReader<'a> {
 
     /// Create the selection's directories and files under `dest` (or at `dest`, for a
     /// single file), then fill them from the block store. Files are created with the
-    /// process umask; setting modes is the caller's.
+    /// process umask; setting modes is the caller's. A path that could lead out of `dest`
+    /// or that no host file can have (see [`host_path`]) is refused before anything is
+    /// written.
     pub fn write_selection(
         &self,
         sel: &Selection,
         dest: &Path,
     ) -> Result<Written, CollectionError> {
+        let dirs = sel
+            .dirs
+            .iter()
+            .map(|dir| host_path(dest, dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut hosts = Vec::with_capacity(sel.files.len());
+        for file in &sel.files {
+            hosts.push(match file.path.is_empty() {
+                true => dest.to_path_buf(),
+                false => host_path(dest, &file.path)?,
+            });
+        }
         if !sel.is_file {
             create_dirs(dest)?;
         }
-        for dir in &sel.dirs {
-            create_dirs(&dest.join(dir))?;
+        for dir in &dirs {
+            create_dirs(dir)?;
         }
-        let mut hosts = Vec::with_capacity(sel.files.len());
-        for file in &sel.files {
-            let host = if file.path.is_empty() {
-                dest.to_path_buf()
-            } else {
-                dest.join(&file.path)
-            };
+        for host in &hosts {
             if let Some(parent) = host.parent() {
                 create_dirs(parent)?;
             }
-            File::create(&host).map_err(io_err(format!("create {}", host.display())))?;
-            hosts.push(host);
+            File::create(host).map_err(io_err(format!("create {}", host.display())))?;
         }
         let jobs = block_jobs(&sel.files)?;
         for job in &jobs {
@@ -142,6 +151,24 @@ impl<'a> CollectionReader<'a> {
         }
         Ok(())
     }
+}
+
+/// Where the collection path `rel` goes under `dest`. The manifest parser already refuses
+/// `..`, empty components and names that lead out of the collection; this checks again,
+/// here where it matters, and refuses what no host path can hold (a NUL byte, a `.`).
+fn host_path(dest: &Path, rel: &[u8]) -> Result<PathBuf, CollectionError> {
+    let bad = |reason: &'static str| CollectionError::BadPath {
+        path: PathBuf::from(OsStr::from_bytes(rel)),
+        reason,
+    };
+    if rel.contains(&0) {
+        return Err(bad("it holds a NUL byte"));
+    }
+    let mut comps = rel.split(|&b| b == b'/');
+    if comps.any(|c| c.is_empty() || c == b"." || c == b"..") {
+        return Err(bad("it has an empty, \".\" or \"..\" component"));
+    }
+    Ok(dest.join(OsStr::from_bytes(rel)))
 }
 
 /// Make `path` and its parents (mode 0777 before the umask).
@@ -246,5 +273,41 @@ impl Write for FanOut<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    /// The parser refuses such names already; `write_selection` checks again where it
+    /// matters, before it creates anything.
+    #[test]
+    fn a_selection_that_leads_out_or_holds_nul_writes_nothing() {
+        let store = MemoryStore::new();
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        let file = |path: &[u8]| ManifestFile {
+            path: path.to_vec(),
+            size: 0,
+            ranges: Vec::new(),
+        };
+        for (files, dirs) in [
+            (vec![file(b"ok"), file(b"../escape")], vec![]),
+            (vec![file(b"ok")], vec![b"/abs".to_vec()]),
+            (vec![file(b"a/./b")], vec![]),
+            (vec![file(b"a\0b")], vec![]),
+        ] {
+            let sel = Selection {
+                files,
+                dirs,
+                ..Selection::default()
+            };
+            let reader = CollectionReader::new(&store, &store);
+            let err = reader.write_selection(&sel, &dest).unwrap_err();
+            assert!(matches!(err, CollectionError::BadPath { .. }), "{err}");
+            assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        }
     }
 }

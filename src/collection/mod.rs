@@ -10,6 +10,7 @@ pub mod select;
 pub mod stream;
 
 use std::io;
+use std::path::PathBuf;
 
 use crate::arvados::manifest::ManifestError;
 use crate::store::StoreError;
@@ -64,6 +65,9 @@ pub enum CollectionError {
     /// The caller asked to stop (a cancel) between blocks.
     #[error("{0}")]
     Stopped(#[source] io::Error),
+    /// A path of the collection cannot be written on the host.
+    #[error("path {path:?} of the collection cannot be written here: {reason}")]
+    BadPath { path: PathBuf, reason: &'static str },
     /// A host file operation failed.
     #[error("{what}: {source}")]
     Io {

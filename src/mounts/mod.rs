@@ -118,7 +118,8 @@ pub enum OutputRef {
     /// time it still has this size and mtime, its `ranges` can be reused instead of
     /// uploading it again.
     Copied {
-        rel: String,
+        /// Bytes: the rest of the path is the collection's file name.
+        rel: Vec<u8>,
         size: u64,
         mtime: SystemTime,
         ranges: Vec<BlockRange>,
@@ -146,6 +147,9 @@ pub struct StagedMounts {
     pub output_refs: Vec<OutputRef>,
     /// Contents of secret mounts, for log redaction.
     pub secrets: Vec<String>,
+    /// What staging left out that the user must hear of (each line already said; for the
+    /// record's `runtime_status.warning`).
+    pub warnings: Vec<String>,
 }
 
 /// Why the mounts cannot be set up. Validation messages are the reference's where it has

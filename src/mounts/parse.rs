@@ -608,3 +608,6 @@ mod tests {
         assert_eq!(plan.stdin.unwrap().kind, MountKind::Json(json!("in")));
     }
 }
+
+#[cfg(test)]
+mod props;

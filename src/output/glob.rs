@@ -9,6 +9,9 @@
 //! - `[abc]`, `[a-z]`, `[!…]` / `[^…]` (negated) match one character (never `/`);
 //! - `{x,y}` alternatives (may nest, may contain `/`); `\c` matches `c` literally.
 //!
+//! Paths are bytes: a byte that is not part of a UTF-8 character is one character of its
+//! own, which `?`, `*` and a negated class match, and nothing else.
+//!
 //! A malformed pattern (unclosed `[`/`{`, empty class, stray `}`, trailing `\`) matches
 //! nothing. [`OutputGlobs::matches`] adds the copier's rule that `x/**` selects a *file*
 //! only if it is inside `x`, never a file named like `x` itself.
@@ -79,8 +82,8 @@ impl OutputGlobs {
     /// with the file strictly inside the `**` part: `foo*/**` selects `foo/bar` but not a
     /// file named `foo` (bash `globstar` behaviour), while it does select a directory
     /// named `foo`.
-    pub fn matches(&self, path: &str, is_dir: bool) -> bool {
-        let names = split_names(path);
+    pub fn matches(&self, path: impl AsRef<[u8]>, is_dir: bool) -> bool {
+        let names = split_names(path.as_ref());
         self.alternatives().any(|alt| {
             if !is_dir && alt.last() == Some(&Component::GlobStar) {
                 let mut inside = alt.clone();
@@ -95,11 +98,11 @@ impl OutputGlobs {
     /// Whether anything strictly below the directory `path` could be selected by a glob
     /// (conservative: `true` when unsure). Always true when there are no globs. Used to
     /// skip whole subtrees, as the copier's `subtreeCouldMatch`.
-    pub fn subtree_could_match(&self, path: &str) -> bool {
+    pub fn subtree_could_match(&self, path: impl AsRef<[u8]>) -> bool {
         if self.globs.is_empty() {
             return true;
         }
-        let names = split_names(path);
+        let names = split_names(path.as_ref());
         self.alternatives()
             .any(|alt| alternative_could_match_below(alt, &names))
     }
@@ -112,15 +115,16 @@ impl OutputGlobs {
     }
 }
 
-fn split_names(path: &str) -> Vec<&str> {
-    path.trim_start_matches('/').split('/').collect()
+fn split_names(path: &[u8]) -> Vec<&[u8]> {
+    let start = path.iter().position(|&b| b != b'/').unwrap_or(path.len());
+    path[start..].split(|&b| b == b'/').collect()
 }
 
 /// The copier's rule: walk the separators of the pattern; a `**` component before the
 /// path's depth means anything could match; at the path's depth, the pattern's first
 /// components must match the path's and more components must follow; a pattern shorter
 /// than the path can only match below it if it ends in `**`.
-fn alternative_could_match_below(alt: &[Component], names: &[&str]) -> bool {
+fn alternative_could_match_below(alt: &[Component], names: &[&[u8]]) -> bool {
     let depth = names.len();
     // Separators are between components: after component k, for k in 0..len-1.
     for k in 0..alt.len().saturating_sub(1) {
@@ -138,7 +142,7 @@ fn alternative_could_match_below(alt: &[Component], names: &[&str]) -> bool {
 }
 
 /// Match pattern components against path components; `**` takes zero or more.
-fn match_components(pattern: &[Component], names: &[&str]) -> bool {
+fn match_components(pattern: &[Component], names: &[&[u8]]) -> bool {
     match pattern.split_first() {
         None => names.is_empty(),
         Some((Component::GlobStar, rest)) => {
@@ -152,8 +156,8 @@ fn match_components(pattern: &[Component], names: &[&str]) -> bool {
 }
 
 /// Match one component's tokens against one name (classic `*` backtracking).
-fn match_name(tokens: &[Token], name: &str) -> bool {
-    let chars: Vec<char> = name.chars().collect();
+fn match_name(tokens: &[Token], name: &[u8]) -> bool {
+    let chars = characters(name);
     let (mut t, mut c) = (0, 0);
     let mut star: Option<(usize, usize)> = None; // (token after the star, char it took up to)
     while c < chars.len() {
@@ -182,14 +186,25 @@ fn match_name(tokens: &[Token], name: &str) -> bool {
     tokens[t..].iter().all(|tok| *tok == Token::Star)
 }
 
-fn token_matches(tok: &Token, ch: char) -> bool {
-    match tok {
-        Token::Literal(l) => *l == ch,
-        Token::One => true,
-        Token::Star => false,
-        Token::Class { negate, ranges } => {
+/// The characters of a name: `None` for each byte that is not part of a UTF-8 character.
+fn characters(name: &[u8]) -> Vec<Option<char>> {
+    let mut out = Vec::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        out.extend(chunk.valid().chars().map(Some));
+        out.extend(chunk.invalid().iter().map(|_| None));
+    }
+    out
+}
+
+fn token_matches(tok: &Token, ch: Option<char>) -> bool {
+    match (tok, ch) {
+        (Token::Literal(l), _) => Some(*l) == ch,
+        (Token::One, _) => true,
+        (Token::Star, _) => false,
+        (Token::Class { negate, ranges }, Some(ch)) => {
             ranges.iter().any(|&(lo, hi)| lo <= ch && ch <= hi) != *negate
         }
+        (Token::Class { negate, .. }, None) => *negate,
     }
 }
 
@@ -390,16 +405,16 @@ fn compile_class(inner: &[char]) -> Token {
 /// something kept (Go's `applyGlobsToFilesAndDirs`). Returns sorted directories.
 pub(super) fn apply_globs<T>(
     globs: &OutputGlobs,
-    dirs: Vec<String>,
+    dirs: Vec<Vec<u8>>,
     files: Vec<T>,
-    path_of: impl Fn(&T) -> &str,
-) -> (Vec<String>, Vec<T>) {
+    path_of: impl Fn(&T) -> &[u8],
+) -> (Vec<Vec<u8>>, Vec<T>) {
     if globs.is_empty() {
         let mut dirs = dirs;
         dirs.sort();
         return (dirs, files);
     }
-    let mut keep: HashSet<String> = HashSet::new();
+    let mut keep: HashSet<Vec<u8>> = HashSet::new();
     for d in dirs.iter().filter(|d| globs.matches(d, true)) {
         add_with_ancestors(d, &mut keep);
         keep.insert(d.clone());
@@ -411,15 +426,15 @@ pub(super) fn apply_globs<T>(
     for f in &files {
         add_with_ancestors(path_of(f), &mut keep);
     }
-    let mut dirs: Vec<String> = keep.into_iter().collect();
+    let mut dirs: Vec<Vec<u8>> = keep.into_iter().collect();
     dirs.sort();
     (dirs, files)
 }
 
-fn add_with_ancestors(path: &str, keep: &mut HashSet<String>) {
-    for (i, c) in path.char_indices() {
-        if i > 0 && c == '/' {
-            keep.insert(path[..i].to_string());
+fn add_with_ancestors(path: &[u8], keep: &mut HashSet<Vec<u8>>) {
+    for (i, &b) in path.iter().enumerate() {
+        if i > 0 && b == b'/' {
+            keep.insert(path[..i].to_vec());
         }
     }
 }
@@ -654,12 +669,35 @@ mod tests {
             let g = OutputGlobs::new(&globs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             let (got_dirs, got_files) = apply_globs(
                 &g,
-                dirs.iter().map(|s| s.to_string()).collect(),
+                dirs.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 files.iter().map(|s| s.to_string()).collect(),
-                |f: &String| f.as_str(),
+                |f: &String| f.as_bytes(),
             );
+            let got_dirs: Vec<&str> = got_dirs
+                .iter()
+                .map(|d| std::str::from_utf8(d).unwrap())
+                .collect();
             assert_eq!(&got_dirs, want_dirs, "{globs:?}");
             assert_eq!(&got_files, want_files, "{globs:?}");
+        }
+    }
+
+    /// Issue 10: names are bytes. A byte that is not part of a UTF-8 character is one
+    /// character for `?`, `*` and negated classes, and matches nothing else.
+    #[test]
+    fn names_that_are_not_utf8_match_by_character() {
+        let odd: &[u8] = b"d\xe9/caf\xc3\xa9\xff";
+        for (pattern, selected) in [
+            ("**", true),
+            ("d?/*", true),
+            ("d[!a]/caf??", true),
+            ("d?/caf?", false),
+            ("d[a-z]/*", false),
+            ("d\u{e9}/*", false),
+            ("d\u{fffd}/*", false),
+            ("*/caf\u{e9}*", true),
+        ] {
+            assert_eq!(globs(&[pattern]).matches(odd, false), selected, "{pattern}");
         }
     }
 }

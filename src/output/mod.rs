@@ -2,9 +2,10 @@
 //! manifest of the output collection, uploading file data to the block store.
 //!
 //! What goes in (Arvados' copier rules, reference §5.2 "Output capture"):
-//! - every regular file under the output directory, uploaded block by block, each block
-//!   md5'd from the file and then streamed to the store from the same file region (no
-//!   block is ever held in memory; one file per block sequence, no packing of small files);
+//! - every regular file under the output directory, packed with the others into shared
+//!   blocks of up to 64 MiB in the order of their paths (as arv-put does; upload.rs): each
+//!   block md5'd from the files, then streamed to the store from the same file regions, so
+//!   no block is ever held in memory;
 //! - an empty directory as `dir/.keep` (an empty file); a directory whose entries were all
 //!   skipped as an empty directory (`\056` marker);
 //! - read-only collection mounts under the output path ([`RefMount`]), by locator, without
@@ -15,8 +16,13 @@
 //!   directory (content captured under the link's name) or into a mounted collection (by
 //!   reference).
 //!
+//! Names are bytes, as on the filesystem: a name that is not UTF-8 is kept like any other
+//! (how it is escaped in the manifest, and why, is in arvados/manifest/names.rs).
+//!
 //! What stays out: fifos, sockets and devices (with a warning), `exclude_from_output`
 //! paths, secret mounts, and whatever `output_glob` does not select ([`OutputGlobs`]).
+//! Bytes a mounted collection names `.` (no file can have that name) are left out with a
+//! warning that [`capture`] also returns, for the record's `runtime_status.warning`.
 //! A symlink to a secret, to a missing target, to anything outside the output directory
 //! and the mounted collections, or a symlink cycle fails the whole capture.
 //!
@@ -24,7 +30,7 @@
 //!
 //! Here: what capture is given ([`OutputSpec`], built from the staged mounts by
 //! [`OutputSpec::from_staged`] in spec.rs) and the capture itself. The walk of the output
-//! directory is walk.rs's, uploading a file's blocks upload.rs's, `output_glob` glob.rs's.
+//! directory is walk.rs's, packing and uploading upload.rs's, `output_glob` glob.rs's.
 
 mod glob;
 mod paths;
@@ -39,11 +45,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::arvados::manifest::{BlockRange, normalized_manifest};
+use crate::arvados::manifest::{BlockRange, normalized_manifest, shown};
 use crate::collection::Selection;
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::store::{BlockStore, StoreError};
-use upload::upload_file;
+use upload::Packer;
 use walk::Source;
 
 /// How many symlinks may be followed along any one path, as in Go's copier.
@@ -68,8 +74,8 @@ pub struct RefMount {
 /// container started. If it still has this size and mtime, its old block ranges are used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopiedFile {
-    /// Relative to the output directory.
-    pub rel_path: String,
+    /// Relative to the output directory (bytes, as the collection's names are).
+    pub rel_path: Vec<u8>,
     pub size: u64,
     pub mtime: SystemTime,
     pub ranges: Vec<BlockRange>,
@@ -100,7 +106,8 @@ pub struct OutputSpec {
 }
 
 /// Why the output could not be captured. Paths are relative to the output directory,
-/// symlink targets are container paths.
+/// symlink targets are container paths; both are any bytes, shown as text with the bytes
+/// that are not UTF-8 as `\xNN`.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{op} {path}: {source}")]
@@ -111,56 +118,97 @@ pub enum OutputError {
         source: io::Error,
     },
     #[error("cannot output {path:?}: too many symlinks, or symlink cycle")]
-    TooManySymlinks { path: String },
+    TooManySymlinks { path: PathBuf },
     #[error("cannot output {path:?}: symlink target {target:?} does not exist")]
-    MissingTarget { path: String, target: String },
+    MissingTarget { path: PathBuf, target: PathBuf },
     #[error(
         "cannot output {path:?}: symlink target {target:?} is not in the output directory or a mounted collection"
     )]
-    NotMounted { path: String, target: String },
-    #[error("cannot output {path}: file name is not valid UTF-8")]
-    NonUtf8Name { path: PathBuf },
+    NotMounted { path: PathBuf, target: PathBuf },
     #[error("cannot output {path:?}: {detail}")]
-    Changed { path: String, detail: String },
-    #[error("cannot output {path:?}: storing its data: {source}")]
+    Changed { path: PathBuf, detail: String },
+    /// A block could not be stored: `path` is its first file, `others` how many files
+    /// after it share the block.
+    #[error("cannot output {}: {source}", storing(.path, *.others))]
     Store {
-        path: String,
+        path: PathBuf,
+        others: usize,
         #[source]
         source: StoreError,
     },
 }
 
+/// A captured output: its manifest, and what was left out of it that the user must hear of
+/// (each line already said; for the record's `runtime_status.warning`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Normalized, signed where the store signs; `""` for an empty output.
+    pub manifest_text: String,
+    pub warnings: Vec<String>,
+}
+
 /// Capture the output directory: upload what needs uploading and return the normalized
-/// manifest text (`""` for an empty output). `say` gets progress and warnings.
+/// manifest text (`""` for an empty output). `say` gets progress and warnings. What
+/// [`capture`] returns as warnings is only said here.
 pub fn capture_output(
     spec: &OutputSpec,
     blocks: &dyn BlockStore,
     say: &dyn Fn(&str),
 ) -> Result<String, OutputError> {
+    capture(spec, blocks, say).map(|c| c.manifest_text)
+}
+
+/// Capture the output directory: upload what needs uploading; the normalized manifest,
+/// and the warnings about what was left out. `say` gets progress and warnings.
+pub fn capture(
+    spec: &OutputSpec,
+    blocks: &dyn BlockStore,
+    say: &dyn Fn(&str),
+) -> Result<Captured, OutputError> {
     capture_with_block_size(spec, blocks, say, DEFAULT_BLOCK_SIZE)
 }
 
-/// [`capture_output`] with a chosen block size (tests use tiny ones).
+/// [`capture`] with a chosen block size (tests use tiny ones).
 fn capture_with_block_size(
     spec: &OutputSpec,
     blocks: &dyn BlockStore,
     say: &dyn Fn(&str),
     block_size: u64,
-) -> Result<String, OutputError> {
-    let (dirs, files) = walk::plan(spec, say)?;
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut stored: Vec<(String, Vec<BlockRange>)> = Vec::with_capacity(files.len());
-    for file in files {
-        let ranges = match file.source {
-            Source::Stored(ranges) => ranges,
-            Source::Host { path, size } => {
-                say(&format!("copying {:?} ({size} bytes)", file.dest));
-                upload_file(blocks, &path, &file.dest, size, block_size.max(1), &mut buf)?
-            }
-        };
-        stored.push((file.dest, ranges));
+) -> Result<Captured, OutputError> {
+    let plan = walk::plan(spec, say)?;
+    // Host files go through the packer, in order; their ranges come back by number.
+    let mut packer = Packer::new(blocks, block_size);
+    for file in &plan.files {
+        if let Source::Host { path, size } = &file.source {
+            say(&format!("copying {:?} ({size} bytes)", shown(&file.dest)));
+            packer.add(path, &file.dest, *size)?;
+        }
     }
-    Ok(normalized_manifest(&stored, &dirs))
+    let mut uploaded = packer.finish()?.into_iter();
+    let stored: Vec<(Vec<u8>, Vec<BlockRange>)> = plan
+        .files
+        .into_iter()
+        .map(|file| {
+            let ranges = match file.source {
+                Source::Stored(ranges) => ranges,
+                Source::Host { .. } => uploaded.next().unwrap_or_default(),
+            };
+            (file.dest, ranges)
+        })
+        .collect();
+    Ok(Captured {
+        manifest_text: normalized_manifest(&stored, &plan.dirs),
+        warnings: plan.warnings,
+    })
+}
+
+/// `"a": storing its data`, or `"a" and 2 other files: storing their data`.
+fn storing(path: &Path, others: usize) -> String {
+    match others {
+        0 => format!("{path:?}: storing its data"),
+        1 => format!("{path:?} and 1 other file: storing their data"),
+        n => format!("{path:?} and {n} other files: storing their data"),
+    }
 }
 
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
@@ -175,6 +223,7 @@ fn io_err(op: &'static str, path: &Path, source: io::Error) -> OutputError {
 mod tests {
     use std::fs::{self, File};
     use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     use std::sync::Mutex;
 
@@ -249,10 +298,13 @@ mod tests {
         let say = |s: &str| log.lock().unwrap().push(s.to_string());
         let result = capture_with_block_size(spec, store, &say, block_size);
         said.extend(log.into_inner().unwrap());
-        if let Ok(text) = &result {
-            Manifest::parse(text).unwrap();
+        if let Ok(captured) = &result {
+            Manifest::parse(&captured.manifest_text).unwrap();
+            for warning in &captured.warnings {
+                assert!(said.contains(warning), "{warning:?} was not said");
+            }
         }
-        result
+        result.map(|c| c.manifest_text)
     }
 
     fn portable(text: &str) -> String {
@@ -265,7 +317,7 @@ mod tests {
             .unwrap()
             .files()
             .into_iter()
-            .map(|f| (f.path, f.size))
+            .map(|f| (String::from_utf8_lossy(&f.path).into_owned(), f.size))
             .collect();
         files.sort();
         files
@@ -285,16 +337,22 @@ mod tests {
         assert_eq!(store.puts(), 1);
     }
 
+    /// Go's TestStderrMount gives `./a b1946…+6 0:6:out.txt` and `./b 38af…+5
+    /// 0:5:err.txt`: the Go collection filesystem packs small files per directory. We
+    /// pack across directories, as arv-put does: one block for both.
     #[test]
     fn stderr_mount_vector() {
         let tmp = tempfile::tempdir().unwrap();
         write(tmp.path(), "a/out.txt", "hello\n");
         write(tmp.path(), "b/err.txt", "oops\n");
-        let text = capture(&spec(tmp.path()), &MemoryStore::new()).unwrap();
+        let store = MemoryStore::new();
+        let text = capture(&spec(tmp.path()), &store).unwrap();
+        let block = format!("{}+11", md5_hex(b"hello\noops\n"));
         assert_eq!(
             portable(&text),
-            "./a b1946ac92492d2347c6235b4d2611184+6 0:6:out.txt\n./b 38af5c54926b620264ab1501150cf189+5 0:5:err.txt\n"
+            format!("./a {block} 0:6:out.txt\n./b {block} 6:5:err.txt\n")
         );
+        assert_eq!(store.puts(), 1);
     }
 
     #[test]
@@ -364,6 +422,73 @@ mod tests {
         );
     }
 
+    /// Issue 10: one file whose name is not UTF-8 (`printf '\377\376'`) failed the whole
+    /// capture ("file name is not valid UTF-8"), and every other file was lost with it.
+    #[test]
+    fn names_that_are_not_utf8_are_kept_with_every_other_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let at = |name: &[u8]| d.join(std::ffi::OsStr::from_bytes(name));
+        fs::write(at(b"\xff\xfe"), "foo").unwrap();
+        fs::create_dir(at(b"d\xe9")).unwrap();
+        fs::write(at(b"d\xe9/caf\xc3\xa9 \xff"), "bar").unwrap();
+        write(d, "ok.txt", "ok");
+        symlink(std::ffi::OsStr::from_bytes(b"\xff\xfe"), at(b"l\xfd")).unwrap();
+        let store = MemoryStore::new();
+        let text = capture(&spec(d), &store).unwrap();
+        let files: Vec<(Vec<u8>, Vec<u8>)> = Manifest::parse(&text)
+            .unwrap()
+            .files()
+            .into_iter()
+            .map(|f| (f.path, bytes(&store, &f.ranges)))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [
+            (&b"l\xfd"[..], &b"foo"[..]),
+            (b"ok.txt", b"ok"),
+            (b"\xff\xfe", b"foo"),
+            (b"d\xe9/caf\xc3\xa9 \xff", b"bar"),
+        ]
+        .iter()
+        .map(|(p, b)| (p.to_vec(), b.to_vec()))
+        .collect();
+        assert_eq!(files, want, "{text}");
+        // Every byte >= 0x80 of those names escaped (the module header of
+        // manifest/names.rs says why), the UTF-8 name left as it is.
+        for escaped in [
+            ":3:\\377\\376\n",
+            ":3:l\\375 ",
+            "./d\\351 ",
+            ":caf\\303\\251\\040\\377\n",
+        ] {
+            assert!(text.contains(escaped), "{escaped} not in {text}");
+        }
+    }
+
+    /// Issue 10: data named `.` in a collection mounted under the output was dropped
+    /// without a word; it is left out (no file can have that name) and said, and the
+    /// warning is returned for the record's `runtime_status`.
+    #[test]
+    fn data_named_dot_in_a_mounted_collection_is_left_out_with_a_warning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Manifest::parse(&format!(
+            ". acbd18db4cc2f85cedef654fccc4a4d8+3{SIG} 0:3:foo\n./d acbd18db4cc2f85cedef654fccc4a4d8+3{SIG} 0:3:\\056 0:3:bar\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = spec(tmp.path());
+        mkdir(tmp.path(), "in");
+        s.by_reference = vec![ref_mount("in", &m, "")];
+        let log = Mutex::new(Vec::new());
+        let say = |l: &str| log.lock().unwrap().push(l.to_string());
+        let captured = capture_with_block_size(&s, &MemoryStore::new(), &say, 1 << 20).unwrap();
+        assert_eq!(
+            listing(&captured.manifest_text),
+            [("in/d/bar".to_string(), 3), ("in/foo".to_string(), 3)]
+        );
+        let warning = "output: left out 3 bytes at \"in/d/.\" (no file can be named \".\")";
+        assert_eq!(captured.warnings, [warning]);
+        assert!(log.lock().unwrap().iter().any(|l| l == warning));
+    }
+
     #[test]
     fn nested_dirs_and_escaped_names() {
         let tmp = tempfile::tempdir().unwrap();
@@ -371,16 +496,20 @@ mod tests {
         write(tmp.path(), "a b/c:d/e\\f", "bar");
         write(tmp.path(), "a/x/y/z", "foo");
         let text = capture(&spec(tmp.path()), &MemoryStore::new()).unwrap();
+        // Packed in the order of the paths: "a b/…", "a/x/y/z", "top".
+        let block = format!("{}+9", md5_hex(b"barfoofoo"));
         assert_eq!(
             portable(&text),
-            ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:top\n\
-             ./a/x/y acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:z\n\
-             ./a\\040b/c\\072d 37b51d194a7513e45b56f6524f2d51f2+3 0:3:e\\134f\n"
+            format!(
+                ". {block} 6:3:top\n\
+                 ./a/x/y {block} 3:3:z\n\
+                 ./a\\040b/c\\072d {block} 0:3:e\\134f\n"
+            )
         );
     }
 
     #[test]
-    fn large_files_are_uploaded_in_blocks_from_the_file() {
+    fn a_file_larger_than_what_is_left_continues_in_the_next_block() {
         let tmp = tempfile::tempdir().unwrap();
         let body: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
         write(tmp.path(), "big", &body);
@@ -389,16 +518,18 @@ mod tests {
         let text = capture_small(&spec(tmp.path()), &store, 16, &mut Vec::new()).unwrap();
         let files = Manifest::parse(&text).unwrap().files();
         assert_eq!(files.len(), 2);
-        assert_eq!(files[0].path, "big");
-        let lens: Vec<u64> = files[0].ranges.iter().map(|r| r.len).collect();
-        assert_eq!(lens, vec![16, 16, 8]);
+        assert_eq!(files[0].path, b"big");
+        let pieces = |i: usize| -> Vec<(u64, u64)> {
+            files[i].ranges.iter().map(|r| (r.offset, r.len)).collect()
+        };
+        assert_eq!(pieces(0), [(0, 16), (0, 16), (0, 8)]);
         assert_eq!(bytes(&store, &files[0].ranges), body.as_bytes());
-        assert_eq!(files[1].ranges.len(), 2);
+        // "two" starts in the rest of big's last block, then fills the next two.
+        assert_eq!(pieces(1), [(8, 8), (0, 16), (0, 8)]);
         assert_eq!(bytes(&store, &files[1].ranges), &body.as_bytes()[..32]);
-        // Blocks of "two" are the first two of "big": listed once in the stream.
-        let locators = Manifest::parse(&text).unwrap().locators().count();
-        assert_eq!(locators, 3);
+        assert_eq!(files[0].ranges[2].locator, files[1].ranges[0].locator);
         assert_eq!(store.puts(), 5);
+        assert_eq!(Manifest::parse(&text).unwrap().locators().count(), 5);
     }
 
     #[test]
@@ -777,7 +908,7 @@ mod tests {
                 .unwrap()
         };
         let old = |rel: &str, size, mtime, hash: &str| CopiedFile {
-            rel_path: rel.to_string(),
+            rel_path: rel.into(),
             size,
             mtime,
             ranges: vec![BlockRange {
@@ -817,11 +948,10 @@ mod tests {
             !text.contains("37b51d194a7513e45b56f6524f2d51f2+3+Aold"),
             "{text}"
         );
-        // Uploaded: the grown file and the touched one, nothing else.
-        assert_eq!(store.puts(), 2);
+        // Uploaded: the grown file and the touched one, nothing else, in one block.
+        assert_eq!(store.puts(), 1);
         let blocks = store.blocks.lock().unwrap();
-        assert!(blocks.contains_key(&md5_hex(b"food")));
-        assert!(blocks.contains_key("37b51d194a7513e45b56f6524f2d51f2"));
+        assert!(blocks.contains_key(&md5_hex(b"foodbar")));
     }
 
     #[test]
@@ -843,6 +973,132 @@ mod tests {
             ". acbd18db4cc2f85cedef654fccc4a4d8+3 0:3:keep\n"
         );
         assert_eq!(store.puts(), 1);
+    }
+
+    /// Issue 10: eight small files were eight PUTs and eight blocks. They are packed into
+    /// one shared block, in the order of their paths, across directories.
+    #[test]
+    fn small_files_share_one_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..8 {
+            write(
+                tmp.path(),
+                &format!("d{}/f{i}", i % 2),
+                &format!("file {i}\n"),
+            );
+        }
+        let store = MemoryStore::new();
+        let text = capture(&spec(tmp.path()), &store).unwrap();
+        assert_eq!(store.puts(), 1);
+        let data: String = [0, 2, 4, 6, 1, 3, 5, 7]
+            .iter()
+            .map(|i| format!("file {i}\n"))
+            .collect();
+        let block = format!("{}+{}", md5_hex(data.as_bytes()), data.len());
+        assert_eq!(
+            portable(&text),
+            format!(
+                "./d0 {block} 0:7:f0 7:7:f2 14:7:f4 21:7:f6\n\
+                 ./d1 {block} 28:7:f1 35:7:f3 42:7:f5 49:7:f7\n"
+            )
+        );
+    }
+
+    /// Empty files, unchanged copies and mounted collections keep their blocks; only the
+    /// rest is packed.
+    #[test]
+    fn only_new_data_is_packed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(d, "a", "new1");
+        write(d, "b", "");
+        write(d, "c", "same");
+        write(d, "e", "new2");
+        let mtime = fs::metadata(d.join("c")).unwrap().modified().unwrap();
+        let mut s = spec(d);
+        s.unchanged_candidates = vec![CopiedFile {
+            rel_path: b"c".to_vec(),
+            size: 4,
+            mtime,
+            ranges: vec![BlockRange {
+                locator: format!("{}+4+Aold@00000001", md5_hex(b"same")),
+                offset: 0,
+                len: 4,
+            }],
+        }];
+        let store = MemoryStore::new();
+        let text = capture(&s, &store).unwrap();
+        assert_eq!(store.puts(), 1);
+        let packed = format!("{}+8", md5_hex(b"new1new2"));
+        let old = format!("{}+4", md5_hex(b"same"));
+        assert_eq!(
+            portable(&text),
+            format!(". {packed} {old} 0:4:a 0:0:b 8:4:c 4:4:e\n")
+        );
+    }
+
+    /// A block is a list of file regions, streamed from the files when it is stored, never
+    /// a copy in memory: a file changed after it was hashed makes the store see other
+    /// bytes than the hash (and refuse them), whichever block the change is in.
+    #[test]
+    fn blocks_are_streamed_from_the_files_when_stored() {
+        struct Meddling<'a> {
+            store: &'a MemoryStore,
+            file: PathBuf,
+        }
+        impl BlockStore for Meddling<'_> {
+            fn put_block(
+                &self,
+                hash: &str,
+                size: u64,
+                body: &crate::store::BlockSource<'_>,
+            ) -> Result<String, StoreError> {
+                let mut data = fs::read(&self.file).unwrap();
+                data.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                fs::write(&self.file, data).unwrap();
+                self.store.put_block(hash, size, body)
+            }
+            fn get_block(&self, l: &str, out: &mut dyn io::Write) -> Result<u64, StoreError> {
+                self.store.get_block(l, out)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..100u8).collect();
+        fs::write(tmp.path().join("big"), &body).unwrap();
+        write(tmp.path(), "small", "x");
+        let store = MemoryStore::new();
+        let meddling = Meddling {
+            store: &store,
+            file: tmp.path().join("big"),
+        };
+        let say = |_: &str| {};
+        let err = capture_with_block_size(&spec(tmp.path()), &meddling, &say, 64).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot output \"big\": storing its data: PUT "),
+            "{err}"
+        );
+        // Untouched, the same file spans two blocks, the second shared with "small".
+        fs::write(tmp.path().join("big"), &body).unwrap();
+        let text = capture_small(&spec(tmp.path()), &store, 64, &mut Vec::new()).unwrap();
+        let files = Manifest::parse(&text).unwrap().files();
+        assert_eq!(bytes(&store, &files[0].ranges), body);
+        assert_eq!(files[1].ranges[0].offset, 36);
+        let err = capture_with_block_size(
+            &spec(tmp.path()),
+            &Meddling {
+                store: &store,
+                file: tmp.path().join("small"),
+            },
+            &say,
+            64,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot output \"big\" and 1 other file: storing their data: PUT "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub(super) mod tests {
 
     fn file(path: &str, size: u64) -> ManifestFile {
         ManifestFile {
-            path: path.to_string(),
+            path: path.into(),
             size,
             ranges: vec![BlockRange {
                 locator: format!("acbd18db4cc2f85cedef654fccc4a4d8+{size}"),
@@ -76,6 +76,10 @@ pub(super) mod tests {
                 len: size,
             }],
         }
+    }
+
+    fn text(path: &[u8]) -> String {
+        String::from_utf8(path.to_vec()).unwrap()
     }
 
     fn staged(output_refs: Vec<OutputRef>) -> StagedMounts {
@@ -87,6 +91,7 @@ pub(super) mod tests {
             stderr: None,
             output_refs,
             secrets: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -107,7 +112,7 @@ pub(super) mod tests {
             selection: Selection {
                 is_file: files.len() == 1 && files[0].path.is_empty(),
                 files,
-                dirs: Vec::new(),
+                ..Selection::default()
             },
         }
     }
@@ -129,7 +134,7 @@ pub(super) mod tests {
             mounts
                 .iter()
                 .map(|m| {
-                    let files = m.selection.files.iter().map(|f| f.path.clone()).collect();
+                    let files = m.selection.files.iter().map(|f| text(&f.path)).collect();
                     (m.path.clone(), files)
                 })
                 .collect()
@@ -246,17 +251,20 @@ pub(super) mod tests {
         let store = crate::store::memory::MemoryStore::new();
         let staged = stage_parts(&store, &[("/in", ""), ("/in-sub", "sub")]);
         let spec = OutputSpec::from_staged(&staged.mounts, "/out", &[]);
-        let targets: Vec<(&str, Vec<&str>)> = spec
+        let targets: Vec<(&str, Vec<String>)> = spec
             .link_targets
             .iter()
             .map(|m| {
-                let files = m.selection.files.iter().map(|f| f.path.as_str()).collect();
+                let files = m.selection.files.iter().map(|f| text(&f.path)).collect();
                 (m.path.as_str(), files)
             })
             .collect();
         assert_eq!(
             targets,
-            [("/in", vec!["foo", "sub/bar"]), ("/in-sub", vec!["bar"])]
+            [
+                ("/in", vec!["foo".to_string(), "sub/bar".into()]),
+                ("/in-sub", vec!["bar".into()])
+            ]
         );
         assert!(spec.by_reference.is_empty());
     }

@@ -5,30 +5,44 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{self, Metadata};
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use super::glob::apply_globs;
-use super::paths::{clean_abs, clean_rel, ctr_join, strip_dir, under};
+use super::paths::{clean_abs, clean_rel, components, ctr_join, path_buf, strip_dir, under};
 use super::{CopiedFile, MAX_SYMLINK_HOPS, OutputError, OutputGlobs, OutputSpec, RefMount, io_err};
-use crate::arvados::manifest::BlockRange;
-use crate::collection::select::join_rel;
+use crate::arvados::manifest::{BlockRange, shown};
+use crate::collection::select::{join_rel, left_out_line};
 
-/// Walk the output directory: the directories to keep and the files to capture, sorted by
-/// their path in the output, with `output_glob` applied.
-pub(super) fn plan(
-    spec: &OutputSpec,
-    say: &dyn Fn(&str),
-) -> Result<(Vec<String>, Vec<Planned>), OutputError> {
+/// What to capture: the directories to keep and the files, sorted by their path in the
+/// output, with `output_glob` applied; and what was left out that the user must hear of.
+pub(super) struct Plan {
+    pub(super) dirs: Vec<Vec<u8>>,
+    pub(super) files: Vec<Planned>,
+    pub(super) warnings: Vec<String>,
+}
+
+/// Walk the output directory into a [`Plan`].
+pub(super) fn plan(spec: &OutputSpec, say: &dyn Fn(&str)) -> Result<Plan, OutputError> {
     let mut walker = Walker::new(spec, say);
-    walker.walk_dir("", "", MAX_SYMLINK_HOPS, true)?;
+    walker.walk_dir(b"", b"", MAX_SYMLINK_HOPS, true)?;
     let Walker {
-        files, dirs, globs, ..
+        files,
+        dirs,
+        globs,
+        warnings,
+        ..
     } = walker;
     let (dirs, mut files) = apply_globs(&globs, dirs.into_iter().collect(), files, |p| &p.dest);
     files.sort_by(|a, b| a.dest.cmp(&b.dest));
-    Ok((dirs, files))
+    Ok(Plan {
+        dirs,
+        files,
+        warnings,
+    })
 }
 
 /// Where a planned output file's data comes from.
@@ -43,20 +57,20 @@ pub(super) enum Source {
 #[derive(Debug)]
 pub(super) struct Planned {
     /// Path in the output collection.
-    pub(super) dest: String,
+    pub(super) dest: Vec<u8>,
     pub(super) source: Source,
 }
 
 /// What a symlink leads to.
 enum Target<'a> {
     /// A file or directory in the output directory, with its (not followed) metadata.
-    Host { rel: String, meta: Metadata },
+    Host { rel: Vec<u8>, meta: Metadata },
     /// Inside a mounted collection.
-    Ref { mount: &'a RefMount, sub: String },
+    Ref { mount: &'a RefMount, sub: Vec<u8> },
     /// Inside an excluded path: leave out silently.
     Excluded,
     /// A secret: left out, and said so (a secret never reaches the output).
-    Secret(String),
+    Secret(Vec<u8>),
 }
 
 /// The walk of the output directory, collecting what to capture.
@@ -64,29 +78,31 @@ struct Walker<'a> {
     spec: &'a OutputSpec,
     say: &'a dyn Fn(&str),
     globs: OutputGlobs,
-    /// The container output path, cleaned (`"/tmp"`, or `""` for `/`).
-    ctr_root: String,
+    /// The container output path, cleaned (`/tmp`, or `""` for `/`).
+    ctr_root: Vec<u8>,
     /// `by_reference` mounts by cleaned relative path.
-    refs: HashMap<String, &'a RefMount>,
+    refs: HashMap<Vec<u8>, &'a RefMount>,
     /// `link_targets` by cleaned absolute container path.
-    outside: Vec<(String, &'a RefMount)>,
+    outside: Vec<(Vec<u8>, &'a RefMount)>,
     /// Secrets as cleaned absolute container paths.
-    secrets: Vec<String>,
-    excluded: Vec<String>,
-    candidates: HashMap<&'a str, &'a CopiedFile>,
+    secrets: Vec<Vec<u8>>,
+    excluded: Vec<Vec<u8>>,
+    candidates: HashMap<&'a [u8], &'a CopiedFile>,
     files: Vec<Planned>,
-    dirs: HashSet<String>,
+    dirs: HashSet<Vec<u8>>,
+    /// Said, and returned for the record's `runtime_status`.
+    warnings: Vec<String>,
 }
 
 impl<'a> Walker<'a> {
     fn new(spec: &'a OutputSpec, say: &'a dyn Fn(&str)) -> Walker<'a> {
-        let ctr_root = clean_abs(&spec.ctr_output_path);
+        let ctr_root = clean_abs(spec.ctr_output_path.as_bytes());
         let secrets = spec
             .secret_paths
             .iter()
             .map(|p| match p.strip_prefix(&spec.output_dir) {
-                Ok(rel) => ctr_join(&ctr_root, &rel.to_string_lossy()),
-                Err(_) => clean_abs(&p.to_string_lossy()),
+                Ok(rel) => ctr_join(&ctr_root, rel.as_os_str().as_bytes()),
+                Err(_) => clean_abs(p.as_os_str().as_bytes()),
             })
             .collect();
         Walker {
@@ -96,40 +112,51 @@ impl<'a> Walker<'a> {
             refs: spec
                 .by_reference
                 .iter()
-                .map(|m| (clean_rel(&m.path), m))
+                .map(|m| (clean_rel(m.path.as_bytes()), m))
                 .collect(),
             outside: spec
                 .link_targets
                 .iter()
-                .map(|m| (clean_abs(&m.path), m))
+                .map(|m| (clean_abs(m.path.as_bytes()), m))
                 .collect(),
             secrets,
-            excluded: spec.excluded.iter().map(|e| clean_rel(e)).collect(),
+            excluded: spec
+                .excluded
+                .iter()
+                .map(|e| clean_rel(e.as_bytes()))
+                .collect(),
             candidates: spec
                 .unchanged_candidates
                 .iter()
-                .map(|c| (c.rel_path.trim_matches('/'), c))
+                .map(|c| (c.rel_path.as_slice(), c))
                 .collect(),
             ctr_root,
             files: Vec::new(),
             dirs: HashSet::new(),
+            warnings: Vec::new(),
         }
     }
 
-    fn host(&self, rel: &str) -> PathBuf {
+    fn host(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.spec.output_dir.clone()
         } else {
-            self.spec.output_dir.join(rel)
+            self.spec.output_dir.join(OsStr::from_bytes(rel))
         }
     }
 
-    fn is_secret(&self, ctr_path: &str) -> bool {
+    fn is_secret(&self, ctr_path: &[u8]) -> bool {
         self.secrets.iter().any(|s| under(ctr_path, s))
     }
 
-    fn is_excluded(&self, rel: &str) -> bool {
+    fn is_excluded(&self, rel: &[u8]) -> bool {
         self.excluded.iter().any(|e| !e.is_empty() && under(rel, e))
+    }
+
+    /// Say `line`, and keep it for the record's `runtime_status`.
+    fn warn(&mut self, line: String) {
+        (self.say)(&line);
+        self.warnings.push(line);
     }
 
     /// Capture the directory `src` (relative to the output dir) as `dest`. With
@@ -137,8 +164,8 @@ impl<'a> Walker<'a> {
     /// collection mounts under `src` are added at the same place under `dest`.
     fn walk_dir(
         &mut self,
-        dest: &str,
-        src: &str,
+        dest: &[u8],
+        src: &[u8],
         hops: u32,
         include_mounts: bool,
     ) -> Result<(), OutputError> {
@@ -146,22 +173,18 @@ impl<'a> Walker<'a> {
             self.add_mounts_below(dest, src)?;
         }
         if !dest.is_empty() {
-            self.dirs.insert(dest.to_string());
+            self.dirs.insert(dest.to_vec());
         }
         let host = self.host(src);
         let mut names = Vec::new();
         let entries = fs::read_dir(&host).map_err(|e| io_err("read directory", &host, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| io_err("read directory", &host, e))?;
-            let name = entry
-                .file_name()
-                .into_string()
-                .map_err(|_| OutputError::NonUtf8Name { path: entry.path() })?;
-            names.push(name);
+            names.push(entry.file_name().into_vec());
         }
         if names.is_empty() && !dest.is_empty() {
             self.files.push(Planned {
-                dest: format!("{dest}/.keep"),
+                dest: join_rel(dest, b".keep"),
                 source: Source::Stored(Vec::new()),
             });
             return Ok(());
@@ -181,7 +204,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Capture one directory entry `src` as `dest`, following it if it is a symlink.
-    fn walk_entry(&mut self, dest: &str, src: &str, hops: u32) -> Result<(), OutputError> {
+    fn walk_entry(&mut self, dest: &[u8], src: &[u8], hops: u32) -> Result<(), OutputError> {
         let host = self.host(src);
         let meta = fs::symlink_metadata(&host).map_err(|e| io_err("lstat", &host, e))?;
         if !meta.file_type().is_symlink() {
@@ -193,7 +216,9 @@ impl<'a> Walker<'a> {
             Target::Excluded => Ok(()),
             Target::Secret(target) => {
                 (self.say)(&format!(
-                    "not copying {dest:?}: it is a symlink to the secret mount {target:?}"
+                    "not copying {:?}: it is a symlink to the secret mount {:?}",
+                    shown(dest),
+                    shown(&target)
                 ));
                 Ok(())
             }
@@ -204,29 +229,37 @@ impl<'a> Walker<'a> {
 
     /// Read the symlink at `src` (relative) and return its target as a container path,
     /// spending one hop.
-    fn follow(&self, dest: &str, src: &str, hops: &mut u32) -> Result<String, OutputError> {
+    fn follow(&self, dest: &[u8], src: &[u8], hops: &mut u32) -> Result<Vec<u8>, OutputError> {
         if *hops == 0 {
             return Err(OutputError::TooManySymlinks {
-                path: dest.to_string(),
+                path: path_buf(dest),
             });
         }
         *hops -= 1;
         let host = self.host(src);
         let target = fs::read_link(&host).map_err(|e| io_err("readlink", &host, e))?;
-        let target = target
-            .into_os_string()
-            .into_string()
-            .map_err(|_| OutputError::NonUtf8Name { path: host.clone() })?;
-        if target.starts_with('/') {
+        let target = target.into_os_string().into_vec();
+        if target.starts_with(b"/") {
             return Ok(target);
         }
-        let parent = src.rsplit_once('/').map_or("", |(p, _)| p);
-        Ok(format!("{}/{}", ctr_join(&self.ctr_root, parent), target))
+        let parent = src
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(&[][..], |end| &src[..end]);
+        let mut path = ctr_join(&self.ctr_root, parent);
+        path.push(b'/');
+        path.extend_from_slice(&target);
+        Ok(path)
     }
 
     /// Find what the container path `path` (a symlink's target, seen from the output
     /// entry `dest`) is, following symlinks in any of its components.
-    fn resolve(&self, dest: &str, path: String, hops: &mut u32) -> Result<Target<'a>, OutputError> {
+    fn resolve(
+        &self,
+        dest: &[u8],
+        path: Vec<u8>,
+        hops: &mut u32,
+    ) -> Result<Target<'a>, OutputError> {
         let mut path = path;
         'restart: loop {
             let abs = clean_abs(&path);
@@ -236,16 +269,16 @@ impl<'a> Walker<'a> {
             let Some(rel) = strip_dir(&abs, &self.ctr_root) else {
                 return self.resolve_outside(dest, abs);
             };
-            let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+            let comps: Vec<&[u8]> = components(rel).filter(|c| !c.is_empty()).collect();
             // The output dir itself, then each longer prefix of the path.
             let mut i = 0;
             loop {
-                let prefix = comps[..i].join("/");
+                let prefix = comps[..i].join(&b'/');
                 if i > 0 && self.is_excluded(&prefix) {
                     return Ok(Target::Excluded);
                 }
                 if let Some(mount) = self.refs.get(&prefix) {
-                    let sub = comps[i..].join("/");
+                    let sub = comps[i..].join(&b'/');
                     return Ok(Target::Ref { mount, sub });
                 }
                 let host = self.host(&prefix);
@@ -257,26 +290,21 @@ impl<'a> Walker<'a> {
                 let meta = match meta {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(OutputError::MissingTarget {
-                            path: dest.to_string(),
-                            target: abs,
-                        });
+                        return Err(missing(dest, &abs));
                     }
                     Err(e) => return Err(io_err("lstat", &host, e)),
                 };
                 if meta.file_type().is_symlink() {
-                    let target = self.follow(dest, &prefix, hops)?;
-                    path = format!("{target}/{}", comps[i..].join("/"));
+                    path = self.follow(dest, &prefix, hops)?;
+                    path.push(b'/');
+                    path.extend_from_slice(&comps[i..].join(&b'/'));
                     continue 'restart;
                 }
                 if i == comps.len() {
                     return Ok(Target::Host { rel: prefix, meta });
                 }
                 if !meta.is_dir() {
-                    return Err(OutputError::MissingTarget {
-                        path: dest.to_string(),
-                        target: abs,
-                    });
+                    return Err(missing(dest, &abs));
                 }
                 i += 1;
             }
@@ -285,7 +313,7 @@ impl<'a> Walker<'a> {
 
     /// A symlink target outside the output directory: only mounted collections will do,
     /// the deepest mount holding it (a mount hides what it is mounted over).
-    fn resolve_outside(&self, dest: &str, abs: String) -> Result<Target<'a>, OutputError> {
+    fn resolve_outside(&self, dest: &[u8], abs: Vec<u8>) -> Result<Target<'a>, OutputError> {
         let deepest = self
             .outside
             .iter()
@@ -294,11 +322,11 @@ impl<'a> Walker<'a> {
         match deepest {
             Some((_, mount, sub)) => Ok(Target::Ref {
                 mount,
-                sub: sub.to_string(),
+                sub: sub.to_vec(),
             }),
             None => Err(OutputError::NotMounted {
-                path: dest.to_string(),
-                target: abs,
+                path: path_buf(dest),
+                target: path_buf(&abs),
             }),
         }
     }
@@ -306,8 +334,8 @@ impl<'a> Walker<'a> {
     /// A file or directory of the output dir (`src`) captured as `dest`.
     fn add_host(
         &mut self,
-        dest: &str,
-        src: &str,
+        dest: &[u8],
+        src: &[u8],
         meta: &Metadata,
         hops: u32,
         via_link: bool,
@@ -325,12 +353,12 @@ impl<'a> Walker<'a> {
         (self.say)(&format!(
             "skipping unsupported file type ({}) in output dir: {:?}",
             file_kind(meta),
-            ctr_join(&self.ctr_root, src)
+            shown(&ctr_join(&self.ctr_root, src))
         ));
         Ok(())
     }
 
-    fn add_host_file(&mut self, dest: &str, src: &str, meta: &Metadata) {
+    fn add_host_file(&mut self, dest: &[u8], src: &[u8], meta: &Metadata) {
         let size = meta.len();
         let unchanged = self
             .candidates
@@ -345,29 +373,25 @@ impl<'a> Walker<'a> {
             },
         };
         self.files.push(Planned {
-            dest: dest.to_string(),
+            dest: dest.to_vec(),
             source,
         });
     }
 
     /// The `by_reference` mounts strictly under `src`, added at the same place under `dest`.
-    fn add_mounts_below(&mut self, dest: &str, src: &str) -> Result<(), OutputError> {
-        let mut below: Vec<(String, &'a RefMount)> = self
+    fn add_mounts_below(&mut self, dest: &[u8], src: &[u8]) -> Result<(), OutputError> {
+        let mut below: Vec<(Vec<u8>, &'a RefMount)> = self
             .refs
             .iter()
             .filter_map(|(path, m)| {
-                let rest = if src.is_empty() {
-                    Some(path.as_str())
-                } else {
-                    path.strip_prefix(src).and_then(|r| r.strip_prefix('/'))
-                };
-                rest.filter(|r| !r.is_empty())
+                strip_dir(path, src)
+                    .filter(|r| !r.is_empty())
                     .map(|r| (join_rel(dest, r), *m))
             })
             .collect();
         below.sort_by(|a, b| a.0.cmp(&b.0));
         for (mount_dest, mount) in below {
-            let mount_src = clean_rel(&mount.path);
+            let mount_src = clean_rel(mount.path.as_bytes());
             if self.is_excluded(&mount_src) || self.is_secret(&ctr_join(&self.ctr_root, &mount_src))
             {
                 continue;
@@ -376,11 +400,12 @@ impl<'a> Walker<'a> {
                 && !self.globs.subtree_could_match(&mount_dest)
             {
                 (self.say)(&format!(
-                    "not copying {mount_dest:?} because contents cannot match output globs"
+                    "not copying {:?} because contents cannot match output globs",
+                    shown(&mount_dest)
                 ));
                 continue;
             }
-            self.add_ref(&mount_dest, mount, "")?;
+            self.add_ref(&mount_dest, mount, b"")?;
         }
         Ok(())
     }
@@ -388,26 +413,24 @@ impl<'a> Walker<'a> {
     /// The part `sub` of a mounted collection, captured as `dest` by reference: its files,
     /// and its directories (empty ones stay empty directories; with globs, any of them may
     /// be selected on its own).
-    fn add_ref(&mut self, dest: &str, mount: &RefMount, sub: &str) -> Result<(), OutputError> {
+    fn add_ref(&mut self, dest: &[u8], mount: &RefMount, sub: &[u8]) -> Result<(), OutputError> {
         let part = match sub {
-            "" => Cow::Borrowed(&mount.selection),
+            b"" => Cow::Borrowed(&mount.selection),
             _ => match mount.selection.part(sub) {
                 Some(part) => Cow::Owned(part),
                 None => {
-                    return Err(OutputError::MissingTarget {
-                        path: dest.to_string(),
-                        target: format!("{}/{sub}", mount.path.trim_end_matches('/')),
-                    });
+                    let target = join_rel(mount.path.trim_end_matches('/').as_bytes(), sub);
+                    return Err(missing(dest, &target));
                 }
             },
         };
         let nested = self.nested_mounts(mount);
-        let hidden = |rest: &str| {
+        let hidden = |rest: &[u8]| {
             let in_mount = join_rel(sub, rest);
             nested.iter().any(|n| under(&in_mount, n))
         };
         if !part.is_file {
-            self.dirs.insert(dest.to_string());
+            self.dirs.insert(dest.to_vec());
         }
         for dir in part.dirs.iter().filter(|d| !hidden(d)) {
             self.dirs.insert(join_rel(dest, dir));
@@ -418,13 +441,16 @@ impl<'a> Walker<'a> {
                 source: Source::Stored(f.ranges.clone()),
             });
         }
+        for (dir, bytes) in part.data_named_dot.iter().filter(|(d, _)| !hidden(d)) {
+            self.warn(left_out_line("output", &join_rel(dest, dir), *bytes));
+        }
         Ok(())
     }
 
     /// For an output mount, the output mounts nested inside it (relative to it): what they
     /// cover is theirs.
-    fn nested_mounts(&self, mount: &RefMount) -> Vec<String> {
-        let mount_rel = clean_rel(&mount.path);
+    fn nested_mounts(&self, mount: &RefMount) -> Vec<Vec<u8>> {
+        let mount_rel = clean_rel(mount.path.as_bytes());
         let is_output_mount = self
             .refs
             .get(&mount_rel)
@@ -436,8 +462,15 @@ impl<'a> Walker<'a> {
             .keys()
             .filter_map(|other| strip_dir(other, &mount_rel))
             .filter(|r| !r.is_empty())
-            .map(str::to_string)
+            .map(<[u8]>::to_vec)
             .collect()
+    }
+}
+
+fn missing(dest: &[u8], target: &[u8]) -> OutputError {
+    OutputError::MissingTarget {
+        path: path_buf(dest),
+        target: path_buf(target),
     }
 }
 

@@ -34,9 +34,20 @@ pub enum StoreError {
     /// Could not reach the server, after retries up to the deadline.
     #[error("{what}: {message}")]
     Unavailable { what: String, message: String },
-    /// The data came back but is wrong (bad JSON, md5 mismatch, short block).
+    /// The data came back but is wrong (md5 mismatch, short block, a field missing).
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    /// The server answered, but its answer could not be decoded at all: not JSON, or
+    /// nested deeper than the decoder's limit. `state` is the answer's top-level "state"
+    /// string when that much could still be read: for a container record, enough to close
+    /// it (Cancelled, with `message` as the reason) rather than leave it Locked.
+    #[error("{what}: {message}")]
+    Undecodable {
+        what: String,
+        message: String,
+        /// Boxed to keep StoreError (carried inside other errors) small.
+        state: Option<Box<str>>,
+    },
     /// A local file operation failed.
     #[error("{what}: {source}")]
     Io {

@@ -11,6 +11,10 @@
 //                                  applies the Jan-2016 rules (no Locked:
 //                                  Queued→Running, narrower field lists) to
 //                                  containers added in state Queued.
+//   start_self_signed()            as start(), but every server presents one
+//                                  self-signed CA:TRUE certificate (as
+//                                  `openssl req -x509` makes it), which is also
+//                                  all that ca_file() holds.
 //   api_host() -> "127.0.0.1:PORT" for ARVADOS_API_HOST
 //   ca_file() -> &Path              CA PEM, for SSL_CERT_FILE
 //   ca_pem() -> Vec<u8>             the same bytes
@@ -24,6 +28,8 @@
 //   add_container(record)           uuid required; missing fields get the
 //                                   defaults of reference §2.3(a) (state Locked,
 //                                   or Queued in 2016 mode)
+//   add_deeply_nested_container(uuid, levels)  a Locked record nested
+//                                   `levels` deep (≥ 128: serde_json refuses it)
 //   container(uuid) -> Value        current record
 //   container_updates(uuid)         accepted `container` maps of PUT/PATCH, in order
 //   set_container_fields(uuid, map) change a record bypassing all rules
@@ -295,6 +301,26 @@ fn make_tls() -> Tls {
     }
 }
 
+/// One certificate that is its own issuer and says CA:TRUE, as `openssl req -x509
+/// -addext subjectAltName=IP:127.0.0.1,DNS:localhost` makes it: the API server's own
+/// self-signed certificate, which is also the whole trusted file.
+fn make_self_signed_tls() -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    Tls {
+        ca_pem: cert.pem(),
+        cert_chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
 fn start_https(tls: &Tls) -> (Arc<tiny_http::Server>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind https server");
     super::fake_timing::no_delay_when_accepted(&listener);
@@ -346,8 +372,17 @@ impl FakeArvados {
         Self::start_with(true)
     }
 
+    /// Start with every server presenting one self-signed CA:TRUE certificate (as
+    /// `openssl req -x509` makes it); `ca_file()` holds that certificate alone.
+    pub fn start_self_signed() -> FakeArvados {
+        Self::start_with_tls(false, make_self_signed_tls())
+    }
+
     fn start_with(mode_2016: bool) -> FakeArvados {
-        let tls = make_tls();
+        Self::start_with_tls(mode_2016, make_tls())
+    }
+
+    fn start_with_tls(mode_2016: bool, tls: Tls) -> FakeArvados {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_path = dir.path().join("fake-arvados-ca.pem");
         std::fs::write(&ca_path, &tls.ca_pem).expect("write CA");
@@ -505,6 +540,28 @@ impl FakeArvados {
         st.containers.insert(uuid, rec);
     }
 
+    /// Add a Locked container whose record is nested `levels` deep in all (a json
+    /// mount's content of nested arrays), otherwise valid and served as usual; from 128
+    /// levels on serde_json refuses to read it (issue 10, point 6). It can be updated
+    /// like any record, e.g. to Cancelled with a runtime_status.
+    pub fn add_deeply_nested_container(&self, uuid: &str, levels: usize) {
+        assert!(
+            levels >= 4,
+            "record > mounts > mount > content: at least 4 levels"
+        );
+        let mut content = json!([]);
+        for _ in 4..levels {
+            content = json!([content]);
+        }
+        self.add_container(json!({
+            "uuid": uuid,
+            "mounts": {
+                "/tmp": {"kind": "tmp", "capacity": 1000000},
+                "/deep.json": {"kind": "json", "content": content},
+            },
+        }));
+    }
+
     pub fn container(&self, uuid: &str) -> Value {
         self.shared
             .lock()
@@ -612,6 +669,12 @@ impl FakeArvados {
         if let Err(e) = parse_manifest(manifest_text) {
             panic!("add_manifest: invalid manifest: {e}");
         }
+        self.add_manifest_unchecked(manifest_text)
+    }
+
+    /// Store a manifest without checking its syntax, as a server that let a hostile one
+    /// in would (for tests of what crunch-run refuses); returns its PDH.
+    pub fn add_manifest_unchecked(&self, manifest_text: &str) -> String {
         let mut st = self.shared.lock();
         let mut rec = Map::new();
         rec.insert("name".into(), Value::Null);

@@ -230,7 +230,7 @@ pub struct Stream {
     pub files: Vec<(u64, u64, String)>,
 }
 
-/// Decode `\NNN` octal escapes and `\\` in a manifest token.
+/// Decode `\NNN` octal escapes and `\\` in a manifest token (lossy where not UTF-8).
 pub fn unescape(tok: &str) -> Result<String, String> {
     let b = tok.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -258,7 +258,9 @@ pub fn unescape(tok: &str) -> Result<String, String> {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| format!("escape decodes to invalid UTF-8 in {tok:?}"))
+    // The API server takes any escaped bytes (file names are bytes); the fake keeps the
+    // name as text, with U+FFFD for the bytes that are not UTF-8.
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Parse and validate a manifest (docs/arvados-reference.md §3.1). The empty

@@ -12,7 +12,8 @@ pub mod fake_arvados;
 pub mod fake_support;
 pub mod fake_timing;
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -43,10 +44,28 @@ pub fn test_python() -> PathBuf {
     }
 }
 
-/// Read file `path` of collection `pdh` from `fake` with the real Arvados
-/// Python SDK (tests/python/read_collection.py) and return its bytes.
-/// Panics with the script's stderr if it fails.
-pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec<u8> {
+/// `program` (a Python SDK tool or the interpreter) set to talk to `fake` as a user
+/// would: its host, token and CA, `home` as HOME, nothing from this machine's Arvados
+/// configuration or caches.
+pub fn sdk_command(fake: &FakeArvados, program: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("ARVADOS_API_HOST", fake.api_host())
+        .env("ARVADOS_API_TOKEN", fake.token())
+        .env("SSL_CERT_FILE", fake.ca_file())
+        .env("HOME", home)
+        .env_remove("ARVADOS_API_HOST_INSECURE")
+        .env_remove("ARVADOS_KEEP_SERVICES")
+        .env_remove("ARVADOS_KEEP_PROXY")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_CACHE_HOME");
+    cmd
+}
+
+/// Read file `path` (its exact bytes) of collection `pdh` from `fake` with the
+/// real Arvados Python SDK (tests/python/read_collection.py) and return its
+/// bytes. Panics with the script's stderr if it fails.
+pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: impl AsRef<OsStr>) -> Vec<u8> {
+    let path = path.as_ref();
     let python = test_python();
     assert!(
         python.exists(),
@@ -57,24 +76,15 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_collection.py");
     let home = tempfile::tempdir().expect("tempdir for HOME");
-    let out = Command::new(&python)
+    let out = sdk_command(fake, &python, home.path())
         .arg(&script)
         .arg(pdh)
         .arg(path)
-        .env("ARVADOS_API_HOST", fake.api_host())
-        .env("ARVADOS_API_TOKEN", fake.token())
-        .env("SSL_CERT_FILE", fake.ca_file())
-        .env("HOME", home.path())
-        .env_remove("ARVADOS_API_HOST_INSECURE")
-        .env_remove("ARVADOS_KEEP_SERVICES")
-        .env_remove("ARVADOS_KEEP_PROXY")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     if !out.status.success() {
         panic!(
-            "read_collection.py {pdh} {path} failed ({}):\n{}",
+            "read_collection.py {pdh} {path:?} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );

@@ -9,10 +9,25 @@
 # ARVADOS_API_HOST_INSECURE; the CA bundle from SSL_CERT_FILE (honoured by
 # the SDK for both API and Keep requests).
 # Exit status 0 on success; 1 with a message on stderr otherwise.
+#
+# PATH is bytes, as file names are. crunch-run writes a name that is not UTF-8 with every
+# byte >= 0x80 as an octal escape, and the SDK reads "\NNN" as the code point NNN: so each
+# path component is taken as UTF-8 if it is, else as Latin-1, one code point per byte.
 
 import argparse
 import os
 import sys
+
+
+def sdk_path(raw):
+    """The SDK's name for the path whose bytes are `raw` (see the header)."""
+    parts = []
+    for part in raw.split(b"/"):
+        try:
+            parts.append(part.decode("utf-8"))
+        except UnicodeDecodeError:
+            parts.append(part.decode("latin-1"))
+    return "/".join(parts)
 
 
 def main():
@@ -38,7 +53,8 @@ def main():
     api = arvados.api("v1", host=args.host, token=args.token, insecure=args.insecure,
                       num_retries=2)
     coll = arvados.collection.CollectionReader(args.collection, api_client=api, num_retries=2)
-    path = args.path[2:] if args.path.startswith("./") else args.path
+    path = sdk_path(os.fsencode(args.path))
+    path = path[2:] if path.startswith("./") else path
     out = sys.stdout.buffer
     with coll.open(path, "rb") as f:
         while True:

@@ -14,13 +14,13 @@ pub(super) fn locator_size(token: &str) -> u64 {
 }
 
 /// Split a file name into its directory components and its base name, dropping empty and
-/// `.` components (so `"a//b/./c"` is `(["a","b"], "c")`).
-fn split_path(name: &str) -> (Vec<&str>, &str) {
-    let mut parts: Vec<&str> = name
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
+/// `.` components (so `a//b/./c` is `([a, b], c)`).
+fn split_path(name: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut parts: Vec<&[u8]> = name
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
         .collect();
-    let base = parts.pop().unwrap_or("");
+    let base = parts.pop().unwrap_or_default();
     (parts, base)
 }
 
@@ -38,7 +38,7 @@ fn split_path(name: &str) -> (Vec<&str>, &str) {
 /// `FileBlocks::size` is expected to equal their sum. Locators are kept as given, signed.
 /// It is [`normalized_manifest`] of the files' blocks, each taken whole.
 pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
-    let files: Vec<(String, Vec<BlockRange>)> = files
+    let files: Vec<(Vec<u8>, Vec<BlockRange>)> = files
         .iter()
         .map(|f| {
             let whole_blocks = f.locators.iter().map(|loc| BlockRange {
@@ -46,7 +46,7 @@ pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
                 offset: 0,
                 len: locator_size(loc),
             });
-            (f.name.clone(), whole_blocks.collect())
+            (f.name.as_bytes().to_vec(), whole_blocks.collect())
         })
         .collect();
     normalized_manifest(&files, &[])
@@ -55,7 +55,7 @@ pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
 /// The normalized manifest of a tree of files given as block ranges, plus empty directories.
 ///
 /// `files` are `(path, ranges)` with `/`-separated paths relative to the collection root
-/// (`"a/b/c.out"`); each range is a piece of a block, its locator kept as given (signed).
+/// (`a/b/c.out`, any bytes: see [`super::escape_name`]); each range is a piece of a block, its locator kept as given (signed).
 /// `empty_dirs` are directory paths to keep even though no file is under them; one that
 /// does have a file or another directory under it is implied by that and left out.
 ///
@@ -65,9 +65,7 @@ pub fn single_stream_manifest(files: &[FileBlocks]) -> String {
 /// pieces of a file merge into one `pos:len:name`; an empty file is `0:0:name`; a stream
 /// with no data gets the empty block locator; an empty directory is
 /// `./dir d41d8cd98f00b204e9800998ecf8427e+0 0:0:\056`. No files and no dirs gives `""`.
-pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[String]) -> String {
-    // (directory components, base name, index into files or None for an empty-dir marker)
-    type Entry<'a> = (Vec<&'a str>, &'a str, Option<usize>);
+pub fn normalized_manifest(files: &[(Vec<u8>, Vec<BlockRange>)], empty_dirs: &[Vec<u8>]) -> String {
     let mut entries: Vec<Entry<'_>> = Vec::with_capacity(files.len());
     for (i, (path, _)) in files.iter().enumerate() {
         let (dir, base) = split_path(path);
@@ -75,13 +73,13 @@ pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[St
             entries.push((dir, base, Some(i)));
         }
     }
-    let mut occupied: HashSet<Vec<&str>> = HashSet::new();
+    let mut occupied: HashSet<Vec<&[u8]>> = HashSet::new();
     for (dir, _, _) in &entries {
         for n in 1..=dir.len() {
             occupied.insert(dir[..n].to_vec());
         }
     }
-    let mut dirs: Vec<Vec<&str>> = empty_dirs
+    let mut dirs: Vec<Vec<&[u8]>> = empty_dirs
         .iter()
         .map(|d| split_path(d))
         .map(|(mut dir, base)| {
@@ -101,7 +99,7 @@ pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[St
     }
     for d in dirs {
         if !occupied.contains(&d) {
-            entries.push((d, ".", None));
+            entries.push((d, b".", None));
         }
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
@@ -120,12 +118,12 @@ pub fn normalized_manifest(files: &[(String, Vec<BlockRange>)], empty_dirs: &[St
     out
 }
 
+/// A file or empty-directory marker of [`normalized_manifest`]: directory components, base
+/// name, and the index into its files (`None` for an empty directory's `.` marker).
+type Entry<'a> = (Vec<&'a [u8]>, &'a [u8], Option<usize>);
+
 /// One stream line of [`normalized_manifest`]: `entries` all share the same directory.
-fn write_stream(
-    out: &mut String,
-    entries: &[(Vec<&str>, &str, Option<usize>)],
-    files: &[(String, Vec<BlockRange>)],
-) {
+fn write_stream(out: &mut String, entries: &[Entry<'_>], files: &[(Vec<u8>, Vec<BlockRange>)]) {
     let Some((dir, _, _)) = entries.first() else {
         return;
     };
@@ -134,9 +132,7 @@ fn write_stream(
         out.push('/');
         out.push_str(&escape_name(component));
     }
-    let ranges_of = |e: &(Vec<&str>, &str, Option<usize>)| -> &[BlockRange] {
-        e.2.map_or(&[], |i| files[i].1.as_slice())
-    };
+    let ranges_of = |e: &Entry<'_>| -> &[BlockRange] { e.2.map_or(&[], |i| files[i].1.as_slice()) };
     // Each distinct block once, at its offset in the stream.
     let mut offsets: HashMap<&str, u64> = HashMap::new();
     let mut stream_len = 0u64;
