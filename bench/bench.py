@@ -10,10 +10,17 @@
 (c) crunch-run's own peak RSS (VmHWM) during those floods, for 50 MB and 500 MB;
 (d), (e) staging a 200 MB input collection, and uploading it again as output;
 (f) capturing 10,000 output files of 1 KiB, against arv-put of the same directory, both
-    into the fake API + Keep of the tests (tests/bench_capture.rs): time and Keep PUTs.
+    into the fake API + Keep of the tests (tests/bench_capture.rs): time and Keep PUTs;
+(g) `echo hello` against the fake Arvados API + Keep over HTTPS (examples/fake_arvados.rs)
+    answering every request after a latency (BENCH_API_LATENCY, default 0ms,10ms,30ms),
+    with the requests on the run's critical path, read from the fake's request log;
+(h) loading a 150 MB image into the engine: crunch-run streaming it from Keep (the fake,
+    over HTTPS, and the local store) into `docker load`, against `docker load -i` of the
+    same tar on local disk.
 
-BENCH_ONLY=capture runs section (f) alone (no Docker engine needed).
-Figures are printed, never asserted: the machines are shared and noisy.
+Sections can run alone: `bench.py api image`, or BENCH_SECTIONS=api,image (BENCH_ONLY is
+the same), names: hello, floods, mounts, capture, api, image; capture needs no Docker
+engine. Figures are printed, never asserted: the machines are shared and noisy.
 """
 import json
 import os
@@ -30,6 +37,11 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(TOP, "target", "release")
 UUID = "zzzzz-dz642-0000000000bench"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
+IMAGE_ROUNDS = int(os.environ.get("BENCH_IMAGE_ROUNDS", "3"))
+IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "150"))
+SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image")
+# Another build to measure (e.g. the one before a change), instead of target/release's.
+CRUNCH_RUN = os.environ.get("BENCH_CRUNCH_RUN") or os.path.join(BIN, "crunch-run")
 FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "3"))
 LINE = "crunch-run bench line of text that is a bit longer than the usual log line ok"
 
@@ -61,12 +73,14 @@ def write_record(store, pdh, command, mounts=None, output_path="/tmp"):
         json.dump(rec, f)
 
 
-def run_crunch(store, spool, env=None):
+def run_crunch(store, spool, env=None, uuid=UUID, stderr=subprocess.DEVNULL):
     """Run crunch-run once; return (seconds, peak RSS bytes, exit status). The RSS is
-    sampled on a thread, so the wall time is taken the moment the process exits."""
+    sampled on a thread, so the wall time is taken the moment the process exits. With no
+    `store`, it runs against the API that `env` names."""
     start = time.monotonic()
-    p = subprocess.Popen([os.path.join(BIN, "crunch-run"), "--local-store", store, "--spool-dir", spool, UUID],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    where = ["--local-store", store] if store else []
+    p = subprocess.Popen([CRUNCH_RUN] + where + ["--spool-dir", spool, uuid],
+                         stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     peak = [0]
     done = threading.Event()
 
@@ -126,10 +140,23 @@ def flood_command(mb):
     return ["sh", "-c", "yes '%s' | head -c %d" % (LINE, mb * 1000 * 1000)]
 
 
+def chosen_sections():
+    """The sections to run: the arguments, else BENCH_SECTIONS or BENCH_ONLY
+    (comma-separated), else all."""
+    listed = os.environ.get("BENCH_SECTIONS") or os.environ.get("BENCH_ONLY") or ""
+    names = sys.argv[1:] or [n for n in listed.split(",") if n]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        sys.exit("unknown bench section(s) %s; known: %s" % (", ".join(unknown), ", ".join(SECTIONS)))
+    return names or list(SECTIONS)
+
+
 def main():
+    sections = chosen_sections()
     load = os.getloadavg()
-    print("machine: %d cores, load average %.2f %.2f %.2f" % (os.cpu_count(), *load))
-    if os.environ.get("BENCH_ONLY") == "capture":
+    print("machine: %d cores, load average %.2f %.2f %.2f; sections: %s"
+          % (os.cpu_count(), *load, " ".join(sections)))
+    if sections == ["capture"]:
         capture_bench()
         return
     image = make_image()
@@ -138,9 +165,28 @@ def main():
     spool = os.path.join(work, "spool")
     os.makedirs(spool)
     pdh = store_image(store, image)
+    if "hello" in sections:
+        hello_bench(store, spool, pdh, image)
+    if "floods" in sections:
+        floods_bench(store, spool, pdh, image, work)
+    if "mounts" in sections:
+        mounts_bench(store, spool, pdh, work)
+    if "capture" in sections:
+        capture_bench()
+    if "api" in sections or "image" in sections:
+        fake = FakeArvados()
+        try:
+            if "api" in sections:
+                api_bench(fake, image, spool, work)
+            if "image" in sections:
+                image_bench(fake, store, spool, work)
+        finally:
+            fake.close()
+    shutil.rmtree(work, ignore_errors=True)
 
-    # (a) overhead for echo hello, alternating to share the machine's noise.
-    write_record(store, pdh, ["echo", "hello"])
+
+def hello_bench(store, spool, pdh, image):
+    """(a) overhead for echo hello, alternating to share the machine's noise."""
     crunch, bare = [], []
     for _ in range(ROUNDS):
         write_record(store, pdh, ["echo", "hello"])
@@ -149,14 +195,16 @@ def main():
         crunch.append(t)
         bare.append(run_bare(image, ["echo", "hello"]))
     c, b = statistics.median(crunch), statistics.median(bare)
-    print("(a) echo hello, median of %d: crunch-run %.3f s, bare docker run %.3f s, ratio %.2fx (target <= 1.2x)"
+    print("(a) echo hello, median of %d: crunch-run %.3f s, bare docker run %.3f s, ratio %.2fx (target <= 1.1x)"
           % (ROUNDS, c, b, c / b))
 
-    # (b) + (c) floods, alternating as in (a). For scale, two plain consumers of the same
-    # docker run are timed too: one that only hashes the bytes and one that only writes them
-    # to a file. crunch-run must do both (and more), so their ratios bound what it can reach
-    # on this machine. Last, crunch-run fed the same bytes by the fake docker (a bare cat):
-    # its own forwarding speed, with nearly all of the machine to itself.
+
+def floods_bench(store, spool, pdh, image, work):
+    """(b) + (c) floods, alternating as in (a). For scale, two plain consumers of the same
+    docker run are timed too: one that only hashes the bytes and one that only writes them
+    to a file. crunch-run must do both (and more), so their ratios bound what it can reach
+    on this machine. Last, crunch-run fed the same bytes by the fake docker (a bare cat):
+    its own forwarding speed, with nearly all of the machine to itself."""
     for mb in (50, 500):
         command = flood_command(mb)
         crunch, bare, hashed, filed, fed, peak = [], [], [], [], [], 0
@@ -184,9 +232,6 @@ def main():
         print("    crunch-run fed the same bytes by a cat instead of docker (binstubs/docker): %.2f s (%.0f MB/s), ratio %.2f"
               % (tf, mb / tf, tb / tf))
         print("(c) %d MB flood: crunch-run peak RSS %.1f MiB (target <= 32 MiB)" % (mb, peak / 2**20))
-    mounts_bench(store, spool, pdh, work)
-    shutil.rmtree(work, ignore_errors=True)
-    capture_bench()
 
 
 def timed_cp(src, dst):
@@ -243,6 +288,221 @@ def capture_bench():
     for line in figures:
         if line.startswith(("(f)", "    ")):
             print(line)
+
+
+class FakeArvados:
+    """The fake Arvados API + Keep of the tests, run as examples/fake_arvados (see there for
+    its protocol: one JSON command a line on stdin, one JSON answer a line on stdout)."""
+
+    def __init__(self):
+        cargo = os.environ.get("CARGO", "cargo")
+        subprocess.run([cargo, "build", "--quiet", "--release", "--example", "fake_arvados"],
+                       cwd=TOP, check=True)
+        self.proc = subprocess.Popen([os.path.join(BIN, "examples", "fake_arvados")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def call(self, op, **args):
+        self.proc.stdin.write(json.dumps(dict(op=op, **args)) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            sys.exit("fake Arvados: %s: %s" % (op, answer["error"]))
+        return answer
+
+    def env(self):
+        """crunch-run's environment for this API. Keep services are discovered, as on a
+        compute node, unless BENCH_KEEP_SERVICES=1 lists them in ARVADOS_KEEP_SERVICES."""
+        env = dict(os.environ, ARVADOS_API_HOST=self.info["api_host"],
+                   ARVADOS_API_TOKEN=self.info["token"], SSL_CERT_FILE=self.info["ca_file"])
+        env.pop("ARVADOS_API_HOST_INSECURE", None)
+        env.pop("ARVADOS_KEEP_SERVICES", None)
+        if os.environ.get("BENCH_KEEP_SERVICES") == "1":
+            env["ARVADOS_KEEP_SERVICES"] = self.info["keep_services"]
+        return env
+
+    def add_container(self, uuid, pdh, command):
+        self.call("add_container", record={
+            "uuid": uuid, "state": "Locked", "command": command, "container_image": pdh,
+            "cwd": ".", "environment": {}, "mounts": {}, "output_path": "/tmp", "priority": 1,
+            "runtime_constraints": {}})
+
+    def check_complete(self, uuid, rc, what):
+        rec = self.call("container", uuid=uuid)
+        if rc != 0 or rec.get("state") != "Complete":
+            sys.exit("crunch-run did not complete %s against the fake API (exit %d, state %s, runtime_status %s)"
+                     % (what, rc, rec.get("state"), rec.get("runtime_status")))
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def latencies():
+    """BENCH_API_LATENCY as milliseconds: comma-separated durations (30ms, 0.03s, 30)."""
+    out = []
+    for item in os.environ.get("BENCH_API_LATENCY", "0ms,10ms,30ms").split(","):
+        item = item.strip()
+        if item.endswith("ms"):
+            out.append(float(item[:-2]))
+        elif item.endswith("s"):
+            out.append(float(item[:-1]) * 1000)
+        elif item:
+            out.append(float(item))
+    return out
+
+
+def short_request(r):
+    """`GET containers/…/auth`: a request of the fake's log, named briefly."""
+    path = r["path"].replace("/arvados/v1/", "")
+    parts = [("…" if len(p) >= 27 else p) for p in path.split("/")]
+    where = "" if r["server"] == "api" else r["server"] + " "
+    return "%s %s%s" % (r["method"], where, "/".join(parts))
+
+
+def api_bench(fake, image, spool, work):
+    """(g) echo hello against the fake API over HTTPS, at each latency, alternating with
+    bare docker run. The critical path is read from the fake's request log: the stretches
+    of time in which at least one request was in flight (requests that overlap count once;
+    a lower bound), and the longest chain of requests each started after the one before
+    ended (an upper bound: it counts background requests nothing waited for)."""
+    tar = os.path.join(work, "hello-image.tar")
+    sh("docker", "save", "-o", tar, image)
+    pdh = fake.call("add_collection", files=[[image + ".tar", tar]])["pdh"]
+    os.unlink(tar)
+    env = fake.env()
+    keep = "listed in ARVADOS_KEEP_SERVICES" if "ARVADOS_KEEP_SERVICES" in env else "discovered"
+    print("(g) echo hello against the fake API + Keep over HTTPS (Keep services %s), median of %d:" % (keep, ROUNDS))
+    n = 0
+    for ms in latencies():
+        fake.call("latency", ms=ms)
+        crunch, bare, paths, chains, conns, log = [], [], [], [], [], None
+        for _ in range(ROUNDS):
+            n += 1
+            uuid = "zzzzz-dz642-%015d" % n
+            fake.add_container(uuid, pdh, ["echo", "hello"])
+            fake.call("timeline")
+            t, _, rc = run_crunch(None, spool, env, uuid)
+            fake.check_complete(uuid, rc, "echo hello")
+            log = fake.call("timeline")
+            crunch.append(t)
+            paths.append(log["critical_path"])
+            chains.append(log["longest_chain"])
+            conns.append(sum(log["connections"].values()))
+            bare.append(run_bare(image, ["echo", "hello"]))
+        c, b = statistics.median(crunch), statistics.median(bare)
+        target = "1.8x" if ms >= 30 else ("1.15x" if ms == 0 else None)
+        print("    latency %g ms: crunch-run %.3f s, bare docker run %.3f s, ratio %.2fx%s; %d requests, critical path %s (longest chain %s), %s connections (TLS handshakes)"
+              % (ms, c, b, c / b, " (target <= %s)" % target if target else "", len(log["requests"]),
+                 spread(paths), spread(chains), spread(conns)))
+    print("    critical path of the last run (at most 6 wanted), a stretch a line:")
+    for stretch_no, stretch in enumerate(stretches_of(log), 1):
+        print("      %2d. %s" % (stretch_no, "  |  ".join(stretch)))
+
+
+def spread(values):
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else "%d-%d" % (lo, hi)
+
+
+def stretches_of(log):
+    """The requests of the log grouped into stretches, as the fake computed them."""
+    requests = sorted(log["requests"], key=lambda r: r["start_ms"])
+    out, end = [], None
+    for r in requests:
+        if out and r["start_ms"] < end:
+            out[-1].append(short_request(r))
+        else:
+            out.append([short_request(r)])
+        end = r["end_ms"] if end is None else max(end, r["end_ms"])
+    return out
+
+
+def make_big_image(work, mb):
+    """A busybox image with `mb` MB of random bytes in its layer (they do not compress):
+    returns (image id, path of its `docker save` tar)."""
+    root = tempfile.mkdtemp(dir=work)
+    os.makedirs(os.path.join(root, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    for applet in ("sh", "true"):
+        os.symlink("busybox", os.path.join(root, "bin", applet))
+    with open(os.path.join(root, "payload"), "wb") as f:
+        for _ in range(mb):
+            f.write(os.urandom(1000 * 1000))
+    tag = "crunch-run-bench-big:latest"
+    importer = subprocess.Popen(["docker", "import", "--change", "ENV PATH=/bin", "-", tag],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    subprocess.run(["tar", "-C", root, "-c", "."], stdout=importer.stdin, check=True)
+    importer.stdin.close()
+    if importer.wait() != 0:
+        sys.exit("docker import of the big image failed")
+    shutil.rmtree(root)
+    image = sh("docker", "image", "inspect", "--format", "{{.Id}}", tag)
+    tar = os.path.join(work, image + ".tar")
+    sh("docker", "save", "-o", tar, image)
+    return image, tar
+
+
+def remove_image(image):
+    subprocess.run(["docker", "rmi", "-f", image], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def log_time(line):
+    """The time of a crunch-run log line `<uuid> <RFC 3339 with ns> text`, in seconds."""
+    stamp = line.split(" ", 2)[1].rstrip("Z")
+    secs, _, frac = stamp.partition(".")
+    t = time.mktime(time.strptime(secs, "%Y-%m-%dT%H:%M:%S"))
+    return t + float("0." + (frac or "0"))
+
+
+def crunch_load_time(store, spool, env, uuid, work):
+    """Run crunch-run once with its image not in the engine; return how long its load took:
+    from its "Loading Docker image" line to the first line after `docker load` ended."""
+    err_path = os.path.join(work, "crunch-run.stderr")
+    with open(err_path, "w") as err:
+        _, _, rc = run_crunch(store, spool, env, uuid, stderr=err)
+    with open(err_path) as f:
+        lines = f.read().splitlines()
+    start = [log_time(l) for l in lines if "Loading Docker image from keep" in l]
+    end = [log_time(l) for l in lines if " docker load: " in l]
+    if rc != 0 or not start or not end:
+        sys.exit("crunch-run did not load the image (exit %d):\n%s" % (rc, "\n".join(lines[-20:])))
+    return end[0] - start[0], rc
+
+
+def image_bench(fake, store, spool, work):
+    """(h) a IMAGE_MB image from Keep into docker load, against docker load -i of the same
+    tar on local disk, alternating; the image is removed before every load."""
+    image, tar = make_big_image(work, IMAGE_MB)
+    size = os.path.getsize(tar) / 1e6
+    fake_pdh = fake.call("add_collection", files=[[image + ".tar", tar]])["pdh"]
+    local_pdh = sh(os.path.join(BIN, "arv-local"), "put", store, "bench big image", tar)
+    env = fake.env()
+    plain, from_fake, from_local = [], [], []
+    for n in range(IMAGE_ROUNDS):
+        remove_image(image)
+        start = time.monotonic()
+        sh("docker", "load", "-q", "-i", tar)
+        plain.append(time.monotonic() - start)
+        remove_image(image)
+        uuid = "zzzzz-dz642-im%013d" % n
+        fake.add_container(uuid, fake_pdh, ["true"])
+        t, rc = crunch_load_time(None, spool, env, uuid, work)
+        fake.check_complete(uuid, rc, "the image load")
+        from_fake.append(t)
+        remove_image(image)
+        write_record(store, local_pdh, ["true"])
+        t, rc = crunch_load_time(store, spool, None, UUID, work)
+        check_complete(store, rc, "the image load from the local store")
+        from_local.append(t)
+    remove_image(image)
+    os.unlink(tar)
+    p = statistics.median(plain)
+    print("(h) loading a %.0f MB image, median of %d: docker load -i %.2f s (%.0f MB/s)" % (size, IMAGE_ROUNDS, p, size / p))
+    for what, times in (("the fake Keep over HTTPS", from_fake), ("the local store", from_local)):
+        t = statistics.median(times)
+        print("    crunch-run streaming it from %s into docker load: %.2f s (%.0f MB/s), throughput ratio %.2f (target >= 0.95)"
+              % (what, t, size / t, p / t))
 
 
 if __name__ == "__main__":

@@ -1159,6 +1159,96 @@ fn the_logs_so_far_are_saved_while_the_container_runs() {
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "early\n");
 }
 
+// ------------------------------------------------------------ requests and connections
+
+/// Print the fake's request log: what a failed assertion about it needs.
+fn show_timeline(h: &Harness) -> common::fake_timing::PathSummary {
+    let log = h.fake.timeline();
+    for t in &log {
+        eprintln!(
+            "{:>8.1} {:>8.1} ms  {}#{} {} {}",
+            t.start.as_secs_f64() * 1e3,
+            t.end.as_secs_f64() * 1e3,
+            t.server,
+            t.conn,
+            t.method,
+            t.path
+        );
+    }
+    let summary = common::fake_timing::summarize(&log);
+    eprintln!(
+        "connections {:?}; critical path {}, longest chain {}",
+        h.fake.connections(),
+        summary.critical_path,
+        summary.longest_chain
+    );
+    summary
+}
+
+/// A run with no mounts, its image in the engine, as `make bench` runs `echo hello`.
+fn hello_without_mounts(h: &Harness, pdh: &str, extra: &[(&str, &str)]) {
+    h.fake.add_container(record(UUID, pdh, &["echo", "hello"]));
+    let mut env = vec![("FAKE_DOCKER_STDOUT", "hello\n")];
+    env.extend_from_slice(extra);
+    let images = image_id();
+    env.push(("FAKE_DOCKER_IMAGES", &images));
+    assert!(run_with(h, &env).status.success());
+    assert_eq!(final_record(h)["state"], "Complete");
+}
+
+/// The fake's latency for the connection checks. Requests in flight together at the
+/// client overlap at the fake too unless a thread stalls longer than this: so a long one.
+const LATENCY: std::time::Duration = std::time::Duration::from_millis(60);
+/// How long before the fake sees a request the client may have taken its connection.
+const CHECKOUT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// No host gets more connections (TLS handshakes) than the requests in flight to it at
+/// once: the connections are pooled and reused, whatever the lifecycle runs in parallel.
+/// (Without the pool, the API gets 9 connections for its 9 requests.)
+fn assert_connections_reused(h: &Harness) {
+    let log = h.fake.timeline();
+    for (server, n) in h.fake.connections() {
+        let peak = common::fake_timing::peak_in_flight(&log, &server, CHECKOUT);
+        assert!(
+            n as usize <= peak,
+            "{n} connections to {server}, at most {peak} requests at once"
+        );
+    }
+}
+
+#[test]
+fn a_run_keeps_one_connection_per_host_and_asks_no_keep_discovery_when_given_services() {
+    let (h, pdh) = setup();
+    h.fake.set_latency(LATENCY);
+    hello_without_mounts(&h, &pdh, &[]);
+    show_timeline(&h);
+    assert!(
+        !h.fake
+            .timeline()
+            .iter()
+            .any(|t| t.path.contains("keep_services")),
+        "ARVADOS_KEEP_SERVICES is set: no discovery"
+    );
+    assert_connections_reused(&h);
+}
+
+#[test]
+fn without_keep_services_given_they_are_discovered_once_and_connections_still_reused() {
+    let (h, pdh) = setup();
+    h.fake.set_latency(LATENCY);
+    // As on a compute node: the services are discovered, keepstores, PUT to in parallel.
+    hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
+    show_timeline(&h);
+    let discovery: Vec<_> = h
+        .fake
+        .timeline()
+        .into_iter()
+        .filter(|t| t.path.ends_with("/keep_services/accessible"))
+        .collect();
+    assert_eq!(discovery.len(), 1, "{discovery:?}");
+    assert_connections_reused(&h);
+}
+
 /// The API server's own self-signed certificate (CA:TRUE, as `openssl req -x509` makes it),
 /// named by SSL_CERT_FILE, is trusted as curl and Python trust it: a normal run, API and
 /// Keep alike (issue 10, point 4).

@@ -1179,3 +1179,120 @@ fn hmac_sha1_and_time_helpers() {
     );
     assert_eq!(parse_rfc3339("2024-05-15"), None);
 }
+
+// ------------------------------------------- latency, request times, connections
+
+const FOO_HASH: &str = "acbd18db4cc2f85cedef654fccc4a4d8";
+
+#[test]
+fn latency_delays_every_request_and_the_log_has_its_times_and_connection() {
+    let fake = FakeArvados::start();
+    fake.add_container(json!({"uuid": CUUID}));
+    let c = Client::new(&fake);
+    let tok = bearer(fake.token());
+    let latency = Duration::from_millis(80);
+    fake.set_latency(latency);
+    let t = Instant::now();
+    assert_eq!(
+        c.call("GET", &container_path(CUUID), Some(&tok), Body::None)
+            .status,
+        200
+    );
+    assert!(t.elapsed() >= latency, "{:?}", t.elapsed());
+    // Keep waits too.
+    let t = Instant::now();
+    let r = keep_put(
+        &c,
+        &fake.keep_service_urls()[1],
+        fake.token(),
+        FOO_HASH,
+        b"foo",
+    );
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() >= latency, "{:?}", t.elapsed());
+    fake.set_latency(Duration::ZERO);
+    assert_eq!(
+        c.call("GET", &container_path(CUUID), Some(&tok), Body::None)
+            .status,
+        200
+    );
+
+    let log = fake.timeline();
+    let shown: Vec<(&str, &str, &str, u64)> = log
+        .iter()
+        .map(|t| {
+            (
+                t.server.as_str(),
+                t.method.as_str(),
+                t.path.as_str(),
+                t.conn,
+            )
+        })
+        .collect();
+    let container = container_path(CUUID);
+    let block = format!("/{FOO_HASH}");
+    assert_eq!(
+        shown,
+        [
+            ("api", "GET", container.as_str(), 0),
+            ("keep1", "PUT", block.as_str(), 0),
+            ("api", "GET", container.as_str(), 0),
+        ],
+        "one connection per server, kept alive"
+    );
+    assert!(log[0].end - log[0].start >= latency);
+    assert!(log[0].end <= log[1].start && log[1].end <= log[2].start);
+    assert_eq!(
+        fake.connections(),
+        [("api".to_string(), 1), ("keep1".to_string(), 1)]
+    );
+    // A second client is a second connection (and TLS handshake).
+    let other = Client::new(&fake);
+    other.call("GET", &container_path(CUUID), Some(&tok), Body::None);
+    assert_eq!(fake.connections()[0], ("api".to_string(), 2));
+    assert_eq!(fake.timeline().last().map(|t| t.conn), Some(1));
+    fake.reset_timing();
+    assert!(fake.timeline().is_empty() && fake.connections().is_empty());
+}
+
+#[test]
+fn the_critical_path_counts_stretches_of_requests_in_flight() {
+    use common::fake_timing::{Timed, summarize};
+    let at = |name: &str, start: u64, end: u64| Timed {
+        server: "api".into(),
+        method: "GET".into(),
+        path: name.into(),
+        conn: 0,
+        conn_opened: Duration::ZERO,
+        start: Duration::from_millis(start),
+        end: Duration::from_millis(end),
+    };
+    // a; then b, c, d together (d overlaps c only); then e; f runs alone after a gap.
+    let log = [
+        at("a", 0, 10),
+        at("b", 10, 20),
+        at("c", 12, 30),
+        at("d", 25, 40),
+        at("e", 40, 50),
+        at("f", 70, 80),
+    ];
+    let s = summarize(&log);
+    assert_eq!(s.requests, 6);
+    assert_eq!(s.critical_path, 4);
+    assert_eq!(
+        s.stretches,
+        [
+            vec!["GET api a"],
+            vec!["GET api b", "GET api c", "GET api d"],
+            vec!["GET api e"],
+            vec!["GET api f"]
+        ]
+    );
+    // The longest chain of requests one after another: a b d e f (d ends as e starts).
+    assert_eq!(s.longest_chain, 5);
+    // A background request across everything makes one stretch; the chain still sees 5.
+    let mut with_background = log.to_vec();
+    with_background.push(at("background", 5, 75));
+    let s = summarize(&with_background);
+    assert_eq!((s.critical_path, s.longest_chain), (1, 5));
+}

@@ -22,6 +22,11 @@ use crate::store::StoreError;
 /// Largest JSON response we read (a big output collection's manifest can be large).
 const MAX_JSON_BODY: u64 = 1 << 30;
 
+/// Idle connections the agent keeps, in all and per host, and for how long.
+const IDLE_CONNECTIONS: usize = 32;
+const IDLE_CONNECTIONS_PER_HOST: usize = 8;
+const IDLE_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
 /// How to reach and authenticate to the API server.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -103,6 +108,15 @@ fn build_agent(settings: &ApiSettings) -> Result<ureq::Agent, StoreError> {
         .timeout_per_write(Some(Duration::from_secs(300)))
         .timeout_recv_response(Some(Duration::from_secs(600)))
         .max_redirects(0)
+        // One pool for the API and every Keep service, shared by every clone of the agent
+        // (the container's token too): a host gets a new connection (and TLS handshake)
+        // only when all of its pooled ones are busy. Room for the requests a run sends at
+        // once; kept long enough that the end of a short container still finds them, not
+        // so long that the server (nginx: 75 s) has closed them first. A connection the
+        // server closed is seen before reuse (ureq probes it) and replaced.
+        .max_idle_connections(IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(IDLE_CONNECTIONS_PER_HOST)
+        .max_idle_age(IDLE_CONNECTION_AGE)
         .user_agent(concat!("crunch-run/", env!("CARGO_PKG_VERSION")))
         .build();
     let connector = tls::connector(settings.insecure, settings.extra_ca_file.as_deref())?;

@@ -33,6 +33,11 @@ pub struct KeepService {
     /// `http[s]://host:port`, no trailing slash.
     pub root: String,
     pub read_only: bool,
+    /// A keepstore (`service_type` "disk"): it stores one replica per PUT, so the replicas
+    /// a block still needs can be PUT to several at once. Anything else (a keepproxy, or a
+    /// service from ARVADOS_KEEP_SERVICES, whose kind is unknown) may store several per
+    /// PUT and is asked alone, as the Go and Python SDKs do.
+    pub disk: bool,
 }
 
 /// The order in which to try `services` for a block: indices into `services`, by
@@ -169,14 +174,16 @@ impl RoundsEnd {
 }
 
 impl KeepClient {
-    /// Retry rounds over services: each round asks every service in `pending` (in order)
-    /// via `try_one` until `on_done` says that is enough; services that failed transiently
-    /// are asked again next round, after the backoff, until the deadline. What each service
-    /// said goes into `errors`.
+    /// Retry rounds over services: each round asks the services in `pending`, in order,
+    /// `width()` of them at a time through `try_batch` (which answers for each), until
+    /// `on_done` says that is enough; services that failed transiently are asked again
+    /// next round, after the backoff, until the deadline. What each service said goes into
+    /// `errors`.
     fn rounds<T>(
         &self,
         mut pending: Vec<usize>,
-        mut try_one: impl FnMut(usize) -> Attempt<T>,
+        width: impl Fn() -> usize,
+        mut try_batch: impl FnMut(&[usize]) -> Vec<Attempt<T>>,
         mut on_done: impl FnMut(T) -> bool,
         errors: &mut Vec<String>,
     ) -> Result<RoundsEnd, StoreError> {
@@ -185,29 +192,34 @@ impl KeepClient {
         let mut end = RoundsEnd::default();
         loop {
             let mut again = Vec::new();
-            for idx in pending {
-                let root = &self.services[idx].root;
-                match try_one(idx) {
-                    Attempt::Done(v) => {
-                        if on_done(v) {
-                            end.satisfied = true;
-                            return Ok(end);
+            let mut queue = pending.as_slice();
+            while !queue.is_empty() {
+                let (batch, rest) = queue.split_at(width().clamp(1, queue.len()));
+                queue = rest;
+                let mut enough = false;
+                for (&idx, attempt) in batch.iter().zip(try_batch(batch)) {
+                    let root = &self.services[idx].root;
+                    match attempt {
+                        Attempt::Done(v) => enough |= on_done(v),
+                        Attempt::NotFound => {
+                            end.not_found += 1;
+                            errors.push(format!("{root}: not found"));
                         }
+                        Attempt::Transient { message, .. } => {
+                            errors.push(format!("{root}: {message}"));
+                            end.transient = true;
+                            again.push(idx);
+                        }
+                        Attempt::Refused { status, message } => {
+                            errors.push(format!("{root}: {message}"));
+                            end.last_status = status.or(end.last_status);
+                        }
+                        Attempt::Fatal(e) => return Err(e),
                     }
-                    Attempt::NotFound => {
-                        end.not_found += 1;
-                        errors.push(format!("{root}: not found"));
-                    }
-                    Attempt::Transient { message, .. } => {
-                        errors.push(format!("{root}: {message}"));
-                        end.transient = true;
-                        again.push(idx);
-                    }
-                    Attempt::Refused { status, message } => {
-                        errors.push(format!("{root}: {message}"));
-                        end.last_status = status.or(end.last_status);
-                    }
-                    Attempt::Fatal(e) => return Err(e),
+                }
+                if enough {
+                    end.satisfied = true;
+                    return Ok(end);
                 }
             }
             if again.is_empty() {
@@ -259,6 +271,7 @@ fn parse_service_list(list: &str) -> Result<Vec<KeepService>, StoreError> {
             uuid: format!("00000-bi6l4-{i:015}"),
             root: uri.trim_end_matches('/').to_string(),
             read_only: false,
+            disk: false,
         });
     }
     if services.is_empty() {
@@ -303,6 +316,7 @@ fn parse_accessible(list: &Value) -> Result<Vec<KeepService>, StoreError> {
                 .get("read_only")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            disk: item.get("service_type").and_then(Value::as_str) == Some("disk"),
         });
     }
     if services.is_empty() {
@@ -336,6 +350,7 @@ mod tests {
             uuid: format!("zzzzz-bi6l4-{i:015x}"),
             root: root.to_string(),
             read_only: false,
+            disk: true,
         }
     }
 
@@ -405,11 +420,13 @@ mod tests {
                 uuid: "short".into(),
                 root: "http://a".into(),
                 read_only: false,
+                disk: true,
             },
             KeepService {
                 uuid: "other".into(),
                 root: "http://b".into(),
                 read_only: false,
+                disk: true,
             },
         ];
         let wa = md5_hex(format!("{FOO}short").as_bytes());
@@ -427,12 +444,14 @@ mod tests {
                 KeepService {
                     uuid: "00000-bi6l4-000000000000000".into(),
                     root: "http://keep0:25107".into(),
-                    read_only: false
+                    read_only: false,
+                    disk: false,
                 },
                 KeepService {
                     uuid: "00000-bi6l4-000000000000001".into(),
                     root: "https://keep1.example:443".into(),
-                    read_only: false
+                    read_only: false,
+                    disk: false,
                 },
             ]
         );
@@ -451,8 +470,10 @@ mod tests {
         let s = parse_accessible(&list).unwrap();
         assert_eq!(s[0].root, "http://keep0.zzzzz.arvadosapi.com:25107");
         assert!(!s[0].read_only);
+        assert!(s[0].disk);
         assert_eq!(s[1].root, "https://keep.zzzzz.arvadosapi.com:443");
         assert!(s[1].read_only);
+        assert!(!s[1].disk && !s[2].disk);
         assert_eq!(s[2].root, "http://[::1]:25107");
         assert!(parse_accessible(&serde_json::json!({"items":[]})).is_err());
         assert!(parse_accessible(&serde_json::json!({"items":[{"uuid":"x"}]})).is_err());

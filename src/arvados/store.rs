@@ -4,7 +4,8 @@
 //! Bodies are JSON with the resource key the API expects (`{"container": …}`,
 //! `{"collection": …}`, `{"log": …}`) and a `select` list so answers stay small.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
@@ -21,7 +22,98 @@ use crate::store::{
 #[derive(Debug)]
 pub struct ArvadosStore {
     api: ApiClient,
-    keep: KeepClient,
+    keep: Arc<LazyKeep>,
+}
+
+/// The Keep client, once its services are known: at once (ARVADOS_KEEP_SERVICES), when
+/// the discovery that `ArvadosStore::start` began has answered, or, for the container's
+/// token, when the client it derives from is known.
+struct LazyKeep {
+    client: OnceLock<Result<KeepClient, String>>,
+    source: KeepSource,
+}
+
+enum KeepSource {
+    Known,
+    Discovery(Mutex<Option<JoinHandle<Result<KeepClient, StoreError>>>>),
+    Derived { base: Arc<LazyKeep>, token: String },
+}
+
+impl std::fmt::Debug for LazyKeep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyKeep")
+            .field("client", &self.client.get())
+            .finish()
+    }
+}
+
+impl LazyKeep {
+    fn known(client: KeepClient) -> LazyKeep {
+        LazyKeep {
+            client: OnceLock::from(Ok(client)),
+            source: KeepSource::Known,
+        }
+    }
+
+    /// Discover the services through `api` on a thread of its own (inline if no thread
+    /// can be started).
+    fn discover(api: &ApiClient) -> LazyKeep {
+        let own = api.with_token(api.token());
+        let spawned = thread::Builder::new()
+            .name("keep-discovery".into())
+            .spawn(move || KeepClient::discover(&own));
+        match spawned {
+            Ok(handle) => LazyKeep {
+                client: OnceLock::new(),
+                source: KeepSource::Discovery(Mutex::new(Some(handle))),
+            },
+            Err(_) => {
+                let client = KeepClient::discover(api).map_err(|e| e.to_string());
+                LazyKeep {
+                    client: OnceLock::from(client),
+                    source: KeepSource::Known,
+                }
+            }
+        }
+    }
+
+    /// The same services acting with `token`.
+    fn with_token(self: &Arc<Self>, token: &str) -> LazyKeep {
+        match self.client.get() {
+            Some(Ok(client)) => LazyKeep::known(client.with_token(token)),
+            _ => LazyKeep {
+                client: OnceLock::new(),
+                source: KeepSource::Derived {
+                    base: self.clone(),
+                    token: token.to_string(),
+                },
+            },
+        }
+    }
+
+    /// The client, waiting for the discovery if it has not answered yet. Its failure is
+    /// every caller's.
+    fn get(&self) -> Result<&KeepClient, StoreError> {
+        let client = self.client.get_or_init(|| match &self.source {
+            KeepSource::Known => Err("no Keep client".to_string()),
+            KeepSource::Discovery(pending) => {
+                let handle = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match handle.map(JoinHandle::join) {
+                    Some(Ok(found)) => found.map_err(|e| e.to_string()),
+                    Some(Err(_)) => Err("Keep service discovery panicked".to_string()),
+                    None => Err("Keep service discovery was lost".to_string()),
+                }
+            }
+            KeepSource::Derived { base, token } => base
+                .get()
+                .map(|c| c.with_token(token))
+                .map_err(|e| e.to_string()),
+        });
+        client.as_ref().map_err(|message| StoreError::Unavailable {
+            what: "finding the Keep services".to_string(),
+            message: message.clone(),
+        })
+    }
 }
 
 /// Percent-encode one URL path segment (uuids and PDHs pass through unchanged).
@@ -53,7 +145,31 @@ impl ArvadosStore {
             Some(list) if !list.trim().is_empty() => KeepClient::from_env_list(list, &api)?,
             _ => KeepClient::discover(&api)?,
         };
-        Ok(ArvadosStore { api, keep })
+        Ok(ArvadosStore {
+            api,
+            keep: Arc::new(LazyKeep::known(keep)),
+        })
+    }
+
+    /// As `connect`, but a discovery of the Keep services goes on in the background while
+    /// the caller asks the API other things: the first block operation, or `ready`, waits
+    /// for it, and fails if it did. Call `ready` before anything that must not start
+    /// without Keep (setting a container Running).
+    pub fn start(
+        settings: ApiSettings,
+        keep_services: Option<&str>,
+    ) -> Result<ArvadosStore, StoreError> {
+        let api = ApiClient::new(settings)?;
+        let keep = match keep_services {
+            Some(list) if !list.trim().is_empty() => {
+                LazyKeep::known(KeepClient::from_env_list(list, &api)?)
+            }
+            _ => LazyKeep::discover(&api),
+        };
+        Ok(ArvadosStore {
+            api,
+            keep: Arc::new(keep),
+        })
     }
 
     /// The container's own token, `v2/<auth uuid>/<secret>/<container uuid>`, from
@@ -151,7 +267,7 @@ impl ApiStore for ArvadosStore {
     fn container_access(&self, uuid: &str) -> Result<Option<ContainerAccess>, StoreError> {
         let token = self.container_token(uuid)?;
         let api = self.api.with_token(&token);
-        let keep = self.keep.with_token(&token);
+        let keep = Arc::new(self.keep.with_token(&token));
         let store = Arc::new(ArvadosStore { api, keep });
         Ok(Some(ContainerAccess {
             token,
@@ -250,11 +366,15 @@ impl BlockStore for ArvadosStore {
         size: u64,
         body: &BlockSource<'_>,
     ) -> Result<String, StoreError> {
-        self.keep.put_block(hash, size, body)
+        self.keep.get()?.put_block(hash, size, body)
     }
 
     fn get_block(&self, locator: &str, out: &mut dyn std::io::Write) -> Result<u64, StoreError> {
-        self.keep.get_block(locator, out)
+        self.keep.get()?.get_block(locator, out)
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        self.keep.get().map(|_| ())
     }
 }
 
@@ -513,7 +633,10 @@ mod tests {
         assert_eq!(s.get_block(&loc, &mut out).unwrap(), 3);
         assert_eq!(out, b"foo");
         assert_eq!(server.requests.lock().unwrap().len(), 2);
-        assert_eq!(s.keep.services()[0].uuid, "00000-bi6l4-000000000000000");
+        assert_eq!(
+            s.keep.get().unwrap().services()[0].uuid,
+            "00000-bi6l4-000000000000000"
+        );
     }
 
     #[test]
@@ -526,11 +649,60 @@ mod tests {
             )
         });
         let s = ArvadosStore::connect(settings(&server.url), Some("  ")).unwrap();
-        assert_eq!(s.keep.services()[0].root, "https://keep0:25107");
+        assert_eq!(
+            s.keep.get().unwrap().services()[0].root,
+            "https://keep0:25107"
+        );
         assert_eq!(
             server.requests.lock().unwrap()[0].path,
             "/arvados/v1/keep_services/accessible"
         );
+    }
+
+    const ACCESSIBLE: &[u8] = br#"{"items":[{"uuid":"zzzzz-bi6l4-6zhilxar6r8ey90","service_host":"keep0","service_port":25107,"service_ssl_flag":true,"service_type":"disk"}]}"#;
+
+    #[test]
+    fn start_finds_keep_in_the_background_and_ready_waits_for_it() {
+        let slow = Duration::from_millis(400);
+        let server = start(move |_, req| {
+            if req.path.ends_with("/keep_services/accessible") {
+                std::thread::sleep(slow);
+                response(200, &[], ACCESSIBLE)
+            } else {
+                response(
+                    200,
+                    &[],
+                    br#"{"uuid":"zzzzz-gj3su-55pqoyepgi2glem","api_token":"containersecret"}"#,
+                )
+            }
+        });
+        let t = std::time::Instant::now();
+        let s = ArvadosStore::start(settings(&server.url), None).unwrap();
+        assert!(t.elapsed() < slow / 2, "{:?}", t.elapsed());
+        // The container's stores, made before the discovery answered, use its services.
+        let access = s.container_access(CUUID).unwrap().unwrap();
+        access.blocks.ready().unwrap();
+        assert!(t.elapsed() >= slow, "{:?}", t.elapsed());
+        s.ready().unwrap();
+        assert_eq!(
+            s.keep.get().unwrap().services()[0].root,
+            "https://keep0:25107"
+        );
+        assert_eq!(server.requests.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failed_discovery_fails_ready_and_every_block_operation() {
+        let server = start(|_, _| response(401, &[], br#"{"errors":["Not logged in"]}"#));
+        let s = ArvadosStore::start(settings(&server.url), Some(" ")).unwrap();
+        let err = s.ready().unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("Not logged in"), "{err}");
+        let err = s.get_block(&format!("{}+3", "a".repeat(32)), &mut Vec::new());
+        assert!(err.unwrap_err().to_string().contains("Not logged in"));
+        assert_eq!(server.requests.lock().unwrap().len(), 1, "asked once");
+        // connect waits, and fails, at once.
+        assert!(ArvadosStore::connect(settings(&server.url), None).is_err());
     }
 
     #[test]

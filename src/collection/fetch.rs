@@ -1,10 +1,10 @@
-//! Getting a collection's bytes out of the block store: a selection into host files
-//! ([`CollectionReader::write_selection`], for staging mounts) or one file into a stream
-//! ([`stream_file`], for `docker load`).
+//! Getting a collection's bytes out of the block store into host files
+//! ([`CollectionReader::write_selection`], for staging mounts). One file into a stream is
+//! `stream.rs`'s.
 //!
 //! Each distinct block is fetched once and its byte ranges written straight into every file
-//! (or the stream) that uses it, never a whole block in memory; each block's size and md5 are
-//! checked against its locator on the way. Which files to read is `select.rs`'s job,
+//! that uses it, never a whole block in memory; each block's size and md5 are checked
+//! against its locator on the way. Which files to read is `select.rs`'s job,
 //! and what the files are for (modes, binds, output) is the caller's.
 
 use std::collections::HashMap;
@@ -276,137 +276,10 @@ impl Write for FanOut<'_> {
     }
 }
 
-/// Write the bytes of `file` to `out`, block by block, each block checked by the store.
-/// `keep_going` is asked before each block: its error (a cancel) stops the stream.
-pub fn stream_file(
-    blocks: &dyn BlockStore,
-    file: &ManifestFile,
-    out: &mut dyn Write,
-    keep_going: &dyn Fn() -> io::Result<()>,
-) -> Result<(), CollectionError> {
-    for range in &file.ranges {
-        keep_going().map_err(CollectionError::Stopped)?;
-        let block = portable(&range.locator);
-        let mut window = RangeWriter::new(out, range.offset, range.len);
-        blocks
-            .get_block(&range.locator, &mut window)
-            .map_err(|source| CollectionError::Block {
-                block: block.clone(),
-                source,
-            })?;
-        if window.left > 0 {
-            return Err(CollectionError::ShortBlock {
-                block,
-                missing: window.left,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// `hash+size` of a locator token, hints (and so signatures) left out.
-fn portable(locator: &str) -> String {
-    Locator::parse(locator)
-        .map(|l| l.portable())
-        .unwrap_or_else(|_| locator.split('+').take(2).collect::<Vec<_>>().join("+"))
-}
-
-/// Passes on only bytes `[offset, offset+len)` of what is written through it: one file's
-/// part of a block.
-struct RangeWriter<'a> {
-    out: &'a mut dyn Write,
-    skip: u64,
-    /// Bytes of the range not passed on yet.
-    left: u64,
-}
-
-impl<'a> RangeWriter<'a> {
-    fn new(out: &'a mut dyn Write, offset: u64, len: u64) -> Self {
-        RangeWriter {
-            out,
-            skip: offset,
-            left: len,
-        }
-    }
-}
-
-impl Write for RangeWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        let skip = (self.skip as usize).min(rest.len());
-        rest = &rest[skip..];
-        self.skip -= skip as u64;
-        let take = (self.left as usize).min(rest.len());
-        if take > 0 {
-            self.out.write_all(&rest[..take])?;
-            self.left -= take as u64;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
-
-    #[test]
-    fn range_writer_passes_only_the_range() {
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 3, 4);
-        w.write_all(b"ab").unwrap();
-        w.write_all(b"cdefghij").unwrap();
-        assert_eq!(w.left, 0);
-        assert_eq!(out, b"defg");
-        let mut out = Vec::new();
-        let mut w = RangeWriter::new(&mut out, 0, 5);
-        w.write_all(b"abc").unwrap();
-        assert_eq!(w.left, 2);
-    }
-
-    fn two_block_file(store: &MemoryStore) -> ManifestFile {
-        let a = store.put(b"xxheadpart");
-        let b = store.put(b"tail-yy");
-        let manifest = format!(". {a} {b} 2:13:sha256:{}.tar\n", "ab".repeat(32));
-        Manifest::parse(&manifest).unwrap().files().remove(0)
-    }
-
-    #[test]
-    fn a_file_spanning_blocks_streams_in_order() {
-        let store = MemoryStore::new();
-        let file = two_block_file(&store);
-        let mut out = Vec::new();
-        stream_file(&store, &file, &mut out, &|| Ok(())).unwrap();
-        assert_eq!(out, b"headparttail-");
-        let stop = || Err(io::Error::other("cancelled"));
-        let err = stream_file(&store, &file, &mut Vec::new(), &stop).unwrap_err();
-        assert_eq!(err.to_string(), "cancelled");
-    }
-
-    #[test]
-    fn a_short_or_missing_block_is_an_error_that_names_it() {
-        let store = MemoryStore::new();
-        let file = two_block_file(&store);
-        *store.lie.lock().unwrap() = Some(b"xx".to_vec());
-        let err = stream_file(&store, &file, &mut Vec::new(), &|| Ok(())).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "block {}+10 ended 8 bytes before the end of the file range",
-                crate::arvados::manifest::md5_hex(b"xxheadpart")
-            )
-        );
-        *store.lie.lock().unwrap() = None;
-        store.blocks.lock().unwrap().clear();
-        let err = stream_file(&store, &file, &mut Vec::new(), &|| Ok(())).unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("fetching block "), "{text}");
-        assert!(text.ends_with(": not found"), "{text}");
-    }
 
     /// The parser refuses such names already; `write_selection` checks again where it
     /// matters, before it creates anything.

@@ -7,6 +7,7 @@
 
 pub mod fetch;
 pub mod select;
+pub mod stream;
 
 use std::io;
 use std::path::PathBuf;
@@ -14,8 +15,9 @@ use std::path::PathBuf;
 use crate::arvados::manifest::ManifestError;
 use crate::store::StoreError;
 
-pub use fetch::{CollectionReader, Written, read_manifest, stream_file};
+pub use fetch::{CollectionReader, Written, read_manifest};
 pub use select::{Selection, select};
+pub use stream::stream_file;
 
 /// Why a collection, or part of it, could not be read. Blocks are named `hash+size`, never
 /// with their signature.

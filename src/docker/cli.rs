@@ -27,7 +27,7 @@ use super::argv::{ContainerSpec, create_argv, run_argv};
 use super::attached::{Attached, EnvFile};
 use super::error::DockerError;
 use super::exit::ContainerState;
-use crate::process::{Output, Running};
+use crate::process::{Output, Running, widen_pipe};
 
 /// Default bound on short docker commands (Jenkins' docker-workflow uses the same 180 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -139,7 +139,11 @@ impl Docker {
         let cmd = self.command(&["load", "--quiet"]);
         let mut running = self.spawn(op, cmd, Stdio::piped())?;
         let fed = match running.take_stdin() {
-            Some(mut stdin) => feed(&mut stdin),
+            Some(mut stdin) => {
+                // Room to write ahead while the client is busy sending to the daemon.
+                widen_pipe(&stdin);
+                feed(&mut stdin)
+            }
             None => Err(io::Error::other("docker load has no stdin pipe")),
         };
         match fed {

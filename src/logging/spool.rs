@@ -274,11 +274,14 @@ impl SpoolFile {
         }
     }
 
-    /// Upload the last partial block, wait for every upload of this file, retry once any
-    /// block that failed, and return the file's locators in order. Empty file: no locators.
+    /// Upload the last partial block (here), wait for every upload of this file, retry once
+    /// any block that failed, and return the file's locators in order. Empty file: no
+    /// locators.
     pub fn finish(mut self) -> Result<FileBlocks, SpoolFailure> {
-        self.seal();
+        // The last block is PUT below, on this thread, rather than queued behind the other
+        // files' at the uploader: files finished at once then store it side by side.
         self.jobs = None;
+        self.seal();
         // Only queued jobs hold a reply sender now: the channel disconnects once they are
         // all answered, or if the uploader thread dies. Unanswered blocks are uploaded
         // again below.

@@ -51,6 +51,8 @@ pub struct MemoryStore {
     pub hang_logs: Option<Duration>,
     /// Block gets hand out these bytes instead of the block's, without complaint.
     pub lie: Mutex<Option<Vec<u8>>>,
+    /// Every block put and get first sleeps this long (a store far away).
+    pub block_delay: Mutex<Option<Duration>>,
     next_uuid: AtomicUsize,
 }
 
@@ -264,6 +266,10 @@ impl BlockStore for MemoryStore {
         body: &BlockSource<'_>,
     ) -> Result<String, StoreError> {
         let what = format!("PUT {hash}");
+        let delay = *self.block_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         // Decide the failure before counting the put, so that a test that waits for a
         // count can arm failures for the puts after it only.
         let fail = self
@@ -295,6 +301,10 @@ impl BlockStore for MemoryStore {
 
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.block_delay.lock().unwrap();
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         let data = match self.lie.lock().unwrap().clone() {
             Some(lie) => lie,
             None => self

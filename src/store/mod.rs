@@ -172,6 +172,11 @@ pub trait BlockStore: Send + Sync {
     /// Stream one whole block into `out`, checking its size and md5. Returns bytes written.
     /// A failure after some bytes were written is an error (the caller cannot unwrite them).
     fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError>;
+    /// Wait until blocks can be stored and fetched (the Arvados store may still be finding
+    /// its Keep services); an error if they never can.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One file of a collection written block by block: its name and the locators (as the

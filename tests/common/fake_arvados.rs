@@ -107,6 +107,7 @@ use super::fake_support::{
     looks_like_pdh, md5_hex, parse_manifest, parse_pairs, parse_rfc3339, portable_data_hash,
     ruby_inspect, sign_locator, sign_manifest, strip_signatures,
 };
+use super::fake_timing::{ConnNumbers, Timed, Timing};
 
 /// The container token's uuid/secret (`containers/{uuid}/auth`).
 pub const AUTH_UUID: &str = "zzzzz-gj3su-55pqoyepgi2glem";
@@ -247,6 +248,7 @@ pub struct FakeArvados {
     api_front: Front,
     keep_fronts: Vec<Front>,
     stop: Arc<AtomicBool>,
+    timing: Arc<Timing>,
     _dir: tempfile::TempDir,
     ca_path: PathBuf,
     ca_pem: Vec<u8>,
@@ -320,12 +322,14 @@ fn make_self_signed_tls() -> Tls {
 }
 
 fn start_https(tls: &Tls) -> (Arc<tiny_http::Server>, SocketAddr) {
-    let server = tiny_http::Server::https(
-        "127.0.0.1:0",
-        tiny_http::SslConfig {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind https server");
+    super::fake_timing::no_delay_when_accepted(&listener);
+    let server = tiny_http::Server::from_listener(
+        listener,
+        Some(tiny_http::SslConfig {
             certificate: tls.cert_chain_pem.clone().into_bytes(),
             private_key: tls.key_pem.clone().into_bytes(),
-        },
+        }),
     )
     .expect("start https server");
     let addr = server
@@ -384,14 +388,22 @@ impl FakeArvados {
         std::fs::write(&ca_path, &tls.ca_pem).expect("write CA");
         let stop = Arc::new(AtomicBool::new(false));
 
+        let timing = Timing::new();
+        let counted = |name: &str| Counted {
+            timing: timing.clone(),
+            server: name.to_string(),
+            numbers: ConnNumbers::default(),
+        };
         let (api_server, api_backend) = start_https(&tls);
-        let api_front = Front::start(api_backend, stop.clone());
+        let api_counted = counted("api");
+        let api_front = Front::start(api_backend, stop.clone(), api_counted.clone());
         let mut keep_servers = Vec::new();
         let mut keep_fronts = Vec::new();
-        for _ in 0..2 {
+        for i in 0..2 {
             let (srv, backend) = start_https(&tls);
-            keep_fronts.push(Front::start(backend, stop.clone()));
-            keep_servers.push(srv);
+            let c = counted(&format!("keep{i}"));
+            keep_fronts.push(Front::start(backend, stop.clone(), c.clone()));
+            keep_servers.push((srv, c));
         }
         // A per-instance signing key: distinct enough for tests.
         let seed = format!(
@@ -414,17 +426,22 @@ impl FakeArvados {
         });
         {
             let sh = shared.clone();
-            serve(api_server, stop.clone(), move |rq| handle_api(&sh, rq));
+            serve(api_server, stop.clone(), move |rq| {
+                api_counted.serve_one(rq, |rq| handle_api(&sh, rq))
+            });
         }
-        for (i, srv) in keep_servers.into_iter().enumerate() {
+        for (i, (srv, c)) in keep_servers.into_iter().enumerate() {
             let sh = shared.clone();
-            serve(srv, stop.clone(), move |rq| handle_keep(&sh, i, rq));
+            serve(srv, stop.clone(), move |rq| {
+                c.serve_one(rq, |rq| handle_keep(&sh, i, rq))
+            });
         }
         FakeArvados {
             shared,
             api_front,
             keep_fronts,
             stop,
+            timing,
             _dir: dir,
             ca_path,
             ca_pem: tls.ca_pem.into_bytes(),
@@ -944,6 +961,48 @@ fn default_container(uuid: &str) -> Value {
     })
 }
 
+// -------------------------------------------- latency, request times, connections
+
+/// One server's share of the fake's `Timing`: its name, and the numbers of its
+/// connections (counted by its front, looked up by each request's handler).
+#[derive(Clone)]
+struct Counted {
+    timing: Arc<Timing>,
+    server: String,
+    numbers: ConnNumbers,
+}
+
+impl Counted {
+    fn serve_one(&self, rq: tiny_http::Request, handle: impl FnOnce(tiny_http::Request)) {
+        let conn = self.numbers.number(&rq);
+        self.timing.serve_one(&self.server, conn, rq, handle);
+    }
+}
+
+impl FakeArvados {
+    /// Make every API and Keep request wait `latency` before it is handled (as a slow
+    /// API server or a far network would); zero turns it off.
+    pub fn set_latency(&self, latency: Duration) {
+        self.timing.set_latency(latency);
+    }
+
+    /// Every request (API and Keep) handled so far, with its start and end, by start.
+    pub fn timeline(&self) -> Vec<Timed> {
+        self.timing.timeline()
+    }
+
+    /// TCP connections (each one TLS handshake) accepted so far, per server:
+    /// ("api", n), ("keep0", n), ("keep1", n); servers never connected to are left out.
+    pub fn connections(&self) -> Vec<(String, u64)> {
+        self.timing.connections()
+    }
+
+    /// Forget the request times and connection counts so far.
+    pub fn reset_timing(&self) {
+        self.timing.reset();
+    }
+}
+
 // -------------------------------------------------------------- TCP front
 
 /// A TCP relay in front of each tiny_http server. It lets the fake refuse
@@ -956,7 +1015,7 @@ struct Front {
 }
 
 impl Front {
-    fn start(backend: SocketAddr, stop: Arc<AtomicBool>) -> Front {
+    fn start(backend: SocketAddr, stop: Arc<AtomicBool>, counted: Counted) -> Front {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind front");
         l.set_nonblocking(true).expect("nonblocking");
         let addr = l.local_addr().expect("addr");
@@ -974,7 +1033,9 @@ impl Front {
                     Some((client, _)) => {
                         let id = next.fetch_add(1, Ordering::SeqCst);
                         let cc = cc.clone();
-                        thread::spawn(move || relay(client, backend, cc, id));
+                        let number = counted.timing.accepted(&counted.server);
+                        let numbers = counted.numbers.clone();
+                        thread::spawn(move || relay(client, backend, cc, id, (numbers, number)));
                     }
                     None => thread::sleep(Duration::from_millis(2)),
                 }
@@ -1015,11 +1076,15 @@ fn relay(
     backend: SocketAddr,
     conns: Arc<Mutex<HashMap<u64, TcpStream>>>,
     id: u64,
+    (numbers, number): (ConnNumbers, u64),
 ) {
     let _ = client.set_nonblocking(false);
     let Ok(server) = TcpStream::connect(backend) else {
         return;
     };
+    if let Ok(local) = server.local_addr() {
+        numbers.register(local.port(), number);
+    }
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     if let Ok(c) = client.try_clone() {
@@ -1119,6 +1184,7 @@ fn send(rq: tiny_http::Request, reply: Reply) {
             resp.add_header(h);
         }
     }
+    super::fake_timing::responding();
     let _ = rq.respond(resp);
 }
 

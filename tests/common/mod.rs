@@ -10,6 +10,7 @@
 
 pub mod fake_arvados;
 pub mod fake_support;
+pub mod fake_timing;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

@@ -61,9 +61,14 @@ impl KeepClient {
             what,
         };
         let mut errors = Vec::new();
+        // One service at a time: a block streams into one writer.
         let end = self.rounds(
             order,
-            |idx| self.get_once(&self.services[idx], &mut download),
+            || 1,
+            |batch| {
+                let get = |&idx: &usize| self.get_once(&self.services[idx], &mut download);
+                batch.iter().map(get).collect()
+            },
             |()| true,
             &mut errors,
         );

@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Read};
+use std::thread;
 
 use md5::{Digest, Md5};
 
@@ -16,19 +17,22 @@ use crate::arvados::manifest::{Locator, hex};
 use crate::arvados::retry::Attempt;
 use crate::store::{BlockSource, StoreError};
 
-/// One block PUT, the same for every attempt.
-struct Upload<'a, 'b> {
+/// One block PUT, the same for every attempt. Shared by the threads of parallel PUTs
+/// (the data source is not: each attempt opens its own reader on the calling thread).
+#[derive(Clone, Copy)]
+struct Upload<'a> {
     hash: &'a str,
     size: u64,
-    body: &'a BlockSource<'b>,
-    request_id: String,
-    what: String,
+    request_id: &'a str,
+    what: &'a str,
 }
 
 impl KeepClient {
     /// PUT the block to writable services in rendezvous order until
     /// `min(WANT_REPLICAS, writable services)` replicas are stored; returns the first
     /// signed locator a service answered with. `body` opens the data, once per attempt.
+    /// To keepstores, the replicas still wanted are PUT at once, each to its own service
+    /// (as the Go and Python SDKs do): a block costs one round trip, not one per replica.
     pub fn put_block(
         &self,
         hash: &str,
@@ -58,24 +62,26 @@ impl KeepClient {
             .collect();
         // No more replicas than there are writable services.
         let need = WANT_REPLICAS.min(writable.len()).max(1);
+        let request_id = new_request_id();
         let upload = Upload {
             hash,
             size,
-            body,
-            request_id: new_request_id(),
-            what,
+            request_id: &request_id,
+            what: &what,
         };
-        // How many replicas are stored so far: read by each try (to ask for the rest),
-        // updated on each success.
+        // How many replicas are stored so far: read by each batch (to ask for the rest),
+        // updated on each success. Keepstores get the missing replicas at once, one each;
+        // with any other kind of service about, one service at a time.
         let stored = Cell::new(0usize);
+        let missing = || need.saturating_sub(stored.get()).max(1);
+        let all_disk = writable.iter().all(|&i| self.services[i].disk);
+        let width = || if all_disk { missing() } else { 1 };
         let mut locator: Option<String> = None;
         let mut errors = Vec::new();
         let end = self.rounds(
             order,
-            |idx| {
-                let desired = need.saturating_sub(stored.get()).max(1);
-                self.put_once(&self.services[idx], &upload, desired)
-            },
+            width,
+            |batch| self.put_batch(batch, upload, body, missing()),
             |(loc, replicas)| {
                 locator.get_or_insert(loc);
                 stored.set(stored.get() + replicas);
@@ -94,26 +100,74 @@ impl KeepClient {
             "stored {stored} of {need} wanted replicas; {}",
             errors.join("; ")
         ));
-        Err(end.error(upload.what, message))
+        Err(end.error(what, message))
     }
 
-    /// One PUT to one service, asking it for `desired` replicas.
+    /// PUT to each service of `batch` at once, a thread each, asking each for `desired`
+    /// replicas; the attempts in the batch's order.
+    fn put_batch(
+        &self,
+        batch: &[usize],
+        upload: Upload<'_>,
+        body: &BlockSource<'_>,
+        desired: usize,
+    ) -> Vec<Attempt<(String, usize)>> {
+        // Every source is opened here: `body` need not be shareable between threads.
+        let open = || match body() {
+            Ok(inner) => Ok(SourceReader::new(inner, upload.size)),
+            Err(source) => Err(Attempt::Fatal(StoreError::Io {
+                what: format!("{}: opening the block's data", upload.what),
+                source,
+            })),
+        };
+        if let [idx] = batch {
+            let attempt =
+                open().map(|src| self.put_once(&self.services[*idx], upload, src, desired));
+            return vec![attempt.unwrap_or_else(|failed| failed)];
+        }
+        let opened: Vec<_> = batch.iter().map(|_| open()).collect();
+        thread::scope(|scope| {
+            let started: Vec<_> = batch
+                .iter()
+                .zip(opened)
+                .map(|(&idx, src)| {
+                    let service = &self.services[idx];
+                    thread::Builder::new()
+                        .name("keep-put".into())
+                        .spawn_scoped(scope, move || {
+                            src.map(|src| self.put_once(service, upload, src, desired))
+                                .unwrap_or_else(|failed| failed)
+                        })
+                        // No thread to spare: this replica is tried again next round.
+                        .map_err(|e| Attempt::Transient {
+                            status: None,
+                            message: format!("cannot start a thread for the PUT: {e}"),
+                        })
+                })
+                .collect();
+            started
+                .into_iter()
+                .map(|s| match s.map(|handle| handle.join()) {
+                    Ok(Ok(attempt)) => attempt,
+                    Ok(Err(_)) => Attempt::Fatal(StoreError::Invalid {
+                        what: upload.what.to_string(),
+                        message: "the PUT's thread panicked".to_string(),
+                    }),
+                    Err(not_started) => not_started,
+                })
+                .collect()
+        })
+    }
+
+    /// One PUT to one service of the data `src` reads, asking it for `desired` replicas.
     fn put_once(
         &self,
         service: &KeepService,
-        upload: &Upload<'_, '_>,
+        upload: Upload<'_>,
+        mut src: SourceReader<impl Read>,
         desired: usize,
     ) -> Attempt<(String, usize)> {
-        let (hash, size, what) = (upload.hash, upload.size, &upload.what);
-        let mut src = match (upload.body)() {
-            Ok(inner) => SourceReader::new(inner, size),
-            Err(source) => {
-                return Attempt::Fatal(StoreError::Io {
-                    what: format!("{what}: opening the block's data"),
-                    source,
-                });
-            }
-        };
+        let (hash, size) = (upload.hash, upload.size);
         let result = self
             .agent
             .put(&format!("{}/{}", service.root, hash))
@@ -124,10 +178,10 @@ impl KeepClient {
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", &size.to_string())
             .header("X-Keep-Desired-Replicas", &desired.to_string())
-            .header("X-Request-Id", &upload.request_id)
+            .header("X-Request-Id", upload.request_id)
             .send(ureq::SendBody::from_reader(&mut src));
         // A local failure, or data that is not the block, ends the PUT whatever Keep said.
-        if let Err(e) = src.verdict(hash, what) {
+        if let Err(e) = src.verdict(hash, upload.what) {
             return Attempt::Fatal(e);
         }
         match result {
@@ -318,10 +372,33 @@ mod tests {
     }
 
     #[test]
-    fn put_stops_when_one_service_stores_enough_replicas() {
+    fn put_asks_for_the_missing_replicas_at_once() {
+        const SLOW: std::time::Duration = std::time::Duration::from_millis(300);
+        let slow_ok = || {
+            let ok = keep_put_ok("1");
+            move |n: usize, req: &crate::arvados::client::testserver::Req| {
+                std::thread::sleep(SLOW);
+                ok(n, req)
+            }
+        };
+        let (a, b) = (start(slow_ok()), start(slow_ok()));
+        let (services, _) = services_for(&[&a, &b], FOO);
+        let kc = client(services);
+        let t = std::time::Instant::now();
+        kc.put_block(FOO, 3, &source(b"foo")).unwrap();
+        let took = t.elapsed();
+        assert_eq!(a.requests.lock().unwrap().len(), 1);
+        assert_eq!(b.requests.lock().unwrap().len(), 1);
+        // One after the other would take two of them.
+        assert!(took < SLOW * 2 - SLOW / 6, "{took:?}");
+    }
+
+    #[test]
+    fn put_asks_proxies_one_at_a_time_and_stops_when_one_stores_enough_replicas() {
         let a = start(keep_put_ok("2"));
         let b = start(keep_put_ok("2"));
-        let (services, _) = services_for(&[&a, &b], FOO);
+        let (mut services, _) = services_for(&[&a, &b], FOO);
+        services.iter_mut().for_each(|s| s.disk = false);
         let kc = client(services);
         kc.put_block(FOO, 3, &source(b"foo")).unwrap();
         let total = a.requests.lock().unwrap().len() + b.requests.lock().unwrap().len();

@@ -250,6 +250,7 @@ fn clients(addr: SocketAddr, ca_file: Option<PathBuf>, insecure: bool) -> (ApiCl
         uuid: "zzzzz-bi6l4-000000000000000".into(),
         root: format!("https://{addr}"),
         read_only: false,
+        disk: true,
     };
     let keep = KeepClient::new(api.agent(), TOKEN, vec![service], api.retry_policy());
     (api, keep)
