@@ -7,7 +7,7 @@
 //! `collection` reads collections (which part a path names, their blocks from Keep),
 //! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
 //! and lays them out on the host, `output` turns the output directory into the output
-//! collection's manifest, and `runner` is the lifecycle of one container and decides its
+//! collection's manifest, and `run` is the lifecycle of one container and decides its
 //! final state; `writeback` keeps the data we write from piling up dirty in the page cache.
 
 pub mod arvados;
@@ -24,6 +24,6 @@ pub mod process;
 pub mod progress;
 pub mod redact;
 pub mod rfc3339;
-pub mod runner;
+pub mod run;
 pub mod store;
 pub mod writeback;
