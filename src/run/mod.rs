@@ -12,9 +12,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
-use crate::config::{ApiEnv, Backend, Config, LogUpdates};
+use crate::config::{Backend, Config, LogUpdates};
 use crate::docker::{
-    Attached, Bind, ContainerExit, ContainerSpec, ContainerState, Docker, DockerError, Gpus, Guard,
+    Attached, ContainerExit, ContainerSpec, ContainerState, Docker, DockerError, Guard,
     MIN_MEMORY_BYTES, classify_start_error, create_argv, display_argv, run_argv,
 };
 use crate::image::{ImageTar, find_image_tar, stream_image};
@@ -30,9 +30,11 @@ use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 mod cancel;
 mod outcome;
+mod spec;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
 pub use outcome::{Outcome, RecordProgress, final_update};
+use spec::SpecInputs;
 
 /// The record side and the data side of one store.
 type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
@@ -169,10 +171,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         },
         cleanup: None,
         cleanup_done: None,
-        api_env: match &config.backend {
-            Backend::Arvados(env) => Some(env.clone()),
-            Backend::Local(_) => None,
-        },
+        config,
         access: None,
         mount_plan: None,
         staged: None,
@@ -180,7 +179,6 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         watchdog_interval: config.docker_watchdog_interval,
         engine_stuck: Default::default(),
         log_updates: config.log_updates,
-        gpu_devices: config.gpu_devices.clone(),
         log_collection,
         log_updater: None,
         guard: None,
@@ -209,7 +207,7 @@ fn finish_without_logs(api: &dyn ApiStore, uuid: &str, initial: State, reason: &
     }
 }
 
-struct ContainerRun {
+struct ContainerRun<'a> {
     uuid: String,
     api: Arc<dyn ApiStore>,
     blocks: Arc<dyn BlockStore>,
@@ -223,8 +221,7 @@ struct ContainerRun {
     cleanup: Option<Cleanup>,
     /// The removal under way, waited for before crunch-run exits.
     cleanup_done: Option<crossbeam_channel::Receiver<Vec<String>>>,
-    /// How we reach the API (what a container with `API: true` is given).
-    api_env: Option<ApiEnv>,
+    config: &'a Config,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
     /// Removes the docker container if crunch-run dies; started early so that its
@@ -240,8 +237,6 @@ struct ContainerRun {
     log_updates: LogUpdates,
     log_collection: Arc<LogCollection>,
     log_updater: Option<LogUpdater>,
-    /// The GPUs a scheduler assigned (`Config::gpu_devices`).
-    gpu_devices: Option<Vec<String>>,
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
@@ -282,7 +277,7 @@ fn failed(reason: impl Into<String>) -> Outcome {
     }
 }
 
-impl ContainerRun {
+impl ContainerRun<'_> {
     fn say(&self, text: &str) {
         self.log.line(&self.secrets.redact(text));
     }
@@ -534,86 +529,6 @@ impl ContainerRun {
         }
     }
 
-    fn spec(&self, container: &Container, image: &str) -> ContainerSpec {
-        let rc = &container.runtime_constraints;
-        let mut env: Vec<(String, String)> = container
-            .environment
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if rc.api {
-            env.extend(self.api_env_for_container());
-        }
-        let gpus = (rc.gpu_count > 0).then(|| match &self.gpu_devices {
-            Some(ids) => Gpus::Devices(ids.clone()),
-            None => Gpus::Count(rc.gpu_count),
-        });
-        ContainerSpec {
-            name: self.uuid.clone(),
-            image: image.to_string(),
-            command: container.command.clone(),
-            cwd: container.cwd.clone(),
-            env,
-            network: rc.api,
-            labels: vec![
-                ("org.arvados.container_uuid".into(), self.uuid.clone()),
-                (
-                    "org.arvados.crunch-run.pid".into(),
-                    std::process::id().to_string(),
-                ),
-            ],
-            memory_bytes: rc.ram,
-            cpus: rc.vcpus,
-            gpus,
-            binds: self.binds(rc.api),
-            stdin: self.staged.as_ref().is_some_and(|m| m.stdin.is_some()),
-        }
-    }
-
-    /// The staged mounts, and for API access our CA bundle where the Arvados SDKs look.
-    fn binds(&self, api: bool) -> Vec<Bind> {
-        let mut binds = self
-            .staged
-            .as_ref()
-            .map(|m| m.binds.clone())
-            .unwrap_or_default();
-        if let Some(ca) = self.api_env.as_ref().and_then(|e| e.ca_file.clone())
-            && api
-        {
-            binds.push(Bind {
-                host: ca,
-                container: "/etc/arvados/ca-certificates.crt".into(),
-                read_only: true,
-            });
-        }
-        binds
-    }
-
-    /// What a container with `runtime_constraints.API` gets: our API host, its own token
-    /// (never ours), and our TLS setting.
-    fn api_env_for_container(&self) -> Vec<(String, String)> {
-        match (&self.api_env, &self.access) {
-            (Some(env), Some(access)) => {
-                let mut vars = vec![
-                    ("ARVADOS_API_HOST".to_string(), env.host.clone()),
-                    ("ARVADOS_API_TOKEN".to_string(), access.token.clone()),
-                    (
-                        "ARVADOS_API_HOST_INSECURE".to_string(),
-                        if env.insecure { "1" } else { "0" }.to_string(),
-                    ),
-                ];
-                if let Some(keep) = &env.keep_services {
-                    vars.push(("ARVADOS_KEEP_SERVICES".to_string(), keep.clone()));
-                }
-                vars
-            }
-            _ => {
-                self.say("Warning: the container asks for API access, but this run has no API server (local store): none is given");
-                Vec::new()
-            }
-        }
-    }
-
     /// Mark the record Running, run the container attached, and ask the engine how it
     /// ended. The container is removed (with the guard released) by `self.cleanup`.
     fn run_container(
@@ -622,7 +537,19 @@ impl ContainerRun {
         image: &str,
         pipeline: &LogPipeline,
     ) -> Step<Outcome> {
-        let spec = self.spec(container, image);
+        let (spec, warning) = spec::container_spec(
+            container,
+            &SpecInputs {
+                config: self.config,
+                image,
+                staged: self.staged.as_ref(),
+                token: self.access.as_ref().map(|a| a.token.as_str()),
+                pid: std::process::id(),
+            },
+        );
+        if let Some(warning) = warning {
+            self.say(warning);
+        }
         let args = create_argv(&spec)
             .map_err(|e| failed(format!("cannot build the docker command: {e}")))?;
         // Environment values travel in the docker CLI's own environment, never in argv.
