@@ -14,8 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::arvados::container::{Container, State, raw_state};
 use crate::config::{Backend, Config, LogUpdates};
 use crate::docker::{
-    Attached, ContainerExit, ContainerSpec, ContainerState, Docker, DockerError, Guard,
-    MIN_MEMORY_BYTES, classify_start_error, create_argv, display_argv, run_argv,
+    Attached, ContainerSpec, Docker, DockerError, Guard, create_argv, display_argv, run_argv,
 };
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::logging::log_collection::{LogCollection, LogUpdater};
@@ -29,10 +28,12 @@ use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 mod cancel;
+mod exit;
 mod outcome;
 mod spec;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
+use exit::{ClientEnd, ExitFacts, judge_exit};
 pub use outcome::{Outcome, RecordProgress, final_update};
 use spec::SpecInputs;
 
@@ -574,8 +575,8 @@ impl ContainerRun<'_> {
         });
         self.say(&format!("Running: docker {}", display_argv(&argv)));
         let mut ran = self.run_once(&spec, pipeline);
-        if let Ok((_, said)) = &ran
-            && said.contains("is already in use by container")
+        if let Ok(client) = &ran
+            && client.said.contains("is already in use by container")
         {
             // Left by an earlier crunch-run for this UUID that was killed before its guard
             // could act.
@@ -591,72 +592,32 @@ impl ContainerRun<'_> {
                 })
                 .and_then(|()| self.run_once(&spec, pipeline));
         }
-        let (client, client_said) = ran?;
+        let client = ran?;
         drop(run_time_limit);
-        if let Some(reason) = self.cancel.reason() {
-            if self.engine_stuck.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(failed(reason));
-            }
-            return Ok(Outcome::Cancelled {
-                reason,
-                exit_code: None,
-            });
+        let cancel = self.cancel.reason();
+        let facts = ExitFacts {
+            client: &client,
+            cancel: cancel.as_deref(),
+            engine_stuck: self.engine_stuck.load(std::sync::atomic::Ordering::Acquire),
+            memory_limit: spec.memory_bytes,
+        };
+        let say = |line: &str| self.say(line);
+        let judged = judge_exit(&facts, || {
+            exit::engine_state(&self.docker, &self.uuid, &say).map_err(|e| e.to_string())
+        });
+        for note in &judged.notes {
+            self.say(note);
         }
-        // docker run exits 0 only when the container did: nothing to ask the engine.
-        // Any other status may be the client's own (125, 126, 127) or the container's.
-        if client.succeeded {
-            self.say(&ContainerExit::new(0).to_string());
-            return Ok(Outcome::Exited {
-                code: 0,
-                output: None,
-            });
+        match judged.outcome {
+            outcome @ Outcome::Exited { .. } => Ok(outcome),
+            outcome => Err(outcome),
         }
-        let client = client.text;
-        let state = self.engine_state().map_err(|e| {
-            failed(format!(
-                "the container was not created or cannot be inspected ({client}): {e}{}",
-                if client_said.is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{client_said}")
-                }
-            ))
-        })?;
-        if state.never_started() {
-            let why = if state.error.is_empty() {
-                format!("{client}: {client_said}")
-            } else {
-                state.error.clone()
-            };
-            let mut reason = format!("could not start container: {why}");
-            if let Some(advice) = classify_start_error(&why) {
-                reason.push('\n');
-                reason.push_str(advice);
-            }
-            return Err(failed(reason));
-        }
-        let code = state.exit_code;
-        self.say(&ContainerExit::new(code).to_string());
-        let limit = spec.memory_bytes.map(|r| r.max(MIN_MEMORY_BYTES));
-        match (state.oom_killed, limit) {
-            (true, Some(limit)) => self.say(&format!(
-                "Container was killed by the out-of-memory killer (memory limit {limit} bytes)"
-            )),
-            (true, None) => self.say("Container was killed by the out-of-memory killer"),
-            // The engine's OOMKilled flag is unreliable on some kernels (moby#38352):
-            // a SIGKILL under a memory limit is worth a hint.
-            (false, Some(limit)) if code == 137 => self.say(&format!(
-                "Container was killed by SIGKILL under a memory limit of {limit} bytes: probably the out-of-memory killer, though the engine did not report it"
-            )),
-            _ => {}
-        }
-        Ok(Outcome::Exited { code, output: None })
     }
 
     /// One `docker run`, its streams wired to the logs (or to stdout/stderr mounts) and
     /// its stdin fed, until the client exits. Returns how the client ended and the tail of
     /// what it wrote to stderr (its own errors land there, after the container's).
-    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<(ClientEnd, String)> {
+    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
         let mut attached = self
             .docker
             .run_attached(spec, &self.run_dir)
@@ -711,15 +672,9 @@ impl ContainerRun<'_> {
             },
             _ => None,
         };
-        let client = match self.wait_for_client(&mut attached) {
-            Ok(status) => ClientEnd {
-                succeeded: status.success(),
-                text: format!("docker run exited {status}"),
-            },
-            Err(e) => ClientEnd {
-                succeeded: false,
-                text: format!("docker run failed: {e}"),
-            },
+        let (succeeded, text) = match self.wait_for_client(&mut attached) {
+            Ok(status) => (status.success(), format!("docker run exited {status}")),
+            Err(e) => (false, format!("docker run failed: {e}")),
         };
         for copier in copiers {
             match copier.join() {
@@ -732,7 +687,11 @@ impl ContainerRun<'_> {
             self.say(&format!("error feeding the container's stdin: {e}"));
         }
         let said = client_tail.map(|t| t.text()).unwrap_or_default();
-        Ok((client, said))
+        Ok(ClientEnd {
+            succeeded,
+            text,
+            said,
+        })
     }
 
     fn start_guard(&self) -> Option<Guard> {
@@ -883,19 +842,6 @@ impl ContainerRun<'_> {
         stop
     }
 
-    /// The container's state from the engine, once it has stopped: the docker client's
-    /// own exit says nothing reliable (it may have died while the container runs on).
-    fn engine_state(&self) -> Result<ContainerState, DockerError> {
-        let state = self.docker.inspect_state(&self.uuid)?;
-        if !state.running {
-            return Ok(state);
-        }
-        if let Err(e) = self.docker.wait(&self.uuid) {
-            self.say(&format!("docker wait: {e}"));
-        }
-        self.docker.inspect_state(&self.uuid)
-    }
-
     /// Log the final state, save the log collection, send the final update.
     fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
         if let Some(updater) = self.log_updater.take() {
@@ -972,13 +918,6 @@ impl ContainerRun<'_> {
         }
         status
     }
-}
-
-/// How the `docker run` client ended. Its status is not the container's, except that it
-/// exits 0 only when the container did.
-struct ClientEnd {
-    succeeded: bool,
-    text: String,
 }
 
 /// A container stream: its name, the reader, and the file it is redirected to, if any.
