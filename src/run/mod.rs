@@ -19,19 +19,21 @@ use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::mounts::{self, MountPlan, StagedMounts};
-use crate::output::{self, OutputSpec};
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 mod attach;
 mod cancel;
 mod exit;
+mod finish;
 mod outcome;
+mod output;
 mod prepare;
 mod spec;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
 use exit::{ExitFacts, judge_exit};
+use finish::{Cleanup, finish_without_logs};
 pub use outcome::{Outcome, RecordProgress, final_update};
 use spec::SpecInputs;
 
@@ -187,25 +189,6 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
     run.finish(outcome, pipeline)
 }
 
-/// When not even the log pipeline could start: cancel with the reason, no log.
-fn finish_without_logs(api: &dyn ApiStore, uuid: &str, initial: State, reason: &str) -> i32 {
-    let progress = RecordProgress {
-        legacy_api: initial == State::Queued,
-        running: false,
-    };
-    let outcome = Outcome::Failed {
-        reason: reason.to_string(),
-        exit_code: None,
-    };
-    match api.update_container(uuid, &final_update(&outcome, progress, None)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("crunch-run: {uuid}: final update failed: {e}");
-            1
-        }
-    }
-}
-
 struct ContainerRun<'a> {
     uuid: String,
     api: Arc<dyn ApiStore>,
@@ -239,31 +222,6 @@ struct ContainerRun<'a> {
     /// The checked mounts, and what was staged for them on the host.
     mount_plan: Option<MountPlan>,
     staged: Option<StagedMounts>,
-}
-
-/// Removing the docker container and releasing the guard: done on a thread of its own
-/// while the logs are saved, and waited for before crunch-run exits.
-struct Cleanup {
-    docker: Docker,
-    name: String,
-    guard: Option<Guard>,
-}
-
-impl Cleanup {
-    /// Returns what went wrong, for stderr (the log collection is closed by then).
-    fn run(self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Err(e) = self.docker.remove(&self.name) {
-            problems.push(format!(
-                "removing docker container {} failed: {e}",
-                self.name
-            ));
-        }
-        if let Some(Err(e)) = self.guard.map(Guard::release) {
-            problems.push(format!("releasing the guard process failed: {e}"));
-        }
-        problems
-    }
 }
 
 /// A failure before or around the user's command, already worded for crunch-run.txt.
@@ -343,51 +301,6 @@ impl ContainerRun<'_> {
             self.say(&format!("Warning: removing the staged mounts failed: {e}"));
         }
         outcome
-    }
-
-    /// For a container that exited: its output collection (or the one it saved itself).
-    /// A failure to save it turns Complete into Cancelled, the exit code kept.
-    fn save_output(&self, container: &Container, outcome: Outcome) -> Outcome {
-        let Outcome::Exited { code, .. } = outcome else {
-            return outcome;
-        };
-        let exited = |output: Option<String>| Outcome::Exited { code, output };
-        let failed = |reason: String| Outcome::Failed {
-            reason,
-            exit_code: Some(code),
-        };
-        if container.runtime_constraints.api {
-            match self.api.get_container(&self.uuid) {
-                Ok(record) => {
-                    if let Some(pdh) = record["output"].as_str().filter(|p| !p.is_empty()) {
-                        self.say(&format!("The container set its own output: {pdh}"));
-                        return exited(Some(pdh.to_string()));
-                    }
-                }
-                Err(e) => self.say(&format!("Warning: cannot re-read the record's output: {e}")),
-            }
-        }
-        let Some(staged) = &self.staged else {
-            return exited(None);
-        };
-        self.say("Capturing the output");
-        let spec = OutputSpec::from_staged(staged, &container.output_path, &container.output_glob);
-        let (api, blocks) = self.container_stores();
-        let say = |line: &str| self.say(line);
-        let manifest = match output::capture_output(&spec, &*blocks, &say) {
-            Ok(m) => m,
-            Err(e) => return failed(format!("capturing the output failed: {e}")),
-        };
-        match api.create_output_collection(&format!("output for {}", self.uuid), &manifest) {
-            Ok(saved) => {
-                self.say(&format!(
-                    "Output collection saved: {}",
-                    saved.portable_data_hash
-                ));
-                exited(Some(saved.portable_data_hash))
-            }
-            Err(e) => failed(format!("saving the output collection failed: {e}")),
-        }
     }
 
     /// Mark the record Running, run the container attached, and ask the engine how it
@@ -525,83 +438,6 @@ impl ContainerRun<'_> {
             self.say(&format!("Warning: cannot enforce max_run_time: {e}"));
         }
         stop
-    }
-
-    /// Log the final state, save the log collection, send the final update.
-    fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
-        if let Some(updater) = self.log_updater.take() {
-            updater.stop();
-        }
-        let cleanup = self.cleanup_done.take();
-        // No container was run: the guard has nothing to watch.
-        if let Some(Err(e)) = self.guard.take().map(Guard::release) {
-            self.say(&format!("Warning: releasing the guard process failed: {e}"));
-        }
-        match &outcome {
-            Outcome::Exited { .. } => {}
-            Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
-            Outcome::Failed { reason, .. } => {
-                self.say(reason);
-                // For whoever diagnoses a failure that involved docker (not asked on
-                // the happy path: each docker client costs a start-up).
-                if self.engine_asked.load(std::sync::atomic::Ordering::Relaxed) {
-                    match self.docker.server_version() {
-                        Ok(v) => self.say(&format!("Container runtime: docker Engine {v}")),
-                        Err(e) => self.say(&format!("docker version: {e}")),
-                    }
-                }
-            }
-        }
-        let state = final_update(&outcome, self.progress, None)
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("Cancelled")
-            .to_string();
-        self.say(&state);
-        let finished = pipeline.finish();
-        let saved = self
-            .log_collection
-            .save_final_logs(&finished, &self.secrets);
-        let (outcome, log_pdh) = match saved {
-            Ok(c) => (outcome, Some(c.portable_data_hash)),
-            Err(msg) => {
-                let outcome = match outcome {
-                    Outcome::Exited { code, .. } => Outcome::Failed {
-                        reason: msg,
-                        exit_code: Some(code),
-                    },
-                    other => other,
-                };
-                (outcome, None)
-            }
-        };
-        let fields = final_update(&outcome, self.progress, log_pdh.as_deref());
-        let status = match self.api.update_container(&self.uuid, &fields) {
-            Ok(()) => 0,
-            Err(e) => {
-                let msg = format!(
-                    "final update of the container record failed: {}",
-                    self.secrets.redact(&e.to_string())
-                );
-                eprintln!("crunch-run: {}: {msg}", self.uuid);
-                1
-            }
-        };
-        // The spool goes only now: unlinking a large log file can take a while (0.3 s for
-        // 700 MB on ext4), and the record need not wait for it. The container is being
-        // removed meanwhile.
-        if log_pdh.is_some() {
-            let _ = std::fs::remove_dir_all(&self.run_dir);
-        }
-        let problems = match cleanup.map(|done| done.recv()) {
-            None => Vec::new(),
-            Some(Ok(problems)) => problems,
-            Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
-        };
-        for problem in problems {
-            self.log_collection.post_late_log(&problem, &self.secrets);
-        }
-        status
     }
 }
 
