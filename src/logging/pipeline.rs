@@ -126,7 +126,7 @@ impl LogPipeline {
     }
 
     /// `start`, echoing the crunch-run stream to `echo` instead of stderr.
-    fn start_with_echo(
+    pub(crate) fn start_with_echo(
         cfg: LogPipelineConfig,
         blocks: Arc<dyn BlockStore>,
         echo: Option<Box<dyn Write + Send>>,

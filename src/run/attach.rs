@@ -5,7 +5,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::docker::{Attached, ContainerSpec, DockerError};
+use crate::docker::{ContainerSpec, DockerError};
+
+use super::engine::Client;
 use crate::logging::pipeline::LogPipeline;
 use crate::process::TailReader;
 
@@ -18,7 +20,7 @@ impl ContainerRun<'_> {
     /// what it wrote to stderr (its own errors land there, after the container's).
     pub(super) fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
         let mut attached = self
-            .docker
+            .engine
             .run_attached(spec, &self.run_dir)
             .map_err(|e| failed(format!("cannot run docker: {e}")))?;
         let (stderr, client_tail) = match attached.take_stderr() {
@@ -102,14 +104,14 @@ impl ContainerRun<'_> {
     /// and the container may stay on the host under its name until the engine recovers.
     fn wait_for_client(
         &self,
-        attached: &mut Attached,
+        attached: &mut Box<dyn Client>,
     ) -> Result<std::process::ExitStatus, DockerError> {
         const TICK: std::time::Duration = std::time::Duration::from_millis(500);
         const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
         let (client_alive, client_gone) = crossbeam_channel::bounded::<()>(0);
         self.start_watchdog(&client_gone);
         // Removal may hang with the engine: on a thread of its own, left to end by itself.
-        let (docker, cancel, name) = (self.docker.clone(), self.cancel.clone(), self.uuid.clone());
+        let (engine, cancel, name) = (self.engine.clone(), self.cancel.clone(), self.uuid.clone());
         let removing = client_gone.clone();
         let spawned = std::thread::Builder::new()
             .name("remove-on-cancel".into())
@@ -118,7 +120,7 @@ impl ContainerRun<'_> {
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
                     if cancel.reason().is_some() {
-                        let _ = docker.remove(&name);
+                        let _ = engine.remove(&name);
                     }
                 }
             });
@@ -160,8 +162,8 @@ impl ContainerRun<'_> {
         let Some(interval) = self.watchdog_interval else {
             return;
         };
-        let (docker, name, log, secrets) = (
-            self.docker.clone(),
+        let (engine, name, log, secrets) = (
+            self.engine.clone(),
             self.uuid.clone(),
             self.log.clone(),
             self.secrets.clone(),
@@ -174,7 +176,7 @@ impl ContainerRun<'_> {
                 crate::docker::watch(
                     interval,
                     &stop,
-                    || docker.inspect_state(&name),
+                    || engine.inspect_state(&name),
                     say,
                     // The cancel logs the reason.
                     |reason| {
@@ -216,7 +218,7 @@ fn spawn_raw_copy(
 /// early: a broken pipe is not an error.
 fn spawn_stdin_feed(
     path: PathBuf,
-    mut stdin: std::process::ChildStdin,
+    mut stdin: Box<dyn io::Write + Send>,
 ) -> io::Result<std::thread::JoinHandle<io::Result<u64>>> {
     std::thread::Builder::new()
         .name("stdin-feed".into())

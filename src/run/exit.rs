@@ -3,7 +3,9 @@
 //! judge decides once; the wrap-up only reports (run/outcome.rs).
 
 use crate::docker::classify_start_error;
-use crate::docker::{ContainerExit, ContainerState, Docker, DockerError, MIN_MEMORY_BYTES};
+use crate::docker::{ContainerExit, ContainerState, DockerError, MIN_MEMORY_BYTES};
+
+use super::engine::Engine;
 
 use super::outcome::Outcome;
 
@@ -137,7 +139,7 @@ fn memory_note(state: &ContainerState, memory_limit: Option<u64>) -> Option<Stri
 /// The container's state from the engine, once it has stopped: the docker client's own
 /// exit says nothing reliable (it may have died while the container runs on).
 pub(super) fn engine_state(
-    docker: &Docker,
+    docker: &dyn Engine,
     name: &str,
     say: &dyn Fn(&str),
 ) -> Result<ContainerState, DockerError> {

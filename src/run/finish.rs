@@ -3,8 +3,11 @@
 
 use serde_json::Value;
 
-use crate::arvados::container::State;
-use crate::docker::{Docker, Guard};
+use std::sync::Arc;
+
+use crate::docker::Guard;
+
+use super::engine::Engine;
 use crate::logging::pipeline::LogPipeline;
 use crate::store::ApiStore;
 
@@ -15,13 +18,9 @@ use super::outcome::{Outcome, RecordProgress, final_update};
 pub(super) fn finish_without_logs(
     api: &dyn ApiStore,
     uuid: &str,
-    initial: State,
+    progress: RecordProgress,
     reason: &str,
 ) -> i32 {
-    let progress = RecordProgress {
-        legacy_api: initial == State::Queued,
-        running: false,
-    };
     let outcome = Outcome::Failed {
         reason: reason.to_string(),
         exit_code: None,
@@ -38,7 +37,7 @@ pub(super) fn finish_without_logs(
 /// Removing the docker container and releasing the guard: done on a thread of its own
 /// while the logs are saved, and waited for before crunch-run exits.
 pub(super) struct Cleanup {
-    pub docker: Docker,
+    pub engine: Arc<dyn Engine>,
     pub name: String,
     pub guard: Option<Guard>,
 }
@@ -47,7 +46,7 @@ impl Cleanup {
     /// Returns what went wrong, for stderr (the log collection is closed by then).
     pub(super) fn run(self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(e) = self.docker.remove(&self.name) {
+        if let Err(e) = self.engine.remove(&self.name) {
             problems.push(format!(
                 "removing docker container {} failed: {e}",
                 self.name
@@ -79,7 +78,7 @@ impl ContainerRun<'_> {
                 // For whoever diagnoses a failure that involved docker (not asked on
                 // the happy path: each docker client costs a start-up).
                 if self.engine_asked.load(std::sync::atomic::Ordering::Relaxed) {
-                    match self.docker.server_version() {
+                    match self.engine.server_version() {
                         Ok(v) => self.say(&format!("Container runtime: docker Engine {v}")),
                         Err(e) => self.say(&format!("docker version: {e}")),
                     }

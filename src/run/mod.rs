@@ -21,17 +21,24 @@ use crate::logging::timestamp::SystemClock;
 use crate::mounts::{self, MountPlan, StagedMounts};
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
+use std::io::Write;
 
 mod attach;
 mod cancel;
+mod engine;
 mod exit;
 mod finish;
 mod outcome;
 mod output;
 mod prepare;
 mod spec;
+#[cfg(test)]
+mod stub_engine;
+#[cfg(test)]
+mod tests;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
+pub use engine::{Client, Engine};
 use exit::{ExitFacts, judge_exit};
 use finish::{Cleanup, finish_without_logs};
 pub use outcome::{Outcome, RecordProgress, final_update};
@@ -68,108 +75,76 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
     }
 }
 
+/// What a run is wired to: the stores, the engine, where crunch-run's log is echoed, and
+/// the secrets known so far. `run` wires the real ones; tests wire `MemoryStore` and
+/// `StubEngine`.
+pub(crate) struct Wiring {
+    pub api: Arc<dyn ApiStore>,
+    pub blocks: Arc<dyn BlockStore>,
+    pub engine: Arc<dyn Engine>,
+    pub echo: Box<dyn Write + Send>,
+    pub secrets: Secrets,
+}
+
 /// Run the container named in `config`. Returns the process exit status: 0 when the record
 /// reached its final state, 1 otherwise.
 pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
-    let uuid = config.container_uuid.as_str();
     let mut secrets = Secrets::new();
     let (api, blocks) = match open_store(config, &mut secrets) {
         Ok(s) => s,
         Err(e) => {
+            let uuid = &config.container_uuid;
             eprintln!("crunch-run: {uuid}: {}", secrets.redact(&e.to_string()));
             return 1;
         }
     };
-    let record = match api.get_container(uuid) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "crunch-run: {uuid}: cannot fetch the container record: {}",
-                secrets.redact(&e.to_string())
-            );
-            return 1;
+    let wiring = Wiring {
+        api,
+        blocks,
+        engine: Arc::new(Docker::new()),
+        echo: Box::new(io::stderr()),
+        secrets,
+    };
+    run_with(config, cancel, wiring)
+}
+
+/// `run`, with the stores and the engine given.
+pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i32 {
+    let uuid = config.container_uuid.as_str();
+    let Wiring {
+        api,
+        blocks,
+        engine,
+        echo,
+        secrets,
+    } = wiring;
+    let Some((record, initial)) = fetch_record(&*api, uuid, &secrets) else {
+        return 1;
+    };
+    let progress = RecordProgress {
+        legacy_api: initial == State::Queued,
+        running: false,
+    };
+    let logs_table = config.logs_table.then(|| Arc::clone(&api));
+    let (run_dir, pipeline) = match start_logs(config, logs_table, Arc::clone(&blocks), echo) {
+        Ok(started) => started,
+        Err(reason) => {
+            eprintln!("crunch-run: {uuid}: {reason}");
+            return finish_without_logs(&*api, uuid, progress, &reason);
         }
     };
-    let initial = match raw_state(&record) {
-        Ok(s @ (State::Locked | State::Queued)) => s,
-        Ok(other) => {
-            eprintln!(
-                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
-            );
-            return 1;
-        }
-        Err(e) => {
-            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
-            return 1;
-        }
-    };
-
-    let run_dir = config
-        .spool_dir
-        .join(format!("crunch-run-{uuid}-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        eprintln!(
-            "crunch-run: {uuid}: cannot create {}: {e}",
-            run_dir.display()
-        );
-        return finish_without_logs(
-            &*api,
-            uuid,
-            initial,
-            &format!("cannot create spool directory: {e}"),
-        );
-    }
-    let pipeline = match LogPipeline::start(
-        LogPipelineConfig {
-            spool_dir: run_dir.join("logs"),
-            container_uuid: uuid.to_string(),
-            logs_table: if config.logs_table {
-                Some(api.clone())
-            } else {
-                None
-            },
-            echo_crunch_log_to_stderr: true,
-            block_size: DEFAULT_BLOCK_SIZE,
-            clock: Arc::new(SystemClock),
-        },
-        blocks.clone(),
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("crunch-run: {uuid}: cannot start logging: {e}");
-            return finish_without_logs(
-                &*api,
-                uuid,
-                initial,
-                &format!("cannot start logging: {e}"),
-            );
-        }
-    };
-
-    let log = pipeline.crunch_log();
-    let docker = Docker::new();
-    let name = uuid.to_string();
-    cancel.on_cancel(Arc::new(move |reason: &str| {
-        log.line(&format!("{reason}: removing the docker container"));
-        if let Err(e) = docker.remove(&name) {
-            log.line(&format!("removing docker container {name} failed: {e}"));
-        }
-    }));
-
+    remove_on_cancel(&cancel, pipeline.crunch_log(), engine.clone(), uuid);
     let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
         api,
         blocks,
-        docker: Docker::new(),
+        engine,
         log: pipeline.crunch_log(),
         cancel,
         secrets,
         run_dir,
-        progress: RecordProgress {
-            legacy_api: initial == State::Queued,
-            running: false,
-        },
+        progress,
         cleanup: None,
         cleanup_done: None,
         config,
@@ -189,11 +164,78 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
     run.finish(outcome, pipeline)
 }
 
+/// The record and its state, if crunch-run may run it; else says why on stderr.
+fn fetch_record(api: &dyn ApiStore, uuid: &str, secrets: &Secrets) -> Option<(Value, State)> {
+    let record = match api.get_container(uuid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "crunch-run: {uuid}: cannot fetch the container record: {}",
+                secrets.redact(&e.to_string())
+            );
+            return None;
+        }
+    };
+    match raw_state(&record) {
+        Ok(s @ (State::Locked | State::Queued)) => Some((record, s)),
+        Ok(other) => {
+            eprintln!(
+                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
+            None
+        }
+    }
+}
+
+/// The run's spool directory, and the log pipeline spooling into it.
+fn start_logs(
+    config: &Config,
+    logs_table: Option<Arc<dyn ApiStore>>,
+    blocks: Arc<dyn BlockStore>,
+    echo: Box<dyn Write + Send>,
+) -> Result<(PathBuf, LogPipeline), String> {
+    let uuid = &config.container_uuid;
+    let run_dir = config
+        .spool_dir
+        .join(format!("crunch-run-{uuid}-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| format!("cannot create spool directory {}: {e}", run_dir.display()))?;
+    let pipeline = LogPipeline::start_with_echo(
+        LogPipelineConfig {
+            spool_dir: run_dir.join("logs"),
+            container_uuid: uuid.to_string(),
+            logs_table,
+            echo_crunch_log_to_stderr: true,
+            block_size: DEFAULT_BLOCK_SIZE,
+            clock: Arc::new(SystemClock),
+        },
+        blocks,
+        Some(echo),
+    )
+    .map_err(|e| format!("cannot start logging: {e}"))?;
+    Ok((run_dir, pipeline))
+}
+
+/// A cancel removes the container at once, on the thread that cancels.
+fn remove_on_cancel(cancel: &CancelFlag, log: CrunchLog, engine: Arc<dyn Engine>, uuid: &str) {
+    let name = uuid.to_string();
+    cancel.on_cancel(Arc::new(move |reason: &str| {
+        log.line(&format!("{reason}: removing the docker container"));
+        if let Err(e) = engine.remove(&name) {
+            log.line(&format!("removing docker container {name} failed: {e}"));
+        }
+    }));
+}
+
 struct ContainerRun<'a> {
     uuid: String,
     api: Arc<dyn ApiStore>,
     blocks: Arc<dyn BlockStore>,
-    docker: Docker,
+    engine: Arc<dyn Engine>,
     log: CrunchLog,
     cancel: CancelFlag,
     secrets: Secrets,
@@ -342,7 +384,7 @@ impl ContainerRun<'_> {
             .map(|limit| self.limit_run_time(limit));
 
         self.cleanup = Some(Cleanup {
-            docker: self.docker.clone(),
+            engine: self.engine.clone(),
             name: self.uuid.clone(),
             guard: self.guard.take(),
         });
@@ -355,7 +397,7 @@ impl ContainerRun<'_> {
             // could act.
             self.say(&format!("Removing leftover docker container {}", self.uuid));
             ran = self
-                .docker
+                .engine
                 .remove(&self.uuid)
                 .map_err(|e| {
                     failed(format!(
@@ -376,7 +418,7 @@ impl ContainerRun<'_> {
         };
         let say = |line: &str| self.say(line);
         let judged = judge_exit(&facts, || {
-            exit::engine_state(&self.docker, &self.uuid, &say).map_err(|e| e.to_string())
+            exit::engine_state(&*self.engine, &self.uuid, &say).map_err(|e| e.to_string())
         });
         for note in &judged.notes {
             self.say(note);
@@ -388,10 +430,8 @@ impl ContainerRun<'_> {
     }
 
     fn start_guard(&self) -> Option<Guard> {
-        match std::env::current_exe()
-            .and_then(|exe| Guard::spawn(&exe, &self.uuid, self.docker.program()))
-        {
-            Ok(g) => Some(g),
+        match self.engine.guard(&self.uuid) {
+            Ok(g) => g,
             Err(e) => {
                 self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
                 None

@@ -105,7 +105,7 @@ impl ContainerRun<'_> {
         self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        match self.docker.image_id(&tar.id) {
+        match self.engine.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
             Err(e) if e.is_engine_down() => {
                 Err(failed(format!("docker engine is unreachable: {e}")))
@@ -129,7 +129,7 @@ impl ContainerRun<'_> {
         };
         let blocks = self.blocks.clone();
         let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
-        let loaded = self.docker.load_image(&mut feed).map_err(|e| {
+        let loaded = self.engine.load_image(&mut feed).map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
                     reason,
@@ -142,7 +142,7 @@ impl ContainerRun<'_> {
         for line in loaded.output.lines() {
             self.say(&format!("docker load: {line}"));
         }
-        match self.docker.image_id(&tar.id) {
+        match self.engine.image_id(&tar.id) {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(failed(format!(
                 "docker load finished but image {} is not in the engine: the tar holds a different image",

@@ -107,7 +107,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const UUID: &str = "zzzzz-dz642-000000000000001";
+    use super::super::tests::UUID;
 
     fn record(extra: serde_json::Value) -> Container {
         let mut r = json!({
@@ -129,17 +129,9 @@ mod tests {
 
     fn config(backend: Backend, gpu_devices: Option<Vec<String>>) -> Config {
         Config {
-            container_uuid: UUID.into(),
             backend,
-            logs_table: true,
-            spool_dir: "/spool".into(),
-            api_retry_deadline: std::time::Duration::from_secs(1),
-            docker_watchdog_interval: None,
-            log_updates: crate::config::LogUpdates {
-                period: std::time::Duration::ZERO,
-                bytes: 0,
-            },
             gpu_devices,
+            ..super::super::tests::config("/spool".as_ref())
         }
     }
 
