@@ -12,7 +12,8 @@ use crate::logging::pipeline::LogPipeline;
 use crate::process::TailReader;
 
 use super::exit::ClientEnd;
-use super::{ContainerRun, Step, failed};
+use super::outcome::Outcome;
+use super::{ContainerRun, Step};
 
 impl ContainerRun<'_> {
     /// One `docker run`, its streams wired to the logs (or to stdout/stderr mounts) and
@@ -22,7 +23,7 @@ impl ContainerRun<'_> {
         let mut attached = self
             .engine
             .run_attached(spec, &self.run_dir)
-            .map_err(|e| failed(format!("cannot run docker: {e}")))?;
+            .map_err(|e| Outcome::failed(format!("cannot run docker: {e}")))?;
         let (stderr, client_tail) = match attached.take_stderr() {
             Some(r) => {
                 let (reader, tail) = TailReader::new(r, 2048);

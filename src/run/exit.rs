@@ -50,10 +50,7 @@ pub(super) fn judge_exit(
     if let Some(reason) = facts.cancel {
         let reason = reason.to_string();
         let outcome = match facts.engine_stuck {
-            true => Outcome::Failed {
-                reason,
-                exit_code: None,
-            },
+            true => Outcome::failed(reason),
             false => Outcome::Cancelled {
                 reason,
                 exit_code: None,
@@ -65,13 +62,7 @@ pub(super) fn judge_exit(
     // Any other status may be the client's own (125, 126, 127) or the container's.
     if facts.client.succeeded {
         let notes = vec![ContainerExit::new(0).to_string()];
-        return judged(
-            Outcome::Exited {
-                code: 0,
-                output: None,
-            },
-            notes,
-        );
+        return judged(Outcome::Exited { code: 0 }, notes);
     }
     let (client, said) = (&facts.client.text, &facts.client.said);
     let state = match engine() {
@@ -85,23 +76,16 @@ pub(super) fn judge_exit(
             let reason = format!(
                 "the container was not created or cannot be inspected ({client}): {e}{said}"
             );
-            return judged(failed(reason), vec![]);
+            return judged(Outcome::failed(reason), vec![]);
         }
     };
     if state.never_started() {
-        return judged(failed(start_failure(&state, client, said)), vec![]);
+        return judged(Outcome::failed(start_failure(&state, client, said)), vec![]);
     }
     let code = state.exit_code;
     let mut notes = vec![ContainerExit::new(code).to_string()];
     notes.extend(memory_note(&state, facts.memory_limit));
-    judged(Outcome::Exited { code, output: None }, notes)
-}
-
-fn failed(reason: String) -> Outcome {
-    Outcome::Failed {
-        reason,
-        exit_code: None,
-    }
+    judged(Outcome::Exited { code }, notes)
 }
 
 /// Why a container never started, with advice when its command looks missing.
@@ -197,13 +181,7 @@ mod tests {
     fn a_client_that_exited_0_is_a_container_that_did_and_the_engine_is_not_asked() {
         let end = client(true, "");
         let j = judge_exit(&facts(&end), never_asked);
-        assert_eq!(
-            j.outcome,
-            Outcome::Exited {
-                code: 0,
-                output: None
-            }
-        );
+        assert_eq!(j.outcome, Outcome::Exited { code: 0 });
         assert_eq!(j.notes, ["Container exited with status code 0"]);
     }
 
@@ -211,13 +189,7 @@ mod tests {
     fn any_other_exit_code_is_the_containers_as_the_engine_reports_it() {
         let end = client(false, "");
         let j = judge_exit(&facts(&end), || exited(3, false));
-        assert_eq!(
-            j.outcome,
-            Outcome::Exited {
-                code: 3,
-                output: None
-            }
-        );
+        assert_eq!(j.outcome, Outcome::Exited { code: 3 });
         assert_eq!(j.notes, ["Container exited with status code 3"]);
     }
 
@@ -227,13 +199,7 @@ mod tests {
         let mut f = facts(&end);
         f.memory_limit = Some(GIB);
         let j = judge_exit(&f, || exited(137, true));
-        assert_eq!(
-            j.outcome,
-            Outcome::Exited {
-                code: 137,
-                output: None
-            }
-        );
+        assert_eq!(j.outcome, Outcome::Exited { code: 137 });
         assert_eq!(
             j.notes,
             [
@@ -258,13 +224,7 @@ mod tests {
         // Below docker's minimum, the limit docker applied is named.
         f.memory_limit = Some(1);
         let j = judge_exit(&f, || exited(137, false));
-        assert_eq!(
-            j.outcome,
-            Outcome::Exited {
-                code: 137,
-                output: None
-            }
-        );
+        assert_eq!(j.outcome, Outcome::Exited { code: 137 });
         assert_eq!(
             j.notes[1],
             format!(
@@ -312,9 +272,8 @@ mod tests {
         });
         assert_eq!(
             j.outcome,
-            failed(
+            Outcome::failed(
                 "could not start container: docker run exited exit status 1: docker: invalid spec"
-                    .into()
             )
         );
     }
@@ -325,10 +284,9 @@ mod tests {
         let j = judge_exit(&facts(&end), || Err("No such container".into()));
         assert_eq!(
             j.outcome,
-            failed(
+            Outcome::failed(
                 "the container was not created or cannot be inspected (docker run exited exit \
                  status 1): No such container\ndocker: Error: name in use"
-                    .into()
             )
         );
     }
@@ -356,6 +314,6 @@ mod tests {
         f.cancel = Some("docker watchdog: gave up");
         f.engine_stuck = true;
         let j = judge_exit(&f, never_asked);
-        assert_eq!(j.outcome, failed("docker watchdog: gave up".into()));
+        assert_eq!(j.outcome, Outcome::failed("docker watchdog: gave up"));
     }
 }

@@ -1,8 +1,6 @@
 //! The wrap-up: say how the run ended, save the log collection, send the one final update,
 //! and clean up (the docker container, the guard, the spool).
 
-use serde_json::Value;
-
 use std::sync::Arc;
 
 use crate::docker::Guard;
@@ -12,7 +10,7 @@ use crate::logging::pipeline::LogPipeline;
 use crate::store::ApiStore;
 
 use super::ContainerRun;
-use super::outcome::{Outcome, RecordProgress, final_update};
+use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, final_state, final_update};
 
 /// When not even the log pipeline could start: cancel with the reason, no log.
 pub(super) fn finish_without_logs(
@@ -21,11 +19,12 @@ pub(super) fn finish_without_logs(
     progress: RecordProgress,
     reason: &str,
 ) -> i32 {
-    let outcome = Outcome::Failed {
-        reason: reason.to_string(),
-        exit_code: None,
+    let nothing = WrapUp {
+        output: Saved::Nothing,
+        log: Saved::Nothing,
     };
-    match api.update_container(uuid, &final_update(&outcome, progress, None)) {
+    let fields = final_update(&Outcome::failed(reason), progress, &nothing);
+    match api.update_container(uuid, &fields) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("crunch-run: {uuid}: final update failed: {e}");
@@ -61,7 +60,7 @@ impl Cleanup {
 
 impl ContainerRun<'_> {
     /// Log the final state, save the log collection, send the final update.
-    pub(super) fn finish(mut self, outcome: Outcome, pipeline: LogPipeline) -> i32 {
+    pub(super) fn finish(mut self, outcome: Outcome, output: Saved, pipeline: LogPipeline) -> i32 {
         if let Some(updater) = self.log_updater.take() {
             updater.stop();
         }
@@ -85,30 +84,21 @@ impl ContainerRun<'_> {
                 }
             }
         }
-        let state = final_update(&outcome, self.progress, None)
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("Cancelled")
-            .to_string();
-        self.say(&state);
-        let finished = pipeline.finish();
-        let saved = self
-            .log_collection
-            .save_final_logs(&finished, &self.secrets);
-        let (outcome, log_pdh) = match saved {
-            Ok(c) => (outcome, Some(c.portable_data_hash)),
-            Err(msg) => {
-                let outcome = match outcome {
-                    Outcome::Exited { code, .. } => Outcome::Failed {
-                        reason: msg,
-                        exit_code: Some(code),
-                    },
-                    other => other,
-                };
-                (outcome, None)
-            }
+        let mut wrapup = WrapUp {
+            output,
+            log: Saved::Nothing,
         };
-        let fields = final_update(&outcome, self.progress, log_pdh.as_deref());
+        let state = final_state(&outcome, self.progress, &wrapup).state;
+        self.say(state.as_str());
+        let finished = pipeline.finish();
+        wrapup.log = match self
+            .log_collection
+            .save_final_logs(&finished, &self.secrets)
+        {
+            Ok(c) => Saved::As(c.portable_data_hash),
+            Err(msg) => Saved::Failed(msg),
+        };
+        let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {
             Ok(()) => 0,
             Err(e) => {
@@ -123,7 +113,7 @@ impl ContainerRun<'_> {
         // The spool goes only now: unlinking a large log file can take a while (0.3 s for
         // 700 MB on ext4), and the record need not wait for it. The container is being
         // removed meanwhile.
-        if log_pdh.is_some() {
+        if let Saved::As(_) = wrapup.log {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
         let problems = match cleanup.map(|done| done.recv()) {

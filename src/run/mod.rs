@@ -41,7 +41,10 @@ pub use cancel::{CancelAction, CancelFlag, watch_signals};
 pub use engine::{Client, Engine};
 use exit::{ExitFacts, judge_exit};
 use finish::{Cleanup, finish_without_logs};
-pub use outcome::{Outcome, RecordProgress, final_update};
+pub use outcome::{
+    FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
+    final_update,
+};
 use spec::SpecInputs;
 
 /// The record side and the data side of one store.
@@ -160,8 +163,8 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         guard: None,
     };
     run.guard = run.start_guard();
-    let outcome = run.execute(&record, &pipeline);
-    run.finish(outcome, pipeline)
+    let (outcome, output) = run.execute(&record, &pipeline);
+    run.finish(outcome, output, pipeline)
 }
 
 /// The record and its state, if crunch-run may run it; else says why on stderr.
@@ -269,13 +272,6 @@ struct ContainerRun<'a> {
 /// A failure before or around the user's command, already worded for crunch-run.txt.
 type Step<T> = Result<T, Outcome>;
 
-fn failed(reason: impl Into<String>) -> Outcome {
-    Outcome::Failed {
-        reason: reason.into(),
-        exit_code: None,
-    }
-}
-
 impl ContainerRun<'_> {
     fn say(&self, text: &str) {
         self.log.line(&self.secrets.redact(text));
@@ -292,7 +288,7 @@ impl ContainerRun<'_> {
     }
 
     /// Everything from the record check to the container's exit.
-    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> Outcome {
+    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Saved) {
         self.say(&format!("crunch-run {} started", env!("CARGO_PKG_VERSION")));
         self.say(&format!("Executing container: {}", self.uuid));
         if let Ok(host) = hostname() {
@@ -300,7 +296,7 @@ impl ContainerRun<'_> {
         }
         let (container, image) = match self.prepare(record) {
             Ok(ready) => ready,
-            Err(outcome) => return outcome,
+            Err(outcome) => return (outcome, Saved::Nothing),
         };
         let outcome = match self.run_container(&container, &image, pipeline) {
             Ok(outcome) | Err(outcome) => outcome,
@@ -323,26 +319,23 @@ impl ContainerRun<'_> {
             }
         }
         let this = &*self;
-        let outcome = std::thread::scope(|s| {
-            // Capturing the output can take long: record the exit code meanwhile, so that it
-            // survives crunch-run dying before the final update (as Go crunch-run does).
-            if let Outcome::Exited { code, .. } = &outcome
+        let output = std::thread::scope(|s| {
+            // Capturing the output can take long: record the exit code meanwhile.
+            if let Some(fields) = exit_code_update(&outcome, this.progress)
                 && this.staged.is_some()
-                && !this.progress.legacy_api
             {
-                let fields = Map::from_iter([("exit_code".to_string(), json!(code))]);
                 s.spawn(move || {
                     if let Err(e) = this.api.update_container(&this.uuid, &fields) {
                         this.say(&format!("Warning: cannot record the exit code early: {e}"));
                     }
                 });
             }
-            this.save_output(&container, outcome)
+            this.save_output(&container, &outcome)
         });
         if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
             self.say(&format!("Warning: removing the staged mounts failed: {e}"));
         }
-        outcome
+        (outcome, output)
     }
 
     /// Mark the record Running, run the container attached, and ask the engine how it
@@ -367,7 +360,7 @@ impl ContainerRun<'_> {
             self.say(warning);
         }
         let args = create_argv(&spec)
-            .map_err(|e| failed(format!("cannot build the docker command: {e}")))?;
+            .map_err(|e| Outcome::failed(format!("cannot build the docker command: {e}")))?;
         // Environment values travel in the docker CLI's own environment, never in argv.
         let argv = run_argv(&args.argv(Path::new("<env-file>")));
         self.check_cancel()?;
@@ -376,7 +369,9 @@ impl ContainerRun<'_> {
         running.insert("state".into(), json!("Running"));
         self.api
             .update_container(&self.uuid, &running)
-            .map_err(|e| failed(format!("cannot set the container record to Running: {e}")))?;
+            .map_err(|e| {
+                Outcome::failed(format!("cannot set the container record to Running: {e}"))
+            })?;
         self.progress.running = true;
         self.start_log_updates(pipeline);
         let run_time_limit = container
@@ -400,7 +395,7 @@ impl ContainerRun<'_> {
                 .engine
                 .remove(&self.uuid)
                 .map_err(|e| {
-                    failed(format!(
+                    Outcome::failed(format!(
                         "cannot remove leftover container {}: {e}",
                         self.uuid
                     ))
@@ -442,7 +437,7 @@ impl ContainerRun<'_> {
     /// Save the logs so far now and then while the container runs (not with the 2016 API,
     /// which does not let a Running record's `log` change).
     fn start_log_updates(&mut self, pipeline: &LogPipeline) {
-        if self.progress.legacy_api || self.log_updates.is_off() {
+        if !self.progress.permits(State::Running).log || self.log_updates.is_off() {
             return;
         }
         let (log, secrets) = (self.log.clone(), self.secrets.clone());

@@ -1,38 +1,37 @@
 //! The output of a container that exited: the collection it saved itself (with API access),
 //! or the output directory captured and saved as the output collection. Walking the
-//! directory is output/'s job.
+//! directory is output/'s job; what a failure here means for the record, final_update's.
 
 use crate::arvados::container::Container;
 use crate::output::{self, OutputSpec};
 
 use super::ContainerRun;
-use super::outcome::Outcome;
+use super::outcome::{Outcome, Saved};
 
 impl ContainerRun<'_> {
-    /// For a container that exited: its output collection (or the one it saved itself).
-    /// A failure to save it turns Complete into Cancelled, the exit code kept.
-    pub(super) fn save_output(&self, container: &Container, outcome: Outcome) -> Outcome {
-        let Outcome::Exited { code, .. } = outcome else {
-            return outcome;
-        };
-        let exited = |output: Option<String>| Outcome::Exited { code, output };
-        let failed = |reason: String| Outcome::Failed {
-            reason,
-            exit_code: Some(code),
+    /// For a container that exited: its output collection (or the one it saved itself),
+    /// or why it could not be saved (said in crunch-run.txt).
+    pub(super) fn save_output(&self, container: &Container, outcome: &Outcome) -> Saved {
+        if !matches!(outcome, Outcome::Exited { .. }) {
+            return Saved::Nothing;
+        }
+        let failed = |reason: String| {
+            self.say(&reason);
+            Saved::Failed(reason)
         };
         if container.runtime_constraints.api {
             match self.api.get_container(&self.uuid) {
                 Ok(record) => {
                     if let Some(pdh) = record["output"].as_str().filter(|p| !p.is_empty()) {
                         self.say(&format!("The container set its own output: {pdh}"));
-                        return exited(Some(pdh.to_string()));
+                        return Saved::As(pdh.to_string());
                     }
                 }
                 Err(e) => self.say(&format!("Warning: cannot re-read the record's output: {e}")),
             }
         }
         let Some(staged) = &self.staged else {
-            return exited(None);
+            return Saved::Nothing;
         };
         self.say("Capturing the output");
         let spec = OutputSpec::from_staged(staged, &container.output_path, &container.output_glob);
@@ -48,7 +47,7 @@ impl ContainerRun<'_> {
                     "Output collection saved: {}",
                     saved.portable_data_hash
                 ));
-                exited(Some(saved.portable_data_hash))
+                Saved::As(saved.portable_data_hash)
             }
             Err(e) => failed(format!("saving the output collection failed: {e}")),
         }

@@ -14,12 +14,12 @@ use crate::mounts::{self, MountPlan};
 use crate::store::{ApiStore, BlockStore};
 
 use super::outcome::Outcome;
-use super::{ContainerRun, Step, failed};
+use super::{ContainerRun, Step};
 
 impl ContainerRun<'_> {
     /// Validate the record, check the engine, get the image into it. Returns the image id.
     pub(super) fn prepare(&mut self, record: &Value) -> Step<(Container, String)> {
-        let container = Container::from_json(record).map_err(|e| failed(e.to_string()))?;
+        let container = Container::from_json(record).map_err(|e| Outcome::failed(e.to_string()))?;
         // The container's token (an API call) while docker is asked about the image.
         let (access, image) = std::thread::scope(|s| {
             // The 2016 API (a Queued record) had no container tokens.
@@ -37,8 +37,16 @@ impl ContainerRun<'_> {
                 }
                 self.access = access;
             }
-            Ok(Err(e)) => return Err(failed(format!("cannot get the container's token: {e}"))),
-            Err(_) => return Err(failed("getting the container's token failed unexpectedly")),
+            Ok(Err(e)) => {
+                return Err(Outcome::failed(format!(
+                    "cannot get the container's token: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(Outcome::failed(
+                    "getting the container's token failed unexpectedly",
+                ));
+            }
         }
         self.mount_plan = self.plan_mounts(&container)?;
         let (tar, present) = image?;
@@ -53,7 +61,7 @@ impl ContainerRun<'_> {
             let (api, blocks) = self.container_stores();
             let say = |line: &str| self.say(line);
             let staged = mounts::stage(plan, &*api, &*blocks, &self.mounts_dir(), &say)
-                .map_err(|e| failed(format!("While setting up mounts: {e}")))?;
+                .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
             for secret in &staged.secrets {
                 self.secrets.add(secret);
             }
@@ -72,7 +80,7 @@ impl ContainerRun<'_> {
             Some(access) => access
                 .api
                 .secret_mounts(&self.uuid)
-                .map_err(|e| failed(format!("cannot fetch the secret mounts: {e}")))?,
+                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
             None => json!({}),
         };
         let no_mounts = container.mounts.as_object().is_none_or(|m| m.is_empty());
@@ -83,7 +91,7 @@ impl ContainerRun<'_> {
         }
         mounts::parse_mounts(&container.mounts, &secret_mounts, &container.output_path)
             .map(Some)
-            .map_err(|e| failed(format!("While setting up mounts: {e}")))
+            .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))
     }
 
     /// The stores that act as the container (its token), or ours when there is none.
@@ -101,16 +109,16 @@ impl ContainerRun<'_> {
     /// The image tar of the record's image collection, and whether the engine has it.
     fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let tar = find_image_tar(&*self.api, pdh).map_err(|e| failed(e.to_string()))?;
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()))?;
         self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked
             .store(true, std::sync::atomic::Ordering::Relaxed);
         match self.engine.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
-            Err(e) if e.is_engine_down() => {
-                Err(failed(format!("docker engine is unreachable: {e}")))
-            }
-            Err(e) => Err(failed(format!(
+            Err(e) if e.is_engine_down() => Err(Outcome::failed(format!(
+                "docker engine is unreachable: {e}"
+            ))),
+            Err(e) => Err(Outcome::failed(format!(
                 "cannot inspect docker image {}: {e}",
                 tar.id
             ))),
@@ -136,7 +144,7 @@ impl ContainerRun<'_> {
                     exit_code: None,
                 }
             } else {
-                failed(format!("failed to load container image: {e}"))
+                Outcome::failed(format!("failed to load container image: {e}"))
             }
         })?;
         for line in loaded.output.lines() {
@@ -144,11 +152,11 @@ impl ContainerRun<'_> {
         }
         match self.engine.image_id(&tar.id) {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(failed(format!(
+            Ok(None) => Err(Outcome::failed(format!(
                 "docker load finished but image {} is not in the engine: the tar holds a different image",
                 tar.id
             ))),
-            Err(e) => Err(failed(format!(
+            Err(e) => Err(Outcome::failed(format!(
                 "cannot inspect docker image {} after loading: {e}",
                 tar.id
             ))),
