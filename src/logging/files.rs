@@ -90,6 +90,22 @@ impl OpenFile {
         stamp_lines(now, text, &mut buf);
         self.write(&buf);
     }
+
+    /// Spool `text` as lines stamped `now`, without echoing them. Returns where they start
+    /// in the file, and the stamped bytes.
+    pub fn spool_line(&mut self, now: SystemTime, text: &str) -> (u64, Vec<u8>) {
+        let mut buf = Vec::new();
+        stamp_lines(now, text, &mut buf);
+        let offset = self.spool.size();
+        // A write error is kept by the spool file and reported by its finish().
+        let _ = self.spool.write(&buf);
+        (offset, buf)
+    }
+
+    /// The echo, for the lines said after the file closed.
+    pub fn take_echo(&mut self) -> Option<Echo> {
+        self.echo.take()
+    }
 }
 
 /// What the writers, the snapshots and the pipeline share.
@@ -182,7 +198,7 @@ fn recycle(pool: &Sender<Vec<u8>>, mut buf: Vec<u8>) {
 
 /// `text` as log lines: each `\n`-separated line gets the timestamp `now` (a single
 /// trailing `\n` is ignored).
-fn stamp_lines(now: SystemTime, text: &str, buf: &mut Vec<u8>) {
+pub(super) fn stamp_lines(now: SystemTime, text: &str, buf: &mut Vec<u8>) {
     let mut ts = [b'0'; TIMESTAMP_LEN];
     format_timestamp_into(now, &mut ts);
     let text = text.strip_suffix('\n').unwrap_or(text);

@@ -3,7 +3,7 @@
 //! they then survive crunch-run or its host dying, and the API shows them meanwhile. As in
 //! Go crunch-run, these interim saves carry a trash date two weeks ahead, so a run that dies
 //! leaves nothing for good; the final save (`save_final_logs`) clears it. Lines crunch-run
-//! has to say after the pipeline closed go straight to the logs table (`post_late_log`).
+//! has to say after the pipeline closed are late.rs's.
 //!
 //! It reports what happened to the logs; what that means for the run's outcome is for the
 //! lifecycle to decide.
@@ -20,7 +20,6 @@ use super::pipeline::{LogSnapshots, LogsFinished};
 use crate::arvados::manifest::single_stream_manifest;
 use crate::config::LogUpdates;
 use crate::redact::Secrets;
-use crate::rfc3339::format_timestamp;
 use crate::store::{ApiStore, FileBlocks, SavedCollection, StoreError};
 
 /// How long an interim log collection outlives a crunch-run that never finished it.
@@ -58,8 +57,8 @@ impl LogCollection {
     }
 
     /// Save what the finished pipeline left as the complete logs. If that fails (a log file
-    /// could not be spooled or stored, or the collection not saved), says why on stderr and
-    /// in the logs table, and returns the same words. The spool directory is left alone
+    /// could not be spooled or stored, or the collection not saved), returns why, naming
+    /// where the files are kept, for the caller to say. The spool directory is left alone
     /// either way: removing it is the caller's call.
     pub fn save_final_logs(
         &self,
@@ -73,25 +72,11 @@ impl LogCollection {
             Err(finished.errors.join("; "))
         };
         saved.map_err(|e| {
-            let msg = format!(
+            format!(
                 "Saving the log collection failed: {e}. The log files are kept on this host in {}",
                 finished.spool_dir.display()
-            );
-            self.post_late_log(&msg, secrets);
-            msg
+            )
         })
-    }
-
-    /// A crunch-run line after the pipeline closed, when crunch-run.txt can no longer take
-    /// it: on stderr, and straight to the logs table with a timestamp of its own.
-    pub fn post_late_log(&self, text: &str, secrets: &Secrets) {
-        let text = secrets.redact(text);
-        let uuid = &self.container_uuid;
-        eprintln!("crunch-run: {uuid}: {text}");
-        let line = format!("{} {text}\n", format_timestamp(SystemTime::now()));
-        if let Err(e) = self.api.create_log(uuid, "crunch-run", &line) {
-            eprintln!("crunch-run: {uuid}: cannot post to the logs table either: {e}");
-        }
     }
 
     fn save(
@@ -275,26 +260,9 @@ mod tests {
             store.collections.lock().unwrap().is_empty(),
             "nothing saved"
         );
-        let posted = store.texts("crunch-run");
-        assert_eq!(posted.len(), 1);
-        let (ts, text) = posted[0].split_once(' ').unwrap();
-        assert_eq!(ts.len(), crate::rfc3339::TIMESTAMP_LEN);
-        assert_eq!(text, format!("{err}\n"));
-    }
-
-    #[test]
-    fn a_late_log_line_is_redacted() {
-        let (store, collection) = setup();
-        let mut secrets = Secrets::new();
-        secrets.add("v2/zzzzz-gj3su-000000000000000/secret-token");
-        collection.post_late_log(
-            "removing failed: v2/zzzzz-gj3su-000000000000000/secret-token",
-            &secrets,
-        );
-        let posted = store.texts("crunch-run").concat();
         assert!(
-            posted.ends_with(" removing failed: [REDACTED]\n"),
-            "{posted}"
+            store.logs.lock().unwrap().is_empty(),
+            "saying it is the caller's"
         );
     }
 

@@ -88,25 +88,28 @@ impl ContainerRun<'_> {
             output,
             log: Saved::Nothing,
         };
-        let state = final_state(&outcome, self.progress, &wrapup).state;
-        self.say(state.as_str());
-        let finished = pipeline.finish();
+        // The state if the log save works: in crunch-run.txt, said once the save is done.
+        let provisional = final_state(&outcome, self.progress, &wrapup).state;
+        let (finished, last_line) = pipeline.finish_with_last_line(provisional.as_str());
         wrapup.log = match self
             .log_collection
             .save_final_logs(&finished, &self.secrets)
         {
             Ok(c) => Saved::As(c.portable_data_hash),
-            Err(msg) => Saved::Failed(msg),
+            Err(why) => Saved::Failed(why),
+        };
+        let state = final_state(&outcome, self.progress, &wrapup).state;
+        let mut late = match &wrapup.log {
+            Saved::Failed(why) => last_line.correct(&format!("{why}\n{state}")),
+            _ if state != provisional => last_line.correct(state.as_str()),
+            _ => last_line.confirm(),
         };
         let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {
             Ok(()) => 0,
             Err(e) => {
-                let msg = format!(
-                    "final update of the container record failed: {}",
-                    self.secrets.redact(&e.to_string())
-                );
-                eprintln!("crunch-run: {}: {msg}", self.uuid);
+                let msg = format!("final update of the container record failed: {e}");
+                late.line(&self.secrets.redact(&msg));
                 1
             }
         };
@@ -122,7 +125,7 @@ impl ContainerRun<'_> {
             Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
         };
         for problem in problems {
-            self.log_collection.post_late_log(&problem, &self.secrets);
+            late.line(&self.secrets.redact(&problem));
         }
         status
     }

@@ -40,7 +40,9 @@ fn exit_0_completes_with_stdout_and_stderr_in_the_log_collection() {
     );
     assert!(crunch.ends_with("Complete\n"), "{crunch}");
     assert_eq!(f.logs_table("stdout"), "hello\n");
-    assert!(f.stderr().ends_with("Complete\n"), "{}", f.stderr());
+    assert_eq!(count_lines(&crunch, "Complete"), 1, "{crunch}");
+    assert!(f.logs_table("crunch-run").ends_with("\nComplete\n"));
+    assert!(f.stderr().ends_with("\nComplete\n"), "{}", f.stderr());
     assert!(
         f.stderr()
             .contains("Executing container: zzzzz-dz642-000000000000001")
@@ -350,4 +352,66 @@ fn a_stdin_mount_is_fed_to_the_container() {
     assert!(f.engine.specs()[0].stdin);
     assert_eq!(f.engine.stdin(), br#"{"a":[1,2]}"#);
     assert_eq!(f.final_update()["state"], "Complete");
+}
+
+/// The lines of `text` that are exactly `line`.
+fn count_lines(text: &str, line: &str) -> usize {
+    text.lines().filter(|l| *l == line).count()
+}
+
+/// Regression (issue 7): finish logged "Complete" (to crunch-run.txt, stderr and the logs
+/// table) before a failed log save turned the outcome into Cancelled.
+#[test]
+fn a_failed_log_save_reports_nowhere_a_state_the_record_does_not_end_in() {
+    let f = Fixture::new(Script {
+        stdout: b"hello\n".to_vec(),
+        ..Default::default()
+    });
+    f.store
+        .fail_collections
+        .lock()
+        .unwrap()
+        .push("logs for".into());
+    assert_eq!(f.run(), 0);
+    let last = f.final_update();
+    assert_eq!(last["state"], "Cancelled");
+    assert_eq!(last["exit_code"], 0, "the exit code is still recorded");
+    assert!(
+        !last.contains_key("log"),
+        "no log that was not saved: {last:?}"
+    );
+    let status = &last["runtime_status"];
+    let error = (status["errorDetail"].as_str())
+        .or(status["error"].as_str())
+        .unwrap();
+    assert!(
+        error.starts_with("Saving the log collection failed: "),
+        "{error}"
+    );
+
+    let kept = f.kept_run_dir().join("logs");
+    let crunch =
+        super::strip_timestamps(&std::fs::read_to_string(kept.join("crunch-run.txt")).unwrap());
+    let stderr = f.stderr();
+    let table = f.logs_table("crunch-run");
+    for (place, text) in [
+        ("crunch-run.txt", &crunch),
+        ("stderr", &stderr),
+        ("logs table", &table),
+    ] {
+        assert_eq!(
+            count_lines(text, "Complete"),
+            0,
+            "{place} says Complete:\n{text}"
+        );
+        assert_eq!(count_lines(text, "Cancelled"), 1, "{place}:\n{text}");
+        assert!(text.ends_with("Cancelled\n"), "{place}:\n{text}");
+        assert!(text.contains(error), "{place} says why ({error}):\n{text}");
+        assert!(
+            text.contains(&kept.display().to_string()),
+            "{place}:\n{text}"
+        );
+    }
+    let stdout = std::fs::read_to_string(kept.join("stdout.txt")).unwrap();
+    assert_eq!(super::strip_timestamps(&stdout), "hello\n");
 }

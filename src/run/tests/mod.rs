@@ -164,6 +164,18 @@ impl Fixture {
     pub fn logs_table(&self, event_type: &str) -> String {
         strip_timestamps(&self.store.texts(event_type).concat())
     }
+
+    /// The run directory a failed log save left behind.
+    pub fn kept_run_dir(&self) -> std::path::PathBuf {
+        let mut dirs = std::fs::read_dir(self.spool.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("crunch-run-"))
+            });
+        dirs.next().expect("no run directory was kept")
+    }
 }
 
 /// Cut the RFC 3339 timestamp off each line that has one.
