@@ -14,7 +14,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin, ExitStatus};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -29,13 +29,62 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// A child that is always reaped, by a wait or by `Drop` (which kills it and its process
 /// group first). Waits sleep on a pidfd of the child, so an exit is noticed at once; where
-/// pidfds are missing (Linux < 5.3), a bounded wait polls with a growing pause instead.
+/// pidfds are missing (Linux < 5.3), a wait polls with a growing pause instead.
+///
+/// Another thread may kill it while this one waits, through a [`ChildKiller`]: reaping
+/// and killing take the same lock, so a kill never reaches a pid that was reaped (and
+/// maybe reused), as shared_child does with `waitid(WNOWAIT)`.
 #[derive(Debug)]
 pub struct OwnedChild {
-    child: Child,
-    status: Option<ExitStatus>,
+    cell: Arc<ChildCell>,
+}
+
+#[derive(Debug)]
+struct ChildCell {
+    state: Mutex<ChildState>,
     /// Readable once the child has exited; opened while the child is surely unreaped.
     exit_notice: Option<OwnedFd>,
+}
+
+#[derive(Debug)]
+struct ChildState {
+    child: Child,
+    /// Set when the child is reaped: from then on, its pid is not ours.
+    status: Option<ExitStatus>,
+}
+
+impl ChildCell {
+    fn lock(&self) -> MutexGuard<'_, ChildState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// SIGKILL the child and its process group, unless it has already been reaped.
+    fn kill(&self) {
+        let mut state = self.lock();
+        if state.status.is_none() {
+            kill_group(&mut state.child);
+        }
+    }
+
+    /// Reap the child if it has exited.
+    fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        let mut state = self.lock();
+        if state.status.is_none() {
+            state.status = state.child.try_wait()?;
+        }
+        Ok(state.status)
+    }
+}
+
+/// Kills an [`OwnedChild`] (and its process group) from any thread; after the child was
+/// reaped, does nothing.
+#[derive(Debug, Clone)]
+pub struct ChildKiller(Arc<ChildCell>);
+
+impl ChildKiller {
+    pub fn kill(&self) {
+        self.0.kill();
+    }
 }
 
 impl OwnedChild {
@@ -43,44 +92,47 @@ impl OwnedChild {
     /// who should take them first.
     pub fn new(child: Child) -> OwnedChild {
         OwnedChild {
-            exit_notice: pidfd_open(child.id()),
-            child,
-            status: None,
+            cell: Arc::new(ChildCell {
+                exit_notice: pidfd_open(child.id()),
+                state: Mutex::new(ChildState {
+                    child,
+                    status: None,
+                }),
+            }),
         }
     }
 
     /// Wait for the child to exit.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.status {
-            return Ok(status);
+        loop {
+            if let Some(status) = wait_until(&self.cell, None)? {
+                return Ok(status);
+            }
         }
-        let status = self.child.wait()?;
-        self.status = Some(status);
-        Ok(status)
     }
 
     /// Like [`OwnedChild::wait`], giving up after `timeout` (then `Ok(None)`).
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            let deadline = Instant::now() + timeout;
-            self.status = wait_until(&mut self.child, deadline, self.exit_notice.as_ref())?;
-        }
-        Ok(self.status)
+        wait_until(&self.cell, Some(Instant::now() + timeout))
     }
 
     /// SIGKILL the child and its process group, unless it has already been reaped.
     pub fn kill(&mut self) {
-        if self.status.is_none() {
-            kill_group(&mut self.child);
-        }
+        self.cell.kill();
+    }
+
+    /// A handle that kills the child from another thread.
+    pub fn killer(&self) -> ChildKiller {
+        ChildKiller(Arc::clone(&self.cell))
     }
 }
 
 impl Drop for OwnedChild {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            kill_group(&mut self.child);
-            let _ = self.child.wait();
+        let mut state = self.cell.lock();
+        if state.status.is_none() {
+            kill_group(&mut state.child);
+            state.status = state.child.wait().ok();
         }
     }
 }
@@ -203,27 +255,27 @@ fn kill_group(child: &mut Child) {
     let _ = child.kill();
 }
 
-/// `Ok(None)` if `deadline` passed first. Sleeps on `exit_notice` (the child's pidfd) if
-/// there is one, else polls with a growing pause. No waiter thread: nothing races with
-/// `kill_group`, and the child is reaped only here or by `Child::wait`.
-fn wait_until(
-    child: &mut Child,
-    deadline: Instant,
-    exit_notice: Option<&OwnedFd>,
-) -> io::Result<Option<ExitStatus>> {
+/// `Ok(None)` if `deadline` passed first. Sleeps on the child's pidfd if there is one, else
+/// polls with a growing pause; the lock is taken only to reap, never while sleeping, so a
+/// `ChildKiller` is never kept waiting. No waiter thread: the child is reaped only here or
+/// by `Drop`.
+fn wait_until(cell: &ChildCell, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
     let mut pause = Duration::from_millis(1);
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = cell.try_reap()? {
             return Ok(Some(status));
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        match exit_notice {
-            Some(fd) => poll_readable(fd, deadline - now)?,
+        let left = match deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        match &cell.exit_notice {
+            Some(fd) => poll_readable(fd, left)?,
             None => {
-                thread::sleep(pause.min(deadline - now));
+                thread::sleep(left.map_or(pause, |left| pause.min(left)));
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
         }
@@ -240,16 +292,17 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Wait until `fd` is readable or `timeout` passed (a signal may end the wait early).
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+/// Wait until `fd` is readable or `timeout` (if any) passed; a signal may end the wait early.
+fn poll_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<()> {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    // Rounded up, so the deadline is never missed by a poll that returns early.
-    let millis =
-        libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // Rounded up, so the deadline is never missed by a poll that returns early; -1: none.
+    let millis = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+    });
     // SAFETY: one valid pollfd for the duration of the call.
     if unsafe { libc::poll(&mut pollfd, 1, millis) } < 0 {
         let e = io::Error::last_os_error();
@@ -450,6 +503,24 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(30));
         child.kill();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn a_killer_on_another_thread_ends_a_wait_and_does_nothing_after_it() {
+        let mut child = OwnedChild::new(sh("sleep 60; true").process_group(0).spawn().unwrap());
+        let killer = child.killer();
+        let started = Instant::now();
+        let killing = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            killer.kill();
+        });
+        // A wait without a deadline, woken by the exit alone.
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        killing.join().unwrap();
+        // Reaped: the pid is no longer ours to signal.
+        child.killer().kill();
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 

@@ -8,12 +8,10 @@
 //! It reports what happened to the logs; what that means for the run's outcome is for the
 //! lifecycle to decide.
 
-use std::io;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{Map, json};
 
 use super::pipeline::{LogSnapshots, LogsFinished};
@@ -106,65 +104,47 @@ impl LogCollection {
     }
 }
 
-/// The thread that makes the interim saves. `stop` ends it.
-pub struct LogUpdater {
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl LogUpdater {
-    /// Save when `updates.bytes` more were logged since the last save, or `updates.period`
-    /// passed and anything was. A failure is said once (through `say`), and so is the
-    /// recovery; the next save is tried at the next such point.
-    pub fn start(
-        updates: LogUpdates,
-        snapshots: LogSnapshots,
-        collection: Arc<LogCollection>,
-        say: impl Fn(&str) + Send + 'static,
-    ) -> io::Result<LogUpdater> {
-        // As often as Go crunch-run looks (period / 360), within reason.
-        let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let thread = thread::Builder::new()
-            .name("log-updates".into())
-            .spawn(move || {
-                let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
-                let mut failing = false;
-                while stopped.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
-                    let bytes = snapshots.bytes();
-                    let grown = bytes.saturating_sub(saved_bytes);
-                    let due = grown > 0
-                        && ((updates.bytes > 0 && grown >= updates.bytes)
-                            || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
-                    if !due {
-                        continue;
-                    }
-                    (saved_at, saved_bytes) = (Instant::now(), bytes);
-                    let saved = match snapshots.take(PATIENCE) {
-                        Some(files) => collection.save_interim(&files).map_err(|e| e.to_string()),
-                        None => Err("the log blocks were not all stored in time".to_string()),
-                    };
-                    match saved {
-                        Ok(_) if failing => {
-                            say("Saving the logs so far works again");
-                            failing = false;
-                        }
-                        Ok(_) => {}
-                        Err(e) if !failing => {
-                            say(&format!("Warning: cannot save the logs so far: {e}"));
-                            failing = true;
-                        }
-                        Err(_) => {}
-                    }
-                }
-            })?;
-        Ok(LogUpdater { stop, thread })
-    }
-
-    /// Stop, after the save under way if any.
-    pub fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
+/// Make the interim saves, until `stop` disconnects (the lifecycle runs this on a helper
+/// thread of its own): save when `updates.bytes` more were logged since the last save, or
+/// `updates.period` passed and anything was. A failure is said once (through `say`), and so
+/// is the recovery; the next save is tried at the next such point.
+pub fn save_while_running(
+    updates: LogUpdates,
+    snapshots: &LogSnapshots,
+    collection: &LogCollection,
+    say: impl Fn(&str),
+    stop: &Receiver<()>,
+) {
+    // As often as Go crunch-run looks (period / 360), within reason.
+    let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
+    let mut failing = false;
+    while stop.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
+        let bytes = snapshots.bytes();
+        let grown = bytes.saturating_sub(saved_bytes);
+        let due = grown > 0
+            && ((updates.bytes > 0 && grown >= updates.bytes)
+                || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
+        if !due {
+            continue;
+        }
+        (saved_at, saved_bytes) = (Instant::now(), bytes);
+        let saved = match snapshots.take(PATIENCE) {
+            Some(files) => collection.save_interim(&files).map_err(|e| e.to_string()),
+            None => Err("the log blocks were not all stored in time".to_string()),
+        };
+        match saved {
+            Ok(_) if failing => {
+                say("Saving the logs so far works again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                say(&format!("Warning: cannot save the logs so far: {e}"));
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

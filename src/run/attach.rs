@@ -1,50 +1,138 @@
 //! The attached `docker run`: its stdout and stderr wired to the log pipeline (or, for a
-//! `stdout`/`stderr` mount, copied as they are into the output), its stdin fed from a file,
-//! and the wait for the client to exit. What the client's end means is exit.rs's to judge.
+//! `stdout`/`stderr` mount, copied as they are into the output), the tail of the client's
+//! stderr kept (its own errors land there), its stdin fed from a file, and the wait for
+//! the client to exit. The wait sleeps on the client's exit (a pidfd), nothing polls: the
+//! supervisor's helpers end it by killing the client when they must. What the client's
+//! end means is exit.rs's to judge.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crate::docker::{ContainerSpec, DockerError};
+use crate::docker::ContainerSpec;
+use crate::logging::pipeline::LogPipeline;
+use crate::process::{Tail, TailReader};
 
 use super::engine::Client;
-use crate::logging::pipeline::LogPipeline;
-use crate::process::TailReader;
-
-use super::exit::ClientEnd;
+use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
 use super::outcome::Outcome;
 use super::{ContainerRun, Step};
 
+/// How much of the client's stderr is kept for the exit judge: enough for docker's own
+/// error message, which comes after the container's output.
+const CLIENT_STDERR_TAIL: usize = 2048;
+
+/// A thread copying one of the container's streams; returns the bytes read.
+type Copier = JoinHandle<io::Result<u64>>;
+
 impl ContainerRun<'_> {
-    /// One `docker run`, its streams wired to the logs (or to stdout/stderr mounts) and
-    /// its stdin fed, until the client exits. Returns how the client ended and the tail of
-    /// what it wrote to stderr (its own errors land there, after the container's).
+    /// Run the container attached, its helpers watching, and judge how it ended. A
+    /// container of the same name left by an earlier crunch-run that was killed before its
+    /// guard could act is removed, and the run tried once more.
+    pub(super) fn attach(
+        &self,
+        spec: &ContainerSpec,
+        max_run_time: Option<Duration>,
+        pipeline: &LogPipeline,
+    ) -> Outcome {
+        let supervisor = self.supervise(max_run_time, pipeline);
+        let mut ran = self.run_once(spec, pipeline);
+        if let Ok(client) = &ran
+            && client.said.contains("is already in use by container")
+        {
+            self.say(&format!("Removing leftover docker container {}", self.uuid));
+            ran = self
+                .check_cancel()
+                .and_then(|()| {
+                    self.engine.remove(&self.uuid).map_err(|e| {
+                        Outcome::failed(format!(
+                            "cannot remove leftover container {}: {e}",
+                            self.uuid
+                        ))
+                    })
+                })
+                .and_then(|()| self.run_once(spec, pipeline));
+        }
+        supervisor.stop();
+        let client = match ran {
+            Ok(client) => client,
+            Err(outcome) => return outcome,
+        };
+        let cancel = self.cancel.reason();
+        let facts = ExitFacts {
+            client: &client,
+            cancel: cancel.as_deref(),
+            engine_stuck: self.engine_stuck.load(Ordering::Acquire),
+            memory_limit: spec.memory_bytes,
+        };
+        let say = |line: &str| self.say(line);
+        let judged = judge_exit(&facts, || {
+            engine_state(&*self.engine, &self.uuid, &say).map_err(|e| e.to_string())
+        });
+        for note in &judged.notes {
+            self.say(note);
+        }
+        judged.outcome
+    }
+
+    /// One `docker run`, its streams wired and its stdin fed, until the client exits.
+    /// Returns how the client ended and the tail of what it wrote to stderr.
     pub(super) fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
-        let mut attached = self
+        let mut client = self
             .engine
             .run_attached(spec, &self.run_dir)
             .map_err(|e| Outcome::failed(format!("cannot run docker: {e}")))?;
-        let (stderr, client_tail) = match attached.take_stderr() {
+        let (copiers, client_tail) = self.wire_output(&mut *client, pipeline);
+        let feeder = self.feed_stdin(&mut *client);
+        self.client.set(client.killer());
+        let waited = client.wait();
+        self.client.clear();
+        let (succeeded, text) = match waited {
+            Ok(status) => (status.success(), format!("docker run exited {status}")),
+            Err(e) => (false, format!("docker run failed: {e}")),
+        };
+        for copier in copiers {
+            match copier.join() {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.say(&format!("error reading container output: {e}")),
+                Err(_) => self.say("error reading container output: reader thread panicked"),
+            }
+        }
+        if let Some(Ok(Err(e))) = feeder.map(JoinHandle::join) {
+            self.say(&format!("error feeding the container's stdin: {e}"));
+        }
+        Ok(ClientEnd {
+            succeeded,
+            text,
+            said: client_tail.map(|t| t.text()).unwrap_or_default(),
+        })
+    }
+
+    /// Start copying the container's stdout and stderr: into the log pipeline, or as they
+    /// are into the file of a `stdout`/`stderr` mount. Returns the copiers, and the tail of
+    /// the client's stderr.
+    fn wire_output(
+        &self,
+        client: &mut dyn Client,
+        pipeline: &LogPipeline,
+    ) -> (Vec<Copier>, Option<Tail>) {
+        let (stderr, client_tail) = match client.take_stderr() {
             Some(r) => {
-                let (reader, tail) = TailReader::new(r, 2048);
-                (
-                    Some(Box::new(reader) as Box<dyn io::Read + Send>),
-                    Some(tail),
-                )
+                let (reader, tail) = TailReader::new(r, CLIENT_STDERR_TAIL);
+                (Some(Box::new(reader) as Box<dyn Read + Send>), Some(tail))
             }
             None => (None, None),
         };
-        let (stdout_file, stderr_file, stdin_file) = match &self.staged {
-            Some(m) => (m.stdout.clone(), m.stderr.clone(), m.stdin.clone()),
-            None => (None, None, None),
-        };
-        let streams: [Stream; 2] = [
+        let staged = self.staged.as_ref();
+        let streams = [
             (
                 "stdout",
-                attached.take_stdout().map(|r| Box::new(r) as _),
-                stdout_file,
+                client.take_stdout(),
+                staged.and_then(|m| m.stdout.clone()),
             ),
-            ("stderr", stderr, stderr_file),
+            ("stderr", stderr, staged.and_then(|m| m.stderr.clone())),
         ];
         let mut copiers = Vec::new();
         for (name, reader, redirect) in streams {
@@ -64,146 +152,26 @@ impl ContainerRun<'_> {
                 Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
             }
         }
-        let feeder = match (attached.take_stdin(), stdin_file) {
-            (Some(stdin), Some(path)) => match spawn_stdin_feed(path, stdin) {
-                Ok(feeder) => Some(feeder),
-                Err(e) => {
-                    self.say(&format!("cannot start feeding the container's stdin: {e}"));
-                    None
-                }
-            },
-            _ => None,
-        };
-        let (succeeded, text) = match self.wait_for_client(&mut attached) {
-            Ok(status) => (status.success(), format!("docker run exited {status}")),
-            Err(e) => (false, format!("docker run failed: {e}")),
-        };
-        for copier in copiers {
-            match copier.join() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => self.say(&format!("error reading container output: {e}")),
-                Err(_) => self.say("error reading container output: reader thread panicked"),
-            }
-        }
-        if let Some(Ok(Err(e))) = feeder.map(|f| f.join()) {
-            self.say(&format!("error feeding the container's stdin: {e}"));
-        }
-        let said = client_tail.map(|t| t.text()).unwrap_or_default();
-        Ok(ClientEnd {
-            succeeded,
-            text,
-            said,
-        })
+        (copiers, client_tail)
     }
 
-    /// Wait for the docker client, with the watchdog checking on the container meanwhile.
-    ///
-    /// A cancel removes the container at once (signal thread), but one that comes while
-    /// `docker run` is still creating the container finds nothing to remove: so, while the
-    /// client lives, a cancelled run keeps removing. A client still there `CLIENT_GRACE`
-    /// after a cancel, or one the watchdog gave up on, is killed: the engine is then stuck,
-    /// and the container may stay on the host under its name until the engine recovers.
-    fn wait_for_client(
-        &self,
-        attached: &mut Box<dyn Client>,
-    ) -> Result<std::process::ExitStatus, DockerError> {
-        const TICK: std::time::Duration = std::time::Duration::from_millis(500);
-        const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-        let (client_alive, client_gone) = crossbeam_channel::bounded::<()>(0);
-        self.start_watchdog(&client_gone);
-        // Removal may hang with the engine: on a thread of its own, left to end by itself.
-        let (engine, cancel, name) = (self.engine.clone(), self.cancel.clone(), self.uuid.clone());
-        let removing = client_gone.clone();
-        let spawned = std::thread::Builder::new()
-            .name("remove-on-cancel".into())
-            .spawn(move || {
-                while removing.recv_timeout(TICK)
-                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                {
-                    if cancel.reason().is_some() {
-                        let _ = engine.remove(&name);
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            self.say(&format!(
-                "Warning: cannot start the thread that removes a cancelled container: {e}"
-            ));
-        }
-        let mut cancelled_at = None;
-        let status = loop {
-            if let Some(status) = attached.wait_timeout(TICK)? {
-                break status;
+    /// Start feeding the stdin mount's file to the container, if it has one.
+    fn feed_stdin(&self, client: &mut dyn Client) -> Option<Copier> {
+        // Taken in any case: dropping it gives the container EOF.
+        let stdin = client.take_stdin()?;
+        let path = self.staged.as_ref()?.stdin.clone()?;
+        match spawn_stdin_feed(path, stdin) {
+            Ok(feeder) => Some(feeder),
+            Err(e) => {
+                self.say(&format!("cannot start feeding the container's stdin: {e}"));
+                None
             }
-            if self.cancel.reason().is_none() {
-                continue;
-            }
-            let since = *cancelled_at.get_or_insert_with(std::time::Instant::now);
-            let why = if self.engine_stuck.load(std::sync::atomic::Ordering::Acquire) {
-                "the docker watchdog gave up on docker run".to_string()
-            } else if since.elapsed() >= CLIENT_GRACE {
-                format!(
-                    "docker run did not end within {} of the cancel",
-                    humantime::format_duration(CLIENT_GRACE)
-                )
-            } else {
-                continue;
-            };
-            self.say(&format!("{why}: killing the docker client"));
-            attached.kill_client();
-            break attached.wait()?;
-        };
-        drop(client_alive);
-        Ok(status)
-    }
-
-    /// Check on the container every `watchdog_interval` until `stop` disconnects; when the
-    /// watchdog gives up, mark the engine stuck and cancel the run with its reason.
-    fn start_watchdog(&self, stop: &crossbeam_channel::Receiver<()>) {
-        let Some(interval) = self.watchdog_interval else {
-            return;
-        };
-        let (engine, name, log, secrets) = (
-            self.engine.clone(),
-            self.uuid.clone(),
-            self.log.clone(),
-            self.secrets.clone(),
-        );
-        let (stop, stuck, cancel) = (stop.clone(), self.engine_stuck.clone(), self.cancel.clone());
-        let spawned = std::thread::Builder::new()
-            .name("docker-watchdog".into())
-            .spawn(move || {
-                let say = |text: &str| log.line(&secrets.redact(text));
-                crate::docker::watch(
-                    interval,
-                    &stop,
-                    || engine.inspect_state(&name),
-                    say,
-                    // The cancel logs the reason.
-                    |reason| {
-                        stuck.store(true, std::sync::atomic::Ordering::Release);
-                        cancel.cancel(&reason);
-                    },
-                );
-            });
-        if let Err(e) = spawned {
-            self.say(&format!("Warning: cannot start the docker watchdog: {e}"));
         }
     }
 }
 
-/// A container stream: its name, the reader, and the file it is redirected to, if any.
-type Stream = (
-    &'static str,
-    Option<Box<dyn io::Read + Send>>,
-    Option<PathBuf>,
-);
-
 /// Copy a container stream as is into a file (a `stdout`/`stderr` mount).
-fn spawn_raw_copy(
-    mut reader: Box<dyn io::Read + Send>,
-    path: PathBuf,
-) -> io::Result<std::thread::JoinHandle<io::Result<u64>>> {
+fn spawn_raw_copy(mut reader: Box<dyn Read + Send>, path: PathBuf) -> io::Result<Copier> {
     std::thread::Builder::new()
         .name("raw-copy".into())
         .spawn(move || {
@@ -217,10 +185,7 @@ fn spawn_raw_copy(
 
 /// Feed a file to the container's stdin, then close it. The container may stop reading
 /// early: a broken pipe is not an error.
-fn spawn_stdin_feed(
-    path: PathBuf,
-    mut stdin: Box<dyn io::Write + Send>,
-) -> io::Result<std::thread::JoinHandle<io::Result<u64>>> {
+fn spawn_stdin_feed(path: PathBuf, mut stdin: Box<dyn Write + Send>) -> io::Result<Copier> {
     std::thread::Builder::new()
         .name("stdin-feed".into())
         .spawn(move || {

@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::docker::{
     Attached, ContainerSpec, ContainerState, Docker, DockerError, Guard, LoadOutput,
@@ -52,11 +52,13 @@ pub trait Client: Send {
     fn take_stderr(&mut self) -> Option<Box<dyn Read + Send>>;
     /// Wait for the client to exit.
     fn wait(&mut self) -> Result<ExitStatus, DockerError>;
-    /// Like `wait`, giving up after `timeout` (then `Ok(None)`).
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError>;
-    /// Kill the client (never the container).
-    fn kill_client(&mut self);
+    /// What kills the client (never the container) from another thread while one waits;
+    /// once the client has exited, it does nothing.
+    fn killer(&self) -> KillClient;
 }
+
+/// Kills one client; see [`Client::killer`].
+pub type KillClient = Arc<dyn Fn() + Send + Sync>;
 
 impl Engine for Docker {
     fn server_version(&self) -> Result<String, DockerError> {
@@ -117,11 +119,8 @@ impl Client for Attached {
         Attached::wait(self)
     }
 
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError> {
-        Attached::wait_timeout(self, timeout)
-    }
-
-    fn kill_client(&mut self) {
-        Attached::kill_client(self)
+    fn killer(&self) -> KillClient {
+        let killer = Attached::killer(self);
+        Arc::new(move || killer.kill())
     }
 }

@@ -59,11 +59,30 @@ impl Cleanup {
 }
 
 impl ContainerRun<'_> {
+    /// Remove the container (and release the guard) on a thread of its own, while the
+    /// output and the logs are saved; `finish` waits for it before crunch-run exits.
+    pub(super) fn start_cleanup(&mut self) {
+        let Some(cleanup) = self.cleanup.take() else {
+            return;
+        };
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("cleanup".into())
+            .spawn(move || {
+                let _ = tx.send(cleanup.run());
+            });
+        match spawned {
+            Ok(_) => self.cleanup_done = Some(rx),
+            // No thread to spare. Dropping the cleanup closes the guard's pipe unreleased:
+            // the guard removes the container.
+            Err(e) => self.say(&format!(
+                "Warning: cannot start the removal thread ({e}); the guard process removes the container"
+            )),
+        }
+    }
+
     /// Log the final state, save the log collection, send the final update.
     pub(super) fn finish(mut self, outcome: Outcome, output: Saved, pipeline: LogPipeline) -> i32 {
-        if let Some(updater) = self.log_updater.take() {
-            updater.stop();
-        }
         let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {

@@ -1,27 +1,32 @@
-//! The lifecycle of one container, and only that: fetch the record, get the image into
-//! the engine, create the docker container, mark the record Running, run it, and finish
-//! with exactly one final update.
+//! The lifecycle of one container, read top to bottom like Go's `Run`: open the stores,
+//! start the logs, then prepare → start → wait → capture → finish, with exactly one final
+//! update.
 //!
-//! Every step after the state check reports into one `Outcome`; `final_update` is the one
-//! place that turns an outcome into the fields sent to the API (reference §2.5, §5.2a).
+//! The steps live beside this file: `prepare` (record, token, mounts, image, staging),
+//! `spec` (the container spec), `attach` (the attached `docker run`, supervised by
+//! `supervisor`'s helpers, cancelled through `cancel`), `exit` (how the container ended:
+//! the one judgement of the outcome), `output` (the output collection) and `finish` (the
+//! log collection, the final update, the cleanup). `outcome` is the one place that turns
+//! the outcome and the wrap-up's results into the record's final state and fields
+//! (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use serde_json::{Map, Value, json};
 
-use crate::arvados::container::{Container, State, raw_state};
-use crate::config::{Backend, Config, LogUpdates};
-use crate::docker::{Docker, Guard, create_argv, display_argv, run_argv};
-use crate::logging::log_collection::{LogCollection, LogUpdater};
+use crate::arvados::container::{State, raw_state};
+use crate::config::{Backend, Config};
+use crate::docker::{ContainerSpec, Docker, Guard, create_argv, display_argv, run_argv};
+use crate::logging::log_collection::LogCollection;
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
-use crate::mounts::{self, MountPlan, StagedMounts};
+use crate::mounts::StagedMounts;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
-use std::io::Write;
 
 mod attach;
 mod cancel;
@@ -34,18 +39,21 @@ mod prepare;
 mod spec;
 #[cfg(test)]
 mod stub_engine;
+mod supervisor;
 #[cfg(test)]
 mod tests;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
-pub use engine::{Client, Engine};
-use exit::{ExitFacts, judge_exit};
+pub use engine::{Client, Engine, KillClient};
 use finish::{Cleanup, finish_without_logs};
 pub use outcome::{
     FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
     final_update,
 };
+use prepare::Prepared;
 use spec::SpecInputs;
+use supervisor::ClientSlot;
+pub use supervisor::{Stop, Supervisor};
 
 /// The record side and the data side of one store.
 type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
@@ -140,6 +148,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
     let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
+        config,
         api,
         blocks,
         engine,
@@ -148,21 +157,23 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         secrets,
         run_dir,
         progress,
+        access: None,
+        staged: None,
+        guard: None,
         cleanup: None,
         cleanup_done: None,
-        config,
-        access: None,
-        mount_plan: None,
-        staged: None,
-        engine_asked: Default::default(),
-        watchdog_interval: config.docker_watchdog_interval,
-        engine_stuck: Default::default(),
-        log_updates: config.log_updates,
+        engine_asked: AtomicBool::new(false),
+        engine_stuck: Arc::default(),
+        client: ClientSlot::default(),
         log_collection,
-        log_updater: None,
-        guard: None,
     };
-    run.guard = run.start_guard();
+    run.guard = match run.engine.guard(uuid) {
+        Ok(guard) => guard,
+        Err(e) => {
+            run.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
+            None
+        }
+    };
     let (outcome, output) = run.execute(&record, &pipeline);
     run.finish(outcome, output, pipeline)
 }
@@ -234,8 +245,10 @@ fn remove_on_cancel(cancel: &CancelFlag, log: CrunchLog, engine: Arc<dyn Engine>
     }));
 }
 
+/// One run, from the record check to the final update: what its steps share.
 struct ContainerRun<'a> {
     uuid: String,
+    config: &'a Config,
     api: Arc<dyn ApiStore>,
     blocks: Arc<dyn BlockStore>,
     engine: Arc<dyn Engine>,
@@ -244,29 +257,24 @@ struct ContainerRun<'a> {
     secrets: Secrets,
     run_dir: PathBuf,
     progress: RecordProgress,
+    /// The container's own token and stores, once fetched.
+    access: Option<ContainerAccess>,
+    /// What was staged on the host for the record's mounts.
+    staged: Option<StagedMounts>,
+    /// Removes the docker container if crunch-run dies; started early so that its
+    /// start-up does not compete with the container's.
+    guard: Option<Guard>,
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
     /// The removal under way, waited for before crunch-run exits.
     cleanup_done: Option<crossbeam_channel::Receiver<Vec<String>>>,
-    config: &'a Config,
-    /// The container's own token and stores, once fetched.
-    access: Option<ContainerAccess>,
-    /// Removes the docker container if crunch-run dies; started early so that its
-    /// start-up does not compete with the container's.
-    guard: Option<Guard>,
-    /// Set once docker has been asked anything.
-    engine_asked: std::sync::atomic::AtomicBool,
-    /// How often the docker watchdog checks on the container; None: never.
-    watchdog_interval: Option<std::time::Duration>,
+    /// Set once the engine has been asked anything.
+    engine_asked: AtomicBool,
     /// Set when the watchdog gave up: its cancel is then a failure, not a request.
-    engine_stuck: Arc<std::sync::atomic::AtomicBool>,
-    /// When the logs so far are saved while the container runs, where, and by whom.
-    log_updates: LogUpdates,
+    engine_stuck: Arc<AtomicBool>,
+    /// The docker client under way, for the helpers that must kill it.
+    client: ClientSlot,
     log_collection: Arc<LogCollection>,
-    log_updater: Option<LogUpdater>,
-    /// The checked mounts, and what was staged for them on the host.
-    mount_plan: Option<MountPlan>,
-    staged: Option<StagedMounts>,
 }
 
 /// A failure before or around the user's command, already worded for crunch-run.txt.
@@ -275,6 +283,12 @@ type Step<T> = Result<T, Outcome>;
 impl ContainerRun<'_> {
     fn say(&self, text: &str) {
         self.log.line(&self.secrets.redact(text));
+    }
+
+    /// `say`, for another thread.
+    fn sayer(&self) -> impl Fn(&str) + Send + 'static {
+        let (log, secrets) = (self.log.clone(), self.secrets.clone());
+        move |text: &str| log.line(&secrets.redact(text))
     }
 
     fn check_cancel(&self) -> Step<()> {
@@ -287,70 +301,35 @@ impl ContainerRun<'_> {
         }
     }
 
-    /// Everything from the record check to the container's exit.
+    /// Everything from the record check to the output: prepare → start → wait → capture.
     fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Saved) {
         self.say(&format!("crunch-run {} started", env!("CARGO_PKG_VERSION")));
         self.say(&format!("Executing container: {}", self.uuid));
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
-        let (container, image) = match self.prepare(record) {
-            Ok(ready) => ready,
+        let prepared = match self.prepare(record) {
+            Ok(prepared) => prepared,
             Err(outcome) => return (outcome, Saved::Nothing),
         };
-        let outcome = match self.run_container(&container, &image, pipeline) {
-            Ok(outcome) | Err(outcome) => outcome,
+        let outcome = match self.start(&prepared) {
+            Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
+            Err(outcome) => outcome,
         };
         // The container is done with: remove it while the output is saved.
-        if let Some(cleanup) = self.cleanup.take() {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let spawned = std::thread::Builder::new()
-                .name("cleanup".into())
-                .spawn(move || {
-                    let _ = tx.send(cleanup.run());
-                });
-            match spawned {
-                Ok(_) => self.cleanup_done = Some(rx),
-                // No thread to spare: then the logs wait for the removal.
-                // Dropping the cleanup closes the guard's pipe unreleased: the guard removes it.
-                Err(e) => self.say(&format!(
-                    "Warning: cannot start the removal thread ({e}); the guard process removes the container"
-                )),
-            }
-        }
-        let this = &*self;
-        let output = std::thread::scope(|s| {
-            // Capturing the output can take long: record the exit code meanwhile.
-            if let Some(fields) = exit_code_update(&outcome, this.progress)
-                && this.staged.is_some()
-            {
-                s.spawn(move || {
-                    if let Err(e) = this.api.update_container(&this.uuid, &fields) {
-                        this.say(&format!("Warning: cannot record the exit code early: {e}"));
-                    }
-                });
-            }
-            this.save_output(&container, &outcome)
-        });
-        if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
-            self.say(&format!("Warning: removing the staged mounts failed: {e}"));
-        }
+        self.start_cleanup();
+        let output = self.capture(&prepared.container, &outcome);
         (outcome, output)
     }
 
-    /// Mark the record Running, run the container attached, and ask the engine how it
-    /// ended. The container is removed (with the guard released) by `self.cleanup`.
-    fn run_container(
-        &mut self,
-        container: &Container,
-        image: &str,
-        pipeline: &LogPipeline,
-    ) -> Step<Outcome> {
+    /// Build the container's spec and mark the record Running: from here on, the
+    /// container may exist, and the cleanup removes it.
+    fn start(&mut self, prepared: &Prepared) -> Step<ContainerSpec> {
         let (spec, warning) = spec::container_spec(
-            container,
+            &prepared.container,
             &SpecInputs {
                 config: self.config,
-                image,
+                image: &prepared.image,
                 staged: self.staged.as_ref(),
                 token: self.access.as_ref().map(|a| a.token.as_str()),
                 pid: std::process::id(),
@@ -361,118 +340,23 @@ impl ContainerRun<'_> {
         }
         let args = create_argv(&spec)
             .map_err(|e| Outcome::failed(format!("cannot build the docker command: {e}")))?;
-        // Environment values travel in the docker CLI's own environment, never in argv.
-        let argv = run_argv(&args.argv(Path::new("<env-file>")));
         self.check_cancel()?;
-
-        let mut running = Map::new();
-        running.insert("state".into(), json!("Running"));
+        let running = Map::from_iter([("state".to_string(), json!("Running"))]);
         self.api
             .update_container(&self.uuid, &running)
             .map_err(|e| {
                 Outcome::failed(format!("cannot set the container record to Running: {e}"))
             })?;
         self.progress.running = true;
-        self.start_log_updates(pipeline);
-        let run_time_limit = container
-            .max_run_time
-            .map(|limit| self.limit_run_time(limit));
-
         self.cleanup = Some(Cleanup {
             engine: self.engine.clone(),
             name: self.uuid.clone(),
             guard: self.guard.take(),
         });
+        // Environment values travel in the docker CLI's own environment, never in argv.
+        let argv = run_argv(&args.argv(Path::new("<env-file>")));
         self.say(&format!("Running: docker {}", display_argv(&argv)));
-        let mut ran = self.run_once(&spec, pipeline);
-        if let Ok(client) = &ran
-            && client.said.contains("is already in use by container")
-        {
-            // Left by an earlier crunch-run for this UUID that was killed before its guard
-            // could act.
-            self.say(&format!("Removing leftover docker container {}", self.uuid));
-            ran = self
-                .engine
-                .remove(&self.uuid)
-                .map_err(|e| {
-                    Outcome::failed(format!(
-                        "cannot remove leftover container {}: {e}",
-                        self.uuid
-                    ))
-                })
-                .and_then(|()| self.run_once(&spec, pipeline));
-        }
-        let client = ran?;
-        drop(run_time_limit);
-        let cancel = self.cancel.reason();
-        let facts = ExitFacts {
-            client: &client,
-            cancel: cancel.as_deref(),
-            engine_stuck: self.engine_stuck.load(std::sync::atomic::Ordering::Acquire),
-            memory_limit: spec.memory_bytes,
-        };
-        let say = |line: &str| self.say(line);
-        let judged = judge_exit(&facts, || {
-            exit::engine_state(&*self.engine, &self.uuid, &say).map_err(|e| e.to_string())
-        });
-        for note in &judged.notes {
-            self.say(note);
-        }
-        match judged.outcome {
-            outcome @ Outcome::Exited { .. } => Ok(outcome),
-            outcome => Err(outcome),
-        }
-    }
-
-    fn start_guard(&self) -> Option<Guard> {
-        match self.engine.guard(&self.uuid) {
-            Ok(g) => g,
-            Err(e) => {
-                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
-                None
-            }
-        }
-    }
-
-    /// Save the logs so far now and then while the container runs (not with the 2016 API,
-    /// which does not let a Running record's `log` change).
-    fn start_log_updates(&mut self, pipeline: &LogPipeline) {
-        if !self.progress.permits(State::Running).log || self.log_updates.is_off() {
-            return;
-        }
-        let (log, secrets) = (self.log.clone(), self.secrets.clone());
-        match LogUpdater::start(
-            self.log_updates,
-            pipeline.snapshots(),
-            self.log_collection.clone(),
-            move |text| log.line(&secrets.redact(text)),
-        ) {
-            Ok(updater) => self.log_updater = Some(updater),
-            Err(e) => self.say(&format!(
-                "Warning: cannot start saving the logs while the container runs: {e}"
-            )),
-        }
-    }
-
-    /// Cancel the run when `limit` passes before the returned sender is dropped.
-    fn limit_run_time(&self, limit: std::time::Duration) -> crossbeam_channel::Sender<()> {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let cancel = self.cancel.clone();
-        let spawned = std::thread::Builder::new()
-            .name("max-run-time".into())
-            .spawn(move || {
-                if stopped.recv_timeout(limit) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                {
-                    cancel.cancel(&format!(
-                        "maximum run time exceeded ({})",
-                        humantime::format_duration(limit)
-                    ));
-                }
-            });
-        if let Err(e) = spawned {
-            self.say(&format!("Warning: cannot enforce max_run_time: {e}"));
-        }
-        stop
+        Ok(spec)
     }
 }
 

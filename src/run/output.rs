@@ -3,15 +3,38 @@
 //! directory is output/'s job; what a failure here means for the record, final_update's.
 
 use crate::arvados::container::Container;
+use crate::mounts;
 use crate::output::{self, OutputSpec};
 
 use super::ContainerRun;
-use super::outcome::{Outcome, Saved};
+use super::outcome::{Outcome, Saved, exit_code_update};
 
 impl ContainerRun<'_> {
+    /// The output of a container that exited, its exit code recorded meanwhile (capturing
+    /// can take long, and the code must survive crunch-run dying before the final update,
+    /// as in Go crunch-run); then the staged mounts go.
+    pub(super) fn capture(&self, container: &Container, outcome: &Outcome) -> Saved {
+        let output = std::thread::scope(|s| {
+            if let Some(fields) = exit_code_update(outcome, self.progress)
+                && self.staged.is_some()
+            {
+                s.spawn(move || {
+                    if let Err(e) = self.api.update_container(&self.uuid, &fields) {
+                        self.say(&format!("Warning: cannot record the exit code early: {e}"));
+                    }
+                });
+            }
+            self.save_output(container, outcome)
+        });
+        if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
+            self.say(&format!("Warning: removing the staged mounts failed: {e}"));
+        }
+        output
+    }
+
     /// For a container that exited: its output collection (or the one it saved itself),
     /// or why it could not be saved (said in crunch-run.txt).
-    pub(super) fn save_output(&self, container: &Container, outcome: &Outcome) -> Saved {
+    fn save_output(&self, container: &Container, outcome: &Outcome) -> Saved {
         if !matches!(outcome, Outcome::Exited { .. }) {
             return Saved::Nothing;
         }

@@ -16,9 +16,16 @@ use crate::store::{ApiStore, BlockStore};
 use super::outcome::Outcome;
 use super::{ContainerRun, Step};
 
+/// What the run goes on with once prepared.
+pub(super) struct Prepared {
+    pub container: Container,
+    /// The image's id, as the engine knows it.
+    pub image: String,
+}
+
 impl ContainerRun<'_> {
-    /// Validate the record, check the engine, get the image into it. Returns the image id.
-    pub(super) fn prepare(&mut self, record: &Value) -> Step<(Container, String)> {
+    /// Validate the record, check the engine, get the image into it, stage the mounts.
+    pub(super) fn prepare(&mut self, record: &Value) -> Step<Prepared> {
         let container = Container::from_json(record).map_err(|e| Outcome::failed(e.to_string()))?;
         // The container's token (an API call) while docker is asked about the image.
         let (access, image) = std::thread::scope(|s| {
@@ -48,7 +55,7 @@ impl ContainerRun<'_> {
                 ));
             }
         }
-        self.mount_plan = self.plan_mounts(&container)?;
+        let mount_plan = self.plan_mounts(&container)?;
         let (tar, present) = image?;
         self.check_cancel()?;
         if present {
@@ -57,7 +64,7 @@ impl ContainerRun<'_> {
             self.load_image(&tar)?;
         }
         self.check_cancel()?;
-        if let Some(plan) = &self.mount_plan {
+        if let Some(plan) = &mount_plan {
             let (api, blocks) = self.container_stores();
             let say = |line: &str| self.say(line);
             let staged = mounts::stage(plan, &*api, &*blocks, &self.mounts_dir(), &say)
@@ -68,7 +75,10 @@ impl ContainerRun<'_> {
             self.staged = Some(staged);
         }
         self.check_cancel()?;
-        Ok((container, tar.id))
+        Ok(Prepared {
+            container,
+            image: tar.id,
+        })
     }
 
     /// Check the record's mounts and secret mounts. A record without any mounts (as in

@@ -10,11 +10,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use crate::docker::{ContainerSpec, ContainerState, DockerError, Guard, LoadOutput};
 
-use super::engine::{Client, Engine};
+use super::engine::{Client, Engine, KillClient};
 
 const ENGINE_DOWN: &str = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?";
 const STARTED_AT: &str = "2026-11-28T16:58:17.2Z";
@@ -320,35 +319,17 @@ impl Client for StubClient {
         Ok(self.engine.world().clients[&name])
     }
 
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError> {
-        let deadline = Instant::now() + timeout;
-        let mut world = self.engine.world();
-        loop {
-            if let Some(status) = world.clients.get(&self.name) {
-                return Ok(Some(*status));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            world = self
-                .engine
-                .0
-                .1
-                .wait_timeout(world, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    fn kill_client(&mut self) {
-        let mut world = self.engine.world();
-        world.calls.push(format!("kill-client {}", self.name));
-        world
-            .clients
-            .entry(self.name.clone())
-            .or_insert(ExitStatus::from_raw(libc::SIGKILL));
-        drop(world);
-        self.engine.changed();
+    fn killer(&self) -> KillClient {
+        let (engine, name) = (self.engine.clone(), self.name.clone());
+        Arc::new(move || {
+            let mut world = engine.world();
+            world.calls.push(format!("kill-client {name}"));
+            world
+                .clients
+                .entry(name.clone())
+                .or_insert(ExitStatus::from_raw(libc::SIGKILL));
+            drop(world);
+            engine.changed();
+        })
     }
 }

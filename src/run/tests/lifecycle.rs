@@ -415,3 +415,38 @@ fn a_failed_log_save_reports_nowhere_a_state_the_record_does_not_end_in() {
     let stdout = std::fs::read_to_string(kept.join("stdout.txt")).unwrap();
     assert_eq!(super::strip_timestamps(&stdout), "hello\n");
 }
+
+#[test]
+fn the_logs_so_far_are_saved_while_it_runs() {
+    let mut f = Fixture::new(Script {
+        stdout: b"early\n".to_vec(),
+        runs_until_removed: true,
+        ..Default::default()
+    });
+    f.config.log_updates.bytes = 1;
+    std::thread::scope(|s| {
+        let run = s.spawn(|| f.run());
+        // A save while Running: the record's log, no state.
+        eventually(|| {
+            f.updates()
+                .iter()
+                .any(|u| !u.contains_key("state") && u.contains_key("log"))
+        });
+        f.cancel.cancel("caught signal SIGTERM");
+        assert_eq!(run.join().unwrap(), 0);
+    });
+    let updates = f.updates();
+    let interim = updates.iter().find(|u| u.contains_key("log")).unwrap();
+    // One log collection: saved with a trash date while running, kept for good at the end.
+    let collections = f.store.collections.lock().unwrap().clone();
+    let logs: Vec<_> = collections
+        .values()
+        .filter(|c| c.name == format!("logs for {UUID}"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].trash_at, None);
+    let last = updates.last().unwrap();
+    assert_eq!(last["state"], "Cancelled");
+    assert_ne!(last["log"], interim["log"], "the final save has more");
+    assert_eq!(f.log("stdout.txt"), "early\n");
+}
