@@ -321,6 +321,65 @@ pub fn widen_pipe(pipe: &impl AsRawFd) {
     }
 }
 
+/// Read errors in a row after which [`read_on`] gives a pipe up. On a pipe, an error other
+/// than EINTR does not go away (EBADF, EFAULT): reading on would only spin.
+pub const MAX_READ_ERRORS: u32 = 8;
+
+/// What went wrong reading a pipe, for [`read_on`]'s caller to say.
+#[derive(Debug)]
+pub enum ReadTrouble<'a> {
+    /// The first read error: reading goes on.
+    First(&'a io::Error),
+    /// `MAX_READ_ERRORS` in a row: reading stops here.
+    GaveUp(&'a io::Error),
+}
+
+impl ReadTrouble<'_> {
+    /// The line that says it, for the pipe `what` (e.g. "container stdout").
+    pub fn describe(&self, what: &str) -> String {
+        match self {
+            ReadTrouble::First(e) => format!("error reading {what}: {e}; reading on"),
+            ReadTrouble::GaveUp(e) => {
+                format!("stopped reading {what} after {MAX_READ_ERRORS} errors in a row: {e}")
+            }
+        }
+    }
+}
+
+/// Read `reader` to its end in pieces of up to `buf.len()` bytes, handing each to `take`.
+/// A read error does not end it: reading goes on, so that what comes after is kept and the
+/// writer never blocks on a pipe nobody reads. The first error, and giving up after
+/// `MAX_READ_ERRORS` in a row, go to `trouble` (once each). Returns the bytes read.
+pub fn read_on(
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    mut take: impl FnMut(&[u8]),
+    mut trouble: impl FnMut(ReadTrouble),
+) -> u64 {
+    let (mut total, mut errors, mut in_a_row) = (0u64, 0u32, 0u32);
+    loop {
+        match reader.read(buf) {
+            Ok(0) => return total,
+            Ok(n) => {
+                in_a_row = 0;
+                total += n as u64;
+                take(&buf[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                (errors, in_a_row) = (errors + 1, in_a_row + 1);
+                if errors == 1 {
+                    trouble(ReadTrouble::First(&e));
+                }
+                if in_a_row >= MAX_READ_ERRORS {
+                    trouble(ReadTrouble::GaveUp(&e));
+                    return total;
+                }
+            }
+        }
+    }
+}
+
 /// Which part of a stream to keep while draining all of it.
 #[derive(Clone, Copy)]
 enum Keep {

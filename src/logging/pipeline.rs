@@ -439,9 +439,9 @@ impl Drop for LogPipeline {
 
 #[cfg(test)]
 mod tests {
-    use super::super::files::MAX_READ_ERRORS;
     use super::*;
     use crate::logging::test_clock::TestClock;
+    use crate::process::MAX_READ_ERRORS;
     use crate::rfc3339::format_timestamp;
     use crate::store::memory::MemoryStore;
     use std::sync::Mutex;

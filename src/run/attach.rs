@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::docker::ContainerSpec;
 use crate::logging::pipeline::LogPipeline;
-use crate::process::{Tail, TailReader};
+use crate::process::{Tail, TailReader, read_on};
 
 use super::engine::Client;
 use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
@@ -23,6 +23,9 @@ use super::{ContainerRun, Step};
 /// How much of the client's stderr is kept for the exit judge: enough for docker's own
 /// error message, which comes after the container's output.
 const CLIENT_STDERR_TAIL: usize = 2048;
+
+/// Bytes read from a container's stream at a time, for a raw copy.
+const RAW_COPY_SIZE: usize = 64 * 1024;
 
 /// A thread copying one of the container's streams; returns the bytes read.
 type Copier = JoinHandle<io::Result<u64>>;
@@ -143,7 +146,7 @@ impl ContainerRun<'_> {
                         "{name} is written as is to {}, in the output",
                         path.display()
                     ));
-                    spawn_raw_copy(reader, path)
+                    spawn_raw_copy(name, reader, path, self.sayer())
                 }
                 None => pipeline.spawn_copier(name, reader),
             };
@@ -170,16 +173,33 @@ impl ContainerRun<'_> {
     }
 }
 
-/// Copy a container stream as is into a file (a `stdout`/`stderr` mount).
-fn spawn_raw_copy(mut reader: Box<dyn Read + Send>, path: PathBuf) -> io::Result<Copier> {
+/// Copy the container's stream `name` as it is into `path` (a `stdout`/`stderr` mount),
+/// on a thread of its own. Read errors are `read_on`'s: the first is said and reading goes
+/// on. A file that cannot be written is said once, and the rest is read and dropped, so
+/// the container never blocks.
+fn spawn_raw_copy(
+    name: &'static str,
+    mut reader: Box<dyn Read + Send>,
+    path: PathBuf,
+    say: impl Fn(&str) + Send + 'static,
+) -> io::Result<Copier> {
     std::thread::Builder::new()
-        .name("raw-copy".into())
+        .name(format!("raw-copy-{name}"))
         .spawn(move || {
-            let copied =
-                std::fs::File::create(&path).and_then(|mut file| io::copy(&mut reader, &mut file));
-            // Drain the rest even if the file failed, so the container never blocks.
-            let _ = io::copy(&mut reader, &mut io::sink());
-            copied
+            let cannot_write =
+                |e: io::Error| say(&format!("cannot write {name} to {}: {e}", path.display()));
+            let mut file = std::fs::File::create(&path).map_err(cannot_write).ok();
+            let mut buf = vec![0u8; RAW_COPY_SIZE];
+            let take = |data: &[u8]| {
+                if let Some(Err(e)) = file.as_mut().map(|f| f.write_all(data)) {
+                    cannot_write(e);
+                    file = None;
+                }
+            };
+            let what = format!("container {name}");
+            Ok(read_on(&mut *reader, &mut buf, take, |trouble| {
+                say(&trouble.describe(&what))
+            }))
         })
 }
 
@@ -195,4 +215,70 @@ fn spawn_stdin_feed(path: PathBuf, mut stdin: Box<dyn Write + Send>) -> io::Resu
                 other => other,
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    /// Reads out its script step by step: bytes, or an error.
+    struct Scripted(VecDeque<Result<&'static [u8], &'static str>>);
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.pop_front() {
+                None => Ok(0),
+                Some(Ok(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(bytes.len())
+                }
+                Some(Err(e)) => Err(io::Error::other(e)),
+            }
+        }
+    }
+
+    fn copy(script: Vec<Result<&'static [u8], &'static str>>, path: PathBuf) -> (u64, Vec<String>) {
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let log = said.clone();
+        let say = move |line: &str| log.lock().unwrap().push(line.to_string());
+        let reader = Box::new(Scripted(script.into()));
+        let copied = spawn_raw_copy("stdout", reader, path, say)
+            .unwrap()
+            .join()
+            .unwrap();
+        let said = said.lock().unwrap().clone();
+        (copied.unwrap(), said)
+    }
+
+    #[test]
+    fn a_raw_copy_reads_on_after_a_read_error_and_says_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.txt");
+        let script = vec![
+            Ok(&b"before "[..]),
+            Err("pipe broke"),
+            Ok(b"after"),
+            Err("again"),
+            Ok(b"!"),
+        ];
+        let (copied, said) = copy(script, path.clone());
+        assert_eq!(copied, 13);
+        assert_eq!(std::fs::read(&path).unwrap(), b"before after!");
+        assert_eq!(
+            said,
+            ["error reading container stdout: pipe broke; reading on"]
+        );
+    }
+
+    #[test]
+    fn a_raw_copy_into_a_file_it_cannot_write_drains_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no/such/dir/out.txt");
+        let (copied, said) = copy(vec![Ok(&b"lost"[..]), Ok(b" too")], path.clone());
+        assert_eq!(copied, 8, "read to the end all the same");
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].starts_with(&format!("cannot write stdout to {}: ", path.display())));
+    }
 }

@@ -450,3 +450,44 @@ fn the_logs_so_far_are_saved_while_it_runs() {
     assert_ne!(last["log"], interim["log"], "the final save has more");
     assert_eq!(f.log("stdout.txt"), "early\n");
 }
+
+#[test]
+fn a_stdout_mount_gets_the_raw_bytes_in_the_output_and_not_the_log() {
+    let f = Fixture::new(Script {
+        stdout: b"raw\x00bytes, no newline".to_vec(),
+        ..Default::default()
+    });
+    f.record(|r| {
+        r["mounts"] = json!({
+            "/out": {"kind": "tmp"},
+            "stdout": {"kind": "file", "path": "/out/result.txt"},
+        })
+    });
+    assert_eq!(f.run(), 0);
+    let last = f.final_update();
+    assert_eq!(last["state"], "Complete");
+    let output = last["output"].as_str().unwrap();
+    assert_eq!(
+        f.collection_file(output, "result.txt").unwrap(),
+        "raw\u{0}bytes, no newline"
+    );
+    assert_eq!(f.log("stdout.txt"), "");
+}
+
+#[test]
+fn with_no_logs_table_nothing_is_posted_even_after_the_logs_closed() {
+    let mut f = Fixture::new(Script {
+        stdout: b"hello\n".to_vec(),
+        ..Default::default()
+    });
+    f.config.logs_table = false;
+    f.store
+        .fail_collections
+        .lock()
+        .unwrap()
+        .push("logs for".into());
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.final_update()["state"], "Cancelled");
+    assert!(f.stderr().contains("Saving the log collection failed"));
+    assert!(f.store.logs.lock().unwrap().is_empty());
+}
