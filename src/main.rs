@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use crunch_run::config::{Args, Config, Mode, normalize_go_flags};
 use crunch_run::detach;
-use crunch_run::docker::run_guard;
+use crunch_run::docker::{Docker, run_guard};
 use crunch_run::run::{self, CancelFlag};
 
 /// Why crunch-run stopped short: the exit status, and the message that `main` prints once
@@ -40,7 +40,10 @@ fn main() -> ExitCode {
 
 fn dispatch(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
     match mode {
-        Mode::Guard { container } => Ok(run_guard(&container) as u8),
+        Mode::Guard { container, docker } => {
+            let docker = Docker::with_program_and_env(docker.program, docker.env);
+            Ok(run_guard(&container, &docker) as u8)
+        }
         Mode::List { lock_dir } => detach::list(&lock_dir, &mut io::stdout().lock())
             .map(|()| 0)
             .map_err(|e| (1, format!("--list: {e}"))),

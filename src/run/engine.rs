@@ -98,7 +98,7 @@ impl Engine for Docker {
 
     fn guard(&self, name: &str) -> io::Result<Option<Guard>> {
         let exe = std::env::current_exe()?;
-        Guard::spawn(&exe, name, self.program()).map(Some)
+        Guard::spawn(&exe, name, self).map(Some)
     }
 }
 

@@ -112,7 +112,10 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
     let wiring = Wiring {
         api,
         blocks,
-        engine: Arc::new(Docker::new()),
+        engine: Arc::new(Docker::with_program_and_env(
+            &config.docker.program,
+            config.docker.env.iter().cloned(),
+        )),
         echo: Box::new(io::stderr()),
         secrets,
     };

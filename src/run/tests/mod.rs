@@ -40,6 +40,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
             bytes: 0,
         },
         gpu_devices: None,
+        docker: Default::default(),
     }
 }
 
