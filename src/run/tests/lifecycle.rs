@@ -491,3 +491,29 @@ fn with_no_logs_table_nothing_is_posted_even_after_the_logs_closed() {
     assert!(f.stderr().contains("Saving the log collection failed"));
     assert!(f.store.logs.lock().unwrap().is_empty());
 }
+
+#[test]
+fn a_bad_record_cancels_before_running_with_the_first_problem_found() {
+    let f = Fixture::new(Script::default());
+    f.record(|r| {
+        r["container_image"] = json!("acbd18db4cc2f85cedef654fccc4a4d8+3");
+        r["mounts"] = json!({"/out": {"kind": "no-such-kind"}});
+    });
+    assert_eq!(f.run(), 0);
+    let updates = f.updates();
+    assert_eq!(updates.len(), 1, "no Running: {updates:?}");
+    let error = updates[0]["runtime_status"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("While setting up mounts: "),
+        "the mounts first: {error}"
+    );
+    f.record(|r| r["mounts"] = json!({}));
+    f.store.updates.lock().unwrap().clear();
+    f.record(|r| r["state"] = json!("Locked"));
+    assert_eq!(f.run(), 0);
+    assert_eq!(
+        f.final_update()["runtime_status"]["error"],
+        "image collection acbd18db4cc2f85cedef654fccc4a4d8+3 was not found"
+    );
+    assert!(!f.engine.calls().iter().any(|c| c.starts_with("run ")));
+}
