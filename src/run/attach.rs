@@ -1,23 +1,29 @@
-//! The attached `docker run`: its stdout and stderr wired to the log pipeline (or, for a
-//! `stdout`/`stderr` mount, copied as they are into the output), the tail of the client's
-//! stderr kept (its own errors land there), its stdin fed from a file, and the wait for
-//! the client to exit. The wait sleeps on the client's exit (a pidfd), nothing polls: the
-//! supervisor's helpers end it by killing the client when they must. What the client's
-//! end means is exit.rs's to judge.
+//! Starting and running the container: the spec, the Running update (from then on the
+//! container may exist, and the cleanup removes it), then the attached `docker run`, its
+//! stdout and stderr wired to the log pipeline (or, for a `stdout`/`stderr` mount, copied
+//! as they are into the output), the tail of the client's stderr kept (its own errors land
+//! there), its stdin fed from a file, and the wait for the client to exit. The wait sleeps
+//! on the client's exit (a pidfd), nothing polls: the supervisor's helpers end it by
+//! killing the client when they must. What the client's end means is exit.rs's to judge.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::docker::ContainerSpec;
+use serde_json::{Map, json};
+
+use crate::docker::{ContainerSpec, create_argv, display_argv, run_argv};
 use crate::logging::pipeline::LogPipeline;
 use crate::process::{Tail, TailReader, read_on};
 
 use super::engine::Client;
 use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
+use super::finish::Cleanup;
 use super::outcome::Outcome;
+use super::prepare::Prepared;
+use super::spec::{self, SpecInputs};
 use super::{ContainerRun, Step};
 
 /// How much of the client's stderr is kept for the exit judge: enough for docker's own
@@ -31,6 +37,43 @@ const RAW_COPY_SIZE: usize = 64 * 1024;
 type Copier = JoinHandle<io::Result<u64>>;
 
 impl ContainerRun<'_> {
+    /// Build the container's spec and mark the record Running: from here on, the
+    /// container may exist, and the cleanup removes it.
+    pub(super) fn start(&mut self, prepared: &Prepared) -> Step<ContainerSpec> {
+        let (spec, warning) = spec::container_spec(
+            &prepared.container,
+            &SpecInputs {
+                config: self.config,
+                image: &prepared.image,
+                staged: self.staged.as_ref(),
+                token: self.access.as_ref().map(|a| a.token.as_str()),
+                pid: std::process::id(),
+            },
+        );
+        if let Some(warning) = warning {
+            self.say(warning);
+        }
+        let args = create_argv(&spec)
+            .map_err(|e| Outcome::failed(format!("cannot build the docker command: {e}")))?;
+        self.check_cancel()?;
+        let running = Map::from_iter([("state".to_string(), json!("Running"))]);
+        self.api
+            .update_container(&self.uuid, &running)
+            .map_err(|e| {
+                Outcome::failed(format!("cannot set the container record to Running: {e}"))
+            })?;
+        self.progress.running = true;
+        self.cleanup = Some(Cleanup {
+            engine: self.engine.clone(),
+            name: self.uuid.clone(),
+            guard: self.guard.take(),
+        });
+        // Environment values travel in the docker CLI's own environment, never in argv.
+        let argv = run_argv(&args.argv(Path::new("<env-file>")));
+        self.say(&format!("Running: docker {}", display_argv(&argv)));
+        Ok(spec)
+    }
+
     /// Run the container attached, its helpers watching, and judge how it ended. A
     /// container of the same name left by an earlier crunch-run that was killed before its
     /// guard could act is removed, and the run tried once more.

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::engine::Engine;
 use super::supervisor::{ClientSlot, Stop};
+use crate::logging::pipeline::CrunchLog;
 
 /// How often the enforcer removes a cancelled container again while the client lives.
 const TICK: Duration = Duration::from_millis(500);
@@ -111,6 +112,22 @@ pub fn watch_signals(cancel: CancelFlag) -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// A cancel removes the container at once, on the thread that cancels.
+pub(super) fn remove_on_cancel(
+    cancel: &CancelFlag,
+    log: CrunchLog,
+    engine: Arc<dyn Engine>,
+    uuid: &str,
+) {
+    let name = uuid.to_string();
+    cancel.on_cancel(Arc::new(move |reason: &str| {
+        log.line(&format!("{reason}: removing the docker container"));
+        if let Err(e) = engine.remove(&name) {
+            log.line(&format!("removing docker container {name} failed: {e}"));
+        }
+    }));
 }
 
 /// The run-time limit (a supervisor helper): cancel the run when `deadline` passes first.

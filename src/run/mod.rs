@@ -11,15 +11,15 @@
 //! (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use crate::arvados::container::{State, raw_state};
+use crate::arvados::container::State;
 use crate::config::{Backend, Config};
-use crate::docker::{ContainerSpec, Docker, Guard, create_argv, display_argv, run_argv};
+use crate::docker::{Docker, Guard};
 use crate::logging::log_collection::LogCollection;
 use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
@@ -37,11 +37,7 @@ mod outcome;
 mod output;
 mod prepare;
 mod spec;
-#[cfg(test)]
-mod stub_engine;
 mod supervisor;
-#[cfg(test)]
-mod tests;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
 pub use engine::{Client, Engine, KillClient};
@@ -50,8 +46,6 @@ pub use outcome::{
     FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
     final_update,
 };
-use prepare::Prepared;
-use spec::SpecInputs;
 use supervisor::ClientSlot;
 pub use supervisor::{Stop, Supervisor};
 
@@ -132,7 +126,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         echo,
         secrets,
     } = wiring;
-    let Some((record, initial)) = fetch_record(&*api, uuid, &secrets) else {
+    let Some((record, initial)) = prepare::fetch_record(&*api, uuid, &secrets) else {
         return 1;
     };
     let progress = RecordProgress {
@@ -147,7 +141,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
             return finish_without_logs(&*api, uuid, progress, &reason);
         }
     };
-    remove_on_cancel(&cancel, pipeline.crunch_log(), engine.clone(), uuid);
+    cancel::remove_on_cancel(&cancel, pipeline.crunch_log(), engine.clone(), uuid);
     let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
@@ -181,33 +175,6 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
     run.finish(outcome, output, pipeline)
 }
 
-/// The record and its state, if crunch-run may run it; else says why on stderr.
-fn fetch_record(api: &dyn ApiStore, uuid: &str, secrets: &Secrets) -> Option<(Value, State)> {
-    let record = match api.get_container(uuid) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "crunch-run: {uuid}: cannot fetch the container record: {}",
-                secrets.redact(&e.to_string())
-            );
-            return None;
-        }
-    };
-    match raw_state(&record) {
-        Ok(s @ (State::Locked | State::Queued)) => Some((record, s)),
-        Ok(other) => {
-            eprintln!(
-                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
-            None
-        }
-    }
-}
-
 /// The run's spool directory, and the log pipeline spooling into it.
 fn start_logs(
     config: &Config,
@@ -235,17 +202,6 @@ fn start_logs(
     )
     .map_err(|e| format!("cannot start logging: {e}"))?;
     Ok((run_dir, pipeline))
-}
-
-/// A cancel removes the container at once, on the thread that cancels.
-fn remove_on_cancel(cancel: &CancelFlag, log: CrunchLog, engine: Arc<dyn Engine>, uuid: &str) {
-    let name = uuid.to_string();
-    cancel.on_cancel(Arc::new(move |reason: &str| {
-        log.line(&format!("{reason}: removing the docker container"));
-        if let Err(e) = engine.remove(&name) {
-            log.line(&format!("removing docker container {name} failed: {e}"));
-        }
-    }));
 }
 
 /// One run, from the record check to the final update: what its steps share.
@@ -324,45 +280,13 @@ impl ContainerRun<'_> {
         let output = self.capture(&prepared.container, &outcome);
         (outcome, output)
     }
-
-    /// Build the container's spec and mark the record Running: from here on, the
-    /// container may exist, and the cleanup removes it.
-    fn start(&mut self, prepared: &Prepared) -> Step<ContainerSpec> {
-        let (spec, warning) = spec::container_spec(
-            &prepared.container,
-            &SpecInputs {
-                config: self.config,
-                image: &prepared.image,
-                staged: self.staged.as_ref(),
-                token: self.access.as_ref().map(|a| a.token.as_str()),
-                pid: std::process::id(),
-            },
-        );
-        if let Some(warning) = warning {
-            self.say(warning);
-        }
-        let args = create_argv(&spec)
-            .map_err(|e| Outcome::failed(format!("cannot build the docker command: {e}")))?;
-        self.check_cancel()?;
-        let running = Map::from_iter([("state".to_string(), json!("Running"))]);
-        self.api
-            .update_container(&self.uuid, &running)
-            .map_err(|e| {
-                Outcome::failed(format!("cannot set the container record to Running: {e}"))
-            })?;
-        self.progress.running = true;
-        self.cleanup = Some(Cleanup {
-            engine: self.engine.clone(),
-            name: self.uuid.clone(),
-            guard: self.guard.take(),
-        });
-        // Environment values travel in the docker CLI's own environment, never in argv.
-        let argv = run_argv(&args.argv(Path::new("<env-file>")));
-        self.say(&format!("Running: docker {}", display_argv(&argv)));
-        Ok(spec)
-    }
 }
 
 fn hostname() -> io::Result<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())
 }
+
+#[cfg(test)]
+mod stub_engine;
+#[cfg(test)]
+mod tests;

@@ -9,13 +9,45 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
-use crate::arvados::container::Container;
+use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::mounts::{self, MountPlan};
+use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess};
 
 use super::outcome::Outcome;
 use super::{ContainerRun, Step};
+
+/// The record and its state, if crunch-run may run it; else says why on stderr.
+pub(super) fn fetch_record(
+    api: &dyn ApiStore,
+    uuid: &str,
+    secrets: &Secrets,
+) -> Option<(Value, State)> {
+    let record = match api.get_container(uuid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "crunch-run: {uuid}: cannot fetch the container record: {}",
+                secrets.redact(&e.to_string())
+            );
+            return None;
+        }
+    };
+    match raw_state(&record) {
+        Ok(s @ (State::Locked | State::Queued)) => Some((record, s)),
+        Ok(other) => {
+            eprintln!(
+                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
+            None
+        }
+    }
+}
 
 /// What the run goes on with once prepared.
 pub(super) struct Prepared {
