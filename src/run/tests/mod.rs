@@ -1,13 +1,15 @@
 //! The lifecycle's unit tests, as the Go crunch-run's: the whole `run` driven against the
 //! in-memory store (`MemoryStore`) and a scripted engine (`StubEngine`), in a temporary
-//! spool directory. `Fixture` holds what one test needs; the tests are in `lifecycle.rs`.
+//! spool directory. `Fixture` holds what one test needs; the tests are in `lifecycle.rs`
+//! (how runs end) and `wrapup.rs` (what is saved and said at the end).
 
 mod lifecycle;
+mod wrapup;
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
@@ -189,4 +191,28 @@ pub(super) fn strip_timestamps(text: &str) -> String {
             _ => line,
         })
         .collect()
+}
+
+/// The fields of an update, in order.
+pub(super) fn keys(update: &serde_json::Map<String, Value>) -> Vec<&str> {
+    update.keys().map(String::as_str).collect()
+}
+
+/// The update that marks the record Running.
+pub(super) fn running() -> serde_json::Map<String, Value> {
+    serde_json::Map::from_iter([("state".to_string(), json!("Running"))])
+}
+
+/// Wait (up to 20 s) for `done`.
+pub(super) fn eventually(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The lines of `text` that are exactly `line`.
+pub(super) fn count_lines(text: &str, line: &str) -> usize {
+    text.lines().filter(|l| *l == line).count()
 }
