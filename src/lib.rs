@@ -26,4 +26,6 @@ pub mod redact;
 pub mod rfc3339;
 pub mod run;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_io;
 pub mod writeback;

@@ -444,7 +444,7 @@ mod tests {
     use crate::process::MAX_READ_ERRORS;
     use crate::rfc3339::format_timestamp;
     use crate::store::memory::MemoryStore;
-    use std::sync::Mutex;
+    use crate::test_io::{Scripted, SharedBuf};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const UUID: &str = "zzzzz-dz642-xxxxxxxxxxxxxxx";
@@ -910,53 +910,29 @@ mod tests {
         p.finish();
     }
 
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-    impl Write for SharedBuf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
+    /// A pipeline echoing into a buffer, with `logs_table` or not.
+    fn echoing(s: &Setup, logs_table: bool) -> (LogPipeline, SharedBuf) {
+        let echoed = SharedBuf::default();
+        let mut cfg = s.config();
+        if !logs_table {
+            cfg.logs_table = None;
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        let echo = Box::new(echoed.clone());
+        let p = LogPipeline::start_with_echo(cfg, s.store.clone(), Some(echo)).unwrap();
+        (p, echoed)
     }
 
     #[test]
     fn crunch_run_stream_is_echoed_with_the_container_uuid() {
         let s = Setup::new(MemoryStore::new());
-        let echoed = Arc::new(Mutex::new(Vec::new()));
-        let p = LogPipeline::start_with_echo(
-            s.config(),
-            s.store.clone(),
-            Some(Box::new(SharedBuf(echoed.clone()))),
-        )
-        .unwrap();
+        let (p, echoed) = echoing(&s, true);
         p.crunch_log().line("starting");
         let h = p
             .spawn_copier("stdout", Box::new(&b"not echoed\n"[..]))
             .unwrap();
         h.join().unwrap().unwrap();
         p.finish();
-        assert_eq!(
-            String::from_utf8(echoed.lock().unwrap().clone()).unwrap(),
-            format!("{UUID} {} starting\n", ts())
-        );
-    }
-
-    /// A pipeline echoing into a buffer, with `logs_table` or not.
-    fn echoing(s: &Setup, logs_table: bool) -> (LogPipeline, Arc<Mutex<Vec<u8>>>) {
-        let echoed = Arc::new(Mutex::new(Vec::new()));
-        let mut cfg = s.config();
-        if !logs_table {
-            cfg.logs_table = None;
-        }
-        let echo = Box::new(SharedBuf(echoed.clone()));
-        let p = LogPipeline::start_with_echo(cfg, s.store.clone(), Some(echo)).unwrap();
-        (p, echoed)
-    }
-
-    fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
-        String::from_utf8(buf.lock().unwrap().clone()).unwrap()
+        assert_eq!(echoed.text(), format!("{UUID} {} starting\n", ts()));
     }
 
     #[test]
@@ -971,17 +947,17 @@ mod tests {
             format!("{ts} hello\n{ts} Complete\n"),
             "the saved collection has it"
         );
-        assert_eq!(text(&echoed), format!("{UUID} {ts} hello\n"));
+        assert_eq!(echoed.text(), format!("{UUID} {ts} hello\n"));
         assert_eq!(s.store.texts("crunch-run"), [format!("{ts} hello\n")]);
         let mut late = last.confirm();
         assert_eq!(
-            text(&echoed),
+            echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} Complete\n")
         );
         assert_eq!(s.store.texts("crunch-run")[1], format!("{ts} Complete\n"));
         late.line("after");
         assert_eq!(s.store.texts("crunch-run")[2], format!("{ts} after\n"));
-        assert!(text(&echoed).ends_with(&format!("{UUID} {ts} after\n")));
+        assert!(echoed.text().ends_with(&format!("{UUID} {ts} after\n")));
     }
 
     #[test]
@@ -997,7 +973,7 @@ mod tests {
         assert_eq!(kept, format!("{ts} hello\n{true_lines}"));
         assert_eq!(s.store.texts("crunch-run")[1], true_lines);
         assert_eq!(
-            text(&echoed),
+            echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} the save failed\n{UUID} {ts} Cancelled\n")
         );
     }
@@ -1011,24 +987,9 @@ mod tests {
         assert!(s.store.logs.lock().unwrap().is_empty());
         let ts = ts();
         assert_eq!(
-            text(&echoed),
+            echoed.text(),
             format!("{UUID} {ts} Complete\n{UUID} {ts} removing failed\n")
         );
-    }
-
-    /// Reads out `script` step by step: bytes, or an error.
-    struct Scripted(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.pop_front() {
-                None => Ok(0),
-                Some(Ok(bytes)) => {
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    Ok(bytes.len())
-                }
-                Some(Err(e)) => Err(io::Error::other(e)),
-            }
-        }
     }
 
     #[test]
@@ -1043,7 +1004,7 @@ mod tests {
             Ok(b"end\n"),
         ];
         let h = p
-            .spawn_copier("stdout", Box::new(Scripted(script.into())))
+            .spawn_copier("stdout", Box::new(Scripted::new(script)))
             .unwrap();
         // Logged here, so not returned: the caller would log it a second time.
         assert_eq!(h.join().unwrap().unwrap(), 17);
@@ -1068,7 +1029,7 @@ mod tests {
         script.extend(std::iter::repeat_n(Err("bad fd"), 100));
         script.push(Ok(b"never read\n"));
         let h = p
-            .spawn_copier("stderr", Box::new(Scripted(script.into())))
+            .spawn_copier("stderr", Box::new(Scripted::new(script)))
             .unwrap();
         assert_eq!(h.join().unwrap().unwrap(), 5);
         let done = p.finish();

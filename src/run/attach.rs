@@ -263,30 +263,14 @@ fn spawn_stdin_feed(path: PathBuf, mut stdin: Box<dyn Write + Send>) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
+    use crate::test_io::Scripted;
     use std::sync::{Arc, Mutex};
-
-    /// Reads out its script step by step: bytes, or an error.
-    struct Scripted(VecDeque<Result<&'static [u8], &'static str>>);
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.pop_front() {
-                None => Ok(0),
-                Some(Ok(bytes)) => {
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    Ok(bytes.len())
-                }
-                Some(Err(e)) => Err(io::Error::other(e)),
-            }
-        }
-    }
 
     fn copy(script: Vec<Result<&'static [u8], &'static str>>, path: PathBuf) -> (u64, Vec<String>) {
         let said = Arc::new(Mutex::new(Vec::new()));
         let log = said.clone();
         let say = move |line: &str| log.lock().unwrap().push(line.to_string());
-        let reader = Box::new(Scripted(script.into()));
+        let reader = Box::new(Scripted::new(script));
         let copied = spawn_raw_copy("stdout", reader, path, say)
             .unwrap()
             .join()

@@ -6,9 +6,8 @@
 mod lifecycle;
 mod wrapup;
 
-use std::io::{self, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -21,6 +20,7 @@ use crate::config::{Backend, Config, LogUpdates};
 use crate::redact::Secrets;
 use crate::store::ApiStore;
 use crate::store::memory::MemoryStore;
+use crate::test_io::SharedBuf;
 
 pub(super) const UUID: &str = "zzzzz-dz642-000000000000001";
 pub(super) const IMAGE_ID: &str =
@@ -46,27 +46,13 @@ pub(super) fn config(spool_dir: &Path) -> Config {
     }
 }
 
-/// A writer that keeps what crunch-run echoes to stderr.
-#[derive(Clone, Default)]
-pub(super) struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 pub(super) struct Fixture {
     pub store: Arc<MemoryStore>,
     pub engine: StubEngine,
     pub config: Config,
     pub cancel: CancelFlag,
     pub spool: tempfile::TempDir,
-    stderr: Captured,
+    stderr: SharedBuf,
 }
 
 impl Fixture {
@@ -103,7 +89,7 @@ impl Fixture {
             config: config(spool.path()),
             cancel: CancelFlag::default(),
             spool,
-            stderr: Captured::default(),
+            stderr: SharedBuf::default(),
         }
     }
 
@@ -112,6 +98,12 @@ impl Fixture {
         let mut containers = self.store.containers.lock().unwrap();
         change(containers.get_mut(UUID).unwrap());
         self
+    }
+
+    /// Make saving a collection whose name starts with `prefix` fail.
+    pub fn fail_collections(&self, prefix: &str) {
+        let mut failing = self.store.fail_collections.lock().unwrap();
+        failing.push(prefix.to_string());
     }
 
     /// Run it; the process exit status.
@@ -156,7 +148,7 @@ impl Fixture {
 
     /// What crunch-run echoed to stderr, timestamps and uuids cut off.
     pub fn stderr(&self) -> String {
-        let echoed = String::from_utf8(self.stderr.0.lock().unwrap().clone()).unwrap();
+        let echoed = self.stderr.text();
         let lines = echoed
             .lines()
             .map(|l| l.strip_prefix(UUID).unwrap_or(l).trim_start());

@@ -13,11 +13,7 @@ fn a_failed_output_save_cancels_with_the_exit_code_kept() {
         ..Default::default()
     });
     f.record(|r| r["mounts"] = json!({"/out": {"kind": "tmp"}}));
-    f.store
-        .fail_collections
-        .lock()
-        .unwrap()
-        .push("output for".into());
+    f.fail_collections("output for");
     assert_eq!(f.run(), 0);
     let updates = f.updates();
     assert_eq!(updates[0], running());
@@ -78,11 +74,7 @@ fn a_failed_log_save_reports_nowhere_a_state_the_record_does_not_end_in() {
         stdout: b"hello\n".to_vec(),
         ..Default::default()
     });
-    f.store
-        .fail_collections
-        .lock()
-        .unwrap()
-        .push("logs for".into());
+    f.fail_collections("logs for");
     assert_eq!(f.run(), 0);
     let last = f.final_update();
     assert_eq!(last["state"], "Cancelled");
@@ -192,11 +184,7 @@ fn with_no_logs_table_nothing_is_posted_even_after_the_logs_closed() {
         ..Default::default()
     });
     f.config.logs_table = false;
-    f.store
-        .fail_collections
-        .lock()
-        .unwrap()
-        .push("logs for".into());
+    f.fail_collections("logs for");
     assert_eq!(f.run(), 0);
     assert_eq!(f.final_update()["state"], "Cancelled");
     assert!(f.stderr().contains("Saving the log collection failed"));
