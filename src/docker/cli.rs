@@ -13,7 +13,8 @@
 //! Container names and images are passed after `--` so none can be taken for an option
 //! (`run` is the exception: argv.rs refuses an image that starts with `-`).
 //!
-//! What an error means is error.rs's to tell; what it means for the container, the runner's.
+//! What an error means is error.rs's to tell; what it means for the container, the
+//! lifecycle's (run/).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};

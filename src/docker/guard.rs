@@ -37,7 +37,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 const RECHECK_DELAY: Duration = Duration::from_secs(2);
 
 /// A running guard for one container. Dropping it without [`Guard::release`] closes the pipe,
-/// which makes the guard remove the container (so a panic unwinding through the runner also
+/// which makes the guard remove the container (so a panic unwinding through the lifecycle also
 /// cleans up).
 #[derive(Debug)]
 pub struct Guard {

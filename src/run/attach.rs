@@ -125,7 +125,7 @@ impl ContainerRun<'_> {
 
     /// One `docker run`, its streams wired and its stdin fed, until the client exits.
     /// Returns how the client ended and the tail of what it wrote to stderr.
-    pub(super) fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
+    fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
         let mut client = self
             .engine
             .run_attached(spec, &self.run_dir)

@@ -1,15 +1,17 @@
 //! The wrap-up: say how the run ended, save the log collection, send the one final update,
-//! and clean up (the docker container, the guard, the spool).
+//! and clean up (the docker container, the guard, the spool). The container's removal
+//! starts as soon as it has exited (`start_cleanup`), while the output is saved.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::docker::Guard;
-
-use super::engine::Engine;
+use crate::logging::late::LateLog;
 use crate::logging::pipeline::LogPipeline;
 use crate::store::ApiStore;
 
 use super::ContainerRun;
+use super::engine::Engine;
 use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, final_state, final_update};
 
 /// When not even the log pipeline could start: cancel with the reason, no log.
@@ -81,48 +83,17 @@ impl ContainerRun<'_> {
         }
     }
 
-    /// Log the final state, save the log collection, send the final update.
+    /// The wrap-up, in order: say how the run ended, save the log collection (its last
+    /// line the final state), send the final update, wait for the cleanup. Returns the
+    /// process exit status: 0 when the record reached its final state.
     pub(super) fn finish(mut self, outcome: Outcome, output: Saved, pipeline: LogPipeline) -> i32 {
         let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {
             self.say(&format!("Warning: releasing the guard process failed: {e}"));
         }
-        match &outcome {
-            Outcome::Exited { .. } => {}
-            Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
-            Outcome::Failed { reason, .. } => {
-                self.say(reason);
-                // For whoever diagnoses a failure that involved docker (not asked on
-                // the happy path: each docker client costs a start-up).
-                if self.engine_asked.load(std::sync::atomic::Ordering::Relaxed) {
-                    match self.engine.server_version() {
-                        Ok(v) => self.say(&format!("Container runtime: docker Engine {v}")),
-                        Err(e) => self.say(&format!("docker version: {e}")),
-                    }
-                }
-            }
-        }
-        let mut wrapup = WrapUp {
-            output,
-            log: Saved::Nothing,
-        };
-        // The state if the log save works: in crunch-run.txt, said once the save is done.
-        let provisional = final_state(&outcome, self.progress, &wrapup).state;
-        let (finished, last_line) = pipeline.finish_with_last_line(provisional.as_str());
-        wrapup.log = match self
-            .log_collection
-            .save_final_logs(&finished, &self.secrets)
-        {
-            Ok(c) => Saved::As(c.portable_data_hash),
-            Err(why) => Saved::Failed(why),
-        };
-        let state = final_state(&outcome, self.progress, &wrapup).state;
-        let mut late = match &wrapup.log {
-            Saved::Failed(why) => last_line.correct(&format!("{why}\n{state}")),
-            _ if state != provisional => last_line.correct(state.as_str()),
-            _ => last_line.confirm(),
-        };
+        self.say_how_it_ended(&outcome);
+        let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
         let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {
             Ok(()) => 0,
@@ -147,5 +118,57 @@ impl ContainerRun<'_> {
             late.line(&self.secrets.redact(&problem));
         }
         status
+    }
+
+    /// Why the run did not end as the container's exit, in crunch-run.txt.
+    fn say_how_it_ended(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Exited { .. } => {}
+            Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
+            Outcome::Failed { reason, .. } => {
+                self.say(reason);
+                // For whoever diagnoses a failure that involved docker (not asked on
+                // the happy path: each docker client costs a start-up).
+                if self.engine_asked.load(Ordering::Relaxed) {
+                    match self.engine.server_version() {
+                        Ok(v) => self.say(&format!("Container runtime: docker Engine {v}")),
+                        Err(e) => self.say(&format!("docker version: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close the logs and save the log collection. Its last line is the final state as it
+    /// would be if the save works; it is said (stderr, logs table) only once the save's
+    /// result is known, and replaced (in the spool kept on disk, and in what is said) when
+    /// the state turned out otherwise. Returns the wrap-up's results, and what says the
+    /// lines that come after.
+    fn save_logs(
+        &self,
+        outcome: &Outcome,
+        output: Saved,
+        pipeline: LogPipeline,
+    ) -> (WrapUp, LateLog) {
+        let mut wrapup = WrapUp {
+            output,
+            log: Saved::Nothing,
+        };
+        let provisional = final_state(outcome, self.progress, &wrapup).state;
+        let (finished, last_line) = pipeline.finish_with_last_line(provisional.as_str());
+        wrapup.log = match self
+            .log_collection
+            .save_final_logs(&finished, &self.secrets)
+        {
+            Ok(c) => Saved::As(c.portable_data_hash),
+            Err(why) => Saved::Failed(why),
+        };
+        let state = final_state(outcome, self.progress, &wrapup).state;
+        let late = match &wrapup.log {
+            Saved::Failed(why) => last_line.correct(&format!("{why}\n{state}")),
+            _ if state != provisional => last_line.correct(state.as_str()),
+            _ => last_line.confirm(),
+        };
+        (wrapup, late)
     }
 }
