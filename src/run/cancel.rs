@@ -1,8 +1,8 @@
 //! Cancelling a run: the flag that a signal, the run-time limit or the watchdog sets; the
-//! thread that turns SIGTERM, SIGINT and SIGQUIT into it; and the two helpers the
-//! supervisor runs for it while the client lives: the run-time limit, and the enforcer
-//! that makes a cancel stick (keeps removing the container, kills a client that hangs on).
-//! What a cancel does at once (remove the container) is the action the lifecycle registers.
+//! thread that turns SIGTERM, SIGINT and SIGQUIT into it; what a cancel does at once
+//! (remove the container); and the helpers the supervisor runs for it while the client
+//! lives: the run-time limit, and the two that make a cancel stick (keep removing the
+//! container; kill a client that hangs on).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,10 +15,10 @@ use super::engine::Engine;
 use super::supervisor::{ClientSlot, Stop};
 use crate::logging::pipeline::CrunchLog;
 
-/// How often the enforcer removes a cancelled container again while the client lives.
+/// How often a cancelled container is removed again while the client lives.
 const TICK: Duration = Duration::from_millis(500);
 /// How long a client may outlive a cancel before it is killed.
-const CLIENT_GRACE: Duration = Duration::from_secs(10);
+pub(super) const CLIENT_GRACE: Duration = Duration::from_secs(10);
 
 /// Shared between the signal thread and the run: the first reason wins, and the action
 /// registered by the run (remove the docker container) runs at once on the thread that
@@ -140,48 +140,65 @@ pub(super) fn limit_run_time(cancel: &CancelFlag, limit: Duration, deadline: Ins
     }
 }
 
-/// What the enforcer of a cancel works with.
-pub(super) struct Enforcer {
+/// Wait for a cancel; false if the stop came first.
+fn cancelled_before(cancel: &CancelFlag, stop: &Stop) -> bool {
+    crossbeam_channel::select! {
+        recv(stop.channel()) -> _ => false,
+        recv(cancel.cancelled()) -> _ => true,
+    }
+}
+
+/// Make a cancel stick, part one (a supervisor helper): the cancel removed the container at
+/// once, but one that came while `docker run` was still creating it found nothing to
+/// remove. So, while the client lives, a cancelled run keeps removing. A removal can hang
+/// with the engine: this helper alone waits for it.
+pub(super) fn keep_removing(cancel: &CancelFlag, engine: &dyn Engine, name: &str, stop: Stop) {
+    if !cancelled_before(cancel, &stop) {
+        return;
+    }
+    while !stop.wait(TICK) {
+        let _ = engine.remove(name);
+    }
+}
+
+/// What kills a docker client that outlives a cancel.
+pub(super) struct ClientReaper {
     pub cancel: CancelFlag,
-    pub engine: Arc<dyn Engine>,
-    pub name: String,
     pub client: ClientSlot,
     /// Set when the watchdog gave up on the engine.
     pub engine_stuck: Arc<AtomicBool>,
     pub say: Box<dyn Fn(&str) + Send>,
+    /// How long a client may outlive a cancel (`CLIENT_GRACE`).
+    pub grace: Duration,
 }
 
-impl Enforcer {
-    /// Make a cancel stick (a supervisor helper). The cancel removed the container at once,
-    /// but one that came while `docker run` was still creating it found nothing to remove:
-    /// so, while the client lives, a cancelled run keeps removing. A client still there
-    /// `CLIENT_GRACE` after the cancel, or one the watchdog gave up on, is killed: the
+impl ClientReaper {
+    /// Make a cancel stick, part two (a supervisor helper): a client still there `grace`
+    /// after the cancel, or one the watchdog gave up on, is killed. The
     /// engine is then stuck, and the container may stay on the host under its name until
-    /// the engine recovers.
+    /// the engine recovers (the guard keeps trying after crunch-run exits).
     pub fn run(self, stop: Stop) {
-        crossbeam_channel::select! {
-            recv(stop.channel()) -> _ => return,
-            recv(self.cancel.cancelled()) -> _ => {}
+        if !cancelled_before(&self.cancel, &stop) {
+            return;
         }
         let since = Instant::now();
-        while !stop.wait(TICK) {
-            let why = if self.engine_stuck.load(Ordering::Acquire) {
-                Some("the docker watchdog gave up on docker run".to_string())
-            } else if since.elapsed() >= CLIENT_GRACE {
-                Some(format!(
+        let why = loop {
+            if self.engine_stuck.load(Ordering::Acquire) {
+                break "the docker watchdog gave up on docker run".to_string();
+            }
+            let left = self.grace.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                break format!(
                     "docker run did not end within {} of the cancel",
-                    humantime::format_duration(CLIENT_GRACE)
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                (self.say)(&format!("{why}: killing the docker client"));
-                self.client.kill();
+                    humantime::format_duration(self.grace)
+                );
+            }
+            if stop.wait(left.min(TICK)) {
                 return;
             }
-            let _ = self.engine.remove(&self.name);
-        }
+        };
+        (self.say)(&format!("{why}: killing the docker client"));
+        self.client.kill();
     }
 }
 
@@ -223,5 +240,69 @@ mod tests {
             *log.lock().unwrap() = Some(r.to_string())
         }));
         assert_eq!(ran.lock().unwrap().as_deref(), Some("early"));
+    }
+
+    type Said = Arc<Mutex<Vec<String>>>;
+
+    /// A reaper for a client whose kills are counted, and what it said.
+    fn reaper(grace: Duration) -> (ClientReaper, Arc<Mutex<u32>>, Said) {
+        let (killed, said) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let client = ClientSlot::default();
+        let count = killed.clone();
+        client.set(Arc::new(move || *count.lock().unwrap() += 1));
+        let log = said.clone();
+        let reaper = ClientReaper {
+            cancel: CancelFlag::default(),
+            client,
+            engine_stuck: Arc::default(),
+            say: Box::new(move |line: &str| log.lock().unwrap().push(line.to_string())),
+            grace,
+        };
+        (reaper, killed, said)
+    }
+
+    /// A stop that never comes (its sender is kept), and the sender.
+    fn never() -> (crossbeam_channel::Sender<()>, Stop) {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        (tx, Stop::new(rx))
+    }
+
+    #[test]
+    fn a_client_that_outlives_a_cancel_is_killed_after_the_grace() {
+        let (reaper, killed, said) = reaper(Duration::from_millis(50));
+        reaper.cancel.cancel("caught signal SIGTERM");
+        let (_keep, stop) = never();
+        let started = Instant::now();
+        reaper.run(stop);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(*killed.lock().unwrap(), 1);
+        assert_eq!(
+            *said.lock().unwrap(),
+            ["docker run did not end within 50ms of the cancel: killing the docker client"]
+        );
+    }
+
+    #[test]
+    fn a_client_the_watchdog_gave_up_on_is_killed_at_once() {
+        let (reaper, killed, said) = reaper(Duration::from_secs(3600));
+        reaper.engine_stuck.store(true, Ordering::Release);
+        reaper.cancel.cancel("docker watchdog: gave up");
+        let (_keep, stop) = never();
+        reaper.run(stop);
+        assert_eq!(*killed.lock().unwrap(), 1);
+        assert_eq!(
+            *said.lock().unwrap(),
+            ["the docker watchdog gave up on docker run: killing the docker client"]
+        );
+    }
+
+    #[test]
+    fn without_a_cancel_the_reaper_ends_with_the_stop_and_kills_nothing() {
+        let (reaper, killed, said) = reaper(Duration::ZERO);
+        let (stopping, stop) = never();
+        drop(stopping);
+        reaper.run(stop);
+        assert_eq!(*killed.lock().unwrap(), 0);
+        assert!(said.lock().unwrap().is_empty());
     }
 }

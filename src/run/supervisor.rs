@@ -1,14 +1,14 @@
 //! The helper threads of a run, owned by one `Supervisor` and stopped together.
 //!
 //! From the Running update until the docker client exits, helpers watch the run beside the
-//! thread that waits for the client: the run-time limit, the enforcer of a cancel, the
-//! docker watchdog and the interim log saves (and, with later work, crunchstat, hoststat
-//! and the arv-mount watcher). Each is one `spawn` call: a name and a function given the
-//! run's `Stop`. `stop` sends one stop signal to all of them, waits for each, and names
+//! thread that waits for the client: the run-time limit, the two that make a cancel stick
+//! (the removal, the client reaper), the docker watchdog and the interim log saves (and,
+//! with later work, crunchstat, hoststat and the arv-mount watcher). Each is one `spawn`
+//! call: a name and a function given the run's `Stop`. `stop` sends one stop signal to all of them, waits for each, and names
 //! any that did not end within `STOP_PATIENCE` (left to end by themselves: a helper can be
 //! stuck in a docker or API call that only its own timeout ends).
 //!
-//! A helper that must end the client's wait (the cancel enforcer) kills the client through
+//! A helper that must end the client's wait (the client reaper) kills the client through
 //! the `ClientSlot`, which holds the killer of the client under way, if any.
 
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::ContainerRun;
-use super::cancel::{Enforcer, limit_run_time};
+use super::cancel::{CLIENT_GRACE, ClientReaper, keep_removing, limit_run_time};
 use super::engine::KillClient;
 use crate::arvados::container::State;
 use crate::logging::log_collection::save_while_running;
@@ -33,6 +33,11 @@ const STOP_PATIENCE: Duration = Duration::from_secs(10);
 pub struct Stop(Receiver<()>);
 
 impl Stop {
+    /// The stop of a channel whose senders all dropping means stop.
+    pub fn new(stopped: Receiver<()>) -> Stop {
+        Stop(stopped)
+    }
+
     /// Wait up to `timeout` for the stop; true if it came (then the helper should return).
     pub fn wait(&self, timeout: Duration) -> bool {
         self.0.recv_timeout(timeout) != Err(RecvTimeoutError::Timeout)
@@ -177,15 +182,18 @@ impl ContainerRun<'_> {
                 limit_run_time(&cancel, limit, deadline, stop)
             });
         }
-        let enforcer = Enforcer {
+        let (cancel, engine, name) = (self.cancel.clone(), self.engine.clone(), self.uuid.clone());
+        supervisor.spawn("cancel-removal", move |stop| {
+            keep_removing(&cancel, &*engine, &name, stop)
+        });
+        let reaper = ClientReaper {
             cancel: self.cancel.clone(),
-            engine: self.engine.clone(),
-            name: self.uuid.clone(),
             client: self.client.clone(),
             engine_stuck: self.engine_stuck.clone(),
             say: Box::new(self.sayer()),
+            grace: CLIENT_GRACE,
         };
-        supervisor.spawn("cancel-enforcer", move |stop| enforcer.run(stop));
+        supervisor.spawn("client-reaper", move |stop| reaper.run(stop));
         if let Some(interval) = self.config.docker_watchdog_interval {
             let (engine, name, say) = (self.engine.clone(), self.uuid.clone(), self.sayer());
             let (cancel, stuck) = (self.cancel.clone(), self.engine_stuck.clone());
@@ -193,7 +201,7 @@ impl ContainerRun<'_> {
                 let check = || engine.inspect_state(&name);
                 crate::docker::watch(interval, stop.channel(), check, say, |reason| {
                     stuck.store(true, Ordering::Release);
-                    // The cancel logs the reason; the enforcer kills the client.
+                    // The cancel logs the reason; the client reaper kills the client.
                     cancel.cancel(&reason);
                 });
             });
