@@ -4,7 +4,8 @@
 //! Parsing is two-staged: clap reads the raw flags (`Args`), then `Mode::from_parts` and
 //! `Config::from_args` check them against the environment and are the only places that
 //! decide what is missing. This is the only module that reads the process environment
-//! (`process_env`), and `Mode::from_process` the only function that reads the stdin
+//! (`process_env`, and the snapshot the docker clients and the guard are given, in
+//! `DockerCli`), and `Mode::from_process` the only function that reads the stdin
 //! config, which dispatchers use to pass the environment without putting a token in our
 //! process environment. Doing what the mode says is left to main.rs.
 
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::arvados::ids::is_container_uuid;
+use crate::docker::GUARD_DOCKER_ENV;
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
@@ -152,14 +154,39 @@ pub struct Config {
     /// The GPUs a scheduler assigned to this run (CUDA_VISIBLE_DEVICES), when it did; else
     /// the engine picks as many as the record asks for.
     pub gpu_devices: Option<Vec<String>>,
+    /// How the docker CLI is run.
+    pub docker: DockerCli,
+}
+
+/// How crunch-run runs the docker CLI: the program, and the environment its clients (and
+/// the guard) are given, which is crunch-run's own, read once here (the docker module
+/// drops the `ARVADOS_*` variables from it). `Debug` shows the names only: the
+/// dispatcher's token may be among the values.
+#[derive(Clone, Default)]
+pub struct DockerCli {
+    pub program: PathBuf,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl std::fmt::Debug for DockerCli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerCli")
+            .field("program", &self.program)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What one invocation of crunch-run does, decided from its flags and environment before
 /// anything runs. The modes that touch run locks carry the directory they live in.
 #[derive(Debug)]
 pub enum Mode {
-    /// `--guard-container NAME`: be the guard that removes NAME when our pipe closes.
-    Guard { container: String },
+    /// `--guard-container NAME`: be the guard that removes NAME when our pipe closes, with
+    /// the docker program crunch-run named in `GUARD_DOCKER_ENV`.
+    Guard {
+        container: String,
+        docker: DockerCli,
+    },
     /// `--list`: print the UUIDs of the live runs.
     List { lock_dir: PathBuf },
     /// `--kill SIGNAL UUID`: signal the run of UUID and wait for it to end.
@@ -261,7 +288,8 @@ fn truthy(v: &str) -> bool {
 
 impl Config {
     /// Validate `args` against `env` (the process environment, overlaid by the stdin
-    /// config when `--stdin-config` was given).
+    /// config when `--stdin-config` was given). The docker CLI's environment is left empty
+    /// for `Mode::from_parts` to fill.
     pub fn from_args(args: &Args, env: &BTreeMap<String, String>) -> Result<Config, UsageError> {
         if args.runtime_engine != "docker" {
             return Err(UsageError(format!(
@@ -326,6 +354,10 @@ impl Config {
                 bytes: args.log_update_size,
             },
             gpu_devices: gpu_devices(env),
+            docker: DockerCli {
+                program: "docker".into(),
+                env: Vec::new(),
+            },
         })
     }
 }
@@ -334,22 +366,30 @@ impl Mode {
     /// The mode of this process: its flags, its environment, and for a run with
     /// `--stdin-config` what the dispatcher wrote on stdin.
     pub fn from_process(args: &Args) -> Result<Mode, UsageError> {
-        Mode::from_parts(args, process_env(), &mut io::stdin().lock())
+        let inherited = std::env::vars_os().collect();
+        Mode::from_parts(args, process_env(), inherited, &mut io::stdin().lock())
     }
 
     /// The mode for these flags and this environment. `stdin` is read only for a run with
     /// `--stdin-config`; its "Env" is laid over `env` for the run, as the Go crunch-run
     /// sets it in its environment. The lock directory always comes from `env` itself:
     /// `--list` and `--kill`, which read no stdin, must look where the runs lock.
+    /// `inherited` is the whole process environment, as docker clients get it.
     pub fn from_parts(
         args: &Args,
         mut env: BTreeMap<String, String>,
+        inherited: Vec<(OsString, OsString)>,
         stdin: &mut dyn Read,
     ) -> Result<Mode, UsageError> {
         let lock_dir = lock_dir(&env);
         if let Some(container) = &args.guard_container {
+            let program = env.get(GUARD_DOCKER_ENV).map_or("docker", String::as_str);
             return Ok(Mode::Guard {
                 container: container.clone(),
+                docker: DockerCli {
+                    program: program.into(),
+                    env: inherited,
+                },
             });
         }
         if args.list {
@@ -376,7 +416,8 @@ impl Mode {
             env.extend(parse_stdin_config(&text)?);
             stdin_config = Some(text);
         }
-        let config = Config::from_args(args, &env)?;
+        let mut config = Config::from_args(args, &env)?;
+        config.docker.env = inherited;
         Ok(match args.detach {
             true => Mode::Detach {
                 config,
@@ -413,6 +454,7 @@ fn parse_stdin_config(text: &str) -> Result<BTreeMap<String, String>, UsageError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn parse(argv: &[&str]) -> Args {
         let raw = std::iter::once("crunch-run")
@@ -569,7 +611,7 @@ mod tests {
     }
 
     fn mode(argv: &[&str], vars: &[(&str, &str)], stdin: &str) -> Result<Mode, UsageError> {
-        Mode::from_parts(&parse(argv), env(vars), &mut stdin.as_bytes())
+        Mode::from_parts(&parse(argv), env(vars), Vec::new(), &mut stdin.as_bytes())
     }
 
     #[test]
@@ -610,8 +652,36 @@ mod tests {
         assert_eq!(e.0, "--kill needs a container UUID");
         assert!(matches!(
             mode(&["--guard-container", "c1"], &[], "").unwrap(),
-            Mode::Guard { container } if container == "c1"
+            Mode::Guard { container, docker } if container == "c1" && docker.program == Path::new("docker")
         ));
+        let named = [(GUARD_DOCKER_ENV, "/opt/bin/docker")];
+        assert!(matches!(
+            mode(&["--guard-container", "c1"], &named, "").unwrap(),
+            Mode::Guard { docker, .. } if docker.program == Path::new("/opt/bin/docker")
+        ));
+    }
+
+    #[test]
+    fn a_run_hands_its_whole_environment_to_docker_and_does_not_show_it() {
+        let inherited = vec![
+            (OsString::from("PATH"), OsString::from("/bin")),
+            (
+                OsString::from("ARVADOS_API_TOKEN"),
+                OsString::from("secret-token"),
+            ),
+        ];
+        let args = parse(&["--local-store", "/tmp/x", UUID]);
+        let mode = Mode::from_parts(&args, env(&[]), inherited.clone(), &mut &b""[..]).unwrap();
+        let Mode::Run { config, .. } = mode else {
+            panic!("not a run: {mode:?}")
+        };
+        assert_eq!(config.docker.program, PathBuf::from("docker"));
+        assert_eq!(config.docker.env, inherited);
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("ARVADOS_API_TOKEN") && !shown.contains("secret-token"),
+            "{shown}"
+        );
     }
 
     #[test]

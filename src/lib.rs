@@ -7,8 +7,9 @@
 //! `collection` reads collections (which part a path names, their blocks from Keep),
 //! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
 //! and lays them out on the host, `output` turns the output directory into the output
-//! collection's manifest, and `runner` is the lifecycle of one container and decides its
-//! final state; `writeback` keeps the data we write from piling up dirty in the page cache.
+//! collection's manifest, `process` owns child processes and their pipes, and `run` is the
+//! lifecycle of one container and decides its final state; `writeback` keeps the data we
+//! write from piling up dirty in the page cache. docs/architecture.md is the map.
 
 pub mod arvados;
 pub mod collection;
@@ -24,6 +25,8 @@ pub mod process;
 pub mod progress;
 pub mod redact;
 pub mod rfc3339;
-pub mod runner;
+pub mod run;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod test_io;
 pub mod writeback;

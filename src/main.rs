@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use crunch_run::config::{Args, Config, Mode, normalize_go_flags};
 use crunch_run::detach;
-use crunch_run::docker::run_guard;
-use crunch_run::runner::{self, CancelFlag};
+use crunch_run::docker::{Docker, run_guard};
+use crunch_run::run::{self, CancelFlag};
 
 /// Why crunch-run stopped short: the exit status, and the message that `main` prints once
 /// as `crunch-run: <message>`.
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     let done = Mode::from_process(&args)
         .map_err(|e| (2, e.to_string()))
-        .and_then(|mode| run(mode, &argv));
+        .and_then(|mode| dispatch(mode, &argv));
     match done {
         Ok(status) => ExitCode::from(status),
         Err((status, message)) => {
@@ -38,9 +38,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
+fn dispatch(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
     match mode {
-        Mode::Guard { container } => Ok(run_guard(&container) as u8),
+        Mode::Guard { container, docker } => {
+            let docker = Docker::with_program_and_env(docker.program, docker.env);
+            Ok(run_guard(&container, &docker) as u8)
+        }
         Mode::List { lock_dir } => detach::list(&lock_dir, &mut io::stdout().lock())
             .map(|()| 0)
             .map_err(|e| (1, format!("--list: {e}"))),
@@ -85,7 +88,7 @@ fn run_container(config: &Config, lock_dir: &Path) -> Result<u8, Failure> {
         }
     };
     let cancel = CancelFlag::default();
-    runner::watch_signals(cancel.clone())
+    run::watch_signals(cancel.clone())
         .map_err(|e| (1, format!("cannot install signal handlers: {e}")))?;
-    Ok(runner::run(config, cancel) as u8)
+    Ok(run::run(config, cancel) as u8)
 }

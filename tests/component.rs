@@ -487,6 +487,11 @@ fn log_collection_failure_is_logged_and_the_logs_table_left_alone() {
     );
     let rec = final_record(&h);
     assert_eq!(rec["state"], "Cancelled");
+    // Issue 7: nothing says Complete, for a record that ends Cancelled.
+    for said in [&*stderr, &h.logs_table("crunch-run")] {
+        assert!(!said.lines().any(|l| l.ends_with(" Complete")), "{said}");
+        assert!(said.lines().any(|l| l.ends_with(" Cancelled")), "{said}");
+    }
     assert!(rec["log"].is_null(), "no bogus log PDH: {rec}");
     assert_eq!(rec["exit_code"], 0, "the exit code is still recorded");
     // The logs table still has everything, and says what went wrong.

@@ -623,7 +623,7 @@ fn missing_container_errors_name_it() {
 
 #[test]
 fn a_missing_docker_program_is_a_spawn_error() {
-    let docker = Docker::with_program("/nonexistent/docker");
+    let docker = Docker::with_program_and_env("/nonexistent/docker", std::env::vars_os());
     let err = docker.server_version().unwrap_err();
     assert!(matches!(err, DockerError::Spawn { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/docker"));
@@ -639,7 +639,9 @@ const GUARD_TEST_NAME: &str = "CRUNCH_RUN_TEST_GUARD_NAME";
 #[test]
 fn guard_child_entry() {
     if let Some(name) = std::env::var_os(GUARD_TEST_NAME) {
-        let code = run_guard(&name.to_string_lossy());
+        let program = std::env::var_os(GUARD_DOCKER_ENV).unwrap();
+        let docker = Docker::with_program_and_env(program, std::env::vars_os());
+        let code = run_guard(&name.to_string_lossy(), &docker);
         std::process::exit(code);
     }
 }

@@ -10,10 +10,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
-use std::time::Duration;
 
 use super::error::DockerError;
-use crate::process::{OwnedChild, widen_pipe};
+use crate::process::{ChildKiller, OwnedChild, widen_pipe};
 
 /// `docker run`, running. Dropping it without waiting kills the client (never the container)
 /// and reaps it.
@@ -67,19 +66,10 @@ impl Attached {
         Ok(status)
     }
 
-    /// Like [`Attached::wait`], giving up after `timeout` (then `Ok(None)`).
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, DockerError> {
-        let status = self.client.wait_timeout(timeout).map_err(wait_failed)?;
-        if status.is_some() {
-            self.env_file = None;
-        }
-        Ok(status)
-    }
-
-    /// Kill the client (for when the container is gone but the client hangs on). The
-    /// container is not affected.
-    pub fn kill_client(&mut self) {
-        self.client.kill();
+    /// What kills the client from another thread, while this one waits (for when the
+    /// container is gone but the client hangs on). The container is not affected.
+    pub fn killer(&self) -> ChildKiller {
+        self.client.killer()
     }
 }
 

@@ -13,7 +13,8 @@
 //! Container names and images are passed after `--` so none can be taken for an option
 //! (`run` is the exception: argv.rs refuses an image that starts with `-`).
 //!
-//! What an error means is error.rs's to tell; what it means for the container, the runner's.
+//! What an error means is error.rs's to tell; what it means for the container, the
+//! lifecycle's (run/).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
@@ -55,24 +56,9 @@ pub struct Docker {
     timeout: Duration,
 }
 
-impl Default for Docker {
-    fn default() -> Docker {
-        Docker::new()
-    }
-}
-
 impl Docker {
-    /// `docker` found on PATH, with crunch-run's environment minus `ARVADOS_*`.
-    pub fn new() -> Docker {
-        Docker::with_program("docker")
-    }
-
-    /// A given docker program (tests use `binstubs/docker`).
-    pub fn with_program(program: impl Into<PathBuf>) -> Docker {
-        Docker::with_program_and_env(program, std::env::vars_os())
-    }
-
-    /// A given program and base environment; `ARVADOS_*` variables are dropped from it.
+    /// `program` (e.g. `docker` on PATH, or tests' `binstubs/docker`), run with `env`
+    /// (crunch-run's environment, as config.rs read it) minus the `ARVADOS_*` variables.
     pub fn with_program_and_env(
         program: impl Into<PathBuf>,
         env: impl IntoIterator<Item = (OsString, OsString)>,
@@ -90,6 +76,11 @@ impl Docker {
 
     pub fn program(&self) -> &Path {
         &self.program
+    }
+
+    /// The environment every docker client gets (no `ARVADOS_*` in it).
+    pub(super) fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
     }
 
     /// `docker version --format '{{.Server.Version}}'`: the engine's version, which also
@@ -319,7 +310,7 @@ impl Docker {
 
 /// Whether `name` is one of crunch-run's `ARVADOS_*` variables, which no docker child (nor
 /// the guard) is given: the dispatcher's token is none of docker's business.
-pub(super) fn is_arvados_variable(name: &OsStr) -> bool {
+fn is_arvados_variable(name: &OsStr) -> bool {
     name.as_encoded_bytes().starts_with(b"ARVADOS_")
 }
 

@@ -4,7 +4,7 @@
 //!
 //! What this module does not decide: what an error means for the container's final state. It
 //! offers [`DockerError::is_engine_down`], [`suggests_broken_node`] and [`classify_start_error`]
-//! so the runner can.
+//! so the lifecycle (run/) can.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! How a container ended, as the engine tells it: `docker inspect`'s `.State`, and the
-//! reading of an exit code. What the ending means for the record is the runner's to decide.
+//! reading of an exit code. What the ending means for the record is the lifecycle's to
+//! decide (run/exit.rs).
 
 use std::fmt;
 

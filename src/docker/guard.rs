@@ -15,7 +15,6 @@
 //! The guard runs in its own process group, so a Ctrl-C at a terminal (which signals
 //! crunch-run's whole group) leaves it alone; it also ignores SIGINT and SIGHUP.
 
-use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -23,7 +22,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::cli::{Docker, is_arvados_variable};
+use super::cli::Docker;
 use crate::process::OwnedChild;
 
 /// The hidden flag the main binary dispatches to [`run_guard`].
@@ -38,7 +37,7 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 const RECHECK_DELAY: Duration = Duration::from_secs(2);
 
 /// A running guard for one container. Dropping it without [`Guard::release`] closes the pipe,
-/// which makes the guard remove the container (so a panic unwinding through the runner also
+/// which makes the guard remove the container (so a panic unwinding through the lifecycle also
 /// cleans up).
 #[derive(Debug)]
 pub struct Guard {
@@ -47,24 +46,21 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Start `<exe> --guard-container <container_name>`, with `docker_program` passed on in
-    /// [`GUARD_DOCKER_ENV`]. `exe` is normally `std::env::current_exe()`.
-    pub fn spawn(exe: &Path, container_name: &str, docker_program: &Path) -> io::Result<Guard> {
-        Guard::spawn_command(Guard::command(exe, container_name, docker_program))
+    /// Start `<exe> --guard-container <container_name>`, with `docker`'s program passed on
+    /// in [`GUARD_DOCKER_ENV`]. `exe` is normally `std::env::current_exe()`.
+    pub fn spawn(exe: &Path, container_name: &str, docker: &Docker) -> io::Result<Guard> {
+        Guard::spawn_command(Guard::command(exe, container_name, docker))
     }
 
-    /// The command [`Guard::spawn`] runs: the guard does not need crunch-run's `ARVADOS_*`
-    /// variables, so they are removed.
-    pub fn command(exe: &Path, container_name: &str, docker_program: &Path) -> Command {
+    /// The command [`Guard::spawn`] runs, in the environment docker clients get: the guard
+    /// does not need crunch-run's `ARVADOS_*` variables either.
+    pub fn command(exe: &Path, container_name: &str, docker: &Docker) -> Command {
         let mut cmd = Command::new(exe);
         cmd.arg(GUARD_FLAG)
             .arg(container_name)
-            .env(GUARD_DOCKER_ENV, docker_program);
-        for (name, _) in std::env::vars_os() {
-            if is_arvados_variable(&name) {
-                cmd.env_remove(name);
-            }
-        }
+            .env_clear()
+            .envs(docker.env().iter().map(|(k, v)| (k, v)))
+            .env(GUARD_DOCKER_ENV, docker.program());
         cmd
     }
 
@@ -130,8 +126,8 @@ impl Drop for Guard {
 }
 
 /// The guard process's whole life; returns its exit status. The main binary calls this when
-/// invoked as `crunch-run --guard-container <name>`.
-pub fn run_guard(name: &str) -> i32 {
+/// invoked as `crunch-run --guard-container <name>`, with the docker CLI crunch-run named.
+pub fn run_guard(name: &str, docker: &Docker) -> i32 {
     ignore_terminal_signals();
     if wait_for_release(io::stdin().lock()) {
         return 0;
@@ -139,8 +135,6 @@ pub fn run_guard(name: &str) -> i32 {
     eprintln!(
         "crunch-run guard: crunch-run exited without releasing container {name}; removing it"
     );
-    let program = std::env::var_os(GUARD_DOCKER_ENV).unwrap_or_else(|| OsString::from("docker"));
-    let docker = Docker::with_program(program);
     if let Err(e) = docker.remove(name) {
         eprintln!("crunch-run guard: {e}");
         return 1;
@@ -268,17 +262,27 @@ mod tests {
 
     #[test]
     fn command_names_the_container_and_docker() {
+        let env = [
+            ("PATH".into(), "/bin".into()),
+            ("ARVADOS_API_TOKEN".into(), "secret".into()),
+        ];
+        let docker = Docker::with_program_and_env("/usr/bin/docker", env);
         let cmd = Guard::command(
             Path::new("/usr/bin/crunch-run"),
             "zzzzz-dz642-000000000000000",
-            Path::new("/usr/bin/docker"),
+            &docker,
         );
         assert_eq!(cmd.get_program(), "/usr/bin/crunch-run");
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args, [GUARD_FLAG, "zzzzz-dz642-000000000000000"]);
-        assert!(
-            cmd.get_envs()
-                .any(|(k, v)| k == GUARD_DOCKER_ENV && v == Some("/usr/bin/docker".as_ref()))
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert_eq!(
+            envs,
+            [
+                (GUARD_DOCKER_ENV.as_ref(), Some("/usr/bin/docker".as_ref())),
+                ("PATH".as_ref(), Some("/bin".as_ref())),
+            ],
+            "the docker clients' environment, without ARVADOS_*"
         );
     }
 }

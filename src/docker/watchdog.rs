@@ -1,7 +1,7 @@
 //! The docker watchdog: while `docker run` is attached, ask the engine every so often
 //! whether the container is still there and running. A hung engine, or a client that hangs
 //! on after its container stopped, would otherwise keep crunch-run waiting for ever; after
-//! `STRIKES_TO_GIVE_UP` failed checks in a row the watchdog gives up, and the runner cancels
+//! `STRIKES_TO_GIVE_UP` failed checks in a row the watchdog gives up, and the lifecycle cancels
 //! the run with the watchdog's reason.
 
 use std::time::Duration;

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::logs_table::{Chunk, LogsTableSink};
 use super::spool::SpoolFile;
 use super::timestamp::{Clock, LinePrefixer, Timestamper};
+use crate::process::read_on;
 use crate::rfc3339::{TIMESTAMP_LEN, format_timestamp_into};
 use crate::store::FileBlocks;
 
@@ -29,9 +30,6 @@ const READ_SIZE: usize = 64 * 1024;
 /// Input timestamped per step: bounds the output of one step (a slice of empty lines
 /// grows 32-fold) so a buffer handed on stays below about 256 KiB.
 const STAMP_SLICE: usize = 8 * 1024;
-/// Read errors in a row after which a copier stops reading. On a pipe, an error other
-/// than EINTR does not go away (EBADF, EFAULT): reading on would only spin.
-pub(super) const MAX_READ_ERRORS: u32 = 8;
 /// Spare buffers kept for reuse; larger ones are freed.
 pub(super) const POOL_SIZE: usize = 32;
 const POOL_MAX_CAPACITY: usize = 512 * 1024;
@@ -89,6 +87,22 @@ impl OpenFile {
         let mut buf = Vec::new();
         stamp_lines(now, text, &mut buf);
         self.write(&buf);
+    }
+
+    /// Spool `text` as lines stamped `now`, without echoing them. Returns where they start
+    /// in the file, and the stamped bytes.
+    pub fn spool_line(&mut self, now: SystemTime, text: &str) -> (u64, Vec<u8>) {
+        let mut buf = Vec::new();
+        stamp_lines(now, text, &mut buf);
+        let offset = self.spool.size();
+        // A write error is kept by the spool file and reported by its finish().
+        let _ = self.spool.write(&buf);
+        (offset, buf)
+    }
+
+    /// The echo, for the lines said after the file closed.
+    pub fn take_echo(&mut self) -> Option<Echo> {
+        self.echo.take()
     }
 }
 
@@ -182,7 +196,7 @@ fn recycle(pool: &Sender<Vec<u8>>, mut buf: Vec<u8>) {
 
 /// `text` as log lines: each `\n`-separated line gets the timestamp `now` (a single
 /// trailing `\n` is ignored).
-fn stamp_lines(now: SystemTime, text: &str, buf: &mut Vec<u8>) {
+pub(super) fn stamp_lines(now: SystemTime, text: &str, buf: &mut Vec<u8>) {
     let mut ts = [b'0'; TIMESTAMP_LEN];
     format_timestamp_into(now, &mut ts);
     let text = text.strip_suffix('\n').unwrap_or(text);
@@ -223,43 +237,22 @@ impl LogStream {
     }
 
     /// Copy `reader` into this stream until EOF, timestamping line starts; after the
-    /// pipeline finished, read on and discard. A read error is logged to `crunch_log` (the
-    /// first one only) and reading goes on: what comes after it is kept, and the writer
-    /// never blocks on a pipe nobody reads. After `MAX_READ_ERRORS` in a row it stops, and
-    /// says so. Returns the number of bytes read.
+    /// pipeline finished, read on and discard. Read errors are process::read_on's: the
+    /// first is logged to `crunch_log` and reading goes on, until too many in a row.
+    /// Returns the number of bytes read.
     pub(super) fn copy(&self, mut reader: Box<dyn Read + Send>, crunch_log: &LogStream) -> u64 {
-        let stream = self.file.event_type.unwrap_or("log");
+        let what = format!("container {}", self.file.event_type.unwrap_or("log"));
         let mut buf = vec![0u8; READ_SIZE];
         let mut stamper = Timestamper::new(Arc::clone(&self.shared.clock));
-        let (mut total, mut open) = (0u64, true);
-        let (mut errors, mut in_a_row) = (0u32, 0u32);
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => return total,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    (errors, in_a_row) = (errors + 1, in_a_row + 1);
-                    if errors == 1 {
-                        crunch_log.line(&format!(
-                            "error reading container {stream}: {e}; reading on"
-                        ));
-                    }
-                    if in_a_row >= MAX_READ_ERRORS {
-                        crunch_log.line(&format!(
-                            "stopped reading container {stream} after {in_a_row} errors in a row: {e}"
-                        ));
-                        return total;
-                    }
-                    continue;
-                }
-            };
-            in_a_row = 0;
-            total += n as u64;
+        let mut open = true;
+        let take = |data: &[u8]| {
             if open {
-                open = self.stamp_and_write(&mut stamper, &buf[..n]);
+                open = self.stamp_and_write(&mut stamper, data);
             }
-        }
+        };
+        read_on(&mut *reader, &mut buf, take, |trouble| {
+            crunch_log.line(&trouble.describe(&what))
+        })
     }
 
     /// Timestamp `data` and write it, in pieces of at most about `READ_SIZE`. False if the

@@ -3,24 +3,21 @@
 //! they then survive crunch-run or its host dying, and the API shows them meanwhile. As in
 //! Go crunch-run, these interim saves carry a trash date two weeks ahead, so a run that dies
 //! leaves nothing for good; the final save (`save_final_logs`) clears it. Lines crunch-run
-//! has to say after the pipeline closed go straight to the logs table (`post_late_log`).
+//! has to say after the pipeline closed are late.rs's.
 //!
 //! It reports what happened to the logs; what that means for the run's outcome is for the
 //! lifecycle to decide.
 
-use std::io;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::{Map, json};
 
 use super::pipeline::{LogSnapshots, LogsFinished};
 use crate::arvados::manifest::single_stream_manifest;
 use crate::config::LogUpdates;
 use crate::redact::Secrets;
-use crate::rfc3339::format_timestamp;
 use crate::store::{ApiStore, FileBlocks, SavedCollection, StoreError};
 
 /// How long an interim log collection outlives a crunch-run that never finished it.
@@ -58,8 +55,8 @@ impl LogCollection {
     }
 
     /// Save what the finished pipeline left as the complete logs. If that fails (a log file
-    /// could not be spooled or stored, or the collection not saved), says why on stderr and
-    /// in the logs table, and returns the same words. The spool directory is left alone
+    /// could not be spooled or stored, or the collection not saved), returns why, naming
+    /// where the files are kept, for the caller to say. The spool directory is left alone
     /// either way: removing it is the caller's call.
     pub fn save_final_logs(
         &self,
@@ -73,25 +70,11 @@ impl LogCollection {
             Err(finished.errors.join("; "))
         };
         saved.map_err(|e| {
-            let msg = format!(
+            format!(
                 "Saving the log collection failed: {e}. The log files are kept on this host in {}",
                 finished.spool_dir.display()
-            );
-            self.post_late_log(&msg, secrets);
-            msg
+            )
         })
-    }
-
-    /// A crunch-run line after the pipeline closed, when crunch-run.txt can no longer take
-    /// it: on stderr, and straight to the logs table with a timestamp of its own.
-    pub fn post_late_log(&self, text: &str, secrets: &Secrets) {
-        let text = secrets.redact(text);
-        let uuid = &self.container_uuid;
-        eprintln!("crunch-run: {uuid}: {text}");
-        let line = format!("{} {text}\n", format_timestamp(SystemTime::now()));
-        if let Err(e) = self.api.create_log(uuid, "crunch-run", &line) {
-            eprintln!("crunch-run: {uuid}: cannot post to the logs table either: {e}");
-        }
     }
 
     fn save(
@@ -121,65 +104,47 @@ impl LogCollection {
     }
 }
 
-/// The thread that makes the interim saves. `stop` ends it.
-pub struct LogUpdater {
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl LogUpdater {
-    /// Save when `updates.bytes` more were logged since the last save, or `updates.period`
-    /// passed and anything was. A failure is said once (through `say`), and so is the
-    /// recovery; the next save is tried at the next such point.
-    pub fn start(
-        updates: LogUpdates,
-        snapshots: LogSnapshots,
-        collection: Arc<LogCollection>,
-        say: impl Fn(&str) + Send + 'static,
-    ) -> io::Result<LogUpdater> {
-        // As often as Go crunch-run looks (period / 360), within reason.
-        let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        let thread = thread::Builder::new()
-            .name("log-updates".into())
-            .spawn(move || {
-                let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
-                let mut failing = false;
-                while stopped.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
-                    let bytes = snapshots.bytes();
-                    let grown = bytes.saturating_sub(saved_bytes);
-                    let due = grown > 0
-                        && ((updates.bytes > 0 && grown >= updates.bytes)
-                            || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
-                    if !due {
-                        continue;
-                    }
-                    (saved_at, saved_bytes) = (Instant::now(), bytes);
-                    let saved = match snapshots.take(PATIENCE) {
-                        Some(files) => collection.save_interim(&files).map_err(|e| e.to_string()),
-                        None => Err("the log blocks were not all stored in time".to_string()),
-                    };
-                    match saved {
-                        Ok(_) if failing => {
-                            say("Saving the logs so far works again");
-                            failing = false;
-                        }
-                        Ok(_) => {}
-                        Err(e) if !failing => {
-                            say(&format!("Warning: cannot save the logs so far: {e}"));
-                            failing = true;
-                        }
-                        Err(_) => {}
-                    }
-                }
-            })?;
-        Ok(LogUpdater { stop, thread })
-    }
-
-    /// Stop, after the save under way if any.
-    pub fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
+/// Make the interim saves, until `stop` disconnects (the lifecycle runs this on a helper
+/// thread of its own): save when `updates.bytes` more were logged since the last save, or
+/// `updates.period` passed and anything was. A failure is said once (through `say`), and so
+/// is the recovery; the next save is tried at the next such point.
+pub fn save_while_running(
+    updates: LogUpdates,
+    snapshots: &LogSnapshots,
+    collection: &LogCollection,
+    say: impl Fn(&str),
+    stop: &Receiver<()>,
+) {
+    // As often as Go crunch-run looks (period / 360), within reason.
+    let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
+    let mut failing = false;
+    while stop.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
+        let bytes = snapshots.bytes();
+        let grown = bytes.saturating_sub(saved_bytes);
+        let due = grown > 0
+            && ((updates.bytes > 0 && grown >= updates.bytes)
+                || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
+        if !due {
+            continue;
+        }
+        (saved_at, saved_bytes) = (Instant::now(), bytes);
+        let saved = match snapshots.take(PATIENCE) {
+            Some(files) => collection.save_interim(&files).map_err(|e| e.to_string()),
+            None => Err("the log blocks were not all stored in time".to_string()),
+        };
+        match saved {
+            Ok(_) if failing => {
+                say("Saving the logs so far works again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                say(&format!("Warning: cannot save the logs so far: {e}"));
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -275,26 +240,9 @@ mod tests {
             store.collections.lock().unwrap().is_empty(),
             "nothing saved"
         );
-        let posted = store.texts("crunch-run");
-        assert_eq!(posted.len(), 1);
-        let (ts, text) = posted[0].split_once(' ').unwrap();
-        assert_eq!(ts.len(), crate::rfc3339::TIMESTAMP_LEN);
-        assert_eq!(text, format!("{err}\n"));
-    }
-
-    #[test]
-    fn a_late_log_line_is_redacted() {
-        let (store, collection) = setup();
-        let mut secrets = Secrets::new();
-        secrets.add("v2/zzzzz-gj3su-000000000000000/secret-token");
-        collection.post_late_log(
-            "removing failed: v2/zzzzz-gj3su-000000000000000/secret-token",
-            &secrets,
-        );
-        let posted = store.texts("crunch-run").concat();
         assert!(
-            posted.ends_with(" removing failed: [REDACTED]\n"),
-            "{posted}"
+            store.logs.lock().unwrap().is_empty(),
+            "saying it is the caller's"
         );
     }
 

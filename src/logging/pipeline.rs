@@ -30,8 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::files::{Closed, Echo, LogFile, OpenFile, POOL_SIZE, Shared, check_file_name, lock};
+use super::files::{
+    Closed, Echo, LogFile, OpenFile, POOL_SIZE, Shared, check_file_name, lock, stamp_lines,
+};
 pub use super::files::{CrunchLog, LogSnapshots, LogStream};
+use super::late::{LastLine, LateLog};
 use super::logs_table::{LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
 use super::timestamp::{Clock, LinePrefixer};
@@ -79,6 +82,9 @@ pub struct LogPipeline {
     shared: Arc<Shared>,
     crunch_run: Arc<LogFile>,
     spooler: Spooler,
+    container_uuid: String,
+    /// For the lines said after the pipeline closed (late.rs).
+    logs_table: Option<Arc<dyn ApiStore>>,
 }
 
 /// Creates the spool files of the log collection; their full blocks go to `uploader`.
@@ -126,7 +132,7 @@ impl LogPipeline {
     }
 
     /// `start`, echoing the crunch-run stream to `echo` instead of stderr.
-    fn start_with_echo(
+    pub(crate) fn start_with_echo(
         cfg: LogPipelineConfig,
         blocks: Arc<dyn BlockStore>,
         echo: Option<Box<dyn Write + Send>>,
@@ -192,6 +198,8 @@ impl LogPipeline {
             }),
             crunch_run,
             spooler,
+            container_uuid: cfg.container_uuid,
+            logs_table: cfg.logs_table,
         })
     }
 
@@ -291,6 +299,46 @@ impl LogPipeline {
 
     /// `finish`, waiting at most `logs_table_wait` for the logs table.
     pub fn finish_with_timeout(mut self, logs_table_wait: Duration) -> LogsFinished {
+        let files = self.close_streams(logs_table_wait);
+        self.finish_files(files)
+    }
+
+    /// `finish`, with `line` (the final state) as the last line of crunch-run.txt: spooled,
+    /// so the saved log collection has it, but held back from stderr and the logs table
+    /// until the returned `LastLine` is confirmed or corrected (see late.rs).
+    pub fn finish_with_last_line(mut self, line: &str) -> (LogsFinished, LastLine) {
+        let mut files = self.close_streams(DEFAULT_LOGS_TABLE_WAIT);
+        let now = self.shared.clock.now();
+        let crunch_run = files
+            .iter_mut()
+            .find(|(name, _)| name == CRUNCH_RUN_FILE)
+            .and_then(|(_, open)| open.as_mut());
+        let (offset, stamped, echo) = match crunch_run {
+            Some(file) => {
+                let (offset, stamped) = file.spool_line(now, line);
+                (offset, stamped, file.take_echo())
+            }
+            // Cannot happen: crunch-run.txt is open until here.
+            None => {
+                let mut stamped = Vec::new();
+                stamp_lines(now, line, &mut stamped);
+                (0, stamped, None)
+            }
+        };
+        let late = LateLog::new(
+            self.container_uuid.clone(),
+            echo,
+            self.logs_table.take(),
+            Arc::clone(&self.shared.clock),
+        );
+        let path = self.spooler.dir.join(CRUNCH_RUN_FILE);
+        let finished = self.finish_files(files);
+        (finished, LastLine::new(late, path, offset, stamped))
+    }
+
+    /// Close the streams and the logs table; say in crunch-run.txt what the logs table
+    /// lacks, if anything. Returns the files, still to be finished.
+    fn close_streams(&mut self, logs_table_wait: Duration) -> Vec<(String, Option<OpenFile>)> {
         let Closed { mut files, sink } = self.shared.close();
         if let Some(sink) = sink {
             let report = sink.close(Instant::now() + logs_table_wait);
@@ -303,6 +351,11 @@ impl LogPipeline {
                 file.write_line(self.shared.clock.now(), &note);
             }
         }
+        files
+    }
+
+    /// Finish every spool file, then the uploads.
+    fn finish_files(&mut self, files: Vec<(String, Option<OpenFile>)>) -> LogsFinished {
         let mut finished = LogsFinished {
             files: Vec::with_capacity(files.len()),
             errors: Vec::new(),
@@ -418,12 +471,12 @@ impl Drop for LogPipeline {
 
 #[cfg(test)]
 mod tests {
-    use super::super::files::MAX_READ_ERRORS;
     use super::*;
     use crate::logging::test_clock::TestClock;
+    use crate::process::MAX_READ_ERRORS;
     use crate::rfc3339::format_timestamp;
     use crate::store::memory::MemoryStore;
-    use std::sync::Mutex;
+    use crate::test_io::{Scripted, SharedBuf};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     const UUID: &str = "zzzzz-dz642-xxxxxxxxxxxxxxx";
@@ -910,52 +963,86 @@ mod tests {
         p.finish();
     }
 
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-    impl Write for SharedBuf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
+    /// A pipeline echoing into a buffer, with `logs_table` or not.
+    fn echoing(s: &Setup, logs_table: bool) -> (LogPipeline, SharedBuf) {
+        let echoed = SharedBuf::default();
+        let mut cfg = s.config();
+        if !logs_table {
+            cfg.logs_table = None;
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        let echo = Box::new(echoed.clone());
+        let p = LogPipeline::start_with_echo(cfg, s.store.clone(), Some(echo)).unwrap();
+        (p, echoed)
     }
 
     #[test]
     fn crunch_run_stream_is_echoed_with_the_container_uuid() {
         let s = Setup::new(MemoryStore::new());
-        let echoed = Arc::new(Mutex::new(Vec::new()));
-        let p = LogPipeline::start_with_echo(
-            s.config(),
-            s.store.clone(),
-            Some(Box::new(SharedBuf(echoed.clone()))),
-        )
-        .unwrap();
+        let (p, echoed) = echoing(&s, true);
         p.crunch_log().line("starting");
         let h = p
             .spawn_copier("stdout", Box::new(&b"not echoed\n"[..]))
             .unwrap();
         h.join().unwrap().unwrap();
         p.finish();
+        assert_eq!(echoed.text(), format!("{UUID} {} starting\n", ts()));
+    }
+
+    #[test]
+    fn the_last_line_is_spooled_but_said_only_once_confirmed() {
+        let s = Setup::new(MemoryStore::new());
+        let (p, echoed) = echoing(&s, true);
+        p.crunch_log().line("hello");
+        let (done, last) = p.finish_with_last_line("Complete");
+        let ts = ts();
         assert_eq!(
-            String::from_utf8(echoed.lock().unwrap().clone()).unwrap(),
-            format!("{UUID} {} starting\n", ts())
+            String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap(),
+            format!("{ts} hello\n{ts} Complete\n"),
+            "the saved collection has it"
+        );
+        assert_eq!(echoed.text(), format!("{UUID} {ts} hello\n"));
+        assert_eq!(s.store.texts("crunch-run"), [format!("{ts} hello\n")]);
+        let mut late = last.confirm();
+        assert_eq!(
+            echoed.text(),
+            format!("{UUID} {ts} hello\n{UUID} {ts} Complete\n")
+        );
+        assert_eq!(s.store.texts("crunch-run")[1], format!("{ts} Complete\n"));
+        late.line("after");
+        assert_eq!(s.store.texts("crunch-run")[2], format!("{ts} after\n"));
+        assert!(echoed.text().ends_with(&format!("{UUID} {ts} after\n")));
+    }
+
+    #[test]
+    fn a_corrected_last_line_is_replaced_on_disk_and_said_instead() {
+        let s = Setup::new(MemoryStore::new());
+        let (p, echoed) = echoing(&s, true);
+        p.crunch_log().line("hello");
+        let (done, last) = p.finish_with_last_line("Complete");
+        last.correct("the save failed\nCancelled");
+        let ts = ts();
+        let true_lines = format!("{ts} the save failed\n{ts} Cancelled\n");
+        let kept = std::fs::read_to_string(done.spool_dir.join("crunch-run.txt")).unwrap();
+        assert_eq!(kept, format!("{ts} hello\n{true_lines}"));
+        assert_eq!(s.store.texts("crunch-run")[1], true_lines);
+        assert_eq!(
+            echoed.text(),
+            format!("{UUID} {ts} hello\n{UUID} {ts} the save failed\n{UUID} {ts} Cancelled\n")
         );
     }
 
-    /// Reads out `script` step by step: bytes, or an error.
-    struct Scripted(std::collections::VecDeque<Result<&'static [u8], &'static str>>);
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.pop_front() {
-                None => Ok(0),
-                Some(Ok(bytes)) => {
-                    buf[..bytes.len()].copy_from_slice(bytes);
-                    Ok(bytes.len())
-                }
-                Some(Err(e)) => Err(io::Error::other(e)),
-            }
-        }
+    #[test]
+    fn without_a_logs_table_late_lines_go_to_stderr_only() {
+        let s = Setup::new(MemoryStore::new());
+        let (p, echoed) = echoing(&s, false);
+        let (_, last) = p.finish_with_last_line("Complete");
+        last.confirm().line("removing failed");
+        assert!(s.store.logs.lock().unwrap().is_empty());
+        let ts = ts();
+        assert_eq!(
+            echoed.text(),
+            format!("{UUID} {ts} Complete\n{UUID} {ts} removing failed\n")
+        );
     }
 
     #[test]
@@ -970,7 +1057,7 @@ mod tests {
             Ok(b"end\n"),
         ];
         let h = p
-            .spawn_copier("stdout", Box::new(Scripted(script.into())))
+            .spawn_copier("stdout", Box::new(Scripted::new(script)))
             .unwrap();
         // Logged here, so not returned: the caller would log it a second time.
         assert_eq!(h.join().unwrap().unwrap(), 17);
@@ -995,7 +1082,7 @@ mod tests {
         script.extend(std::iter::repeat_n(Err("bad fd"), 100));
         script.push(Ok(b"never read\n"));
         let h = p
-            .spawn_copier("stderr", Box::new(Scripted(script.into())))
+            .spawn_copier("stderr", Box::new(Scripted::new(script)))
             .unwrap();
         assert_eq!(h.join().unwrap().unwrap(), 5);
         let done = p.finish();

@@ -53,6 +53,8 @@ pub struct MemoryStore {
     pub lie: Mutex<Option<Vec<u8>>>,
     /// Every block put and get first sleeps this long (a store far away).
     pub block_delay: Mutex<Option<Duration>>,
+    /// Saving a collection whose name starts with one of these fails.
+    pub fail_collections: Mutex<Vec<String>>,
     next_uuid: AtomicUsize,
 }
 
@@ -123,7 +125,21 @@ impl MemoryStore {
         self.gets.load(Ordering::SeqCst)
     }
 
-    fn save(&self, collection: MemCollection) -> SavedCollection {
+    /// The injected failure for saving collection `name`, if armed.
+    fn refuse(&self, name: &str) -> Result<(), StoreError> {
+        let fail = self.fail_collections.lock().unwrap();
+        match fail.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+            true => Err(StoreError::Rejected {
+                what: format!("save collection {name:?}"),
+                status: 500,
+                message: "injected".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    fn save(&self, collection: MemCollection) -> Result<SavedCollection, StoreError> {
+        self.refuse(&collection.name)?;
         let n = self.next_uuid.fetch_add(1, Ordering::SeqCst);
         let uuid = format!("zzzzz-4zz18-{n:015}");
         let pdh = portable_data_hash(&collection.manifest_text);
@@ -131,10 +147,10 @@ impl MemoryStore {
             .lock()
             .unwrap()
             .insert(uuid.clone(), collection);
-        SavedCollection {
+        Ok(SavedCollection {
             uuid,
             portable_data_hash: pdh,
-        }
+        })
     }
 }
 
@@ -186,12 +202,12 @@ impl ApiStore for MemoryStore {
         name: &str,
         manifest_text: &str,
     ) -> Result<SavedCollection, StoreError> {
-        Ok(self.save(MemCollection {
+        self.save(MemCollection {
             name: name.to_string(),
             manifest_text: manifest_text.to_string(),
             trash_at: None,
             output: false,
-        }))
+        })
     }
 
     fn create_log(&self, uuid: &str, event_type: &str, text: &str) -> Result<(), StoreError> {
@@ -218,12 +234,12 @@ impl ApiStore for MemoryStore {
         manifest_text: &str,
         trash_at: SystemTime,
     ) -> Result<SavedCollection, StoreError> {
-        Ok(self.save(MemCollection {
+        self.save(MemCollection {
             name: name.to_string(),
             manifest_text: manifest_text.to_string(),
             trash_at: Some(trash_at),
             output: false,
-        }))
+        })
     }
 
     fn update_collection(
@@ -236,6 +252,7 @@ impl ApiStore for MemoryStore {
         let c = collections
             .get_mut(uuid)
             .ok_or_else(|| not_found(format!("PUT collections/{uuid}")))?;
+        self.refuse(&c.name)?;
         c.manifest_text = manifest_text.to_string();
         c.trash_at = trash_at;
         Ok(SavedCollection {
@@ -249,12 +266,12 @@ impl ApiStore for MemoryStore {
         name: &str,
         manifest_text: &str,
     ) -> Result<SavedCollection, StoreError> {
-        Ok(self.save(MemCollection {
+        self.save(MemCollection {
             name: name.to_string(),
             manifest_text: manifest_text.to_string(),
             trash_at: None,
             output: true,
-        }))
+        })
     }
 }
 

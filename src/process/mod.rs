@@ -1,5 +1,6 @@
 //! Owning a child process: waiting for it with a deadline, killing it with whatever it
-//! started, always reaping it, and draining its pipes so it can never block on them.
+//! started, always reaping it, and draining its pipes so it can never block on them
+//! (reading pipes is pipes.rs's).
 //!
 //! Nothing here knows about docker (the docker CLI is one user, the guard another). The
 //! shapes follow ripgrep's `CommandReader` and duct: both pipes are drained on threads, a wait
@@ -10,32 +11,82 @@
 //! The one invariant that makes killing safe: an [`OwnedChild`] is the only waiter of its
 //! process, so while it has not seen the exit the pid cannot have been reaped and reused.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin, ExitStatus};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+mod pipes;
+
+use pipes::{Keep, drain, trimmed_text};
+pub use pipes::{MAX_READ_ERRORS, ReadTrouble, Tail, TailReader, read_on, widen_pipe};
 
 /// How much of a short command's stderr is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 4096;
 /// How much of a short command's stdout is kept (ids, versions, one JSON object…).
 const STDOUT_HEAD_BYTES: usize = 1 << 20;
-/// Room in a widened pipe. The default 64 KiB makes a writer stop whenever our reader is
-/// busy with a chunk; with 1 MiB (the usual unprivileged maximum) it can write ahead, and we
-/// read more per wake-up (measured in b54fa12).
-const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// A child that is always reaped, by a wait or by `Drop` (which kills it and its process
 /// group first). Waits sleep on a pidfd of the child, so an exit is noticed at once; where
-/// pidfds are missing (Linux < 5.3), a bounded wait polls with a growing pause instead.
+/// pidfds are missing (Linux < 5.3), a wait polls with a growing pause instead.
+///
+/// Another thread may kill it while this one waits, through a [`ChildKiller`]: reaping
+/// and killing take the same lock, so a kill never reaches a pid that was reaped (and
+/// maybe reused), as shared_child does with `waitid(WNOWAIT)`.
 #[derive(Debug)]
 pub struct OwnedChild {
-    child: Child,
-    status: Option<ExitStatus>,
+    cell: Arc<ChildCell>,
+}
+
+#[derive(Debug)]
+struct ChildCell {
+    state: Mutex<ChildState>,
     /// Readable once the child has exited; opened while the child is surely unreaped.
     exit_notice: Option<OwnedFd>,
+}
+
+#[derive(Debug)]
+struct ChildState {
+    child: Child,
+    /// Set when the child is reaped: from then on, its pid is not ours.
+    status: Option<ExitStatus>,
+}
+
+impl ChildCell {
+    fn lock(&self) -> MutexGuard<'_, ChildState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// SIGKILL the child and its process group, unless it has already been reaped.
+    fn kill(&self) {
+        let mut state = self.lock();
+        if state.status.is_none() {
+            kill_group(&mut state.child);
+        }
+    }
+
+    /// Reap the child if it has exited.
+    fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        let mut state = self.lock();
+        if state.status.is_none() {
+            state.status = state.child.try_wait()?;
+        }
+        Ok(state.status)
+    }
+}
+
+/// Kills an [`OwnedChild`] (and its process group) from any thread; after the child was
+/// reaped, does nothing.
+#[derive(Debug, Clone)]
+pub struct ChildKiller(Arc<ChildCell>);
+
+impl ChildKiller {
+    pub fn kill(&self) {
+        self.0.kill();
+    }
 }
 
 impl OwnedChild {
@@ -43,44 +94,47 @@ impl OwnedChild {
     /// who should take them first.
     pub fn new(child: Child) -> OwnedChild {
         OwnedChild {
-            exit_notice: pidfd_open(child.id()),
-            child,
-            status: None,
+            cell: Arc::new(ChildCell {
+                exit_notice: pidfd_open(child.id()),
+                state: Mutex::new(ChildState {
+                    child,
+                    status: None,
+                }),
+            }),
         }
     }
 
     /// Wait for the child to exit.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.status {
-            return Ok(status);
+        loop {
+            if let Some(status) = wait_until(&self.cell, None)? {
+                return Ok(status);
+            }
         }
-        let status = self.child.wait()?;
-        self.status = Some(status);
-        Ok(status)
     }
 
     /// Like [`OwnedChild::wait`], giving up after `timeout` (then `Ok(None)`).
     pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            let deadline = Instant::now() + timeout;
-            self.status = wait_until(&mut self.child, deadline, self.exit_notice.as_ref())?;
-        }
-        Ok(self.status)
+        wait_until(&self.cell, Some(Instant::now() + timeout))
     }
 
     /// SIGKILL the child and its process group, unless it has already been reaped.
     pub fn kill(&mut self) {
-        if self.status.is_none() {
-            kill_group(&mut self.child);
-        }
+        self.cell.kill();
+    }
+
+    /// A handle that kills the child from another thread.
+    pub fn killer(&self) -> ChildKiller {
+        ChildKiller(Arc::clone(&self.cell))
     }
 }
 
 impl Drop for OwnedChild {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            kill_group(&mut self.child);
-            let _ = self.child.wait();
+        let mut state = self.cell.lock();
+        if state.status.is_none() {
+            kill_group(&mut state.child);
+            state.status = state.child.wait().ok();
         }
     }
 }
@@ -203,27 +257,27 @@ fn kill_group(child: &mut Child) {
     let _ = child.kill();
 }
 
-/// `Ok(None)` if `deadline` passed first. Sleeps on `exit_notice` (the child's pidfd) if
-/// there is one, else polls with a growing pause. No waiter thread: nothing races with
-/// `kill_group`, and the child is reaped only here or by `Child::wait`.
-fn wait_until(
-    child: &mut Child,
-    deadline: Instant,
-    exit_notice: Option<&OwnedFd>,
-) -> io::Result<Option<ExitStatus>> {
+/// `Ok(None)` if `deadline` passed first. Sleeps on the child's pidfd if there is one, else
+/// polls with a growing pause; the lock is taken only to reap, never while sleeping, so a
+/// `ChildKiller` is never kept waiting. No waiter thread: the child is reaped only here or
+/// by `Drop`.
+fn wait_until(cell: &ChildCell, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
     let mut pause = Duration::from_millis(1);
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = cell.try_reap()? {
             return Ok(Some(status));
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        match exit_notice {
-            Some(fd) => poll_readable(fd, deadline - now)?,
+        let left = match deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(None),
+            },
+            None => None,
+        };
+        match &cell.exit_notice {
+            Some(fd) => poll_readable(fd, left)?,
             None => {
-                thread::sleep(pause.min(deadline - now));
+                thread::sleep(left.map_or(pause, |left| pause.min(left)));
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
         }
@@ -240,16 +294,17 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Wait until `fd` is readable or `timeout` passed (a signal may end the wait early).
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+/// Wait until `fd` is readable or `timeout` (if any) passed; a signal may end the wait early.
+fn poll_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<()> {
     let mut pollfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    // Rounded up, so the deadline is never missed by a poll that returns early.
-    let millis =
-        libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+    // Rounded up, so the deadline is never missed by a poll that returns early; -1: none.
+    let millis = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+    });
     // SAFETY: one valid pollfd for the duration of the call.
     if unsafe { libc::poll(&mut pollfd, 1, millis) } < 0 {
         let e = io::Error::last_os_error();
@@ -258,126 +313,6 @@ fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Enlarge a pipe to 1 MiB if the system allows; it is only a speed-up.
-pub fn widen_pipe(pipe: &impl AsRawFd) {
-    // SAFETY: fcntl on a descriptor the caller owns; F_SETPIPE_SZ changes nothing if it fails.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
-    }
-}
-
-/// Which part of a stream to keep while draining all of it.
-#[derive(Clone, Copy)]
-enum Keep {
-    Head(usize),
-    Tail(usize),
-}
-
-/// Read `r` to EOF on a new thread, keeping only the part `keep` says.
-fn drain<R: Read + Send + 'static>(mut r: R, keep: Keep) -> io::Result<JoinHandle<Vec<u8>>> {
-    thread::Builder::new()
-        .name("child-pipe".into())
-        .spawn(move || {
-            let mut head = Vec::new();
-            let mut tail = TailBuffer::new(match keep {
-                Keep::Tail(limit) => limit,
-                Keep::Head(_) => 0,
-            });
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                match keep {
-                    Keep::Head(limit) => {
-                        let room = limit.saturating_sub(head.len());
-                        head.extend_from_slice(&buf[..n.min(room)]);
-                    }
-                    Keep::Tail(_) => tail.push(&buf[..n]),
-                }
-            }
-            match keep {
-                Keep::Head(_) => head,
-                Keep::Tail(_) => tail.bytes().to_vec(),
-            }
-        })
-}
-
-/// The last `limit` bytes of a stream, kept while all of it goes by.
-#[derive(Debug, Default)]
-struct TailBuffer {
-    kept: Vec<u8>,
-    limit: usize,
-}
-
-impl TailBuffer {
-    fn new(limit: usize) -> TailBuffer {
-        TailBuffer {
-            kept: Vec::new(),
-            limit,
-        }
-    }
-
-    fn push(&mut self, fresh: &[u8]) {
-        self.kept.extend_from_slice(fresh);
-        // Trim only now and then, so the cost stays linear.
-        if self.kept.len() > 2 * self.limit {
-            self.kept.drain(..self.kept.len() - self.limit);
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.kept[self.kept.len().saturating_sub(self.limit)..]
-    }
-}
-
-/// The shared end of a [`TailReader`]: read the tail after the reader is done.
-#[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<TailBuffer>>);
-
-impl Tail {
-    /// The kept bytes, lossily decoded and trimmed.
-    pub fn text(&self) -> String {
-        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        trimmed_text(tail.bytes())
-    }
-}
-
-/// A reader that passes everything through and keeps the last few bytes, e.g. of a stream
-/// where a child's own error messages follow what it relayed.
-pub struct TailReader<R> {
-    inner: R,
-    tail: Tail,
-}
-
-impl<R: Read> TailReader<R> {
-    /// Wrap `inner`, keeping its last `keep` bytes in the returned `Tail`.
-    pub fn new(inner: R, keep: usize) -> (TailReader<R>, Tail) {
-        let tail = Tail(Arc::new(Mutex::new(TailBuffer::new(keep))));
-        let reader = TailReader {
-            inner,
-            tail: tail.clone(),
-        };
-        (reader, tail)
-    }
-}
-
-impl<R: Read> Read for TailReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut tail = self.tail.0.lock().unwrap_or_else(|e| e.into_inner());
-        tail.push(&buf[..n]);
-        Ok(n)
-    }
-}
-
-fn trimmed_text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim().to_string()
 }
 
 /// `exit status 1`, `killed by signal 9 (SIGKILL)`.
@@ -454,6 +389,24 @@ mod tests {
     }
 
     #[test]
+    fn a_killer_on_another_thread_ends_a_wait_and_does_nothing_after_it() {
+        let mut child = OwnedChild::new(sh("sleep 60; true").process_group(0).spawn().unwrap());
+        let killer = child.killer();
+        let started = Instant::now();
+        let killing = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            killer.kill();
+        });
+        // A wait without a deadline, woken by the exit alone.
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        killing.join().unwrap();
+        // Reaped: the pid is no longer ours to signal.
+        child.killer().kill();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
     fn dropping_kills_and_reaps_the_whole_group() {
         // `; true` keeps sh from exec'ing: `sleep` is a grandchild holding the pipe.
         let mut child = sh("sleep 60; true")
@@ -507,47 +460,6 @@ mod tests {
             WaitError::TimedOut { stderr, .. } => assert_eq!(stderr, "stuck"),
             other => panic!("{other}"),
         }
-    }
-
-    #[test]
-    fn drain_keeps_head_or_tail() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let head = drain(io::Cursor::new(data.clone()), Keep::Head(10))
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(head, data[..10]);
-        let tail = drain(io::Cursor::new(data.clone()), Keep::Tail(4096))
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(tail, data[data.len() - 4096..]);
-    }
-
-    #[test]
-    fn tail_reader_keeps_only_the_last_bytes_and_passes_all_through() {
-        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-        let (mut reader, tail) = TailReader::new(io::Cursor::new(data.clone()), 100);
-        let mut out = Vec::new();
-        let mut small = [0u8; 7];
-        loop {
-            let n = reader.read(&mut small).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&small[..n]);
-        }
-        assert_eq!(out, data);
-        let kept = tail.0.lock().unwrap().bytes().to_vec();
-        assert_eq!(kept, &data[data.len() - 100..]);
-    }
-
-    #[test]
-    fn tail_text_is_trimmed() {
-        let (mut reader, tail) =
-            TailReader::new(io::Cursor::new(b"docker: Error: x\n".to_vec()), 64);
-        io::copy(&mut reader, &mut io::sink()).unwrap();
-        assert_eq!(tail.text(), "docker: Error: x");
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! crunch-run's own lines once the pipeline has closed: its last line, and anything it has
+//! to say after that.
+//!
+//! The last line of crunch-run.txt (the final state) must be in the saved log collection,
+//! so it is spooled before the save; but whether it is true is known only after the save
+//! (a failed save changes the state). So `LogPipeline::finish_with_last_line` spools it
+//! without echoing it or posting it, and hands back a [`LastLine`]: `confirm` says it on
+//! stderr and in the logs table; `correct` replaces it in the spooled crunch-run.txt (the
+//! copy kept on disk when the save failed) with the true lines, and says those instead.
+//! No place then shows a line the run took back.
+//!
+//! After that, [`LateLog`] says lines on stderr and in the logs table only (crunch-run.txt
+//! is saved or kept by then), with the echo's format and the pipeline's logs-table
+//! setting: with `--no-logs-table`, nothing is posted.
+
+use std::fs::OpenOptions;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::files::{Echo, stamp_lines};
+use super::timestamp::Clock;
+use crate::store::ApiStore;
+
+/// crunch-run's lines after the pipeline closed: to stderr (if the pipeline echoed) and to
+/// the logs table (if it had one).
+pub struct LateLog {
+    container_uuid: String,
+    echo: Option<Echo>,
+    logs_table: Option<Arc<dyn ApiStore>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl LateLog {
+    pub(super) fn new(
+        container_uuid: String,
+        echo: Option<Echo>,
+        logs_table: Option<Arc<dyn ApiStore>>,
+        clock: Arc<dyn Clock>,
+    ) -> LateLog {
+        LateLog {
+            container_uuid,
+            echo,
+            logs_table,
+            clock,
+        }
+    }
+
+    /// Say `text`, each line timestamped now. Never fails: a logs-table post that fails
+    /// is said on stderr.
+    pub fn line(&mut self, text: &str) {
+        let mut stamped = Vec::new();
+        stamp_lines(self.clock.now(), text, &mut stamped);
+        self.say(&stamped);
+    }
+
+    /// Say lines already stamped.
+    fn say(&mut self, stamped: &[u8]) {
+        self.echo(stamped);
+        let Some(table) = &self.logs_table else {
+            return;
+        };
+        let text = String::from_utf8_lossy(stamped);
+        if let Err(e) = table.create_log(&self.container_uuid, "crunch-run", &text) {
+            let mut failed = Vec::new();
+            let msg = format!("cannot post to the logs table: {e}");
+            stamp_lines(self.clock.now(), &msg, &mut failed);
+            self.echo(&failed);
+        }
+    }
+
+    fn echo(&mut self, stamped: &[u8]) {
+        if let Some((w, prefixer, buf)) = &mut self.echo {
+            buf.clear();
+            prefixer.prefix(stamped, buf);
+            let _ = w.write_all(buf).and_then(|()| w.flush());
+        }
+    }
+}
+
+/// The last line of crunch-run.txt, spooled but not yet said anywhere else.
+pub struct LastLine {
+    late: LateLog,
+    /// The spooled crunch-run.txt, and where the line starts in it.
+    file: PathBuf,
+    offset: u64,
+    stamped: Vec<u8>,
+}
+
+impl LastLine {
+    pub(super) fn new(late: LateLog, file: PathBuf, offset: u64, stamped: Vec<u8>) -> LastLine {
+        LastLine {
+            late,
+            file,
+            offset,
+            stamped,
+        }
+    }
+
+    /// The line was true: say it. Returns the late log for what comes after.
+    pub fn confirm(mut self) -> LateLog {
+        self.late.say(&self.stamped);
+        self.late
+    }
+
+    /// The line was not true: replace it in the spooled crunch-run.txt with `text` (its
+    /// lines timestamped now), and say `text` instead. A failure to rewrite the file is
+    /// said too. Returns the late log for what comes after.
+    pub fn correct(mut self, text: &str) -> LateLog {
+        let mut stamped = Vec::new();
+        stamp_lines(self.late.clock.now(), text, &mut stamped);
+        if let Err(e) = self.rewrite(&stamped) {
+            let file = self.file.display();
+            stamped.clear();
+            let msg = format!("{text}\nWarning: cannot correct the last line of {file}: {e}");
+            stamp_lines(self.late.clock.now(), &msg, &mut stamped);
+        }
+        self.late.say(&stamped);
+        self.late
+    }
+
+    fn rewrite(&self, stamped: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new().write(true).open(&self.file)?;
+        file.set_len(self.offset)?;
+        file.seek(SeekFrom::Start(self.offset))?;
+        file.write_all(stamped)
+    }
+}

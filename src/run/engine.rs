@@ -1,0 +1,126 @@
+//! What the lifecycle asks of a container engine, and nothing more: the Go crunch-run's
+//! `containerExecutor`, cut to the calls run/ makes. `Docker` (the docker CLI) is the one
+//! production engine; `StubEngine` (tests only, run/stub_engine.rs) scripts one, so the
+//! whole lifecycle can be unit-tested without a process.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use crate::docker::{
+    Attached, ContainerSpec, ContainerState, Docker, DockerError, Guard, LoadOutput,
+};
+
+/// A container engine, shared by the threads of one run.
+pub trait Engine: Send + Sync {
+    /// The engine's version (asked only to diagnose a failure).
+    fn server_version(&self) -> Result<String, DockerError>;
+    /// The id of `image` if the engine has it.
+    fn image_id(&self, image: &str) -> Result<Option<String>, DockerError>;
+    /// Load an image tar, which `feed` writes.
+    fn load_image(
+        &self,
+        feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<LoadOutput, DockerError>;
+    /// Create and start the container of `spec`, attached: its streams come through the
+    /// returned client. Scratch files (an env file) may go into `scratch_dir`.
+    fn run_attached(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+    ) -> Result<Box<dyn Client>, DockerError>;
+    /// The container's state.
+    fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError>;
+    /// Wait for the container to stop; its exit code.
+    fn wait(&self, name: &str) -> Result<i64, DockerError>;
+    /// Kill and remove the container; one that is gone already is success.
+    fn remove(&self, name: &str) -> Result<(), DockerError>;
+    /// Start what removes the container `name` if crunch-run dies; `None` for an engine
+    /// that needs none.
+    fn guard(&self, name: &str) -> io::Result<Option<Guard>>;
+}
+
+/// The attached client of a running container. Its exit status is the client's: the
+/// container's is the engine's to tell (`Engine::inspect_state`).
+pub trait Client: Send {
+    /// The container's stdin, when the spec asked for one. Drop it to send EOF.
+    fn take_stdin(&mut self) -> Option<Box<dyn Write + Send>>;
+    /// The container's stdout. `None` after the first call.
+    fn take_stdout(&mut self) -> Option<Box<dyn Read + Send>>;
+    /// The container's stderr, then the client's own errors. `None` after the first call.
+    fn take_stderr(&mut self) -> Option<Box<dyn Read + Send>>;
+    /// Wait for the client to exit.
+    fn wait(&mut self) -> Result<ExitStatus, DockerError>;
+    /// What kills the client (never the container) from another thread while one waits;
+    /// once the client has exited, it does nothing.
+    fn killer(&self) -> KillClient;
+}
+
+/// Kills one client; see [`Client::killer`].
+pub type KillClient = Arc<dyn Fn() + Send + Sync>;
+
+impl Engine for Docker {
+    fn server_version(&self) -> Result<String, DockerError> {
+        Docker::server_version(self)
+    }
+
+    fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
+        Docker::image_id(self, image)
+    }
+
+    fn load_image(
+        &self,
+        feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<LoadOutput, DockerError> {
+        Docker::load_image(self, feed)
+    }
+
+    fn run_attached(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+    ) -> Result<Box<dyn Client>, DockerError> {
+        Ok(Box::new(Docker::run_attached(self, spec, scratch_dir)?))
+    }
+
+    fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError> {
+        Docker::inspect_state(self, name)
+    }
+
+    fn wait(&self, name: &str) -> Result<i64, DockerError> {
+        Docker::wait(self, name)
+    }
+
+    fn remove(&self, name: &str) -> Result<(), DockerError> {
+        Docker::remove(self, name)
+    }
+
+    fn guard(&self, name: &str) -> io::Result<Option<Guard>> {
+        let exe = std::env::current_exe()?;
+        Guard::spawn(&exe, name, self).map(Some)
+    }
+}
+
+impl Client for Attached {
+    fn take_stdin(&mut self) -> Option<Box<dyn Write + Send>> {
+        Attached::take_stdin(self).map(|w| Box::new(w) as _)
+    }
+
+    fn take_stdout(&mut self) -> Option<Box<dyn Read + Send>> {
+        Attached::take_stdout(self).map(|r| Box::new(r) as _)
+    }
+
+    fn take_stderr(&mut self) -> Option<Box<dyn Read + Send>> {
+        Attached::take_stderr(self).map(|r| Box::new(r) as _)
+    }
+
+    fn wait(&mut self) -> Result<ExitStatus, DockerError> {
+        Attached::wait(self)
+    }
+
+    fn killer(&self) -> KillClient {
+        let killer = Attached::killer(self);
+        Arc::new(move || killer.kill())
+    }
+}

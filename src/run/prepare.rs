@@ -1,0 +1,234 @@
+//! Everything before the record goes Running: check the record, get the container's token,
+//! plan the mounts, find the image (and load it when the engine lacks it), stage the mounts
+//! on the host. A failure here ends the run before any user code ran, with its reason.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::arvados::container::{Container, State, raw_state};
+use crate::image::{ImageTar, find_image_tar, stream_image};
+use crate::mounts::{self, MountPlan};
+use crate::redact::Secrets;
+use crate::store::{ApiStore, BlockStore, ContainerAccess};
+
+use super::outcome::Outcome;
+use super::{ContainerRun, Step};
+
+/// The record and its state, if crunch-run may run it; else says why on stderr.
+pub(super) fn fetch_record(
+    api: &dyn ApiStore,
+    uuid: &str,
+    secrets: &Secrets,
+) -> Option<(Value, State)> {
+    let record = match api.get_container(uuid) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "crunch-run: {uuid}: cannot fetch the container record: {}",
+                secrets.redact(&e.to_string())
+            );
+            return None;
+        }
+    };
+    match raw_state(&record) {
+        Ok(s @ (State::Locked | State::Queued)) => Some((record, s)),
+        Ok(other) => {
+            eprintln!(
+                "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
+            None
+        }
+    }
+}
+
+/// What the run goes on with once prepared.
+pub(super) struct Prepared {
+    pub container: Container,
+    /// The image's id, as the engine knows it.
+    pub image: String,
+}
+
+/// What the requests that need only the record brought back (and the container's own
+/// token and stores, kept in the run's `access`).
+struct Gathered {
+    /// Read with the container's token; an empty object without one.
+    secret_mounts: Value,
+    /// The image tar, and whether the engine has it already.
+    image: Step<(ImageTar, bool)>,
+}
+
+impl ContainerRun<'_> {
+    /// The steps before Running, in order: check the record; gather what it names (token,
+    /// secret mounts, image); plan the mounts; get the image into the engine; stage the
+    /// mounts. A cancel is looked for between the steps that take long.
+    pub(super) fn prepare(&mut self, record: &Value) -> Step<Prepared> {
+        let container = Container::from_json(record).map_err(|e| Outcome::failed(e.to_string()))?;
+        let gathered = self.gather(&container)?;
+        let plan = self.plan_mounts(&container, &gathered.secret_mounts)?;
+        let (tar, present) = gathered.image?;
+        self.check_cancel()?;
+        if present {
+            self.say("Docker image is available");
+        } else {
+            self.load_image(&tar)?;
+        }
+        self.check_cancel()?;
+        if let Some(plan) = plan {
+            self.stage_mounts(&plan)?;
+        }
+        self.check_cancel()?;
+        Ok(Prepared {
+            container,
+            image: tar.id,
+        })
+    }
+
+    /// The requests that need only the record, side by side: the container's token and
+    /// then its secret mounts (API calls) on one thread, the image (its collection, then
+    /// the engine) on this one. The token's failure is reported first, the image's only
+    /// after the mount plan's (by `prepare`).
+    fn gather(&mut self, container: &Container) -> Step<Gathered> {
+        let (access, image) = std::thread::scope(|s| {
+            let access = s.spawn(|| self.fetch_access());
+            let image = self.find_image(&container.container_image);
+            (access.join(), image)
+        });
+        let (access, secret_mounts) = access.unwrap_or_else(|_| {
+            Err(Outcome::failed(
+                "getting the container's token failed unexpectedly",
+            ))
+        })?;
+        if let Some(a) = &access {
+            self.secrets.add(&a.token);
+        }
+        self.access = access;
+        Ok(Gathered {
+            secret_mounts,
+            image,
+        })
+    }
+
+    /// The container's token and its secret mounts. The 2016 API (a Queued record) had no
+    /// container tokens; without a token (that, or the local store) there are no secret
+    /// mounts.
+    fn fetch_access(&self) -> Step<(Option<ContainerAccess>, Value)> {
+        let access = match self.progress.legacy_api {
+            true => None,
+            false => self
+                .api
+                .container_access(&self.uuid)
+                .map_err(|e| Outcome::failed(format!("cannot get the container's token: {e}")))?,
+        };
+        let secret_mounts = match &access {
+            Some(access) => access
+                .api
+                .secret_mounts(&self.uuid)
+                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
+            None => json!({}),
+        };
+        Ok((access, secret_mounts))
+    }
+
+    /// Check the record's mounts and secret mounts. A record without any mounts (as in
+    /// the 2016 API's tests) runs without an output directory.
+    fn plan_mounts(&self, container: &Container, secret_mounts: &Value) -> Step<Option<MountPlan>> {
+        let no_mounts = container.mounts.as_object().is_none_or(|m| m.is_empty());
+        let no_secrets = secret_mounts.as_object().is_none_or(|m| m.is_empty());
+        if no_mounts && no_secrets {
+            self.say("The record has no mounts: the output will not be captured");
+            return Ok(None);
+        }
+        mounts::parse_mounts(&container.mounts, secret_mounts, &container.output_path)
+            .map(Some)
+            .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))
+    }
+
+    /// Lay the planned mounts out on the host, read as the container.
+    fn stage_mounts(&mut self, plan: &MountPlan) -> Step<()> {
+        let (api, blocks) = self.container_stores();
+        let say = |line: &str| self.say(line);
+        let staged = mounts::stage(plan, &*api, &*blocks, &self.mounts_dir(), &say)
+            .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
+        for secret in &staged.secrets {
+            self.secrets.add(secret);
+        }
+        self.staged = Some(staged);
+        Ok(())
+    }
+
+    /// The stores that act as the container (its token), or ours when there is none.
+    pub(super) fn container_stores(&self) -> (Arc<dyn ApiStore>, Arc<dyn BlockStore>) {
+        match &self.access {
+            Some(a) => (a.api.clone(), a.blocks.clone()),
+            None => (self.api.clone(), self.blocks.clone()),
+        }
+    }
+
+    pub(super) fn mounts_dir(&self) -> PathBuf {
+        self.run_dir.join("mounts")
+    }
+
+    /// The image tar of the record's image collection, and whether the engine has it.
+    fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
+        self.say(&format!("Fetching Docker image from collection '{pdh}'"));
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()))?;
+        self.say(&format!("Using Docker image id '{}'", tar.id));
+        self.engine_asked.store(true, Ordering::Relaxed);
+        match self.engine.image_id(&tar.id) {
+            Ok(found) => Ok((tar, found.is_some())),
+            Err(e) if e.is_engine_down() => Err(Outcome::failed(format!(
+                "docker engine is unreachable: {e}"
+            ))),
+            Err(e) => Err(Outcome::failed(format!(
+                "cannot inspect docker image {}: {e}",
+                tar.id
+            ))),
+        }
+    }
+
+    fn load_image(&self, tar: &ImageTar) -> Step<()> {
+        self.say(&format!(
+            "Loading Docker image from keep ({} bytes)",
+            tar.file.size
+        ));
+        let cancel = self.cancel.clone();
+        let keep_going = move || match cancel.reason() {
+            Some(reason) => Err(io::Error::other(format!("cancelled: {reason}"))),
+            None => Ok(()),
+        };
+        let blocks = self.blocks.clone();
+        let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
+        let loaded = self.engine.load_image(&mut feed).map_err(|e| {
+            if let Some(reason) = self.cancel.reason() {
+                Outcome::Cancelled {
+                    reason,
+                    exit_code: None,
+                }
+            } else {
+                Outcome::failed(format!("failed to load container image: {e}"))
+            }
+        })?;
+        for line in loaded.output.lines() {
+            self.say(&format!("docker load: {line}"));
+        }
+        match self.engine.image_id(&tar.id) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Outcome::failed(format!(
+                "docker load finished but image {} is not in the engine: the tar holds a different image",
+                tar.id
+            ))),
+            Err(e) => Err(Outcome::failed(format!(
+                "cannot inspect docker image {} after loading: {e}",
+                tar.id
+            ))),
+        }
+    }
+}
