@@ -133,7 +133,10 @@ impl Fixture {
     pub fn collection_file(&self, pdh: &str, name: &str) -> Option<String> {
         let text = self.store.get_collection_manifest(pdh).ok()?;
         let manifest = Manifest::parse(&text).unwrap();
-        let file = manifest.files().into_iter().find(|f| f.path == name.as_bytes())?;
+        let file = manifest
+            .files()
+            .into_iter()
+            .find(|f| f.path == name.as_bytes())?;
         let mut bytes = Vec::new();
         stream_file(&*self.store, &file, &mut bytes, &|| Ok(())).unwrap();
         Some(String::from_utf8(bytes).unwrap())
