@@ -10,6 +10,7 @@
 //! final state; `writeback` keeps the data we write from piling up dirty in the page cache.
 
 pub mod arvados;
+pub mod cgroup;
 pub mod config;
 pub mod detach;
 pub mod docker;
