@@ -308,6 +308,29 @@ impl ProcessCgroup {
         }
     }
 
+    /// The same hierarchies at their top: the cgroup of the whole host. The process (for
+    /// its network namespace) stays the same.
+    pub fn at_roots(&self) -> ProcessCgroup {
+        let top = |dir: &PathBuf| self.tops.get(dir).cloned().unwrap_or_else(|| dir.clone());
+        let v1 = self
+            .v1
+            .iter()
+            .map(|(c, dir)| (c.clone(), top(dir)))
+            .collect();
+        let (unified, cpuset) = (
+            self.unified.as_ref().map(top),
+            self.cpuset.as_ref().map(top),
+        );
+        let tops = self.tops.values().map(|t| (t.clone(), t.clone())).collect();
+        ProcessCgroup {
+            pid: self.pid,
+            v1,
+            unified,
+            cpuset,
+            tops,
+        }
+    }
+
     /// The directory of a v1 controller (`memory`, `cpuacct`, `blkio`, …).
     pub fn v1_dir(&self, controller: &str) -> Option<&Path> {
         self.v1.get(controller).map(PathBuf::as_path)
@@ -482,6 +505,17 @@ pub(crate) mod tests {
                     .as_path()
             )
         );
+        let host = cg.at_roots();
+        assert_eq!(host.v1_dir("memory"), Some(base.join("memory").as_path()));
+        assert_eq!(host.v1_dir("cpu"), Some(base.join("cpu,cpuacct").as_path()));
+        assert_eq!(host.unified_dir(), Some(base.join("unified").as_path()));
+        assert_eq!(host.pid, Pid::Of(2523));
+        write_tree(
+            tmp.path(),
+            &[("sys/fs/cgroup/memory/memory.stat", "rss 1\n")],
+        );
+        let (found, _) = host.find_file(&base.join("memory"), "memory.stat").unwrap();
+        assert_eq!(found, base.join("memory/memory.stat"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod arvados;
 pub mod cgroup;
 pub mod config;
+pub mod crunchstat;
 pub mod detach;
 pub mod docker;
 pub mod image;
