@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::fake_arvados::FakeArvados;
@@ -91,17 +90,10 @@ fn summary_script() -> PathBuf {
 
 fn run_summary(fake: &FakeArvados, log_file: &Path) -> String {
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(common::test_python())
+    let out = common::sdk_command(fake, home.path())
         .arg(summary_script())
         .args(["--log-file".as_ref(), log_file.as_os_str()])
         .args(["--format", "text"])
-        .env("ARVADOS_API_HOST", fake.api_host())
-        .env("ARVADOS_API_TOKEN", fake.token())
-        .env("SSL_CERT_FILE", fake.ca_file())
-        .env("HOME", home.path())
-        .env_remove("ARVADOS_API_HOST_INSECURE")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -11,7 +11,7 @@
 pub mod fake_arvados;
 pub mod fake_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -42,6 +42,23 @@ pub fn test_python() -> PathBuf {
     }
 }
 
+/// `test_python()` with an environment that points the Arvados SDK at `fake` and at nothing
+/// else, and `home` as HOME (so no user settings or caches are read).
+pub fn sdk_command(fake: &FakeArvados, home: &Path) -> Command {
+    let mut command = Command::new(test_python());
+    command
+        .env("ARVADOS_API_HOST", fake.api_host())
+        .env("ARVADOS_API_TOKEN", fake.token())
+        .env("SSL_CERT_FILE", fake.ca_file())
+        .env("HOME", home)
+        .env_remove("ARVADOS_API_HOST_INSECURE")
+        .env_remove("ARVADOS_KEEP_SERVICES")
+        .env_remove("ARVADOS_KEEP_PROXY")
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_CACHE_HOME");
+    command
+}
+
 /// Read file `path` of collection `pdh` from `fake` with the real Arvados
 /// Python SDK (tests/python/read_collection.py) and return its bytes.
 /// Panics with the script's stderr if it fails.
@@ -56,19 +73,10 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
     );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/read_collection.py");
     let home = tempfile::tempdir().expect("tempdir for HOME");
-    let out = Command::new(&python)
+    let out = sdk_command(fake, home.path())
         .arg(&script)
         .arg(pdh)
         .arg(path)
-        .env("ARVADOS_API_HOST", fake.api_host())
-        .env("ARVADOS_API_TOKEN", fake.token())
-        .env("SSL_CERT_FILE", fake.ca_file())
-        .env("HOME", home.path())
-        .env_remove("ARVADOS_API_HOST_INSECURE")
-        .env_remove("ARVADOS_KEEP_SERVICES")
-        .env_remove("ARVADOS_KEEP_PROXY")
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_CACHE_HOME")
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
     if !out.status.success() {
