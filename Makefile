@@ -17,11 +17,14 @@ release:
 engine:
 	sh tests/scripts/ensure-docker.sh
 
-# The real Arvados Python SDK, used by tests to read our log collections back.
-pyenv: .venv/.done
-.venv/.done:
-	$(PYTHON) -m venv .venv
-	.venv/bin/pip install --quiet --disable-pip-version-check arvados-python-client
+# The real Arvados Python SDK, used by tests to read our log collections back, and the real
+# crunchstat-summary, which must read our crunchstat.txt. The stamp depends on this Makefile,
+# so adding a package here installs it into an existing venv.
+PYENV_PACKAGES = arvados-python-client crunchstat-summary
+pyenv: .venv/.installed
+.venv/.installed: Makefile
+	test -x .venv/bin/python || $(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check $(PYENV_PACKAGES)
 	touch $@
 
 # Run a real container end to end through a local store and show the result.

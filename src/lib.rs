@@ -12,8 +12,10 @@
 //! write from piling up dirty in the page cache. docs/architecture.md is the map.
 
 pub mod arvados;
+pub mod cgroup;
 pub mod collection;
 pub mod config;
+pub mod crunchstat;
 pub mod detach;
 pub mod docker;
 pub mod image;

@@ -536,3 +536,75 @@ fn the_logs_so_far_reach_the_record_while_the_container_runs() {
     );
     assert_eq!(c.stdout(), "first\nsecond\n");
 }
+
+/// crunchstat on a real container's cgroup (found from its PID as `docker inspect` gives
+/// it): the figures are those of what the container did, and sampling ends by itself when
+/// the engine removes the cgroup.
+#[test]
+fn crunchstat_samples_a_real_containers_cgroup() {
+    use crunch_run::cgroup::{Pid, ProcessCgroup, Roots};
+    use crunch_run::crunchstat::{Sampler, SamplerConfig, Thresholds};
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+
+    engine::require_engine();
+    let image = engine::shared_image();
+    let name = "crunch-run-test-crunchstat";
+    engine::force_remove(name);
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // burn CPU for 2 s, then hold a 64 MiB string for 2 s
+    let script = "timeout 2 sh -c 'while :; do :; done'; \
+                  x=$(head -c 67108864 /dev/zero | tr '\\000' a); sleep 2; echo ${#x}";
+    docker(&["run", "-d", "--name", name, &image.id, "sh", "-c", script]);
+    let pid: u32 = docker(&["inspect", "--format", "{{.State.Pid}}", name])
+        .parse()
+        .unwrap();
+    let cgroup = ProcessCgroup::find(&Roots::host(), Pid::Of(pid)).unwrap();
+    let mut config = SamplerConfig::new(cgroup, Roots::host(), Duration::from_millis(500));
+    let ram = 100 << 20;
+    config.thresholds = Thresholds::percentages(ram, &[50, 99]);
+    let (lines, alerts) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let (l, a) = (Arc::clone(&lines), Arc::clone(&alerts));
+    let sampler = Sampler::start(
+        config,
+        move |s: &str| l.lock().unwrap().push(s.to_string()),
+        move |s: &str| a.lock().unwrap().push(s.to_string()),
+    )
+    .unwrap();
+    assert_eq!(docker(&["wait", name]), "0");
+    assert_eq!(docker(&["logs", name]), "67108864");
+    engine::force_remove(name);
+    let totals = sampler.stop();
+
+    let lines = lines.lock().unwrap();
+    let (cpu, cpus) = totals.cpu.unwrap();
+    // at most 2 s of one busy thread (less when the host is busy), and some for `tr`
+    assert!(
+        cpu.user + cpu.sys > 0.2 && cpu.user + cpu.sys < 3.0,
+        "{cpu:?}"
+    );
+    assert!(cpus >= 1.0, "{cpus}");
+    let rss = totals.max_memory.get("rss").unwrap();
+    assert!((64 << 20..200 << 20).contains(&rss), "max rss {rss}");
+    let warned = alerts.lock().unwrap();
+    assert!(
+        warned[0].starts_with("Container using over 50% of memory (rss "),
+        "{warned:?}"
+    );
+    let deltas = lines
+        .iter()
+        .filter(|l| l.starts_with("cpu ") && l.contains(" -- interval "));
+    assert!(deltas.count() >= 4, "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("mem ")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("net:eth0 ")),
+        "{lines:?}"
+    );
+}
