@@ -82,3 +82,4 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: &str) -> Vec
 }
 pub mod engine;
 pub mod harness;
+pub mod slurm;
