@@ -17,7 +17,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::arvados::ids::is_container_uuid;
+use crate::cgroup::Roots;
 use crate::docker::GUARD_DOCKER_ENV;
+
+mod flags;
+pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
@@ -74,17 +78,11 @@ pub struct Args {
     #[arg(long)]
     pub stdin_config: bool,
 
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_parent: Option<String>,
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_parent_subsystem: Option<String>,
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_root: Option<String>,
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
+    #[command(flatten)]
+    pub container: ContainerFlags,
+
+    /// Accepted and ignored: crunchstat is not written yet.
+    #[arg(long, value_name = "DURATION")]
     pub crunchstat_interval: Option<String>,
     /// CA bundle to trust in addition to the system roots (same as SSL_CERT_FILE).
     #[arg(long, value_name = "FILE")]
@@ -108,6 +106,9 @@ pub struct Args {
     /// crunch-run's pipe closes without a release.
     #[arg(long, value_name = "NAME", hide = true)]
     pub guard_container: Option<String>,
+
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
 }
 
 /// How to reach the Arvados API and Keep.
@@ -156,6 +157,8 @@ pub struct Config {
     pub gpu_devices: Option<Vec<String>>,
     /// How the docker CLI is run.
     pub docker: DockerCli,
+    /// Network, memory limit and cgroup parent, as the dispatcher's flags ask.
+    pub container: ContainerSetup,
 }
 
 /// How crunch-run runs the docker CLI: the program, and the environment its clients (and
@@ -358,6 +361,7 @@ impl Config {
                 program: "docker".into(),
                 env: Vec::new(),
             },
+            container: ContainerSetup::from_flags(&args.container)?,
         })
     }
 }
@@ -367,7 +371,12 @@ impl Mode {
     /// `--stdin-config` what the dispatcher wrote on stdin.
     pub fn from_process(args: &Args) -> Result<Mode, UsageError> {
         let inherited = std::env::vars_os().collect();
-        Mode::from_parts(args, process_env(), inherited, &mut io::stdin().lock())
+        let mut mode = Mode::from_parts(args, process_env(), inherited, &mut io::stdin().lock())?;
+        if let Mode::Run { config, .. } | Mode::Detach { config, .. } = &mut mode {
+            let setup = &mut config.container;
+            setup.resolve_cgroup_parent(&args.container, &Roots::host())?;
+        }
+        Ok(mode)
     }
 
     /// The mode for these flags and this environment. `stdin` is read only for a run with
@@ -481,7 +490,7 @@ mod tests {
             UUID,
         ]);
         assert_eq!(a.runtime_engine, "docker");
-        assert_eq!(a.cgroup_parent_subsystem.as_deref(), Some("cpu"));
+        assert_eq!(a.container.cgroup_parent_subsystem.as_deref(), Some("cpu"));
         assert_eq!(a.container_uuid.as_deref(), Some(UUID));
     }
 

@@ -271,7 +271,7 @@ fn run_passes_env_values_outside_argv() {
             ("HOME".into(), "/home/container-home".into()),
         ],
         labels: vec![("org.arvados.container_uuid".into(), NAME.into())],
-        network: true,
+        network: Some("default".into()),
         memory_bytes: Some(1 << 30),
         cpus: Some(1.5),
         cwd: Some("/work".into()),

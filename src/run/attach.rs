@@ -48,6 +48,7 @@ impl ContainerRun<'_> {
                 staged: self.staged.as_ref(),
                 token: self.access.as_ref().map(|a| a.token.as_str()),
                 pid: std::process::id(),
+                cgroup_parent: self.cgroup_parent.as_deref(),
             },
         );
         if let Some(warning) = warning {

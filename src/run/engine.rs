@@ -36,6 +36,8 @@ pub trait Engine: Send + Sync {
     fn wait(&self, name: &str) -> Result<i64, DockerError>;
     /// Kill and remove the container; one that is gone already is success.
     fn remove(&self, name: &str) -> Result<(), DockerError>;
+    /// The engine's cgroup driver (`cgroupfs`, `systemd`): what a cgroup parent may be.
+    fn cgroup_driver(&self) -> Result<String, DockerError>;
     /// Start what removes the container `name` if crunch-run dies; `None` for an engine
     /// that needs none.
     fn guard(&self, name: &str) -> io::Result<Option<Guard>>;
@@ -94,6 +96,10 @@ impl Engine for Docker {
 
     fn remove(&self, name: &str) -> Result<(), DockerError> {
         Docker::remove(self, name)
+    }
+
+    fn cgroup_driver(&self) -> Result<String, DockerError> {
+        Docker::cgroup_driver(self)
     }
 
     fn guard(&self, name: &str) -> io::Result<Option<Guard>> {

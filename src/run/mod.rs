@@ -157,6 +157,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         access: None,
         staged: None,
         guard: None,
+        cgroup_parent: None,
         cleanup: None,
         cleanup_done: None,
         engine_asked: AtomicBool::new(false),
@@ -223,6 +224,8 @@ struct ContainerRun<'a> {
     /// Removes the docker container if crunch-run dies; started early so that its
     /// start-up does not compete with the container's.
     guard: Option<Guard>,
+    /// The container's cgroup parent, once the engine said it can take it.
+    cgroup_parent: Option<String>,
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
     /// The removal under way, waited for before crunch-run exits.
