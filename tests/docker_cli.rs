@@ -641,7 +641,7 @@ fn guard_child_entry() {
     if let Some(name) = std::env::var_os(GUARD_TEST_NAME) {
         let program = std::env::var_os(GUARD_DOCKER_ENV).unwrap();
         let docker = Docker::with_program_and_env(program, std::env::vars_os());
-        let code = run_guard(&name.to_string_lossy(), &docker);
+        let code = run_guard(&name.to_string_lossy(), &docker, &|| {});
         std::process::exit(code);
     }
 }

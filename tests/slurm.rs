@@ -154,6 +154,14 @@ fn a_run_under_slurm_completes_and_saves_its_logs() {
         crunch.contains("Container exited with status code 0"),
         "{crunch}"
     );
+    // Run as root, the guard left the job's cgroups (else crunch-run.txt says why not).
+    assert!(
+        crunch.contains(&format!(
+            "The guard process left Slurm job {}'s cgroups",
+            job.id
+        )),
+        "{crunch}"
+    );
     assert!(engine::containers_named(&c.uuid).is_empty());
 }
 
@@ -306,7 +314,7 @@ fn without_cgroup_parent_slurms_memory_limit_does_not_reach_the_container() {
 #[test]
 fn the_operator_epilog_removes_a_container_its_job_left_and_the_jobs_cgroups() {
     // A job that leaves a crunch-run-labelled container behind (under the job's cgroup, as
-    // with -cgroup-parent-subsystem) and is SIGKILLed; then tests/scripts/slurm-epilog.sh
+    // with -cgroup-parent-subsystem) and is SIGKILLed; then contrib/slurm-epilog.sh
     // run as slurmd runs an Epilog: as root, SLURM_JOB_ID set, no SLURM_JOB_NAME (22.05).
     let c = Case::new(9, &["true"]); // only its UUID, fake and lock are used
     let image = &engine::shared_image().id;
@@ -329,7 +337,7 @@ fn the_operator_epilog_removes_a_container_its_job_left_and_the_jobs_cgroups() {
     }
     job.wait_finished(60);
     assert!(c.container_running(), "Slurm itself stopped the container");
-    let epilog = common::harness::crate_dir().join("tests/scripts/slurm-epilog.sh");
+    let epilog = common::harness::crate_dir().join("contrib/slurm-epilog.sh");
     let out = std::process::Command::new("sh")
         .arg(&epilog)
         .env_clear()

@@ -38,9 +38,9 @@ pub trait Engine: Send + Sync {
     fn remove(&self, name: &str) -> Result<(), DockerError>;
     /// The engine's cgroup driver (`cgroupfs`, `systemd`): what a cgroup parent may be.
     fn cgroup_driver(&self) -> Result<String, DockerError>;
-    /// Start what removes the container `name` if crunch-run dies; `None` for an engine
-    /// that needs none.
-    fn guard(&self, name: &str) -> io::Result<Option<Guard>>;
+    /// Start what removes the container `name` (and, inside a Slurm job, the cgroups made
+    /// for its `cgroup_parent`) if crunch-run dies; `None` for an engine that needs none.
+    fn guard(&self, name: &str, cgroup_parent: Option<&str>) -> io::Result<Option<Guard>>;
 }
 
 /// The attached client of a running container. Its exit status is the client's: the
@@ -102,9 +102,9 @@ impl Engine for Docker {
         Docker::cgroup_driver(self)
     }
 
-    fn guard(&self, name: &str) -> io::Result<Option<Guard>> {
+    fn guard(&self, name: &str, cgroup_parent: Option<&str>) -> io::Result<Option<Guard>> {
         let exe = std::env::current_exe()?;
-        Guard::spawn(&exe, name, self).map(Some)
+        Guard::spawn(&exe, name, cgroup_parent, self).map(Some)
     }
 }
 

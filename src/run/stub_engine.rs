@@ -276,7 +276,7 @@ impl Engine for StubEngine {
         })
     }
 
-    fn guard(&self, _name: &str) -> io::Result<Option<Guard>> {
+    fn guard(&self, _name: &str, _cgroup_parent: Option<&str>) -> io::Result<Option<Guard>> {
         Ok(None)
     }
 }

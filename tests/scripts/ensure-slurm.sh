@@ -7,8 +7,8 @@
 # died; rewrites the config (and restarts the daemons) only when it changed. Fails loudly
 # when it cannot: the Slurm tests must run, not be skipped. Run as root.
 #
-# No Epilog is configured: the tests show what crunch-run does on its own. (slurm-epilog.sh,
-# next to this script, is the optional operator Epilog; tests/slurm.rs runs it directly.)
+# No Epilog is configured: the tests show what crunch-run does on its own. (The operator
+# Epilog, contrib/slurm-epilog.sh, is run directly by tests/slurm.rs.)
 set -eu
 
 say() { echo "ensure-slurm: $*" >&2; }
