@@ -43,6 +43,8 @@ pub(super) fn config(spool_dir: &Path) -> Config {
         },
         gpu_devices: None,
         docker: Default::default(),
+        container: Default::default(),
+        slurm_job: None,
     }
 }
 
