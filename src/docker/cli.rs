@@ -234,6 +234,32 @@ impl Docker {
         })
     }
 
+    /// `docker container inspect --format '{{.State.Pid}}' <name>`: the host PID of the
+    /// container's first process while it runs, `None` while it does not (docker says 0)
+    /// or when there is no such container (yet, or any more).
+    pub fn container_pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        let op = "container inspect";
+        let out = self.run(
+            op,
+            &[
+                "container",
+                "inspect",
+                "--format",
+                "{{.State.Pid}}",
+                "--",
+                name,
+            ],
+        )?;
+        if !out.status.success() && no_such_container(&out.stderr) {
+            return Ok(None);
+        }
+        DockerError::check(op, &out)?;
+        match out.first_line().map(|pid| pid.parse::<u32>()) {
+            Some(Ok(pid)) => Ok(Some(pid).filter(|pid| *pid > 0)),
+            _ => Err(DockerError::unexpected(op, "no process ID in the output")),
+        }
+    }
+
     /// Whether a container called `name` exists (in any state).
     pub fn exists(&self, name: &str) -> Result<bool, DockerError> {
         let op = "container inspect";

@@ -41,6 +41,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
             period: Duration::ZERO,
             bytes: 0,
         },
+        crunchstat_interval: None,
         gpu_devices: None,
         docker: Default::default(),
     }
