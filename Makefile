@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release engine pyenv demo test lint bench clean
+.PHONY: all build release engine slurm pyenv demo test lint bench clean
 
 all: build
 
@@ -16,6 +16,10 @@ release:
 # A Docker engine that answers `docker info` (installs and starts one if needed).
 engine:
 	sh tests/scripts/ensure-docker.sh
+
+# A one-node Slurm (slurmctld + slurmd + munge) for tests/slurm.rs (installs and starts it if needed).
+slurm:
+	sh tests/scripts/ensure-slurm.sh
 
 # The real Arvados Python SDK, used by tests to read our log collections back, and the real
 # crunchstat-summary, which must read our crunchstat.txt. The stamp depends on this Makefile,
@@ -35,8 +39,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Everything: unit, component (fake docker + fake API/Keep) and real-engine tests.
-test: engine pyenv lint
+# Everything: unit, component (fake docker + fake API/Keep), real-engine and Slurm tests.
+test: engine slurm pyenv lint
 	$(CARGO) test -- --test-threads=4
 
 bench: engine release

@@ -199,6 +199,20 @@ impl CgroupMounts {
     pub fn unified_mount(&self) -> Option<&Path> {
         self.unified.as_deref()
     }
+
+    /// The mount point of the hierarchy a `/proc/<pid>/cgroup` line is about.
+    pub fn mount_of(&self, line: &Membership) -> Option<&Path> {
+        match line.controllers.first() {
+            Some(controller) => self.v1_mount(controller),
+            None => self.unified_mount(),
+        }
+    }
+
+    /// The mount points of every hierarchy, v1 and unified.
+    pub fn points(&self) -> impl Iterator<Item = &Path> {
+        let v1 = self.v1.iter().map(|(point, _)| point.as_path());
+        v1.chain(self.unified.as_deref())
+    }
 }
 
 /// `/proc/mounts` writes space, tab, newline and backslash in paths as `\ooo`.
@@ -366,7 +380,7 @@ impl ProcessCgroup {
 }
 
 /// `top` + the cgroup path `/a/b` (a path of `/` is `top` itself).
-fn join_cgroup_path(top: &Path, path: &str) -> PathBuf {
+pub(crate) fn join_cgroup_path(top: &Path, path: &str) -> PathBuf {
     let rel = path.trim_start_matches('/');
     if rel.is_empty() {
         top.to_path_buf()

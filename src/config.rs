@@ -17,7 +17,12 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::arvados::ids::is_container_uuid;
+use crate::cgroup::Roots;
 use crate::docker::GUARD_DOCKER_ENV;
+use crate::slurm::{ContainerCgroups, SlurmJob};
+
+mod flags;
+pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
@@ -74,15 +79,9 @@ pub struct Args {
     #[arg(long)]
     pub stdin_config: bool,
 
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_parent: Option<String>,
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_parent_subsystem: Option<String>,
-    /// Accepted for compatibility with dispatchers; ignored.
-    #[arg(long, value_name = "X", hide = true)]
-    pub cgroup_root: Option<String>,
+    #[command(flatten)]
+    pub container: ContainerFlags,
+
     /// How often the container's and the host's resource usage is written to
     /// crunchstat.txt and hoststat.txt (Go's syntax: "10s", "1m30s"). "0s" turns both off.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -109,6 +108,14 @@ pub struct Args {
     /// crunch-run's pipe closes without a release.
     #[arg(long, value_name = "NAME", hide = true)]
     pub guard_container: Option<String>,
+
+    /// Internal: the container's cgroup parent, for the guard to remove the directories
+    /// docker made for it inside the Slurm job (`SLURM_JOB_ID`).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub guard_cgroup_parent: Option<String>,
+
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
 }
 
 /// How to reach the Arvados API and Keep.
@@ -159,6 +166,10 @@ pub struct Config {
     pub gpu_devices: Option<Vec<String>>,
     /// How the docker CLI is run.
     pub docker: DockerCli,
+    /// Network, memory limit and cgroup parent, as the dispatcher's flags ask.
+    pub container: ContainerSetup,
+    /// The Slurm job crunch-run runs in (`SLURM_JOB_ID`), if any.
+    pub slurm_job: Option<SlurmJob>,
 }
 
 /// How crunch-run runs the docker CLI: the program, and the environment its clients (and
@@ -189,6 +200,8 @@ pub enum Mode {
     Guard {
         container: String,
         docker: DockerCli,
+        /// What docker made for the container inside the Slurm job, to remove after it.
+        cgroups: Option<ContainerCgroups>,
     },
     /// `--list`: print the UUIDs of the live runs.
     List { lock_dir: PathBuf },
@@ -285,6 +298,11 @@ fn gpu_devices(env: &BTreeMap<String, String>) -> Option<Vec<String>> {
         .map(|ids| ids.split(',').map(|id| id.trim().to_string()).collect())
 }
 
+/// The Slurm job this process runs in, from `SLURM_JOB_ID`.
+fn slurm_job(env: &BTreeMap<String, String>) -> Option<SlurmJob> {
+    env.get("SLURM_JOB_ID").and_then(|id| SlurmJob::new(id))
+}
+
 fn truthy(v: &str) -> bool {
     matches!(v.to_ascii_lowercase().as_str(), "1" | "yes" | "true")
 }
@@ -363,6 +381,8 @@ impl Config {
                 program: "docker".into(),
                 env: Vec::new(),
             },
+            container: ContainerSetup::from_flags(&args.container)?,
+            slurm_job: slurm_job(env),
         })
     }
 }
@@ -372,7 +392,12 @@ impl Mode {
     /// `--stdin-config` what the dispatcher wrote on stdin.
     pub fn from_process(args: &Args) -> Result<Mode, UsageError> {
         let inherited = std::env::vars_os().collect();
-        Mode::from_parts(args, process_env(), inherited, &mut io::stdin().lock())
+        let mut mode = Mode::from_parts(args, process_env(), inherited, &mut io::stdin().lock())?;
+        if let Mode::Run { config, .. } | Mode::Detach { config, .. } = &mut mode {
+            let setup = &mut config.container;
+            setup.resolve_cgroup_parent(&args.container, &Roots::host())?;
+        }
+        Ok(mode)
     }
 
     /// The mode for these flags and this environment. `stdin` is read only for a run with
@@ -389,12 +414,14 @@ impl Mode {
         let lock_dir = lock_dir(&env);
         if let Some(container) = &args.guard_container {
             let program = env.get(GUARD_DOCKER_ENV).map_or("docker", String::as_str);
+            let cgroups = slurm_job(&env).zip(args.guard_cgroup_parent.as_deref());
             return Ok(Mode::Guard {
                 container: container.clone(),
                 docker: DockerCli {
                     program: program.into(),
                     env: inherited,
                 },
+                cgroups: cgroups.and_then(|(job, parent)| ContainerCgroups::new(job, parent)),
             });
         }
         if args.list {
@@ -486,7 +513,7 @@ mod tests {
             UUID,
         ]);
         assert_eq!(a.runtime_engine, "docker");
-        assert_eq!(a.cgroup_parent_subsystem.as_deref(), Some("cpu"));
+        assert_eq!(a.container.cgroup_parent_subsystem.as_deref(), Some("cpu"));
         assert_eq!(a.container_uuid.as_deref(), Some(UUID));
     }
 
@@ -639,6 +666,34 @@ mod tests {
     }
 
     #[test]
+    fn the_slurm_job_comes_from_slurm_job_id_for_the_run_and_the_guard() {
+        let job = |vars: &[(&str, &str)]| {
+            Config::from_args(&parse(&["--local-store", "/tmp/x", UUID]), &env(vars))
+                .unwrap()
+                .slurm_job
+        };
+        assert_eq!(job(&[]), None);
+        assert_eq!(job(&[("SLURM_JOB_ID", "x1")]), None);
+        assert_eq!(job(&[("SLURM_JOB_ID", "42")]), SlurmJob::new("42"));
+        let guard = |parent: &str, vars: &[(&str, &str)]| match mode(
+            &["--guard-container", "c1", "--guard-cgroup-parent", parent],
+            vars,
+            "",
+        ) {
+            Ok(Mode::Guard { cgroups, .. }) => cgroups,
+            other => panic!("unexpected {other:?}"),
+        };
+        let inside = "/slurm/uid_0/job_42/step_batch/task_0";
+        let in_job = [("SLURM_JOB_ID", "42")];
+        assert_eq!(
+            guard(inside, &in_job).map(|c| c.parent().to_string()),
+            Some(inside.to_string())
+        );
+        assert_eq!(guard(inside, &[]), None, "no job: nothing to clean");
+        assert_eq!(guard("/docker", &in_job), None, "outside the job: not ours");
+    }
+
+    #[test]
     fn gpu_devices_come_from_cuda_visible_devices() {
         let gpus = |vars: &[(&str, &str)]| {
             Config::from_args(&parse(&["--local-store", "/tmp/x", UUID]), &env(vars))
@@ -676,7 +731,7 @@ mod tests {
         assert_eq!(e.0, "--kill needs a container UUID");
         assert!(matches!(
             mode(&["--guard-container", "c1"], &[], "").unwrap(),
-            Mode::Guard { container, docker } if container == "c1" && docker.program == Path::new("docker")
+            Mode::Guard { container, docker, .. } if container == "c1" && docker.program == Path::new("docker")
         ));
         let named = [(GUARD_DOCKER_ENV, "/opt/bin/docker")];
         assert!(matches!(

@@ -8,8 +8,9 @@
 //! `image` gets the image from Keep into the engine, `mounts` checks the record's mounts
 //! and lays them out on the host, `output` turns the output directory into the output
 //! collection's manifest, `process` owns child processes and their pipes, and `run` is the
-//! lifecycle of one container and decides its final state; `writeback` keeps the data we
-//! write from piling up dirty in the page cache. docs/architecture.md is the map.
+//! lifecycle of one container and decides its final state; `slurm` keeps a Slurm job's kill
+//! from leaving the container behind; `writeback` keeps the data we write from piling up
+//! dirty in the page cache. docs/architecture.md is the map.
 
 pub mod arvados;
 pub mod cgroup;
@@ -28,6 +29,7 @@ pub mod progress;
 pub mod redact;
 pub mod rfc3339;
 pub mod run;
+pub mod slurm;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod test_io;

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use crunch_run::cgroup::Roots;
 use crunch_run::config::{Args, Config, Mode, normalize_go_flags};
 use crunch_run::detach;
 use crunch_run::docker::{Docker, run_guard};
@@ -40,9 +41,18 @@ fn main() -> ExitCode {
 
 fn dispatch(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
     match mode {
-        Mode::Guard { container, docker } => {
+        Mode::Guard {
+            container,
+            docker,
+            cgroups,
+        } => {
             let docker = Docker::with_program_and_env(docker.program, docker.env);
-            Ok(run_guard(&container, &docker) as u8)
+            let remove_cgroups = || {
+                if let Some(dirs) = &cgroups {
+                    dirs.remove_empty(&Roots::host());
+                }
+            };
+            Ok(run_guard(&container, &docker, &remove_cgroups) as u8)
         }
         Mode::List { lock_dir } => detach::list(&lock_dir, &mut io::stdout().lock())
             .map(|()| 0)

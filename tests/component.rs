@@ -1585,3 +1585,113 @@ fn small_output_files_are_packed_into_shared_blocks() {
         );
     }
 }
+
+#[test]
+fn networking_always_gives_every_container_the_network_mode_asked_for() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let mut cmd = h.command(UUID);
+    cmd.args([
+        "-container-enable-networking=always",
+        "-container-network-mode=host",
+    ]);
+    cmd.envs(load_env());
+    assert!(cmd.output().unwrap().status.success());
+    assert_eq!(final_record(&h)["state"], "Complete");
+    let args = h.removed_container_file(UUID, "args");
+    assert!(args.contains("--network\nhost\n"), "{args}");
+    // A network, but no API access: none of the API variables.
+    let env = h.removed_container_file(UUID, "env");
+    assert!(!env.contains("ARVADOS_API_TOKEN"), "{env}");
+}
+
+#[test]
+fn enable_memory_limit_false_gives_docker_no_memory_limit() {
+    let (h, pdh) = setup();
+    let mut rec = record(UUID, &pdh, &["true"]);
+    rec["runtime_constraints"] = json!({"ram": 1 << 30, "vcpus": 1});
+    h.fake.add_container(rec);
+    let mut cmd = h.command(UUID);
+    cmd.arg("-enable-memory-limit=false").envs(load_env());
+    assert!(cmd.output().unwrap().status.success());
+    let args = h.removed_container_file(UUID, "args");
+    assert!(!args.contains("--memory"), "{args}");
+    assert!(args.contains("--cpus\n1\n"), "{args}");
+}
+
+/// This process's cgroup for `subsystem`, as crunch-run (our child) finds its own.
+fn own_cgroup(subsystem: &str) -> String {
+    crunch_run::cgroup::own_cgroup_path(&crunch_run::cgroup::Roots::host(), subsystem).unwrap()
+}
+
+#[test]
+fn cgroup_parent_subsystem_puts_the_container_under_crunch_runs_own_cgroup() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("-cgroup-parent-subsystem=memory").envs(load_env());
+    assert!(cmd.output().unwrap().status.success());
+    let args = h.removed_container_file(UUID, "args");
+    let parent = own_cgroup("memory");
+    assert!(
+        args.contains(&format!("--cgroup-parent\n{parent}\n")),
+        "{args}"
+    );
+    let calls = h.docker_calls();
+    assert!(calls.iter().any(|c| c == "info --format {{.CgroupDriver}}"));
+
+    // Without the flag, docker is not asked (`docker info` can be slow).
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    run_with(&h, &[]);
+    assert!(
+        !h.removed_container_file(UUID, "args")
+            .contains("--cgroup-parent")
+    );
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("info")));
+}
+
+#[test]
+fn on_dockers_systemd_cgroup_driver_the_cgroup_parent_is_dropped_with_a_warning() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let mut cmd = h.command(UUID);
+    cmd.arg("-cgroup-parent-subsystem=memory")
+        .env("FAKE_DOCKER_CGROUP_DRIVER", "systemd")
+        .envs(load_env());
+    assert!(cmd.output().unwrap().status.success());
+    assert_eq!(final_record(&h)["state"], "Complete");
+    assert!(
+        !h.removed_container_file(UUID, "args")
+            .contains("--cgroup-parent")
+    );
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert!(
+        crunch.contains("docker uses the systemd cgroup driver")
+            && crunch.contains("native.cgroupdriver=cgroupfs"),
+        "{crunch}"
+    );
+}
+
+#[test]
+fn gos_ignored_flags_are_accepted() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let mut cmd = h.command(UUID);
+    cmd.args([
+        "-cgroup-parent=docker",
+        "-cgroup-root=/sys/fs/cgroup",
+        "-check-containerd=60s",
+        "-config=/etc/arvados/config.yml",
+        "-sleep=0s",
+        "-memprofile=/tmp/crunch-run.mem",
+    ])
+    .envs(load_env());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(final_record(&h)["state"], "Complete");
+    assert!(
+        !h.removed_container_file(UUID, "args")
+            .contains("--cgroup-parent")
+    );
+}

@@ -271,7 +271,7 @@ fn run_passes_env_values_outside_argv() {
             ("HOME".into(), "/home/container-home".into()),
         ],
         labels: vec![("org.arvados.container_uuid".into(), NAME.into())],
-        network: true,
+        network: Some("default".into()),
         memory_bytes: Some(1 << 30),
         cpus: Some(1.5),
         cwd: Some("/work".into()),
@@ -675,7 +675,7 @@ fn guard_child_entry() {
     if let Some(name) = std::env::var_os(GUARD_TEST_NAME) {
         let program = std::env::var_os(GUARD_DOCKER_ENV).unwrap();
         let docker = Docker::with_program_and_env(program, std::env::vars_os());
-        let code = run_guard(&name.to_string_lossy(), &docker);
+        let code = run_guard(&name.to_string_lossy(), &docker, &|| {});
         std::process::exit(code);
     }
 }

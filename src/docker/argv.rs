@@ -34,8 +34,8 @@ pub struct ContainerSpec {
     pub cwd: Option<String>,
     /// Environment of the container. Values are secret-ish and never put in argv.
     pub env: Vec<(String, String)>,
-    /// `--network default` when true, `--network none` when false.
-    pub network: bool,
+    /// `--network <mode>` (e.g. `default`, `host`); `--network none` when `None`.
+    pub network: Option<String>,
     /// `--label k=v` each.
     pub labels: Vec<(String, String)>,
     /// `--memory` and `--memory-swap` (same value: no swap), at least [`MIN_MEMORY_BYTES`].
@@ -48,6 +48,9 @@ pub struct ContainerSpec {
     pub gpus: Option<Gpus>,
     /// `-i`: the container reads a stdin the caller feeds.
     pub stdin: bool,
+    /// `--cgroup-parent`: the cgroup the container's goes under (a path, for docker's
+    /// cgroupfs driver).
+    pub cgroup_parent: Option<String>,
 }
 
 /// A host path bind-mounted into the container.
@@ -125,8 +128,9 @@ pub enum ArgvError {
 
 /// Build `docker create` arguments for `spec`:
 ///
-/// `create --name <name> --label k=v… --log-driver none --network none|default
-///  [--memory N --memory-swap N] [--cpus X] [-w cwd] -e NAME… [--env-file F] <image> <command…>`
+/// `create --name <name> --label k=v… --log-driver none --network none|<mode>
+///  [--memory N --memory-swap N] [--cpus X] [--cgroup-parent P] [-w cwd] -e NAME…
+///  [--env-file F] <image> <command…>`
 ///
 /// No `--` goes before the image (older docker CLIs are said to reject it; an image starting
 /// with `-` is refused instead); none is needed after it either, because docker stops parsing
@@ -144,7 +148,7 @@ pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
         options.push(format!("{k}={v}"));
     }
     options.extend(["--log-driver".into(), "none".into(), "--network".into()]);
-    options.push(if spec.network { "default" } else { "none" }.into());
+    options.push(spec.network.clone().unwrap_or_else(|| "none".into()));
     if let Some(bytes) = spec.memory_bytes {
         let bytes = bytes.max(MIN_MEMORY_BYTES).to_string();
         options.extend([
@@ -159,6 +163,9 @@ pub fn create_argv(spec: &ContainerSpec) -> Result<CreateArgs, ArgvError> {
             return Err(ArgvError::BadCpus(cpus));
         }
         options.extend(["--cpus".into(), format!("{cpus}")]);
+    }
+    if let Some(parent) = &spec.cgroup_parent {
+        options.extend(["--cgroup-parent".into(), parent.clone()]);
     }
     if let Some(cwd) = &spec.cwd {
         options.extend(["-w".into(), cwd.clone()]);
@@ -363,7 +370,7 @@ mod tests {
     #[test]
     fn network_labels_limits_and_cwd() {
         let s = ContainerSpec {
-            network: true,
+            network: Some("default".into()),
             labels: vec![
                 (
                     "org.arvados.container_uuid".into(),
@@ -383,6 +390,24 @@ mod tests {
                  --label org.arvados.container_uuid=zzzzz-dz642-000000000000000 --label a=b=c \
                  --log-driver none --network default --memory 1073741824 --memory-swap 1073741824 \
                  --cpus 2 -w /work sha256:abc echo hello"
+            )
+        );
+    }
+
+    #[test]
+    fn network_mode_and_cgroup_parent_are_one_word_each() {
+        let s = ContainerSpec {
+            network: Some("host".into()),
+            cpus: Some(1.0),
+            cgroup_parent: Some("/slurm_vm/uid_0/job_7/step_batch/task_0".into()),
+            ..spec()
+        };
+        assert_eq!(
+            argv(&s),
+            words(
+                "create --name zzzzz-dz642-000000000000000 --log-driver none --network host \
+                 --cpus 1 --cgroup-parent /slurm_vm/uid_0/job_7/step_batch/task_0 \
+                 sha256:abc echo hello"
             )
         );
     }

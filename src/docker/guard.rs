@@ -13,7 +13,9 @@
 //!   `docker create` was still in flight) and exits.
 //!
 //! The guard runs in its own process group, so a Ctrl-C at a terminal (which signals
-//! crunch-run's whole group) leaves it alone; it also ignores SIGINT and SIGHUP.
+//! crunch-run's whole group) leaves it alone; it also ignores SIGINT and SIGHUP. Under a
+//! batch scheduler that kills a job by its cgroups, the caller moves it out of them
+//! (slurm.rs); after a removal it runs what the caller gave it to clean up besides.
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -27,6 +29,8 @@ use crate::process::OwnedChild;
 
 /// The hidden flag the main binary dispatches to [`run_guard`].
 pub const GUARD_FLAG: &str = "--guard-container";
+/// The hidden flag that passes the container's cgroup parent to the guard.
+pub const GUARD_CGROUP_PARENT_FLAG: &str = "--guard-cgroup-parent";
 /// Tells the guard which docker program to run (the path crunch-run itself uses).
 pub const GUARD_DOCKER_ENV: &str = "CRUNCH_RUN_GUARD_DOCKER";
 /// What crunch-run writes when the guard is no longer needed.
@@ -46,19 +50,32 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Start `<exe> --guard-container <container_name>`, with `docker`'s program passed on
-    /// in [`GUARD_DOCKER_ENV`]. `exe` is normally `std::env::current_exe()`.
-    pub fn spawn(exe: &Path, container_name: &str, docker: &Docker) -> io::Result<Guard> {
-        Guard::spawn_command(Guard::command(exe, container_name, docker))
+    /// Start `<exe> --guard-container <container_name> [--guard-cgroup-parent <path>]`,
+    /// with `docker`'s program passed on in [`GUARD_DOCKER_ENV`]. `exe` is normally
+    /// `std::env::current_exe()`.
+    pub fn spawn(
+        exe: &Path,
+        container_name: &str,
+        cgroup_parent: Option<&str>,
+        docker: &Docker,
+    ) -> io::Result<Guard> {
+        Guard::spawn_command(Guard::command(exe, container_name, cgroup_parent, docker))
     }
 
     /// The command [`Guard::spawn`] runs, in the environment docker clients get: the guard
     /// does not need crunch-run's `ARVADOS_*` variables either.
-    pub fn command(exe: &Path, container_name: &str, docker: &Docker) -> Command {
+    pub fn command(
+        exe: &Path,
+        container_name: &str,
+        cgroup_parent: Option<&str>,
+        docker: &Docker,
+    ) -> Command {
         let mut cmd = Command::new(exe);
-        cmd.arg(GUARD_FLAG)
-            .arg(container_name)
-            .env_clear()
+        cmd.arg(GUARD_FLAG).arg(container_name);
+        if let Some(parent) = cgroup_parent {
+            cmd.arg(GUARD_CGROUP_PARENT_FLAG).arg(parent);
+        }
+        cmd.env_clear()
             .envs(docker.env().iter().map(|(k, v)| (k, v)))
             .env(GUARD_DOCKER_ENV, docker.program());
         cmd
@@ -77,6 +94,11 @@ impl Guard {
             child: Some(child),
             stdin,
         })
+    }
+
+    /// The guard's process id, while it has not been released.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Tell the guard crunch-run has dealt with the container, and wait (at most a few
@@ -127,7 +149,8 @@ impl Drop for Guard {
 
 /// The guard process's whole life; returns its exit status. The main binary calls this when
 /// invoked as `crunch-run --guard-container <name>`, with the docker CLI crunch-run named.
-pub fn run_guard(name: &str, docker: &Docker) -> i32 {
+/// `on_removed` runs after each removal (the cgroup directories docker left, say).
+pub fn run_guard(name: &str, docker: &Docker, on_removed: &dyn Fn()) -> i32 {
     ignore_terminal_signals();
     if wait_for_release(io::stdin().lock()) {
         return 0;
@@ -139,12 +162,16 @@ pub fn run_guard(name: &str, docker: &Docker) -> i32 {
         eprintln!("crunch-run guard: {e}");
         return 1;
     }
+    on_removed();
     // A `docker create` sent just before crunch-run died may still be creating the container.
     thread::sleep(RECHECK_DELAY);
     match docker.exists(name) {
         Ok(false) => 0,
         Ok(true) => match docker.remove(name) {
-            Ok(()) => 0,
+            Ok(()) => {
+                on_removed();
+                0
+            }
             Err(e) => {
                 eprintln!("crunch-run guard: {e}");
                 1
@@ -267,14 +294,18 @@ mod tests {
             ("ARVADOS_API_TOKEN".into(), "secret".into()),
         ];
         let docker = Docker::with_program_and_env("/usr/bin/docker", env);
-        let cmd = Guard::command(
-            Path::new("/usr/bin/crunch-run"),
-            "zzzzz-dz642-000000000000000",
-            &docker,
-        );
+        let exe = Path::new("/usr/bin/crunch-run");
+        let name = "zzzzz-dz642-000000000000000";
+        let cmd = Guard::command(exe, name, None, &docker);
         assert_eq!(cmd.get_program(), "/usr/bin/crunch-run");
         let args: Vec<_> = cmd.get_args().collect();
-        assert_eq!(args, [GUARD_FLAG, "zzzzz-dz642-000000000000000"]);
+        assert_eq!(args, [GUARD_FLAG, name]);
+        let parented = Guard::command(exe, name, Some("/slurm/job_1"), &docker);
+        let args: Vec<_> = parented.get_args().collect();
+        assert_eq!(
+            args,
+            [GUARD_FLAG, name, GUARD_CGROUP_PARENT_FLAG, "/slurm/job_1"]
+        );
         let envs: Vec<_> = cmd.get_envs().collect();
         assert_eq!(
             envs,

@@ -28,5 +28,5 @@ pub use attached::Attached;
 pub use cli::{DEFAULT_TIMEOUT, Docker, LoadOutput};
 pub use error::{DockerError, classify_start_error, suggests_broken_node};
 pub use exit::{ContainerExit, ContainerState};
-pub use guard::{GUARD_DOCKER_ENV, GUARD_FLAG, Guard, run_guard};
+pub use guard::{GUARD_CGROUP_PARENT_FLAG, GUARD_DOCKER_ENV, GUARD_FLAG, Guard, run_guard};
 pub use watchdog::watch;

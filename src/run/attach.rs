@@ -17,6 +17,7 @@ use serde_json::{Map, json};
 use crate::docker::{ContainerSpec, create_argv, display_argv, run_argv};
 use crate::logging::pipeline::LogPipeline;
 use crate::process::{Tail, TailReader, read_on};
+use crate::slurm::ContainerCgroups;
 
 use super::engine::Client;
 use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
@@ -48,6 +49,7 @@ impl ContainerRun<'_> {
                 staged: self.staged.as_ref(),
                 token: self.access.as_ref().map(|a| a.token.as_str()),
                 pid: std::process::id(),
+                cgroup_parent: self.cgroup_parent.as_deref(),
             },
         );
         if let Some(warning) = warning {
@@ -68,6 +70,12 @@ impl ContainerRun<'_> {
             engine: self.engine.clone(),
             name: self.uuid.clone(),
             guard: self.guard.take(),
+            cgroups: self
+                .config
+                .slurm_job
+                .clone()
+                .zip(self.cgroup_parent.as_deref())
+                .and_then(|(job, parent)| ContainerCgroups::new(job, parent)),
         });
         // Environment values travel in the docker CLI's own environment, never in argv.
         let argv = run_argv(&args.argv(Path::new("<env-file>")));

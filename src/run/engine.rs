@@ -39,9 +39,11 @@ pub trait Engine: Send + Sync {
     fn wait(&self, name: &str) -> Result<i64, DockerError>;
     /// Kill and remove the container; one that is gone already is success.
     fn remove(&self, name: &str) -> Result<(), DockerError>;
-    /// Start what removes the container `name` if crunch-run dies; `None` for an engine
-    /// that needs none.
-    fn guard(&self, name: &str) -> io::Result<Option<Guard>>;
+    /// The engine's cgroup driver (`cgroupfs`, `systemd`): what a cgroup parent may be.
+    fn cgroup_driver(&self) -> Result<String, DockerError>;
+    /// Start what removes the container `name` (and, inside a Slurm job, the cgroups made
+    /// for its `cgroup_parent`) if crunch-run dies; `None` for an engine that needs none.
+    fn guard(&self, name: &str, cgroup_parent: Option<&str>) -> io::Result<Option<Guard>>;
 }
 
 /// The attached client of a running container. Its exit status is the client's: the
@@ -103,9 +105,13 @@ impl Engine for Docker {
         Docker::remove(self, name)
     }
 
-    fn guard(&self, name: &str) -> io::Result<Option<Guard>> {
+    fn cgroup_driver(&self) -> Result<String, DockerError> {
+        Docker::cgroup_driver(self)
+    }
+
+    fn guard(&self, name: &str, cgroup_parent: Option<&str>) -> io::Result<Option<Guard>> {
         let exe = std::env::current_exe()?;
-        Guard::spawn(&exe, name, self).map(Some)
+        Guard::spawn(&exe, name, cgroup_parent, self).map(Some)
     }
 }
 

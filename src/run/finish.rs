@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::cgroup::Roots;
 use crate::docker::Guard;
 use crate::logging::late::LateLog;
 use crate::logging::pipeline::LogPipeline;
+use crate::slurm::ContainerCgroups;
 use crate::store::ApiStore;
 
 use super::ContainerRun;
@@ -35,23 +37,30 @@ pub(super) fn finish_without_logs(
     }
 }
 
-/// Removing the docker container and releasing the guard: done on a thread of its own
-/// while the logs are saved, and waited for before crunch-run exits.
+/// Removing the docker container (and in a Slurm job the cgroups docker made for it) and
+/// releasing the guard: done on a thread of its own while the logs are saved, and waited
+/// for before crunch-run exits.
 pub(super) struct Cleanup {
     pub engine: Arc<dyn Engine>,
     pub name: String,
     pub guard: Option<Guard>,
+    pub cgroups: Option<ContainerCgroups>,
 }
 
 impl Cleanup {
     /// Returns what went wrong, for stderr (the log collection is closed by then).
     pub(super) fn run(self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(e) = self.engine.remove(&self.name) {
-            problems.push(format!(
+        match self.engine.remove(&self.name) {
+            Ok(()) => {
+                if let Some(cgroups) = &self.cgroups {
+                    cgroups.remove_empty(&Roots::host());
+                }
+            }
+            Err(e) => problems.push(format!(
                 "removing docker container {} failed: {e}",
                 self.name
-            ));
+            )),
         }
         if let Some(Err(e)) = self.guard.map(Guard::release) {
             problems.push(format!("releasing the guard process failed: {e}"));

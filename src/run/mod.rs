@@ -164,6 +164,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         access: None,
         staged: None,
         guard: None,
+        cgroup_parent: None,
         cleanup: None,
         cleanup_done: None,
         engine_asked: AtomicBool::new(false),
@@ -172,13 +173,17 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         log_collection,
         stats: ResourceStats::new(cgroups),
     };
-    run.guard = match run.engine.guard(uuid) {
+    run.guard = match run
+        .engine
+        .guard(uuid, config.container.cgroup_parent.as_deref())
+    {
         Ok(guard) => guard,
         Err(e) => {
             run.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
             None
         }
     };
+    run.free_the_guard();
     run.start_hoststat(&pipeline);
     let (outcome, output) = run.execute(&record, &pipeline);
     run.finish(outcome, output, pipeline)
@@ -232,6 +237,8 @@ struct ContainerRun<'a> {
     /// Removes the docker container if crunch-run dies; started early so that its
     /// start-up does not compete with the container's.
     guard: Option<Guard>,
+    /// The container's cgroup parent, once the engine said it can take it.
+    cgroup_parent: Option<String>,
     /// Set once the docker container may exist: what removes it.
     cleanup: Option<Cleanup>,
     /// The removal under way, waited for before crunch-run exits.
@@ -259,6 +266,26 @@ impl ContainerRun<'_> {
     fn sayer(&self) -> impl Fn(&str) + Send + 'static {
         let (log, secrets) = (self.log.clone(), self.secrets.clone());
         move |text: &str| log.line(&secrets.redact(text))
+    }
+
+    /// In a Slurm job, move the guard out of the job's cgroups: Slurm's kill of every
+    /// process in the job then spares it, and it removes the container (slurm.rs).
+    fn free_the_guard(&self) {
+        let pid = self.guard.as_ref().and_then(Guard::pid);
+        let (Some(job), Some(pid)) = (&self.config.slurm_job, pid) else {
+            return;
+        };
+        let id = job.id();
+        match job.release(&Roots::host(), pid) {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => self.say(&format!(
+                "The guard process left Slurm job {id}'s cgroups ({}), so that the job's kill leaves it to remove the container",
+                left.join(", ")
+            )),
+            Err(e) => self.say(&format!(
+                "Warning: the guard process cannot leave Slurm job {id}'s cgroups ({e}): if Slurm kills every process of the job, the docker container keeps running. Run crunch-run as root, or install the Slurm Epilog contrib/slurm-epilog.sh (README: Running on a cluster)"
+            )),
+        }
     }
 
     fn check_cancel(&self) -> Step<()> {

@@ -16,6 +16,7 @@ use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess};
 
 use super::outcome::Outcome;
+use super::spec::usable_cgroup_parent;
 use super::{ContainerRun, Step};
 
 /// The record and its state, if crunch-run may run it; else says why on stderr.
@@ -92,15 +93,29 @@ impl ContainerRun<'_> {
     }
 
     /// The requests that need only the record, side by side: the container's token and
-    /// then its secret mounts (API calls) on one thread, the image (its collection, then
-    /// the engine) on this one. The token's failure is reported first, the image's only
-    /// after the mount plan's (by `prepare`).
+    /// then its secret mounts (API calls) on one thread, the engine's cgroup driver when a
+    /// cgroup parent is wanted on another, the image (its collection, then the engine) on
+    /// this one. The token's failure is reported first, the image's only after the mount
+    /// plan's (by `prepare`).
     fn gather(&mut self, container: &Container) -> Step<Gathered> {
-        let (access, image) = std::thread::scope(|s| {
+        let parent = self.config.container.cgroup_parent.as_deref();
+        let (access, image, driver) = std::thread::scope(|s| {
             let access = s.spawn(|| self.fetch_access());
+            let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
             let image = self.find_image(&container.container_image);
-            (access.join(), image)
+            (access.join(), image, driver.map(|d| d.join()))
         });
+        if let (Some(parent), Some(driver)) = (parent, driver) {
+            let driver = match driver {
+                Ok(answer) => answer.map_err(|e| e.to_string()),
+                Err(_) => Err("the question failed unexpectedly".into()),
+            };
+            let (usable, warning) = usable_cgroup_parent(parent, driver);
+            if let Some(warning) = warning {
+                self.say(&warning);
+            }
+            self.cgroup_parent = usable;
+        }
         let (access, secret_mounts) = access.unwrap_or_else(|_| {
             Err(Outcome::failed(
                 "getting the container's token failed unexpectedly",

@@ -20,6 +20,8 @@ pub(super) struct SpecInputs<'a> {
     pub token: Option<&'a str>,
     /// crunch-run's pid, for the container's label.
     pub pid: u32,
+    /// The cgroup parent the engine can take ([`usable_cgroup_parent`]).
+    pub cgroup_parent: Option<&'a str>,
 }
 
 /// The spec, and a warning for crunch-run.txt when the record asks for what this run
@@ -46,6 +48,7 @@ pub(super) fn container_spec(
             _ => warning = Some(NO_API_SERVER),
         }
     }
+    let setup = &inputs.config.container;
     let gpus = (rc.gpu_count > 0).then(|| match &inputs.config.gpu_devices {
         Some(ids) => Gpus::Devices(ids.clone()),
         None => Gpus::Count(rc.gpu_count),
@@ -56,21 +59,53 @@ pub(super) fn container_spec(
         command: container.command.clone(),
         cwd: container.cwd.clone(),
         env,
-        network: rc.api,
+        network: (rc.api || setup.network_always).then(|| setup.network_mode.clone()),
         labels: vec![
             ("org.arvados.container_uuid".into(), uuid.clone()),
             ("org.arvados.crunch-run.pid".into(), inputs.pid.to_string()),
         ],
-        memory_bytes: rc.ram,
+        memory_bytes: rc.ram.filter(|_| setup.memory_limit),
         cpus: rc.vcpus,
         gpus,
         binds: binds(inputs.staged, api_env.filter(|_| rc.api)),
         stdin: inputs.staged.is_some_and(|m| m.stdin.is_some()),
+        cgroup_parent: inputs.cgroup_parent.map(str::to_string),
     };
     (spec, warning)
 }
 
 const NO_API_SERVER: &str = "Warning: the container asks for API access, but this run has no API server (local store): none is given";
+
+/// The cgroup parent to give the engine, whose cgroup driver is `driver` (or could not be
+/// asked), and a warning for crunch-run.txt when it is not quite `parent`. docker's systemd
+/// driver takes only a slice name (`x.slice`), never a path like Slurm's: the parent is
+/// then its last part if that is a slice, else none (docker would refuse the container).
+pub(super) fn usable_cgroup_parent(
+    parent: &str,
+    driver: Result<String, String>,
+) -> (Option<String>, Option<String>) {
+    match driver.as_deref() {
+        Ok("systemd") => match parent.rsplit('/').next().filter(|n| n.ends_with(".slice")) {
+            Some(slice) => (Some(slice.to_string()), None),
+            None => (
+                None,
+                Some(format!(
+                    "Warning: -cgroup-parent-subsystem ignored: docker uses the systemd cgroup \
+                     driver, which takes only a slice (\"name.slice\") as a cgroup parent, not \
+                     {parent}; the container runs outside this job's cgroup and its limits. \
+                     Run dockerd with --exec-opt native.cgroupdriver=cgroupfs"
+                )),
+            ),
+        },
+        Ok(_) => (Some(parent.to_string()), None),
+        Err(e) => (
+            Some(parent.to_string()),
+            Some(format!(
+                "Warning: cannot ask docker for its cgroup driver ({e}); passing --cgroup-parent {parent} as it is"
+            )),
+        ),
+    }
+}
 
 /// The staged mounts, and for API access our CA bundle where the Arvados SDKs look.
 fn binds(staged: Option<&StagedMounts>, api: Option<&ApiEnv>) -> Vec<Bind> {
@@ -152,6 +187,7 @@ mod tests {
             staged: None,
             token: Some("v2/container/token"),
             pid: 42,
+            cgroup_parent: None,
         }
     }
 
@@ -165,7 +201,8 @@ mod tests {
         assert_eq!(spec.command, ["echo", "hi"]);
         assert_eq!(spec.cwd.as_deref(), Some("/tmp"));
         assert_eq!(spec.env, [("FOO".to_string(), "bar".to_string())]);
-        assert!(!spec.network, "no API access: no network");
+        assert_eq!(spec.network, None, "no API access: no network");
+        assert_eq!(spec.cgroup_parent, None);
         assert_eq!(spec.memory_bytes, Some(1 << 30));
         assert_eq!(spec.cpus, Some(2.0));
         assert_eq!(spec.gpus, None);
@@ -189,7 +226,7 @@ mod tests {
         let c = record(json!({"runtime_constraints": {"API": true}}));
         let (spec, warning) = container_spec(&c, &inputs(&config));
         assert_eq!(warning, None);
-        assert!(spec.network);
+        assert_eq!(spec.network.as_deref(), Some("default"));
         let env: std::collections::BTreeMap<_, _> = spec.env.into_iter().collect();
         assert_eq!(env["ARVADOS_API_TOKEN"], "v2/container/token");
         assert_eq!(env["ARVADOS_API_HOST"], "api.example:443");
@@ -223,5 +260,64 @@ mod tests {
         let assigned = config(arvados(), Some(vec!["1".into(), "3".into()]));
         let (spec, _) = container_spec(&c, &inputs(&assigned));
         assert_eq!(spec.gpus, Some(Gpus::Devices(vec!["1".into(), "3".into()])));
+    }
+
+    #[test]
+    fn networking_always_and_its_mode_and_no_memory_limit() {
+        let mut config = config(arvados(), None);
+        config.container.network_always = true;
+        config.container.network_mode = "host".into();
+        config.container.memory_limit = false;
+        let (spec, _) = container_spec(&record(json!({})), &inputs(&config));
+        assert_eq!(spec.network.as_deref(), Some("host"));
+        assert_eq!(spec.memory_bytes, None);
+        assert!(spec.env.iter().all(|(k, _)| !k.starts_with("ARVADOS_")));
+        let c = record(json!({"runtime_constraints": {"API": true, "ram": 1 << 20}}));
+        config.container.network_always = false;
+        let (spec, _) = container_spec(&c, &inputs(&config));
+        assert_eq!(
+            spec.network.as_deref(),
+            Some("host"),
+            "API access: the mode"
+        );
+        assert_eq!(spec.memory_bytes, None);
+    }
+
+    #[test]
+    fn the_cgroup_parent_goes_into_the_spec() {
+        let config = config(arvados(), None);
+        let parented = SpecInputs {
+            cgroup_parent: Some("/slurm/uid_0/job_1/step_batch/task_0"),
+            ..inputs(&config)
+        };
+        let (spec, _) = container_spec(&record(json!({})), &parented);
+        assert_eq!(
+            spec.cgroup_parent.as_deref(),
+            Some("/slurm/uid_0/job_1/step_batch/task_0")
+        );
+    }
+
+    #[test]
+    fn the_systemd_driver_takes_a_slice_or_no_parent() {
+        let slurm = "/slurm/uid_0/job_1/step_batch/task_0";
+        assert_eq!(
+            usable_cgroup_parent(slurm, Ok("cgroupfs".into())),
+            (Some(slurm.to_string()), None)
+        );
+        let (parent, warning) = usable_cgroup_parent(slurm, Ok("systemd".into()));
+        assert_eq!(parent, None);
+        let warning = warning.unwrap();
+        assert!(warning.contains("systemd cgroup driver"), "{warning}");
+        assert!(
+            warning.contains("native.cgroupdriver=cgroupfs"),
+            "{warning}"
+        );
+        assert_eq!(
+            usable_cgroup_parent("/user.slice/user-0.slice", Ok("systemd".into())),
+            (Some("user-0.slice".to_string()), None)
+        );
+        let (parent, warning) = usable_cgroup_parent(slurm, Err("engine down".into()));
+        assert_eq!(parent.as_deref(), Some(slurm));
+        assert!(warning.unwrap().contains("engine down"));
     }
 }

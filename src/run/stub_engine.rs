@@ -45,6 +45,8 @@ pub struct Script {
     pub pid: Option<u32>,
     /// Asking for the PID hangs until the container is removed.
     pub pid_hangs: bool,
+    /// The cgroup driver the engine reports (`cgroupfs` when empty).
+    pub cgroup_driver: String,
 }
 
 #[derive(Default)]
@@ -111,7 +113,8 @@ impl StubEngine {
     }
 
     /// Every call, in order: `image_id <image>`, `load`, `run <name>`, `inspect <name>`,
-    /// `pid <name>`, `wait <name>`, `remove <name>`, `version`, `kill-client <name>`.
+    /// `pid <name>`, `wait <name>`, `remove <name>`, `version`, `kill-client <name>`,
+    /// `cgroup_driver`.
     pub fn calls(&self) -> Vec<String> {
         self.world().calls.clone()
     }
@@ -303,7 +306,16 @@ impl Engine for StubEngine {
         Ok(())
     }
 
-    fn guard(&self, _name: &str) -> io::Result<Option<Guard>> {
+    fn cgroup_driver(&self) -> Result<String, DockerError> {
+        self.call("cgroup_driver".into())?;
+        let driver = &self.world().script.cgroup_driver;
+        Ok(match driver.is_empty() {
+            true => "cgroupfs".into(),
+            false => driver.clone(),
+        })
+    }
+
+    fn guard(&self, _name: &str, _cgroup_parent: Option<&str>) -> io::Result<Option<Guard>> {
         Ok(None)
     }
 }

@@ -298,3 +298,37 @@ fn a_bad_record_cancels_before_running_with_the_first_problem_found() {
     );
     assert!(!f.engine.calls().iter().any(|c| c.starts_with("run ")));
 }
+
+#[test]
+fn the_engine_is_asked_its_cgroup_driver_only_for_a_cgroup_parent() {
+    let parent = "/slurm_vm/uid_0/job_1/step_batch/task_0";
+    let f = Fixture::new(Script::default());
+    assert_eq!(f.run(), 0);
+    assert!(!f.engine.calls().iter().any(|c| c == "cgroup_driver"));
+    assert_eq!(f.engine.specs()[0].cgroup_parent, None);
+
+    let mut f = Fixture::new(Script::default());
+    f.config.container.cgroup_parent = Some(parent.into());
+    assert_eq!(f.run(), 0);
+    assert!(f.engine.calls().iter().any(|c| c == "cgroup_driver"));
+    assert_eq!(f.engine.specs()[0].cgroup_parent.as_deref(), Some(parent));
+}
+
+#[test]
+fn on_the_systemd_cgroup_driver_the_container_runs_without_the_parent_and_says_so() {
+    let mut f = Fixture::new(Script {
+        cgroup_driver: "systemd".into(),
+        ..Default::default()
+    });
+    f.config.container.cgroup_parent = Some("/slurm_vm/uid_0/job_1/step_batch/task_0".into());
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.final_update()["state"], "Complete");
+    assert_eq!(f.engine.specs()[0].cgroup_parent, None);
+    let crunch = f.log("crunch-run.txt");
+    assert!(
+        crunch.contains(
+            "Warning: -cgroup-parent-subsystem ignored: docker uses the systemd cgroup driver"
+        ),
+        "{crunch}"
+    );
+}

@@ -46,6 +46,8 @@ pub(super) fn config(spool_dir: &Path) -> Config {
         crunchstat_interval: None,
         gpu_devices: None,
         docker: Default::default(),
+        container: Default::default(),
+        slurm_job: None,
     }
 }
 
