@@ -3,19 +3,20 @@
 //! - **hoststat** samples crunch-run's own cgroup from before the image load (Go starts it
 //!   right after its signal handler) to the wrap-up, into hoststat.txt, with crunch-run's
 //!   resident set in its `procmem` lines, and any process named with `report_process`
-//!   (arv-mount, once it runs). Its own cgroup rather than the host's root, as Go's: under
-//!   Slurm that is the job's cgroup (crunch-run, arv-mount and, with a cgroup parent, the
-//!   container: what the job is charged for); on a cloud node it is the service's, where the
-//!   root would also count whatever else the machine runs. `stop_hoststat` puts crunch-run's
-//!   maximum resident set into crunch-run.txt.
+//!   (arv-mount, once it runs). Its own cgroup rather than the host's root, as today's Go
+//!   (reference §5.2; Go before its cgroup v2 work read the roots): under Slurm that is the
+//!   job's cgroup (crunch-run, arv-mount and, with a cgroup parent, the container: what the
+//!   job is charged for); on a cloud node it is the service's, where the root would also
+//!   count whatever else the machine runs. `stop_hoststat` puts crunch-run's maximum
+//!   resident set into crunch-run.txt.
 //! - **crunchstat** samples the container's cgroup into crunchstat.txt. A supervisor helper
 //!   (`watch_container`) asks the engine for the container's PID on a thread of its own,
 //!   once a second from a second after `docker run` started (as often as the sampler
 //!   reads), so that a short container does not pay for docker clients it never needed,
-//!   and the helper's stop never waits for one. Once found, the sampler runs until the client exits: memory
-//!   warnings go to crunch-run.txt as they come, the totals after the container's exit
-//!   lines (`say_container_totals`). A cgroup gone by then is fine: the sampler keeps what it
-//!   saw.
+//!   and the helper's stop never waits for one. Once found, the sampler runs until the
+//!   client exits: memory warnings go to crunch-run.txt as they come, the totals after the
+//!   container's exit lines (`say_container_totals`). A cgroup gone by then is fine: the
+//!   sampler keeps what it saw.
 //!
 //! Reading the cgroup files and wording the lines are `crate::crunchstat`'s; finding a
 //! cgroup, `crate::cgroup`'s; timestamping and storing the lines, the log pipeline's.
