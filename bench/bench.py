@@ -16,14 +16,18 @@
     with the requests on the run's critical path, read from the fake's request log;
 (h) loading a 150 MB image into the engine: crunch-run streaming it from Keep (the fake,
     over HTTPS, and the local store) into `docker load`, against `docker load -i` of the
-    same tar on local disk.
+    same tar on local disk;
+(i) crunchstat: the CPU cost of one sample of a container's, crunch-run's own and the
+    host's cgroups (bench/crunchstat_cost.rs), and `echo hello` with crunchstat and
+    hoststat on (the default 10s interval) against off (-crunchstat-interval=0).
 
 Sections can run alone: `bench.py api image`, or BENCH_SECTIONS=api,image (BENCH_ONLY is
-the same), names: hello, floods, mounts, capture, api, image; capture needs no Docker
+the same), names: hello, floods, mounts, capture, api, image, crunchstat; capture needs no Docker
 engine. Figures are printed, never asserted: the machines are shared and noisy.
 """
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -39,10 +43,11 @@ UUID = "zzzzz-dz642-0000000000bench"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
 IMAGE_ROUNDS = int(os.environ.get("BENCH_IMAGE_ROUNDS", "3"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "150"))
-SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image")
+SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image", "crunchstat")
 # Another build to measure (e.g. the one before a change), instead of target/release's.
 CRUNCH_RUN = os.environ.get("BENCH_CRUNCH_RUN") or os.path.join(BIN, "crunch-run")
 FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "3"))
+CRUNCHSTAT_ROUNDS = int(os.environ.get("BENCH_CRUNCHSTAT_ROUNDS", "21"))
 LINE = "crunch-run bench line of text that is a bit longer than the usual log line ok"
 
 
@@ -73,13 +78,13 @@ def write_record(store, pdh, command, mounts=None, output_path="/tmp"):
         json.dump(rec, f)
 
 
-def run_crunch(store, spool, env=None, uuid=UUID, stderr=subprocess.DEVNULL):
+def run_crunch(store, spool, env=None, uuid=UUID, stderr=subprocess.DEVNULL, flags=()):
     """Run crunch-run once; return (seconds, peak RSS bytes, exit status). The RSS is
     sampled on a thread, so the wall time is taken the moment the process exits. With no
     `store`, it runs against the API that `env` names."""
     start = time.monotonic()
     where = ["--local-store", store] if store else []
-    p = subprocess.Popen([CRUNCH_RUN] + where + ["--spool-dir", spool, uuid],
+    p = subprocess.Popen([CRUNCH_RUN] + where + ["--spool-dir", spool] + list(flags) + [uuid],
                          stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     peak = [0]
     done = threading.Event()
@@ -171,6 +176,8 @@ def main():
         floods_bench(store, spool, pdh, image, work)
     if "mounts" in sections:
         mounts_bench(store, spool, pdh, work)
+    if "crunchstat" in sections:
+        crunchstat_bench(store, spool, pdh, image)
     if "capture" in sections:
         capture_bench()
     if "api" in sections or "image" in sections:
@@ -273,6 +280,63 @@ def mounts_bench(store, spool, image_pdh, work):
           % (staged - base, base, cp, (staged - base) / cp, peak_stage / 2**20))
     print("(e) staging it and uploading it again as output: %.2f s over a trivial run, 2 x cp %.2f s, ratio %.2fx; peak RSS %.1f MiB (target < 64 MiB)"
           % (both - base, 2 * cp, (both - base) / (2 * cp), peak_both / 2**20))
+
+
+def crunchstat_cost(image):
+    """The CPU time of one crunchstat sample (bench/crunchstat_cost.rs, a release build) of
+    a running container's cgroup, crunch-run's own (the example's), and the host's roots."""
+    cargo = os.environ.get("CARGO", "cargo")
+    subprocess.run([cargo, "build", "--quiet", "--release", "--example", "crunchstat-cost"],
+                   cwd=TOP, check=True)
+    cost = os.path.join(BIN, "examples", "crunchstat-cost")
+    name = "crunch-run-bench-crunchstat"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    sh("docker", "run", "-d", "--name", name, "--network", "none", image, "sleep", "120")
+    try:
+        pid = sh("docker", "inspect", "--format", "{{.State.Pid}}", name)
+        for target, what in ((pid, "a container"), ("self", "crunch-run's own"), ("root", "the host's roots")):
+            line = sh(cost, target)
+            print("    %s: %s" % (what, line[line.find("(") :]))
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def sampled(store):
+    """Whether the last run's crunchstat.txt holds figures (the container's PID was found
+    while it ran), rather than the notice that it ended first."""
+    with open(os.path.join(store, "containers", UUID + ".json")) as f:
+        log = json.load(f).get("log")
+    text = subprocess.run([os.path.join(BIN, "arv-local"), "cat", store, log, "crunchstat.txt"],
+                          capture_output=True, text=True).stdout
+    return any(line.split(" ", 2)[1:2] == ["mem"] for line in text.splitlines())
+
+
+def crunchstat_bench(store, spool, pdh, image):
+    """(i) crunchstat's CPU cost per sample; then echo hello with crunchstat on and off,
+    alternating which goes first in each round, medians of wall time and of the CPU time of
+    crunch-run and its children (the docker clients: the PID lookup is one per ask)."""
+    print("(i) crunchstat CPU cost per sample (a tick reads the cgroup every second, a report "
+          "every interval also writes the lines):")
+    crunchstat_cost(image)
+    times = {True: [], False: []}
+    cpu = {True: [], False: []}
+    found = 0
+    for i in range(CRUNCHSTAT_ROUNDS):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            write_record(store, pdh, ["echo", "hello"])
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t, _, rc = run_crunch(store, spool, flags=() if on else ("-crunchstat-interval=0",))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            check_complete(store, rc, "echo hello with crunchstat %s" % ("on" if on else "off"))
+            times[on].append(t)
+            cpu[on].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if on and sampled(store):
+                found += 1
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print("    echo hello, median of %d alternating rounds: crunchstat on %.3f s, off %.3f s, ratio %.3fx (target <= 1.02x); "
+          "CPU of crunch-run and its children %.1f ms on, %.1f ms off; the container's PID found in %d of %d runs"
+          % (CRUNCHSTAT_ROUNDS, on, off, on / off, 1000 * statistics.median(cpu[True]),
+             1000 * statistics.median(cpu[False]), found, CRUNCHSTAT_ROUNDS))
 
 
 def capture_bench():

@@ -82,9 +82,10 @@ pub struct Args {
     #[command(flatten)]
     pub container: ContainerFlags,
 
-    /// Accepted and ignored: crunchstat is not written yet.
-    #[arg(long, value_name = "DURATION")]
-    pub crunchstat_interval: Option<String>,
+    /// How often the container's and the host's resource usage is written to
+    /// crunchstat.txt and hoststat.txt (Go's syntax: "10s", "1m30s"). "0s" turns both off.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub crunchstat_interval: std::time::Duration,
     /// CA bundle to trust in addition to the system roots (same as SSL_CERT_FILE).
     #[arg(long, value_name = "FILE")]
     pub ca_certs: Option<PathBuf>,
@@ -158,6 +159,8 @@ pub struct Config {
     pub docker_watchdog_interval: Option<std::time::Duration>,
     /// When the logs so far are saved while the container runs.
     pub log_updates: LogUpdates,
+    /// How often crunchstat and hoststat report; None: neither runs.
+    pub crunchstat_interval: Option<std::time::Duration>,
     /// The GPUs a scheduler assigned to this run (CUDA_VISIBLE_DEVICES), when it did; else
     /// the engine picks as many as the record asks for.
     pub gpu_devices: Option<Vec<String>>,
@@ -371,6 +374,8 @@ impl Config {
                 period: args.log_update_period,
                 bytes: args.log_update_size,
             },
+            crunchstat_interval: Some(args.crunchstat_interval)
+                .filter(|interval| !interval.is_zero()),
             gpu_devices: gpu_devices(env),
             docker: DockerCli {
                 program: "docker".into(),
@@ -602,6 +607,25 @@ mod tests {
             config(&[&local[..], &["--docker-watchdog-interval", "0s", UUID]].concat()),
             None
         );
+    }
+
+    #[test]
+    fn crunchstat_interval_defaults_to_ten_seconds_and_zero_turns_it_off() {
+        let config = |args: &[&str]| {
+            let local = ["--local-store", "/tmp/x", UUID];
+            Config::from_args(&parse(&[args, &local[..]].concat()), &env(&[]))
+                .unwrap()
+                .crunchstat_interval
+        };
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(config(&[]), Some(secs(10)));
+        assert_eq!(config(&["-crunchstat-interval=1m30s"]), Some(secs(90)));
+        assert_eq!(
+            config(&["-crunchstat-interval", "1.5s"]),
+            Some(std::time::Duration::from_millis(1500))
+        );
+        assert_eq!(config(&["-crunchstat-interval=0"]), None);
+        assert_eq!(config(&["--crunchstat-interval=0s"]), None);
     }
 
     #[test]

@@ -1164,6 +1164,66 @@ fn the_logs_so_far_are_saved_while_the_container_runs() {
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "early\n");
 }
 
+/// One run of a container that lives 2 s, with these crunch-run flags.
+fn run_for_two_seconds(flags: &[&str]) -> Harness {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["sleep", "2"]));
+    let out = h
+        .command(UUID)
+        .args(flags)
+        .env("FAKE_DOCKER_LOAD_ID", image_id())
+        .env("FAKE_DOCKER_SLEEP", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(final_record(&h)["state"], "Complete", "{stderr}");
+    h
+}
+
+/// The fake container is the fake `docker run` process itself (it gives its own PID to
+/// `docker inspect`), so crunchstat samples a real cgroup: this test's.
+#[test]
+fn crunchstat_and_hoststat_are_in_the_log_collection_unless_turned_off() {
+    let h = run_for_two_seconds(&["-crunchstat-interval=500ms"]);
+    let asked = format!("container inspect --format {{{{.State.Pid}}}} -- {UUID}");
+    assert!(h.docker_calls().contains(&asked), "{:?}", h.docker_calls());
+    let stats = h.log_text(UUID, "crunchstat.txt");
+    assert_timestamped(&stats);
+    let stats = strip_timestamps(&stats);
+    assert!(stats.lines().any(|l| l.starts_with("mem ")), "{stats}");
+    let deltas = stats
+        .lines()
+        .filter(|l| l.starts_with("cpu ") && l.contains(" -- interval "));
+    assert!(deltas.count() >= 2, "{stats}");
+    let host = h.log_text(UUID, "hoststat.txt");
+    assert_timestamped(&host);
+    let host = strip_timestamps(&host);
+    let procmem = host.lines().find(|l| l.starts_with("procmem "));
+    assert!(
+        procmem.is_some_and(|l| l.ends_with(" crunch-run")),
+        "{host}"
+    );
+    assert!(h.logs_table("crunchstat").contains(" cpu "));
+    assert!(h.logs_table("hoststat").contains(" procmem "));
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    for total in [
+        "Total CPU usage was ",
+        "Maximum container memory rss usage was ",
+        "Maximum crunch-run memory rss usage was ",
+    ] {
+        assert!(crunch.contains(total), "{total}: {crunch}");
+    }
+
+    let h = run_for_two_seconds(&["-crunchstat-interval=0"]);
+    let log = final_record(&h)["log"].as_str().unwrap().to_string();
+    for name in ["crunchstat.txt", "hoststat.txt"] {
+        assert_eq!(h.fake.read_file(&log, name), None, "{name}");
+    }
+    assert!(!h.docker_calls().iter().any(|c| c.contains(".State.Pid")));
+    assert!(!h.log_text(UUID, "crunch-run.txt").contains("Total CPU"));
+}
+
 // ------------------------------------------------------------ requests and connections
 
 /// Print the fake's request log: what a failed assertion about it needs.
@@ -1625,7 +1685,6 @@ fn gos_ignored_flags_are_accepted() {
         "-config=/etc/arvados/config.yml",
         "-sleep=0s",
         "-memprofile=/tmp/crunch-run.mem",
-        "-crunchstat-interval=10s",
     ])
     .envs(load_env());
     let out = cmd.output().unwrap();

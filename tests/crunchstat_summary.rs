@@ -1,17 +1,15 @@
 // The real `crunchstat-summary` (PyPI crunchstat-summary, in .venv: `make pyenv`) reads a
 // crunchstat.txt written by our formatter, timestamped as the log pipeline writes it, and
-// reports the CPU time and the memory maximum of the synthetic run that made it.
-//
-// crunchstat-summary builds an API client even for `--log-file` (it fetches the discovery
-// document and nothing else), so the fake Arvados server stands in for a cluster.
+// reports the CPU time and the memory maximum of the synthetic run that made it (the
+// real-engine test does the same for a real container's crunchstat.txt).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::fake_arvados::FakeArvados;
+use common::summary::{row, run_summary};
 use crunch_run::crunchstat::parse::{CpuTimes, IoCount, Memory};
 use crunch_run::crunchstat::{DiskSpace, Reporter, Sample};
 use crunch_run::rfc3339::format_timestamp;
@@ -75,42 +73,6 @@ fn synthetic_run() -> (Vec<String>, Reporter) {
     log[0] = format!("{first} {}", log[0]);
     log[1] = format!("{first} {}", log[1]);
     (log, reporter)
-}
-
-fn summary_script() -> PathBuf {
-    let python = common::test_python();
-    let script = python.with_file_name("crunchstat-summary");
-    assert!(
-        script.exists(),
-        "no {} — install it with `make pyenv` (pip install crunchstat-summary)",
-        script.display()
-    );
-    script
-}
-
-fn run_summary(fake: &FakeArvados, log_file: &Path) -> String {
-    let home = tempfile::tempdir().unwrap();
-    let out = common::sdk_command(fake, &common::test_python(), home.path())
-        .arg(summary_script())
-        .args(["--log-file".as_ref(), log_file.as_os_str()])
-        .args(["--format", "text"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "crunchstat-summary failed: {stderr}");
-    // it warns about lines it could not parse
-    assert!(!stderr.contains("Error parsing"), "{stderr}");
-    assert!(!stderr.contains("log contains message"), "{stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The row `category\tmetric\ttask_max\ttask_max_rate\tjob_total` of the report's table.
-fn row<'a>(report: &'a str, category: &str, metric: &str) -> Vec<&'a str> {
-    report
-        .lines()
-        .map(|l| l.split('\t').collect::<Vec<_>>())
-        .find(|f| f.len() == 5 && f[0] == category && f[1] == metric)
-        .unwrap_or_else(|| panic!("no {category} {metric} row in:\n{report}"))
 }
 
 #[test]

@@ -573,6 +573,40 @@ fn process_exists(pid: &str) -> bool {
 }
 
 #[test]
+fn container_pid_while_it_runs_and_none_before_or_after() {
+    let fake = long_running().with(
+        "FAKE_DOCKER_RUN_SH",
+        r#"echo $$ >"$FAKE_DOCKER_STATE/client-pid""#,
+    );
+    assert_eq!(
+        fake.docker.container_pid(NAME).unwrap(),
+        None,
+        "no container yet"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let client = start_client(&fake.docker, &spec(), scratch.path());
+    wait_until_running(&fake);
+    // the fake's container is its `run` client, whose PID it gives
+    let pid: u32 = fake.read("client-pid").trim().parse().unwrap();
+    assert_eq!(fake.docker.container_pid(NAME).unwrap(), Some(pid));
+    assert!(fake.calls().contains(&format!(
+        "container inspect --format {{{{.State.Pid}}}} -- {NAME}\n"
+    )));
+    fake.docker.remove(NAME).unwrap();
+    client.finish();
+    assert_eq!(fake.docker.container_pid(NAME).unwrap(), None, "removed");
+
+    let exited = Fake::new()
+        .with("FAKE_DOCKER_IMAGES", IMAGE)
+        .with_container(&spec());
+    assert_eq!(exited.docker.container_pid(NAME).unwrap(), None, "exited");
+
+    let down = Fake::new().with("FAKE_DOCKER_ENGINE_DOWN", "1");
+    let err = down.docker.container_pid(NAME).unwrap_err();
+    assert!(err.is_engine_down(), "{err}");
+}
+
+#[test]
 fn remove_of_a_missing_container_is_ok() {
     let fake = Fake::new();
     fake.docker.remove(NAME).unwrap();

@@ -608,3 +608,91 @@ fn crunchstat_samples_a_real_containers_cgroup() {
         "{lines:?}"
     );
 }
+
+/// What busybox `times` printed (`0m1.220s 0m0.140s`, the shell's user and system time,
+/// then its children's): the container's CPU seconds as it counted them itself.
+fn cpu_counted_by_times(said: &str) -> f64 {
+    let seconds = |t: &str| -> f64 {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let times = said.lines().take(2).flat_map(|l| l.split_whitespace());
+    times.map(seconds).sum()
+}
+
+/// Issue 8: a container burns a fixed amount of work (about 2 s of CPU here) and holds
+/// 64 MiB while crunch-run samples it every second; the real crunchstat-summary, reading
+/// our crunchstat.txt, reports the CPU time the container counted itself (`times`), and a
+/// memory maximum between the 64 MiB it held and its shell's own peak (VmHWM: building the
+/// string briefly takes twice as much).
+#[test]
+fn crunchstat_summary_reads_what_a_real_container_did() {
+    use common::summary::{row, run_summary};
+    const MIB: f64 = 1048576.0;
+    let script = "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done; \
+                  x=$(head -c 67108864 /dev/zero | tr '\\000' a); sleep 3; \
+                  times; grep VmHWM /proc/$$/status; echo ${#x}";
+    let c = Case::with_shared_image(840, &["sh", "-c", script]);
+    let out =
+        c.h.command(&c.uuid)
+            .arg("--crunchstat-interval=1s")
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "crunch-run exited {}", out.status);
+    assert_eq!(c.h.fake.container(&c.uuid)["state"], "Complete");
+    assert!(engine::containers_named(&c.uuid).is_empty());
+    let said = c.stdout();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 4, "{said}");
+    assert_eq!(lines[3], "67108864");
+    let counted = cpu_counted_by_times(&said);
+    let hwm_kib: f64 = lines[2].split_whitespace().nth(1).unwrap().parse().unwrap();
+    let peak = hwm_kib * 1024.0;
+
+    let stats = c.h.log_file(&c.uuid, "crunchstat.txt");
+    assert_timestamped(&String::from_utf8_lossy(&stats));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crunchstat.txt");
+    std::fs::write(&path, &stats).unwrap();
+    let report = run_summary(&c.h.fake, &path);
+    let cpu: f64 = row(&report, "cpu", "user+sys")[4].parse().unwrap();
+    let rss: f64 = row(&report, "mem", "rss")[2].parse().unwrap();
+    eprintln!(
+        "crunchstat-summary: CPU {cpu:.2} s (the container counted {counted:.2} s), \
+         max rss {:.1} MiB (held 64 MiB, shell peak {:.1} MiB)",
+        rss / MIB,
+        peak / MIB
+    );
+    assert!(counted > 1.0, "the loop took {counted} s of CPU");
+    assert!(
+        (cpu - counted).abs() <= 0.2 + 0.1 * counted,
+        "crunchstat-summary says {cpu} s of CPU, the container counted {counted} s"
+    );
+    assert!(
+        rss >= 64.0 * MIB && rss <= peak + 16.0 * MIB,
+        "crunchstat-summary says {} MiB at most, the container held 64 MiB (peak {} MiB)",
+        rss / MIB,
+        peak / MIB
+    );
+    // and crunch-run.txt's totals say the same as crunchstat-summary
+    let crunch = c.crunch_log();
+    let total = crunch
+        .lines()
+        .find_map(|l| l.split_once("Total CPU usage was "))
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or_else(|| panic!("no CPU total in {crunch}"));
+    let words: Vec<&str> = total.split_whitespace().collect();
+    let ours = words[0].parse::<f64>().unwrap() + words[3].parse::<f64>().unwrap();
+    assert!((ours - cpu).abs() < 0.02, "{total} against {cpu}");
+    // ours sees every 1 s reading, crunchstat-summary the reported ones: at least as much
+    let ours = crunch
+        .lines()
+        .find_map(|l| l.split_once("Maximum container memory rss usage was "))
+        .and_then(|(_, rest)| rest.split_once(", ")?.1.split_once('/'))
+        .map(|(bytes, _)| bytes.parse::<f64>().unwrap())
+        .unwrap_or_else(|| panic!("no rss maximum in {crunch}"));
+    assert!(
+        ours >= rss && ours <= peak + 16.0 * MIB,
+        "{ours} against {rss}"
+    );
+}

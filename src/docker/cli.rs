@@ -233,33 +233,42 @@ impl Docker {
             .ok_or_else(|| DockerError::unexpected(op, "no exit code in the output"))
     }
 
+    /// `docker container inspect --format <format> -- <name>`, run to its end.
+    fn inspect(&self, format: &str, name: &str) -> Result<Output, DockerError> {
+        let args = ["container", "inspect", "--format", format, "--", name];
+        self.run("container inspect", &args)
+    }
+
     /// `docker container inspect --format '{{json .State}}' <name>`.
     pub fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError> {
         let op = "container inspect";
-        let out = self.run(
-            op,
-            &[
-                "container",
-                "inspect",
-                "--format",
-                "{{json .State}}",
-                "--",
-                name,
-            ],
-        )?;
+        let out = self.inspect("{{json .State}}", name)?;
         DockerError::check(op, &out)?;
         serde_json::from_slice(&out.stdout).map_err(|e| {
             DockerError::unexpected(op, &format!("cannot parse the container state: {e}"))
         })
     }
 
+    /// `docker container inspect --format '{{.State.Pid}}' <name>`: the host PID of the
+    /// container's first process while it runs, `None` while it does not (docker says 0)
+    /// or when there is no such container (yet, or any more).
+    pub fn container_pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        let op = "container inspect";
+        let out = self.inspect("{{.State.Pid}}", name)?;
+        if !out.status.success() && no_such_container(&out.stderr) {
+            return Ok(None);
+        }
+        DockerError::check(op, &out)?;
+        match out.first_line().map(|pid| pid.parse::<u32>()) {
+            Some(Ok(pid)) => Ok(Some(pid).filter(|pid| *pid > 0)),
+            _ => Err(DockerError::unexpected(op, "no process ID in the output")),
+        }
+    }
+
     /// Whether a container called `name` exists (in any state).
     pub fn exists(&self, name: &str) -> Result<bool, DockerError> {
         let op = "container inspect";
-        let out = self.run(
-            op,
-            &["container", "inspect", "--format", "{{.Id}}", "--", name],
-        )?;
+        let out = self.inspect("{{.Id}}", name)?;
         if out.status.success() {
             return Ok(true);
         }

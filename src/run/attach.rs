@@ -65,6 +65,7 @@ impl ContainerRun<'_> {
                 Outcome::failed(format!("cannot set the container record to Running: {e}"))
             })?;
         self.progress.running = true;
+        self.stats.ram = prepared.container.runtime_constraints.ram;
         self.cleanup = Some(Cleanup {
             engine: self.engine.clone(),
             name: self.uuid.clone(),
@@ -128,6 +129,7 @@ impl ContainerRun<'_> {
         for note in &judged.notes {
             self.say(note);
         }
+        self.say_container_totals();
         judged.outcome
     }
 

@@ -32,6 +32,9 @@ pub trait Engine: Send + Sync {
     ) -> Result<Box<dyn Client>, DockerError>;
     /// The container's state.
     fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError>;
+    /// The host PID of the container's first process while it runs; `None` while it does
+    /// not (not created yet, created, exited, gone).
+    fn container_pid(&self, name: &str) -> Result<Option<u32>, DockerError>;
     /// Wait for the container to stop; its exit code.
     fn wait(&self, name: &str) -> Result<i64, DockerError>;
     /// Kill and remove the container; one that is gone already is success.
@@ -88,6 +91,10 @@ impl Engine for Docker {
 
     fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError> {
         Docker::inspect_state(self, name)
+    }
+
+    fn container_pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        Docker::container_pid(self, name)
     }
 
     fn wait(&self, name: &str) -> Result<i64, DockerError> {

@@ -102,6 +102,7 @@ impl ContainerRun<'_> {
             self.say(&format!("Warning: releasing the guard process failed: {e}"));
         }
         self.say_how_it_ended(&outcome);
+        self.stop_hoststat();
         let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
         let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {

@@ -31,6 +31,7 @@ use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 mod attach;
 mod cancel;
+mod crunchstat;
 mod engine;
 mod exit;
 mod finish;
@@ -41,6 +42,7 @@ mod spec;
 mod supervisor;
 
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
+use crunchstat::ResourceStats;
 pub use engine::{Client, Engine, KillClient};
 use finish::{Cleanup, finish_without_logs};
 pub use outcome::{
@@ -90,6 +92,8 @@ pub(crate) struct Wiring {
     pub engine: Arc<dyn Engine>,
     pub echo: Box<dyn Write + Send>,
     pub secrets: Secrets,
+    /// Where /proc and the cgroups are, for crunchstat and hoststat.
+    pub cgroups: Roots,
 }
 
 /// Run the container named in `config`. Returns the process exit status: 0 when the record
@@ -113,6 +117,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         )),
         echo: Box::new(io::stderr()),
         secrets,
+        cgroups: Roots::host(),
     };
     run_with(config, cancel, wiring)
 }
@@ -126,6 +131,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         engine,
         echo,
         secrets,
+        cgroups,
     } = wiring;
     let Some((record, initial)) = prepare::fetch_record(&*api, uuid, &secrets) else {
         return 1;
@@ -165,6 +171,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         engine_stuck: Arc::default(),
         client: ClientSlot::default(),
         log_collection,
+        stats: ResourceStats::new(cgroups),
     };
     run.guard = match run
         .engine
@@ -177,6 +184,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         }
     };
     run.free_the_guard();
+    run.start_hoststat(&pipeline);
     let (outcome, output) = run.execute(&record, &pipeline);
     run.finish(outcome, output, pipeline)
 }
@@ -242,6 +250,8 @@ struct ContainerRun<'a> {
     /// The docker client under way, for the helpers that must kill it.
     client: ClientSlot,
     log_collection: Arc<LogCollection>,
+    /// crunchstat and hoststat.
+    stats: ResourceStats,
 }
 
 /// A failure before or around the user's command, already worded for crunch-run.txt.

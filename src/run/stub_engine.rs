@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::docker::{ContainerSpec, ContainerState, DockerError, Guard, LoadOutput};
 
@@ -38,6 +39,12 @@ pub struct Script {
     pub runs_until_removed: bool,
     /// The client hangs on after its container stopped, until killed.
     pub client_hangs: bool,
+    /// The container runs this long after its output (less if removed).
+    pub lives: Option<Duration>,
+    /// The host PID the engine gives for the running container.
+    pub pid: Option<u32>,
+    /// Asking for the PID hangs until the container is removed.
+    pub pid_hangs: bool,
     /// The cgroup driver the engine reports (`cgroupfs` when empty).
     pub cgroup_driver: String,
 }
@@ -90,8 +97,24 @@ impl StubEngine {
         }
     }
 
+    /// Wait until `done` holds for the world, or `deadline` passes.
+    fn wait_until(&self, deadline: Instant, mut done: impl FnMut(&World) -> bool) {
+        let mut world = self.world();
+        while !done(&world) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            world = match self.0.1.wait_timeout(world, left) {
+                Ok((world, _)) => world,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
     /// Every call, in order: `image_id <image>`, `load`, `run <name>`, `inspect <name>`,
-    /// `wait <name>`, `remove <name>`, `version`, `kill-client <name>`, `cgroup_driver`.
+    /// `pid <name>`, `wait <name>`, `remove <name>`, `version`, `kill-client <name>`,
+    /// `cgroup_driver`.
     pub fn calls(&self) -> Vec<String> {
         self.world().calls.clone()
     }
@@ -136,6 +159,12 @@ impl StubEngine {
         } else if script.runs_until_removed {
             self.wait_for(|w| w.removed.contains(&name));
             137
+        } else if let Some(life) = script.lives {
+            self.wait_until(Instant::now() + life, |w| w.removed.contains(&name));
+            match self.world().removed.contains(&name) {
+                true => 137,
+                false => script.exit_code,
+            }
         } else {
             script.exit_code
         };
@@ -245,6 +274,16 @@ impl Engine for StubEngine {
             .get(name)
             .cloned()
             .ok_or_else(|| no_such_container("container inspect", name))
+    }
+
+    fn container_pid(&self, name: &str) -> Result<Option<u32>, DockerError> {
+        self.call(format!("pid {name}"))?;
+        if self.world().script.pid_hangs {
+            self.wait_for(|w| w.removed.contains(name));
+        }
+        let world = self.world();
+        let running = world.containers.get(name).is_some_and(|c| c.running);
+        Ok(world.script.pid.filter(|_| running))
     }
 
     fn wait(&self, name: &str) -> Result<i64, DockerError> {

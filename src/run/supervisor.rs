@@ -2,8 +2,8 @@
 //!
 //! From the Running update until the docker client exits, helpers watch the run beside the
 //! thread that waits for the client: the run-time limit, the two that make a cancel stick
-//! (the removal, the client reaper), the docker watchdog and the interim log saves (and,
-//! with later work, crunchstat, hoststat and the arv-mount watcher). Each is one `spawn`
+//! (the removal, the client reaper), the docker watchdog, the interim log saves and
+//! crunchstat (run/crunchstat.rs); and, with later work, the arv-mount watcher. Each is one `spawn`
 //! call: a name and a function given the run's `Stop`. `stop` sends one stop signal to all of them, waits for each, and names
 //! any that did not end within `STOP_PATIENCE` (left to end by themselves: a helper can be
 //! stuck in a docker or API call that only its own timeout ends).
@@ -215,6 +215,7 @@ impl ContainerRun<'_> {
                 save_while_running(updates, &snapshots, &collection, say, stop.channel())
             });
         }
+        self.watch_container(&mut supervisor, pipeline);
         supervisor
     }
 }

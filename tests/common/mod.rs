@@ -94,3 +94,4 @@ pub fn python_reads_collection(fake: &FakeArvados, pdh: &str, path: impl AsRef<O
 pub mod engine;
 pub mod harness;
 pub mod slurm;
+pub mod summary;

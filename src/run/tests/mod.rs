@@ -3,6 +3,7 @@
 //! spool directory. `Fixture` holds what one test needs; the tests are in `lifecycle.rs`
 //! (how runs end) and `wrapup.rs` (what is saved and said at the end).
 
+mod crunchstat;
 mod lifecycle;
 mod wrapup;
 
@@ -15,6 +16,7 @@ use serde_json::{Map, Value, json};
 use super::stub_engine::{Script, StubEngine};
 use super::{CancelFlag, Wiring, run_with};
 use crate::arvados::manifest::Manifest;
+use crate::cgroup::Roots;
 use crate::collection::stream_file;
 use crate::config::{Backend, Config, LogUpdates};
 use crate::redact::Secrets;
@@ -41,6 +43,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
             period: Duration::ZERO,
             bytes: 0,
         },
+        crunchstat_interval: None,
         gpu_devices: None,
         docker: Default::default(),
         container: Default::default(),
@@ -54,6 +57,8 @@ pub(super) struct Fixture {
     pub config: Config,
     pub cancel: CancelFlag,
     pub spool: tempfile::TempDir,
+    /// Where crunchstat and hoststat find /proc and the cgroups (this host's by default).
+    pub cgroups: Roots,
     stderr: SharedBuf,
 }
 
@@ -91,6 +96,7 @@ impl Fixture {
             config: config(spool.path()),
             cancel: CancelFlag::default(),
             spool,
+            cgroups: Roots::host(),
             stderr: SharedBuf::default(),
         }
     }
@@ -116,6 +122,7 @@ impl Fixture {
             engine: Arc::new(self.engine.clone()),
             echo: Box::new(self.stderr.clone()),
             secrets: Secrets::new(),
+            cgroups: self.cgroups.clone(),
         };
         run_with(&self.config, self.cancel.clone(), wiring)
     }
