@@ -133,8 +133,16 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         secrets,
         cgroups,
     } = wiring;
-    let Some((record, initial)) = prepare::fetch_record(&*api, uuid, &secrets) else {
-        return 1;
+    let (record, initial) = match prepare::fetch_record(&*api, uuid, &secrets) {
+        prepare::Fetched::Run(record, state) => (record, state),
+        prepare::Fetched::Close(state, reason) => {
+            let progress = RecordProgress {
+                legacy_api: state == State::Queued,
+                running: false,
+            };
+            return finish_without_logs(&*api, uuid, progress, &reason);
+        }
+        prepare::Fetched::Leave => return 1,
     };
     let progress = RecordProgress {
         legacy_api: initial == State::Queued,

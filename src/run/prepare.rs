@@ -13,40 +13,66 @@ use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::mounts::{self, MountPlan};
 use crate::redact::Secrets;
-use crate::store::{ApiStore, BlockStore, ContainerAccess};
+use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 use super::outcome::Outcome;
 use super::spec::usable_cgroup_parent;
 use super::{ContainerRun, Step};
 
+/// What the record check found.
+pub(super) enum Fetched {
+    /// A record crunch-run may run, and its state.
+    Run(Value, State),
+    /// A record in a state crunch-run may run that it cannot read (issue 10, point 6):
+    /// closed as a failure before Running, with the reason.
+    Close(State, String),
+    /// Nothing crunch-run may touch; why was said on stderr.
+    Leave,
+}
+
 /// The record and its state, if crunch-run may run it; else says why on stderr.
-pub(super) fn fetch_record(
-    api: &dyn ApiStore,
-    uuid: &str,
-    secrets: &Secrets,
-) -> Option<(Value, State)> {
+pub(super) fn fetch_record(api: &dyn ApiStore, uuid: &str, secrets: &Secrets) -> Fetched {
     let record = match api.get_container(uuid) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "crunch-run: {uuid}: cannot fetch the container record: {}",
-                secrets.redact(&e.to_string())
-            );
-            return None;
+            let why = secrets.redact(&e.to_string());
+            eprintln!("crunch-run: {uuid}: cannot fetch the container record: {why}");
+            return match unreadable_state(&e) {
+                Some(state) => Fetched::Close(
+                    state,
+                    format!("crunch-run cannot read the container record: {why}"),
+                ),
+                None => Fetched::Leave,
+            };
         }
     };
     match raw_state(&record) {
-        Ok(s @ (State::Locked | State::Queued)) => Some((record, s)),
+        Ok(s @ (State::Locked | State::Queued)) => Fetched::Run(record, s),
         Ok(other) => {
             eprintln!(
                 "crunch-run: {uuid}: container is {other}; crunch-run runs only Locked (or, with the 2016 API, Queued) containers. Nothing was changed."
             );
-            None
+            Fetched::Leave
         }
         Err(e) => {
             eprintln!("crunch-run: {uuid}: {e}; nothing was changed.");
-            None
+            Fetched::Leave
         }
+    }
+}
+
+/// The state of a record that came back but cannot be decoded, when that state is one
+/// crunch-run may run (and so close).
+fn unreadable_state(err: &StoreError) -> Option<State> {
+    let StoreError::Undecodable {
+        state: Some(state), ..
+    } = err
+    else {
+        return None;
+    };
+    match raw_state(&json!({ "state": &**state })) {
+        Ok(s @ (State::Locked | State::Queued)) => Some(s),
+        _ => None,
     }
 }
 
