@@ -10,6 +10,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -171,7 +172,12 @@ pub fn run_detached(
     let uuid = config.container_uuid.as_str();
     let log = config.spool_dir.join(format!("crunch-run-{uuid}.log"));
     let args = argv.iter().skip(1).filter(|a| *a != "--detach");
-    let output = OpenOptions::new().create(true).append(true).open(&log)?;
+    // crunch-run's own stderr: for crunch-run's user only, as the spooled logs are.
+    let output = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log)?;
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(if stdin_config.is_some() {

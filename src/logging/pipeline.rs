@@ -137,15 +137,18 @@ impl LogPipeline {
         blocks: Arc<dyn BlockStore>,
         echo: Option<Box<dyn Write + Send>>,
     ) -> io::Result<LogPipeline> {
-        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "creating log spool directory {}: {e}",
-                    cfg.spool_dir.display()
-                ),
-            )
-        })?;
+        // crunch-run's user only: the logs are the container's (issue 10, point 1).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&cfg.spool_dir)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "creating log spool directory {}: {e}",
+                        cfg.spool_dir.display()
+                    ),
+                )
+            })?;
         let spooler = Spooler {
             dir: cfg.spool_dir,
             block_size: match cfg.block_size {

@@ -208,7 +208,7 @@ fn start_logs(
     let run_dir = config
         .spool_dir
         .join(format!("crunch-run-{uuid}-{}", std::process::id()));
-    std::fs::create_dir_all(&run_dir)
+    private_dir(&run_dir)
         .map_err(|e| format!("cannot create spool directory {}: {e}", run_dir.display()))?;
     let pipeline = LogPipeline::start_with_echo(
         LogPipelineConfig {
@@ -224,6 +224,19 @@ fn start_logs(
     )
     .map_err(|e| format!("cannot start logging: {e}"))?;
     Ok((run_dir, pipeline))
+}
+
+/// `dir`, created if missing, reachable by crunch-run's user only (issue 10, point 1): the
+/// output and tmp mounts inside it stay writable for the container (they reach it
+/// through bind mounts, not this path), but no other local user can reach them, nor the
+/// spooled logs and the env file.
+fn private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// One run, from the record check to the final update: what its steps share.
