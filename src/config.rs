@@ -22,7 +22,9 @@ use crate::docker::GUARD_DOCKER_ENV;
 use crate::slurm::{ContainerCgroups, SlurmJob};
 
 mod flags;
+mod wrap_up;
 pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
+pub use wrap_up::{WrapUpFlags, WrapUpLimits};
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
@@ -58,6 +60,9 @@ pub struct Args {
     /// errors, 429, 5xx) before the run gives up, e.g. "10m", "30s".
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub api_retry_deadline: std::time::Duration,
+
+    #[command(flatten)]
+    pub wrap_up: WrapUpFlags,
 
     /// How often the engine is asked whether the container still runs while `docker run`
     /// is attached; after 5 failed checks in a row the run is cancelled. "0s" turns the
@@ -155,6 +160,8 @@ pub struct Config {
     pub logs_table: bool,
     pub spool_dir: PathBuf,
     pub api_retry_deadline: std::time::Duration,
+    /// The whole wrap-up's deadline, and what is left of it after a signal.
+    pub wrap_up: WrapUpLimits,
     /// None: no docker watchdog.
     pub docker_watchdog_interval: Option<std::time::Duration>,
     /// When the logs so far are saved while the container runs.
@@ -368,6 +375,7 @@ impl Config {
             logs_table: !args.no_logs_table,
             spool_dir,
             api_retry_deadline: args.api_retry_deadline,
+            wrap_up: args.wrap_up.limits(),
             docker_watchdog_interval: Some(args.docker_watchdog_interval)
                 .filter(|interval| !interval.is_zero()),
             log_updates: LogUpdates {

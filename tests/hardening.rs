@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::harness::{Harness, UUID};
+use std::time::{Duration, Instant};
+
+use common::harness::{Harness, UUID, wait_for};
 
 /// A record nested deeper than serde_json reads is still closed: Cancelled, the reason in
 /// runtime_status, exit 0; nothing is run.
@@ -46,4 +48,102 @@ fn a_record_whose_state_cannot_be_read_is_left_alone() {
     assert!(!out.status.success());
     assert_eq!(h.fake.container(UUID)["state"], "Running");
     assert!(h.fake.container_updates(UUID).is_empty());
+}
+
+const IMAGE_ID: &str = "sha256:d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
+
+/// A Locked record for `command` whose image collection holds a fake image tar the fake
+/// docker loads as IMAGE_ID.
+fn add_record(h: &Harness, command: &[&str]) {
+    let tar: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let pdh = h.fake.add_collection(&[(&format!("{IMAGE_ID}.tar"), &tar)]);
+    let mut rec = common::harness::record(UUID, &pdh, command);
+    rec["mounts"] = serde_json::json!({"/tmp": {"kind": "tmp", "capacity": 1_000_000}});
+    h.fake.add_container(rec);
+}
+
+/// crunch-run with `args`, the container sleeping `secs` seconds, started; the API goes
+/// down once the record is Running.
+fn spawn_then_api_down(h: &Harness, args: &[&str], secs: &str) -> std::process::Child {
+    let mut cmd = h.command(UUID);
+    cmd.args(args)
+        .env("FAKE_DOCKER_LOAD_ID", IMAGE_ID)
+        .env("FAKE_DOCKER_SLEEP", secs)
+        .env("FAKE_DOCKER_STDOUT", "hello\n")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn crunch-run");
+    assert!(
+        wait_for(30, || h.fake.container(UUID)["state"] == "Running"),
+        "the record did not go Running"
+    );
+    h.fake.set_api_down(true);
+    child
+}
+
+/// The spool directory named in `stderr` as where the logs are kept.
+fn kept_logs(stderr: &str) -> std::path::PathBuf {
+    let at = stderr
+        .find("kept on this host in ")
+        .unwrap_or_else(|| panic!("no kept logs named:\n{stderr}"));
+    let rest = &stderr[at + "kept on this host in ".len()..];
+    let path = rest.split_whitespace().next().unwrap_or_default();
+    std::path::PathBuf::from(path.trim_end_matches(['.', ',']))
+}
+
+/// Issue 10, point 5: with the API gone once the container exited, the whole wrap-up ends
+/// by one deadline (not one per step), says on stderr and in crunch-run.txt what fails
+/// and for how long it is retried, exits non-zero and keeps the logs, naming where.
+#[test]
+fn with_the_api_gone_the_wrap_up_ends_by_one_deadline() {
+    let h = Harness::with_fake_docker();
+    add_record(&h, &["echo", "hello"]);
+    let child = spawn_then_api_down(&h, &["--wrap-up-deadline=5s"], "1");
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- crunch-run stderr:\n{stderr}");
+    assert!(!out.status.success());
+    // 1 s of container, 5 s of wrap-up, start-up and the last attempts; each of the
+    // wrap-up's steps retrying for its own 4 s (--api-retry-deadline) would take 20 s+.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert!(
+        stderr.contains("failed (") && stderr.contains("retrying for up to"),
+        "{stderr}"
+    );
+    let kept = kept_logs(&stderr);
+    let crunch = std::fs::read_to_string(kept.join("crunch-run.txt")).unwrap();
+    assert!(crunch.contains("retrying for up to"), "{crunch}");
+    assert_eq!(
+        std::fs::read_to_string(kept.join("stdout.txt"))
+            .unwrap()
+            .get(31..),
+        Some("hello\n")
+    );
+    h.fake.set_api_down(false);
+    assert_eq!(h.fake.container(UUID)["state"], "Running");
+}
+
+/// Issue 10, point 5: a signal during a wrap-up that retries cuts it to the grace period;
+/// the run exits non-zero, keeping the logs and naming where.
+#[test]
+fn a_signal_during_the_wrap_up_cuts_the_retries_short() {
+    let h = Harness::with_fake_docker();
+    add_record(&h, &["echo", "hello"]);
+    let child = spawn_then_api_down(&h, &["--wrap-up-deadline=10m", "--wrap-up-grace=1s"], "1");
+    std::thread::sleep(Duration::from_secs(4));
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- crunch-run stderr:\n{stderr}");
+    assert!(!out.status.success());
+    // The grace (1 s) and the last attempts; each step retrying for its own 4 s would
+    // take 8 s and more.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(stderr.contains("Caught a signal"), "{stderr}");
+    let kept = kept_logs(&stderr);
+    assert!(kept.join("crunch-run.txt").exists(), "{}", kept.display());
 }

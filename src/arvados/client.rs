@@ -189,7 +189,7 @@ impl ApiClient {
         ApiClient {
             base_url: self.base_url.clone(),
             token: token.to_string(),
-            retry: self.retry,
+            retry: self.retry.clone(),
             agent: self.agent.clone(),
             secrets,
         }
@@ -209,7 +209,7 @@ impl ApiClient {
         Ok(ApiClient {
             base_url,
             token: settings.token,
-            retry: settings.retry,
+            retry: settings.retry.clone(),
             agent,
             secrets,
         })
@@ -227,7 +227,7 @@ impl ApiClient {
 
     /// The retry policy, for Keep to use the same.
     pub fn retry_policy(&self) -> RetryPolicy {
-        self.retry
+        self.retry.clone()
     }
 
     /// `GET path?query`, e.g. `get("/arvados/v1/containers/zzzzz-dz642-…", &[])`.
@@ -283,10 +283,15 @@ impl ApiClient {
         what: &str,
     ) -> Attempt<Value> {
         let auth = format!("Bearer {}", self.token);
+        // No attempt outlasts the run's limit (the wrap-up's deadline).
+        let left = self.retry.limit.time_left();
         let result = match method {
             Method::Get => self
                 .agent
                 .get(url)
+                .config()
+                .timeout_global(left)
+                .build()
                 .header("Authorization", &auth)
                 .header("X-Request-Id", request_id)
                 .header("Accept", "application/json")
@@ -297,7 +302,10 @@ impl ApiClient {
                 } else {
                     self.agent.post(url)
                 };
-                req.header("Authorization", &auth)
+                req.config()
+                    .timeout_global(left)
+                    .build()
+                    .header("Authorization", &auth)
                     .header("X-Request-Id", request_id)
                     .header("Accept", "application/json")
                     .header("Content-Type", "application/json")
@@ -508,6 +516,7 @@ mod tests {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
             deadline: Duration::from_secs(5),
+            limit: Default::default(),
         }
     }
 
@@ -655,6 +664,7 @@ mod tests {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(20),
             deadline: Duration::from_millis(200),
+            limit: Default::default(),
         };
         let c = client(&server.url, retry);
         let started = Instant::now();
@@ -717,6 +727,7 @@ mod tests {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(10),
             deadline: Duration::from_millis(100),
+            limit: Default::default(),
         };
         let c = client(&format!("http://127.0.0.1:{port}"), retry);
         let err = c.get("/arvados/v1/x", &[]).unwrap_err();

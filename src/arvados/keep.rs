@@ -10,7 +10,6 @@
 mod get;
 mod put;
 
-use std::thread;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -98,7 +97,7 @@ impl KeepClient {
             token: token.to_string(),
             secrets,
             services: self.services.clone(),
-            retry: self.retry,
+            retry: self.retry.clone(),
         }
     }
 
@@ -181,6 +180,7 @@ impl KeepClient {
     /// `errors`.
     fn rounds<T>(
         &self,
+        what: &str,
         mut pending: Vec<usize>,
         width: impl Fn() -> usize,
         mut try_batch: impl FnMut(&[usize]) -> Vec<Attempt<T>>,
@@ -228,7 +228,9 @@ impl KeepClient {
             match self.retry.next_wait(started, failures) {
                 Some(wait) => {
                     failures += 1;
-                    thread::sleep(wait);
+                    let last = errors.last().map(String::as_str).unwrap_or("failed");
+                    let message = self.secrets.redact(last);
+                    self.retry.pause(started, wait, what, &message);
                 }
                 None => return Ok(end),
             }
@@ -342,6 +344,7 @@ mod tests {
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
             deadline: Duration::from_secs(3),
+            limit: Default::default(),
         }
     }
 

@@ -9,5 +9,6 @@ pub mod ids;
 pub mod keep;
 pub mod manifest;
 pub mod retry;
+pub mod retry_limit;
 pub mod store;
 pub(crate) mod tls;

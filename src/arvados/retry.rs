@@ -6,14 +6,14 @@
 //! drives its own rounds over them with the same `Attempt` and the same policy. Building
 //! requests and reading answers is left to those two.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
+pub use crate::arvados::retry_limit::RetryLimit;
 use crate::arvados::tls::failure_of;
 use crate::store::StoreError;
 
 /// How long to keep retrying, and how long to wait between tries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Wait after the first failure; doubles after each further failure.
     pub initial_backoff: Duration,
@@ -21,6 +21,8 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// No new attempt starts once this long has passed since the first one.
     pub deadline: Duration,
+    /// The run's limit over every retry (the wrap-up's deadline), and who hears of them.
+    pub limit: RetryLimit,
 }
 
 impl Default for RetryPolicy {
@@ -29,6 +31,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             deadline: Duration::from_secs(600),
+            limit: RetryLimit::default(),
         }
     }
 }
@@ -45,14 +48,26 @@ impl RetryPolicy {
     }
 
     /// The wait before the next attempt, or `None` if that attempt would start after the
-    /// deadline (counted from `started`).
+    /// deadline (counted from `started`) or the run's limit.
     pub fn next_wait(&self, started: Instant, failures: u32) -> Option<Duration> {
         let wait = self.backoff(failures);
-        if started.elapsed() + wait > self.deadline {
+        if Instant::now() + wait > self.end(started) {
             None
         } else {
             Some(wait)
         }
+    }
+
+    /// When retries that started at `started` stop: their deadline, or the run's limit.
+    pub fn end(&self, started: Instant) -> Instant {
+        self.limit.end_of(started + self.deadline)
+    }
+
+    /// Say that `what` failed with `message` and is being retried (as often as the
+    /// limit's reporter wants it), then wait `wait`, less if the limit moves meanwhile.
+    pub(crate) fn pause(&self, started: Instant, wait: Duration, what: &str, message: &str) {
+        self.limit.report(what, message, self.end(started));
+        self.limit.sleep(wait);
     }
 }
 
@@ -160,7 +175,7 @@ pub(crate) fn retry_loop<T>(
         match policy.next_wait(started, failures) {
             Some(wait) => {
                 failures += 1;
-                thread::sleep(wait);
+                policy.pause(started, wait, what, &message);
             }
             None => {
                 let tries = failures + 1;
@@ -198,6 +213,7 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(250),
             deadline: Duration::from_millis(300),
+            limit: Default::default(),
         };
         assert_eq!(p.backoff(0), Duration::from_millis(100));
         assert_eq!(p.backoff(1), Duration::from_millis(200));
@@ -235,6 +251,7 @@ mod tests {
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(2),
             deadline: Duration::from_millis(50),
+            limit: Default::default(),
         }
     }
 

@@ -399,6 +399,7 @@ mod tests {
                 initial_backoff: Duration::from_millis(5),
                 max_backoff: Duration::from_millis(10),
                 deadline: Duration::from_secs(2),
+                limit: Default::default(),
             },
         }
     }

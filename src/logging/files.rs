@@ -225,6 +225,11 @@ impl LogStream {
         LogStream { shared, file }
     }
 
+    /// Whether the pipeline has finished: writing does nothing then.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
     /// Log `text`: each `\n`-separated line gets the current timestamp (a single trailing
     /// `\n` is ignored). Waits if another thread is writing this stream; never fails.
     pub fn line(&self, text: &str) {

@@ -35,16 +35,22 @@ struct CancelState {
     /// Dropped by the cancel: wakes whoever waits on `cancelled()`.
     notify: Option<Sender<()>>,
     cancelled: Receiver<()>,
+    /// Dropped by a signal, cancel or not: wakes whoever waits on `signalled()`.
+    signal_notify: Option<Sender<()>>,
+    signalled: Receiver<()>,
 }
 
 impl Default for CancelState {
     fn default() -> CancelState {
         let (notify, cancelled) = crossbeam_channel::bounded(0);
+        let (signal_notify, signalled) = crossbeam_channel::bounded(0);
         CancelState {
             reason: None,
             action: None,
             notify: Some(notify),
             cancelled,
+            signal_notify: Some(signal_notify),
+            signalled,
         }
     }
 }
@@ -70,6 +76,18 @@ impl CancelFlag {
             action(reason);
         }
         true
+    }
+
+    /// A signal came (`name`): cancel for it, and wake whoever waits on `signalled()`,
+    /// also when the run was cancelled before (the wrap-up then cuts its retries short).
+    pub fn signal(&self, name: &str) {
+        self.lock().signal_notify = None;
+        self.cancel(&format!("caught signal {name}"));
+    }
+
+    /// A channel that disconnects once a signal came (at once if one did).
+    pub fn signalled(&self) -> Receiver<()> {
+        self.lock().signalled.clone()
     }
 
     pub fn reason(&self) -> Option<String> {
@@ -108,7 +126,7 @@ pub fn watch_signals(cancel: CancelFlag) -> io::Result<()> {
                     SIGINT => "SIGINT",
                     _ => "SIGQUIT",
                 };
-                cancel.cancel(&format!("caught signal {name}"));
+                cancel.signal(name);
             }
         })?;
     Ok(())

@@ -96,6 +96,7 @@ impl ContainerRun<'_> {
     /// line the final state), send the final update, wait for the cleanup. Returns the
     /// process exit status: 0 when the record reached its final state.
     pub(super) fn finish(mut self, outcome: Outcome, output: Saved, pipeline: LogPipeline) -> i32 {
+        self.begin_wrap_up();
         let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {
@@ -119,11 +120,7 @@ impl ContainerRun<'_> {
         if let Saved::As(_) = wrapup.log {
             let _ = std::fs::remove_dir_all(&self.run_dir);
         }
-        let problems = match cleanup.map(|done| done.recv()) {
-            None => Vec::new(),
-            Some(Ok(problems)) => problems,
-            Some(Err(_)) => vec!["removing the docker container failed unexpectedly".into()],
-        };
+        let problems = cleanup.map_or_else(Vec::new, |done| self.wait_cleanup(done));
         for problem in problems {
             late.line(&self.secrets.redact(&problem));
         }

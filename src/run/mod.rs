@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 use serde_json::Value;
 
 use crate::arvados::container::State;
+use crate::arvados::retry_limit::RetryLimit;
 use crate::cgroup::Roots;
 use crate::config::{Backend, Config};
 use crate::docker::{Docker, Guard};
@@ -32,6 +33,7 @@ use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 mod attach;
 mod cancel;
 mod crunchstat;
+mod deadline;
 mod engine;
 mod exit;
 mod finish;
@@ -56,7 +58,11 @@ pub use supervisor::{Stop, Supervisor};
 type Stores = (Arc<dyn ApiStore>, Arc<dyn BlockStore>);
 
 /// Open the configured store: the API and Keep, or a local directory.
-fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreError> {
+fn open_store(
+    config: &Config,
+    secrets: &mut Secrets,
+    limit: &RetryLimit,
+) -> Result<Stores, StoreError> {
     match &config.backend {
         Backend::Local(dir) => {
             let store = Arc::new(crate::local_store::LocalStore::open(dir)?);
@@ -71,6 +77,7 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
                 extra_ca_file: env.ca_file.clone(),
                 retry: crate::arvados::retry::RetryPolicy {
                     deadline: config.api_retry_deadline,
+                    limit: limit.clone(),
                     ..Default::default()
                 },
             };
@@ -94,13 +101,16 @@ pub(crate) struct Wiring {
     pub secrets: Secrets,
     /// Where /proc and the cgroups are, for crunchstat and hoststat.
     pub cgroups: Roots,
+    /// The limit over every retry of the stores (the wrap-up's deadline).
+    pub retry_limit: RetryLimit,
 }
 
 /// Run the container named in `config`. Returns the process exit status: 0 when the record
 /// reached its final state, 1 otherwise.
 pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
     let mut secrets = Secrets::new();
-    let (api, blocks) = match open_store(config, &mut secrets) {
+    let retry_limit = RetryLimit::default();
+    let (api, blocks) = match open_store(config, &mut secrets, &retry_limit) {
         Ok(s) => s,
         Err(e) => {
             let uuid = &config.container_uuid;
@@ -118,6 +128,7 @@ pub fn run(config: &Config, cancel: CancelFlag) -> i32 {
         echo: Box::new(io::stderr()),
         secrets,
         cgroups: Roots::host(),
+        retry_limit,
     };
     run_with(config, cancel, wiring)
 }
@@ -132,6 +143,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         echo,
         secrets,
         cgroups,
+        retry_limit,
     } = wiring;
     let (record, initial) = match prepare::fetch_record(&*api, uuid, &secrets) {
         prepare::Fetched::Run(record, state) => (record, state),
@@ -157,6 +169,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         }
     };
     cancel::remove_on_cancel(&cancel, pipeline.crunch_log(), engine.clone(), uuid);
+    deadline::report_retries(&retry_limit, pipeline.crunch_log(), uuid);
     let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
@@ -180,6 +193,8 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         client: ClientSlot::default(),
         log_collection,
         stats: ResourceStats::new(cgroups),
+        retry_limit,
+        wrap_up: None,
     };
     run.guard = match run
         .engine
@@ -271,6 +286,9 @@ struct ContainerRun<'a> {
     /// The docker client under way, for the helpers that must kill it.
     client: ClientSlot,
     log_collection: Arc<LogCollection>,
+    /// The limit over every retry; `wrap_up` once the wrap-up's deadline is set.
+    retry_limit: RetryLimit,
+    wrap_up: Option<deadline::WrapUpDeadline>,
     /// crunchstat and hoststat.
     stats: ResourceStats,
 }
@@ -334,7 +352,9 @@ impl ContainerRun<'_> {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
             Err(outcome) => outcome,
         };
-        // The container is done with: remove it while the output is saved.
+        // The container is done with: the wrap-up begins; remove it while the output is
+        // saved.
+        self.begin_wrap_up();
         self.start_cleanup();
         let output = self.capture(&prepared.container, &outcome);
         (outcome, output)

@@ -62,7 +62,9 @@ impl KeepClient {
         };
         let mut errors = Vec::new();
         // One service at a time: a block streams into one writer.
+        let what_failed = download.what.clone();
         let end = self.rounds(
+            &what_failed,
             order,
             || 1,
             |batch| {
@@ -107,6 +109,7 @@ impl KeepClient {
             .get(&format!("{}/{}", service.root, download.locator))
             .config()
             .http_status_as_error(false)
+            .timeout_global(self.retry.limit.time_left())
             .build()
             .header("Authorization", &format!("Bearer {}", self.token))
             .header("X-Request-Id", &download.request_id)
@@ -333,6 +336,7 @@ mod tests {
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(5),
             deadline: Duration::from_millis(50),
+            limit: Default::default(),
         };
         let err = kc
             .get_block(&format!("{FOO}+3"), &mut Vec::new())

@@ -79,6 +79,7 @@ impl KeepClient {
         let mut locator: Option<String> = None;
         let mut errors = Vec::new();
         let end = self.rounds(
+            &what,
             order,
             width,
             |batch| self.put_batch(batch, upload, body, missing()),
@@ -173,6 +174,7 @@ impl KeepClient {
             .put(&format!("{}/{}", service.root, hash))
             .config()
             .http_status_as_error(false)
+            .timeout_global(self.retry.limit.time_left())
             .build()
             .header("Authorization", &format!("Bearer {}", self.token))
             .header("Content-Type", "application/octet-stream")

@@ -239,6 +239,7 @@ fn settings(host: String, ca_file: Option<PathBuf>, insecure: bool) -> ApiSettin
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(40),
             deadline: Duration::from_secs(20),
+            limit: Default::default(),
         },
     }
 }

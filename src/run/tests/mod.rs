@@ -38,6 +38,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
         logs_table: true,
         spool_dir: spool_dir.to_path_buf(),
         api_retry_deadline: Duration::from_secs(1),
+        wrap_up: Default::default(),
         docker_watchdog_interval: None,
         log_updates: LogUpdates {
             period: Duration::ZERO,
@@ -123,6 +124,7 @@ impl Fixture {
             echo: Box::new(self.stderr.clone()),
             secrets: Secrets::new(),
             cgroups: self.cgroups.clone(),
+            retry_limit: Default::default(),
         };
         run_with(&self.config, self.cancel.clone(), wiring)
     }
