@@ -147,3 +147,39 @@ fn a_signal_during_the_wrap_up_cuts_the_retries_short() {
     let kept = kept_logs(&stderr);
     assert!(kept.join("crunch-run.txt").exists(), "{}", kept.display());
 }
+
+/// Issue 10, point 7: a file name with a raw no-break space (U+00A0) or another Unicode
+/// whitespace character made the Python SDK refuse the whole output collection (it splits
+/// manifest lines on `\s`). Such names are escaped byte by byte, and the real Python SDK
+/// reads every file back.
+#[test]
+fn unicode_whitespace_in_a_name_leaves_the_output_readable_by_python() {
+    use std::os::unix::ffi::OsStrExt;
+    let h = Harness::with_fake_docker();
+    add_record(&h, &["true"]);
+    let script = "o=$(host_of /tmp); printf nbsp > \"$o/a$(printf '\\302\\240')b\"; \
+                  printf ideo > \"$o/c$(printf '\\343\\200\\200')d\"; echo plain > \"$o/plain\"";
+    let out = h.run(
+        UUID,
+        &[
+            ("FAKE_DOCKER_LOAD_ID", IMAGE_ID),
+            ("FAKE_DOCKER_RUN_SH", script),
+        ],
+    );
+    assert!(out.status.success());
+    let rec = h.fake.container(UUID);
+    assert_eq!(rec["state"], "Complete", "{rec}");
+    let output = rec["output"].as_str().unwrap();
+    let manifest = h.fake.collection_manifest(output).unwrap();
+    assert!(
+        manifest.contains(":a\\302\\240b ") && manifest.contains(":c\\343\\200\\200d"),
+        "{manifest}"
+    );
+    assert!(manifest.is_ascii(), "{manifest}");
+    let read = |name: &[u8]| {
+        common::python_reads_collection(&h.fake, output, std::ffi::OsStr::from_bytes(name))
+    };
+    assert_eq!(read("a\u{a0}b".as_bytes()), b"nbsp");
+    assert_eq!(read("c\u{3000}d".as_bytes()), b"ideo");
+    assert_eq!(read(b"plain"), b"plain\n");
+}

@@ -10,9 +10,10 @@
 # the SDK for both API and Keep requests).
 # Exit status 0 on success; 1 with a message on stderr otherwise.
 #
-# PATH is bytes, as file names are. crunch-run writes a name that is not UTF-8 with every
-# byte >= 0x80 as an octal escape, and the SDK reads "\NNN" as the code point NNN: so each
-# path component is taken as UTF-8 if it is, else as Latin-1, one code point per byte.
+# PATH is bytes, as file names are. crunch-run writes a name that is not UTF-8 (or that holds
+# a non-ASCII whitespace character, such as U+00A0) with every byte >= 0x80 as an octal
+# escape, and the SDK reads "\NNN" as the code point NNN: so each path component is taken
+# as UTF-8 if it is (and has no such character), else as Latin-1, one code point per byte.
 
 import argparse
 import os
@@ -24,9 +25,12 @@ def sdk_path(raw):
     parts = []
     for part in raw.split(b"/"):
         try:
-            parts.append(part.decode("utf-8"))
+            text = part.decode("utf-8")
         except UnicodeDecodeError:
-            parts.append(part.decode("latin-1"))
+            text = None
+        if text is None or any(ord(c) > 0x7F and c.isspace() for c in text):
+            text = part.decode("latin-1")
+        parts.append(text)
     return "/".join(parts)
 
 

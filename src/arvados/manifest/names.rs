@@ -13,6 +13,12 @@
 //!   file by that `str`. Escaping only the invalid bytes would leave the valid multibyte
 //!   sequences of a mixed name raw: Python would read those as other code points, and no
 //!   single encoding would give the bytes back.
+//! - a UTF-8 name holding a non-ASCII whitespace character (U+00A0 no-break space, U+2000
+//!   en quad, U+3000 ideographic space…) is escaped the same way, every byte ≥ 0x80. The
+//!   Python SDK splits manifest lines on `\s`, which matches those characters: one raw in a
+//!   name made it refuse the whole collection. `char::is_whitespace` matches exactly the
+//!   non-ASCII characters Python's `\s` does (U+0085, U+00A0, U+1680, U+2000-U+200A,
+//!   U+2028, U+2029, U+202F, U+205F, U+3000).
 //!
 //! Splitting names into path components, and what they mean, is the parser's and the
 //! writer's job.
@@ -27,7 +33,7 @@ pub fn escape_name(name: &[u8]) -> String {
     let mut out = String::with_capacity(name.len());
     let octal = |out: &mut String, b: u8| out.push_str(&format!("\\{b:03o}"));
     match std::str::from_utf8(name) {
-        Ok(text) => {
+        Ok(text) if !text.chars().any(|c| !c.is_ascii() && c.is_whitespace()) => {
             for ch in text.chars() {
                 match u8::try_from(ch) {
                     Ok(b) if needs_escape(b) => octal(&mut out, b),
@@ -35,7 +41,7 @@ pub fn escape_name(name: &[u8]) -> String {
                 }
             }
         }
-        Err(_) => {
+        _ => {
             for &b in name {
                 if b.is_ascii() && !needs_escape(b) {
                     out.push(char::from(b));
@@ -100,6 +106,29 @@ pub fn shown(name: &[u8]) -> &OsStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unicode_whitespace_is_escaped_byte_by_byte() {
+        assert_eq!(escape_name("a\u{a0}b".as_bytes()), "a\\302\\240b");
+        assert_eq!(
+            escape_name("café\u{3000}x".as_bytes()),
+            "caf\\303\\251\\343\\200\\200x"
+        );
+        assert_eq!(escape_name("café".as_bytes()), "café");
+        for ws in [
+            0x85, 0xa0, 0x1680, 0x2000, 0x2005, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
+        ] {
+            let name = format!("x{}y", char::from_u32(ws).unwrap());
+            let escaped = escape_name(name.as_bytes());
+            assert!(escaped.is_ascii(), "{ws:#x}: {escaped}");
+            assert_eq!(unescape_name(&escaped).unwrap(), name.as_bytes());
+        }
+        // Not whitespace to Python either: kept as they are.
+        for other in ['\u{200b}', '\u{180e}', '\u{feff}', 'é'] {
+            let name = format!("x{other}y");
+            assert_eq!(escape_name(name.as_bytes()), name);
+        }
+    }
 
     #[test]
     fn escapes_round_trip() {
