@@ -76,6 +76,7 @@ impl ContainerRun<'_> {
                 .clone()
                 .zip(self.cgroup_parent.as_deref())
                 .and_then(|(job, parent)| ContainerCgroups::new(job, parent)),
+            limit: self.retry_limit.clone(),
         });
         // Environment values travel in the docker CLI's own environment, never in argv.
         let argv = run_argv(&args.argv(Path::new("<env-file>")));
@@ -136,6 +137,7 @@ impl ContainerRun<'_> {
     /// One `docker run`, its streams wired and its stdin fed, until the client exits.
     /// Returns how the client ended and the tail of what it wrote to stderr.
     fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
+        let started = std::time::Instant::now();
         let mut client = self
             .engine
             .run_attached(spec, &self.run_dir)
@@ -149,9 +151,11 @@ impl ContainerRun<'_> {
             Ok(status) => (status.success(), format!("docker run exited {status}")),
             Err(e) => (false, format!("docker run failed: {e}")),
         };
-        for copier in copiers {
+        let ran_for = started.elapsed();
+        let mut wrote_output = false;
+        for (name, copier) in copiers {
             match copier.join() {
-                Ok(Ok(_)) => {}
+                Ok(Ok(bytes)) => wrote_output |= name == "stdout" && bytes > 0,
                 Ok(Err(e)) => self.say(&format!("error reading container output: {e}")),
                 Err(_) => self.say("error reading container output: reader thread panicked"),
             }
@@ -163,6 +167,8 @@ impl ContainerRun<'_> {
             succeeded,
             text,
             said: client_tail.map(|t| t.text()).unwrap_or_default(),
+            ran_for,
+            wrote_output,
         })
     }
 
@@ -173,7 +179,7 @@ impl ContainerRun<'_> {
         &self,
         client: &mut dyn Client,
         pipeline: &LogPipeline,
-    ) -> (Vec<Copier>, Option<Tail>) {
+    ) -> (Vec<(&'static str, Copier)>, Option<Tail>) {
         let (stderr, client_tail) = match client.take_stderr() {
             Some(r) => {
                 let (reader, tail) = TailReader::new(r, CLIENT_STDERR_TAIL);
@@ -204,7 +210,7 @@ impl ContainerRun<'_> {
                 None => pipeline.spawn_copier(name, reader),
             };
             match spawned {
-                Ok(handle) => copiers.push(handle),
+                Ok(handle) => copiers.push((name, handle)),
                 Err(e) => self.say(&format!("cannot start the {name} reader: {e}")),
             }
         }

@@ -15,12 +15,17 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use super::ContainerRun;
 use super::cancel::CancelFlag;
+use super::engine::Engine;
 use crate::arvados::retry_limit::RetryLimit;
 use crate::config::WrapUpLimits;
+use crate::docker::DockerError;
 use crate::logging::pipeline::CrunchLog;
 
 /// The container's removal gets this long even when the deadline has passed.
 const MIN_CLEANUP_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest wait between two removals while the engine is down.
+const MAX_REMOVAL_WAIT: Duration = Duration::from_secs(5);
 
 /// The wrap-up under way: dropping it ends the thread that waits for a signal.
 pub(super) struct WrapUpDeadline {
@@ -60,6 +65,27 @@ impl ContainerRun<'_> {
             Err(RecvTimeoutError::Disconnected) => {
                 vec!["removing the docker container failed unexpectedly".into()]
             }
+        }
+    }
+}
+
+/// Remove the container; while the engine is down (as in a dockerd restart), again and
+/// again until the wrap-up's deadline, so that nothing is left once it is back.
+pub(super) fn remove_container(
+    engine: &dyn Engine,
+    name: &str,
+    limit: &RetryLimit,
+) -> Result<(), DockerError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match (engine.remove(name), limit.until()) {
+            (Err(e), Some(until)) if e.is_engine_down() && Instant::now() + wait < until => {
+                let what = format!("removing docker container {name}");
+                limit.report(&what, &e.to_string(), until);
+                limit.sleep(wait);
+                wait = (wait * 2).min(MAX_REMOVAL_WAIT);
+            }
+            (result, _) => return result,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! pure function from everything known at the client's end to the run's `Outcome`. The
 //! judge decides once; the wrap-up only reports (run/outcome.rs).
 
+use std::time::Duration;
+
 use crate::docker::classify_start_error;
 use crate::docker::{ContainerExit, ContainerState, DockerError, MIN_MEMORY_BYTES};
 
@@ -19,7 +21,15 @@ pub(super) struct ClientEnd {
     /// The tail of what the client wrote to stderr: its own errors land there, after the
     /// container's.
     pub said: String,
+    /// How long the client ran.
+    pub ran_for: Duration,
+    /// The container wrote to its stdout: it had started.
+    pub wrote_output: bool,
 }
+
+/// A client that ran this long before the engine lost track of its container did not
+/// fail at the start.
+const LOST_AFTER: Duration = Duration::from_secs(2);
 
 /// What the judge weighs besides the engine's state.
 pub(super) struct ExitFacts<'a> {
@@ -67,17 +77,7 @@ pub(super) fn judge_exit(
     let (client, said) = (&facts.client.text, &facts.client.said);
     let state = match engine() {
         Ok(state) => state,
-        Err(e) => {
-            let said = if said.is_empty() {
-                String::new()
-            } else {
-                format!("\n{said}")
-            };
-            let reason = format!(
-                "the container was not created or cannot be inspected ({client}): {e}{said}"
-            );
-            return judged(Outcome::failed(reason), vec![]);
-        }
+        Err(e) => return judged(Outcome::failed(lost(facts.client, &e)), vec![]),
     };
     if state.never_started() {
         return judged(Outcome::failed(start_failure(&state, client, said)), vec![]);
@@ -86,6 +86,32 @@ pub(super) fn judge_exit(
     let mut notes = vec![ContainerExit::new(code).to_string()];
     notes.extend(memory_note(&state, facts.memory_limit));
     judged(Outcome::Exited { code }, notes)
+}
+
+/// Why the run failed when the engine cannot say how the container ended: after it
+/// started (it wrote output, or ran a while), the engine lost it, as in a dockerd restart;
+/// else it may never have been created.
+fn lost(end: &ClientEnd, engine_said: &str) -> String {
+    let client = &end.text;
+    let said = match end.said.is_empty() {
+        true => String::new(),
+        false => format!("\n{}", end.said),
+    };
+    let ran = humantime::format_duration(Duration::from_secs(end.ran_for.as_secs()));
+    if end.wrote_output || end.ran_for >= LOST_AFTER {
+        let started = match end.wrote_output {
+            true => "the container started and ran",
+            false => "docker run ran",
+        };
+        format!(
+            "{started} for {ran}, then the engine lost it ({client}; the engine cannot inspect \
+             it, it may have restarted: {engine_said}){said}"
+        )
+    } else {
+        format!(
+            "the container was not created or cannot be inspected ({client}): {engine_said}{said}"
+        )
+    }
 }
 
 /// Why a container never started, with advice when its command looks missing.
@@ -151,6 +177,8 @@ mod tests {
                 if succeeded { 0 } else { 1 }
             ),
             said: said.into(),
+            ran_for: Duration::from_millis(300),
+            wrote_output: false,
         }
     }
 
@@ -288,6 +316,33 @@ mod tests {
                 "the container was not created or cannot be inspected (docker run exited exit \
                  status 1): No such container\ndocker: Error: name in use"
             )
+        );
+    }
+
+    /// Issue 10, point 7: a container that ran 10 s and was lost in a dockerd restart was
+    /// said to be "not created or cannot be inspected".
+    #[test]
+    fn a_container_the_engine_lost_after_it_started_is_said_so() {
+        let mut end = client(false, "error waiting for container: unexpected EOF");
+        end.ran_for = Duration::from_millis(10_400);
+        end.wrote_output = true;
+        let engine_down = || Err("Cannot connect to the Docker daemon".to_string());
+        let j = judge_exit(&facts(&end), engine_down);
+        assert_eq!(
+            j.outcome,
+            Outcome::failed(
+                "the container started and ran for 10s, then the engine lost it (docker run \
+                 exited exit status 1; the engine cannot inspect it, it may have restarted: \
+                 Cannot connect to the Docker daemon)\nerror waiting for container: unexpected EOF"
+            )
+        );
+        end.wrote_output = false;
+        let Outcome::Failed { reason, .. } = judge_exit(&facts(&end), engine_down).outcome else {
+            panic!("not a failure");
+        };
+        assert!(
+            reason.starts_with("docker run ran for 10s, then the engine lost it"),
+            "{reason}"
         );
     }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::arvados::retry_limit::RetryLimit;
 use crate::cgroup::Roots;
 use crate::docker::Guard;
 use crate::logging::late::LateLog;
@@ -45,13 +46,15 @@ pub(super) struct Cleanup {
     pub name: String,
     pub guard: Option<Guard>,
     pub cgroups: Option<ContainerCgroups>,
+    /// The wrap-up's deadline: while the engine is down, the removal is tried again until it.
+    pub limit: RetryLimit,
 }
 
 impl Cleanup {
     /// Returns what went wrong, for stderr (the log collection is closed by then).
     pub(super) fn run(self) -> Vec<String> {
         let mut problems = Vec::new();
-        match self.engine.remove(&self.name) {
+        match super::deadline::remove_container(&*self.engine, &self.name, &self.limit) {
             Ok(()) => {
                 if let Some(cgroups) = &self.cgroups {
                     cgroups.remove_empty(&Roots::host());
