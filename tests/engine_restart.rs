@@ -32,7 +32,8 @@ impl Drop for EngineBack {
                 .is_ok_and(|s| s.success())
         };
         let back = start() || start();
-        if !std::thread::panicking() && !(back && gone) {
+        let fine = back && gone;
+        if !fine && !std::thread::panicking() {
             panic!("the engine did not come back (old dockerd gone: {gone})");
         }
     }
