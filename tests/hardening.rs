@@ -183,3 +183,81 @@ fn unicode_whitespace_in_a_name_leaves_the_output_readable_by_python() {
     assert_eq!(read("c\u{3000}d".as_bytes()), b"ideo");
     assert_eq!(read(b"plain"), b"plain\n");
 }
+
+/// Issue 10, point 7, the hostile collections the input-manifest test
+/// (component.rs) does not cover: a collection mount whose `path` climbs out of it, and
+/// hostile names in a mount inside the output directory (whose files go into the output
+/// manifest). Each run ends Cancelled before the container runs, and nothing is written
+/// outside the run's directory.
+#[test]
+fn hostile_mount_paths_and_names_inside_the_output_are_refused() {
+    let escape = "crunch-run-hostile-i10";
+    let outside = std::env::temp_dir().join(escape);
+    let _ = std::fs::remove_dir_all(&outside);
+    for label in [
+        "../../../../../../tmp",
+        "a/../../../../../../tmp",
+        "/../../../../../../tmp",
+    ] {
+        let extra = serde_json::json!({ "path": label });
+        let h = Harness::with_fake_docker();
+        add_record(&h, &["true"]);
+        let foo = h.fake.add_block(b"foo");
+        let input = h
+            .fake
+            .add_manifest_unchecked(&format!(". {foo} 0:3:{escape}\n"));
+        let mut rec = h.fake.container(UUID);
+        let mut mount = serde_json::json!({"kind": "collection", "portable_data_hash": input});
+        mount
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        rec["mounts"]["/in"] = mount;
+        h.fake.add_container(rec);
+        h.run(UUID, &[("FAKE_DOCKER_LOAD_ID", IMAGE_ID)]);
+        let rec = h.fake.container(UUID);
+        assert_eq!(rec["state"], "Cancelled", "{label}: {rec}");
+        let reason = rec["runtime_status"]["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("While setting up mounts"),
+            "{label}: {reason}"
+        );
+        eprintln!("{label}: {reason}");
+        assert!(!outside.exists(), "{label}: wrote {}", outside.display());
+        assert!(
+            h.docker_calls().iter().all(|c| !c.starts_with("run ")),
+            "{label}"
+        );
+    }
+    // Hostile names in a collection mounted inside the output directory.
+    for name in [
+        "\\056\\056\\057x",
+        "a\\057\\056\\056\\057\\056\\056\\057x",
+        "\\056\\056",
+    ] {
+        let h = Harness::with_fake_docker();
+        add_record(&h, &["true"]);
+        let foo = h.fake.add_block(b"foo");
+        let input = h
+            .fake
+            .add_manifest_unchecked(&format!(". {foo} 0:3:{name}\n"));
+        let mut rec = h.fake.container(UUID);
+        rec["mounts"]["/tmp/in"] =
+            serde_json::json!({"kind": "collection", "portable_data_hash": input});
+        h.fake.add_container(rec);
+        h.run(UUID, &[("FAKE_DOCKER_LOAD_ID", IMAGE_ID)]);
+        let rec = h.fake.container(UUID);
+        assert_eq!(rec["state"], "Cancelled", "{name}: {rec}");
+        let reason = rec["runtime_status"]["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("While setting up mounts"),
+            "{name}: {reason}"
+        );
+        eprintln!("{name}: {reason}");
+        assert!(rec["output"].is_null(), "{name}: {rec}");
+        assert!(
+            h.docker_calls().iter().all(|c| !c.starts_with("run ")),
+            "{name}"
+        );
+    }
+}
