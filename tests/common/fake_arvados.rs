@@ -109,6 +109,10 @@ use super::fake_support::{
 };
 use super::fake_timing::{ConnNumbers, Timed, Timing};
 
+#[path = "fake_faults.rs"]
+mod faults;
+use faults::{Action, Conns, Faults};
+
 /// The container token's uuid/secret (`containers/{uuid}/auth`).
 pub const AUTH_UUID: &str = "zzzzz-gj3su-55pqoyepgi2glem";
 pub const AUTH_SECRET: &str = "a3ltuwzqcu2u4sc0q7yhpc2w7s00fdcqecg5d6e0u3pfohmbjt";
@@ -211,6 +215,8 @@ struct State {
     api_delays: Vec<(String, Duration)>,
     keep_faults: Vec<KeepFault>,
     keep_delays: HashMap<usize, Duration>,
+    /// Per-call resets and slow answers (faults.rs).
+    faults: Faults,
     next_id: u64,
 }
 
@@ -234,6 +240,8 @@ struct Shared {
     api_root: String,
     keep_ports: Vec<u16>,
     state: Mutex<State>,
+    /// The open connections of the API front, then of each Keep front (faults.rs).
+    front_conns: Vec<Conns>,
 }
 
 impl Shared {
@@ -418,6 +426,10 @@ impl FakeArvados {
             mode_2016,
             api_root: format!("https://{}/", api_front.addr),
             keep_ports: keep_fronts.iter().map(|f| f.addr.port()).collect(),
+            front_conns: std::iter::once(&api_front)
+                .chain(&keep_fronts)
+                .map(|f| f.conns.clone())
+                .collect(),
             state: Mutex::new(State {
                 blocks: vec![HashMap::new(), HashMap::new()],
                 next_id: 1,
@@ -859,6 +871,7 @@ impl FakeArvados {
             st.api_delays.clear();
             st.keep_faults.clear();
             st.keep_delays.clear();
+            st.faults.clear();
         }
         for f in &self.keep_fronts {
             f.set_down(false);
@@ -1277,6 +1290,9 @@ fn handle_api(sh: &Shared, mut rq: tiny_http::Request) {
         }
     }
 
+    if !per_call_fault(sh, 0, false, &method, &path) {
+        return;
+    }
     // delays happen outside the lock
     let delay = {
         let st = sh.lock();
@@ -1324,6 +1340,23 @@ fn handle_api(sh: &Shared, mut rq: tiny_http::Request) {
         st.note_rejection(method, path, &reply);
     }
     send(rq, reply);
+}
+
+/// The per-call fault for this request (faults.rs), applied: false if its connection was
+/// reset, and the request must go unanswered.
+fn per_call_fault(sh: &Shared, front: usize, keep: bool, method: &str, path: &str) -> bool {
+    let action = sh.lock().faults.action(keep, method, path);
+    match action {
+        Action::Handle => true,
+        Action::Delay(d) => {
+            thread::sleep(d);
+            true
+        }
+        Action::Reset => {
+            faults::reset_all(&sh.front_conns[front]);
+            false
+        }
+    }
 }
 
 fn route_api(
@@ -2176,6 +2209,9 @@ fn handle_keep(sh: &Shared, svc: usize, mut rq: tiny_http::Request) {
         thread::sleep(d);
     }
 
+    if !per_call_fault(sh, svc + 1, true, &method, &path) {
+        return;
+    }
     // Read the body before answering (an unread body confuses keep-alive).
     let mut body = Vec::new();
     let read_ok = rq
