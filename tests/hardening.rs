@@ -261,3 +261,27 @@ fn hostile_mount_paths_and_names_inside_the_output_are_refused() {
         );
     }
 }
+
+/// Issue 10, point 5: retries said after crunch-run.txt closed (saving the log collection
+/// itself, the final update) reach the kept copy of crunch-run.txt too, before the line
+/// that says the save failed.
+#[test]
+fn retries_of_the_log_save_are_in_the_kept_crunch_run_txt() {
+    let h = Harness::with_fake_docker();
+    add_record(&h, &["echo", "hello"]);
+    let mut rec = h.fake.container(UUID);
+    rec["mounts"] = serde_json::json!({});
+    h.fake.add_container(rec);
+    let child = spawn_then_api_down(&h, &["--wrap-up-deadline=5s"], "1");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let kept = kept_logs(&stderr);
+    let crunch = std::fs::read_to_string(kept.join("crunch-run.txt")).unwrap();
+    let retry = crunch
+        .find("; retrying for up to")
+        .unwrap_or_else(|| panic!("no retry in the kept crunch-run.txt:\n{crunch}"));
+    let failed = crunch.find("Saving the log collection failed").unwrap();
+    assert!(retry < failed, "{crunch}");
+    common::harness::assert_timestamped(&crunch);
+}

@@ -95,9 +95,13 @@ impl<T> Attempt<T> {
     /// The attempt that failed with this transport error.
     pub(crate) fn from_transport(err: &ureq::Error) -> Attempt<T> {
         // A TLS failure is one sentence of its own; ureq's wrapping would only add noise.
-        let message = match failure_of(err) {
-            Some(tls) => tls.to_string(),
-            None => err.to_string(),
+        let message = match (failure_of(err), err) {
+            (Some(tls), _) => tls.to_string(),
+            // rustls words it with a link to its manual, for a server that only hung up.
+            (None, ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection without answering".to_string()
+            }
+            (None, _) => err.to_string(),
         };
         if is_transient_error(err) {
             Attempt::Transient {
@@ -225,6 +229,23 @@ mod tests {
             // 100 ms gone + 250 ms wait > 300 ms deadline.
             assert_eq!(p.next_wait(earlier, 2), None);
             assert_eq!(p.next_wait(earlier, 0), Some(Duration::from_millis(100)));
+        }
+    }
+
+    #[test]
+    fn a_connection_closed_unanswered_is_transient_and_said_plainly() {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/",
+        );
+        match Attempt::<()>::from_transport(&ureq::Error::Io(eof)) {
+            Attempt::Transient { message, .. } => {
+                assert_eq!(
+                    message,
+                    "the server closed the connection without answering"
+                )
+            }
+            _ => panic!("not transient"),
         }
     }
 

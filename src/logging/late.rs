@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::files::{Echo, stamp_lines};
 use super::timestamp::Clock;
@@ -106,10 +107,22 @@ impl LastLine {
     /// The line was not true: replace it in the spooled crunch-run.txt with `text` (its
     /// lines timestamped now), and say `text` instead. A failure to rewrite the file is
     /// said too. Returns the late log for what comes after.
-    pub fn correct(mut self, text: &str) -> LateLog {
+    pub fn correct(self, text: &str) -> LateLog {
+        self.correct_after(&[], text)
+    }
+
+    /// As `correct`, with `before` written into the spooled crunch-run.txt ahead of `text`:
+    /// lines already said elsewhere after the pipeline closed (such as retries of the log
+    /// save), each stamped with when it was said, and not said again.
+    pub fn correct_after(mut self, before: &[(SystemTime, String)], text: &str) -> LateLog {
+        let mut kept = Vec::new();
+        for (when, line) in before {
+            stamp_lines(*when, line, &mut kept);
+        }
         let mut stamped = Vec::new();
         stamp_lines(self.late.clock.now(), text, &mut stamped);
-        if let Err(e) = self.rewrite(&stamped) {
+        kept.extend_from_slice(&stamped);
+        if let Err(e) = self.rewrite(&kept) {
             let file = self.file.display();
             stamped.clear();
             let msg = format!("{text}\nWarning: cannot correct the last line of {file}: {e}");

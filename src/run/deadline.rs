@@ -8,8 +8,8 @@
 //! The limit itself lives with the clients (`arvados::retry_limit::RetryLimit`); this
 //! module sets it, and says where the run's lines about it go.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
@@ -44,6 +44,12 @@ impl ContainerRun<'_> {
                 &self.uuid,
             );
         }
+    }
+
+    /// The retry lines said after crunch-run.txt closed, for the kept copy.
+    pub(super) fn retries_said_late(&self) -> Vec<(SystemTime, String)> {
+        let late = self.late_retries.lock().unwrap_or_else(|e| e.into_inner());
+        late.clone()
     }
 
     /// The wait for the container's removal, bounded by the wrap-up's deadline.
@@ -90,11 +96,24 @@ pub(super) fn remove_container(
     }
 }
 
-/// Retries report through crunch-run.txt (which echoes to stderr) while it is open, and
-/// on stderr alone once it is closed (its last line is the final state).
-pub(super) fn report_retries(limit: &RetryLimit, log: CrunchLog, uuid: &str) {
+/// Retry lines said once crunch-run.txt was closed, with when: written into the kept
+/// crunch-run.txt if the log save fails.
+pub(super) type LateRetries = Arc<Mutex<Vec<(SystemTime, String)>>>;
+
+/// Retries report through crunch-run.txt (which echoes to stderr) while it is open; once
+/// it is closed (its last line is the final state), on stderr, and into the returned list.
+pub(super) fn report_retries(limit: &RetryLimit, log: CrunchLog, uuid: &str) -> LateRetries {
     let uuid = uuid.to_string();
-    limit.set_reporter(Arc::new(move |line: &str| say(&log, &uuid, line)));
+    let late = LateRetries::default();
+    let kept = late.clone();
+    limit.set_reporter(Arc::new(move |line: &str| {
+        if log.is_closed() {
+            let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push((SystemTime::now(), line.to_string()));
+        }
+        say(&log, &uuid, line);
+    }));
+    late
 }
 
 fn say(log: &CrunchLog, uuid: &str, line: &str) {

@@ -175,7 +175,9 @@ impl ContainerRun<'_> {
         };
         let state = final_state(outcome, self.progress, &wrapup).state;
         let late = match &wrapup.log {
-            Saved::Failed(why) => last_line.correct(&format!("{why}\n{state}")),
+            Saved::Failed(why) => {
+                last_line.correct_after(&self.retries_said_late(), &format!("{why}\n{state}"))
+            }
             _ if state != provisional => last_line.correct(state.as_str()),
             _ => last_line.confirm(),
         };

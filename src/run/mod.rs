@@ -169,7 +169,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         }
     };
     cancel::remove_on_cancel(&cancel, pipeline.crunch_log(), engine.clone(), uuid);
-    deadline::report_retries(&retry_limit, pipeline.crunch_log(), uuid);
+    let late_retries = deadline::report_retries(&retry_limit, pipeline.crunch_log(), uuid);
     let log_collection = Arc::new(LogCollection::new(Arc::clone(&api), uuid));
     let mut run = ContainerRun {
         uuid: uuid.to_string(),
@@ -194,6 +194,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         log_collection,
         stats: ResourceStats::new(cgroups),
         retry_limit,
+        late_retries,
         wrap_up: None,
     };
     run.guard = match run
@@ -288,6 +289,7 @@ struct ContainerRun<'a> {
     log_collection: Arc<LogCollection>,
     /// The limit over every retry; `wrap_up` once the wrap-up's deadline is set.
     retry_limit: RetryLimit,
+    late_retries: deadline::LateRetries,
     wrap_up: Option<deadline::WrapUpDeadline>,
     /// crunchstat and hoststat.
     stats: ResourceStats,
