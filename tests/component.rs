@@ -988,6 +988,11 @@ fn detach_list_and_kill_as_the_cloud_dispatcher_uses_them() {
 
     let out = crunch_run(&["--kill", "15"]).output().unwrap();
     let detached_log = h.spool_dir().join(format!("crunch-run-{UUID}.log"));
+    // crunch-run's own stderr, for its user only (issue 10, point 1).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&detached_log).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

@@ -361,6 +361,19 @@ mod tests {
     use crate::store::memory::{MemoryStore, SIGNATURE};
     use std::sync::atomic::Ordering;
 
+    /// Issue 10, point 1: the logs are for crunch-run's user only.
+    #[test]
+    fn spool_files_are_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _blocks, uploader) = setup();
+        let _f = SpoolFile::create(dir.path(), "stdout.txt", 8, &uploader).unwrap();
+        let mode = std::fs::metadata(dir.path().join("stdout.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     #[test]
     fn a_full_disk_is_reported_with_where_the_partial_file_is() {
         let (dir, _blocks, uploader) = setup();
