@@ -13,8 +13,8 @@ pub struct WrapUpFlags {
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wrap_up_deadline: Duration,
 
-    /// How long the wrap-up goes on retrying after SIGTERM, SIGINT or SIGQUIT; then the run
-    /// exits non-zero, keeping the logs it could not save.
+    /// How long the wrap-up goes on after SIGTERM, SIGINT or SIGQUIT came during it; then
+    /// the run exits non-zero, keeping the logs it could not save.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wrap_up_grace: Duration,
 }

@@ -35,22 +35,19 @@ struct CancelState {
     /// Dropped by the cancel: wakes whoever waits on `cancelled()`.
     notify: Option<Sender<()>>,
     cancelled: Receiver<()>,
-    /// Dropped by a signal, cancel or not: wakes whoever waits on `signalled()`.
-    signal_notify: Option<Sender<()>>,
-    signalled: Receiver<()>,
+    /// Dropped by the next signal, cancel or not: wake whoever waits on `next_signal()`.
+    signal_waiters: Vec<Sender<()>>,
 }
 
 impl Default for CancelState {
     fn default() -> CancelState {
         let (notify, cancelled) = crossbeam_channel::bounded(0);
-        let (signal_notify, signalled) = crossbeam_channel::bounded(0);
         CancelState {
             reason: None,
             action: None,
             notify: Some(notify),
             cancelled,
-            signal_notify: Some(signal_notify),
-            signalled,
+            signal_waiters: Vec::new(),
         }
     }
 }
@@ -78,16 +75,19 @@ impl CancelFlag {
         true
     }
 
-    /// A signal came (`name`): cancel for it, and wake whoever waits on `signalled()`,
+    /// A signal came (`name`): cancel for it, and wake whoever waits on `next_signal()`,
     /// also when the run was cancelled before (the wrap-up then cuts its retries short).
     pub fn signal(&self, name: &str) {
-        self.lock().signal_notify = None;
+        self.lock().signal_waiters.clear();
         self.cancel(&format!("caught signal {name}"));
     }
 
-    /// A channel that disconnects once a signal came (at once if one did).
-    pub fn signalled(&self) -> Receiver<()> {
-        self.lock().signalled.clone()
+    /// A channel that disconnects when the next signal comes (signals before this call
+    /// do not count).
+    pub fn next_signal(&self) -> Receiver<()> {
+        let (waiter, next) = crossbeam_channel::bounded(0);
+        self.lock().signal_waiters.push(waiter);
+        next
     }
 
     pub fn reason(&self) -> Option<String> {

@@ -2,8 +2,10 @@
 //! (or the failure that ended the run before it), every retry of the run (saving the
 //! output and the logs, the final update, the logs table) stops by
 //! `WrapUpLimits::deadline`, all steps together, not each on its own. A signal
-//! (SIGTERM, SIGINT, SIGQUIT), during the wrap-up or before it, brings that to `grace`
-//! from the signal; the run then ends non-zero, keeping the logs it could not save.
+//! (SIGTERM, SIGINT, SIGQUIT) during the wrap-up brings that to `grace` from the signal;
+//! the run then ends non-zero, keeping the logs it could not save. A signal before the
+//! wrap-up only cancels the container (whose logs are then saved as usual): a
+//! dispatcher's second `--kill` is what cuts the wrap-up short.
 //!
 //! The limit itself lives with the clients (`arvados::retry_limit::RetryLimit`); this
 //! module sets it, and says where the run's lines about it go.
@@ -136,7 +138,7 @@ pub(super) fn begin(
 ) -> Option<WrapUpDeadline> {
     limit.limit_to(Instant::now() + limits.deadline);
     let (done, ended) = crossbeam_channel::bounded::<()>(0);
-    let signalled = cancel.signalled();
+    let signalled = cancel.next_signal();
     let limit = limit.clone();
     let uuid = uuid.to_string();
     let spawned = std::thread::Builder::new()
@@ -202,11 +204,13 @@ mod tests {
         assert_eq!(cancel.reason().as_deref(), Some("caught signal SIGTERM"));
     }
 
+    /// The signal that cancelled the container does not cut the wrap-up that saves its
+    /// logs; the next one does.
     #[test]
-    fn a_signal_before_the_wrap_up_gives_it_only_the_grace() {
+    fn a_signal_before_the_wrap_up_leaves_it_the_whole_deadline() {
         let limit = RetryLimit::default();
         let cancel = CancelFlag::default();
-        cancel.signal("SIGINT");
+        cancel.signal("SIGTERM");
         let limits = WrapUpLimits {
             deadline: Duration::from_secs(600),
             grace: Duration::from_secs(2),
@@ -214,11 +218,14 @@ mod tests {
         let (_dir, pipeline) = pipeline();
         let log = pipeline.crunch_log();
         let _clock = begin(&limit, &cancel, limits, log, "zzzzz-dz642-000000000000000");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(limit.until().unwrap() > Instant::now() + Duration::from_secs(500));
+        cancel.signal("SIGTERM");
         let cut = (0..200).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
             limit.until().unwrap() < Instant::now() + Duration::from_secs(10)
         });
-        assert!(cut);
+        assert!(cut, "the second signal did not cut the wrap-up");
     }
 
     #[test]
