@@ -34,7 +34,7 @@ use super::files::{
     Closed, Echo, LogFile, OpenFile, POOL_SIZE, Shared, check_file_name, lock, stamp_lines,
 };
 pub use super::files::{CrunchLog, LogSnapshots, LogStream};
-use super::late::{LastLine, LateLog};
+use super::late::{LastLine, LateLog, LateTable};
 use super::logs_table::{LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
 use super::timestamp::{Clock, LinePrefixer};
@@ -82,9 +82,6 @@ pub struct LogPipeline {
     shared: Arc<Shared>,
     crunch_run: Arc<LogFile>,
     spooler: Spooler,
-    container_uuid: String,
-    /// For the lines said after the pipeline closed (late.rs).
-    logs_table: Option<Arc<dyn ApiStore>>,
 }
 
 /// Creates the spool files of the log collection; their full blocks go to `uploader`.
@@ -198,8 +195,6 @@ impl LogPipeline {
             }),
             crunch_run,
             spooler,
-            container_uuid: cfg.container_uuid,
-            logs_table: cfg.logs_table,
         })
     }
 
@@ -306,8 +301,10 @@ impl LogPipeline {
     /// `finish`, with `line` (the final state) as the last line of crunch-run.txt: spooled,
     /// so the saved log collection has it, but held back from stderr and the logs table
     /// until the returned `LastLine` is confirmed or corrected (see late.rs).
+    /// The logs table is not waited for: it posts what the streams left while the files
+    /// are finished and saved, and the lines said after (`LateLog::close` waits for it).
     pub fn finish_with_last_line(mut self, line: &str) -> (LogsFinished, LastLine) {
-        let mut files = self.close_streams(DEFAULT_LOGS_TABLE_WAIT);
+        let (mut files, table) = self.begin_closing(DEFAULT_LOGS_TABLE_WAIT);
         let now = self.shared.clock.now();
         let crunch_run = files
             .iter_mut()
@@ -325,12 +322,7 @@ impl LogPipeline {
                 (0, stamped, None)
             }
         };
-        let late = LateLog::new(
-            self.container_uuid.clone(),
-            echo,
-            self.logs_table.take(),
-            Arc::clone(&self.shared.clock),
-        );
+        let late = LateLog::new(echo, table, Arc::clone(&self.shared.clock));
         let path = self.spooler.dir.join(CRUNCH_RUN_FILE);
         let finished = self.finish_files(files);
         (finished, LastLine::new(late, path, offset, stamped))
@@ -352,6 +344,34 @@ impl LogPipeline {
             }
         }
         files
+    }
+
+    /// Close the streams, and the logs table without waiting for it; say in crunch-run.txt
+    /// what it lacks so far, if anything.
+    fn begin_closing(
+        &mut self,
+        logs_table_wait: Duration,
+    ) -> (Vec<(String, Option<OpenFile>)>, Option<LateTable>) {
+        let Closed { mut files, sink } = self.shared.close();
+        let Some(sink) = sink else {
+            return (files, None);
+        };
+        let sink = sink.begin_close(Instant::now() + logs_table_wait);
+        let said = sink.so_far();
+        let dropped = self.shared.dropped_total.load(Ordering::Relaxed);
+        let crunch_run = files.iter_mut().find(|(name, _)| name == CRUNCH_RUN_FILE);
+        if let (Some(note), Some((_, Some(file)))) = (
+            logs_table_shortfall(dropped, &said, logs_table_wait),
+            crunch_run,
+        ) {
+            file.write_line(self.shared.clock.now(), &note);
+        }
+        let table = LateTable {
+            sink,
+            waited: logs_table_wait,
+            said,
+        };
+        (files, Some(table))
     }
 
     /// Finish every spool file, then the uploads.
@@ -425,7 +445,7 @@ fn finish_spools(
 /// dropped at its queue because it was too slow, that failed to post, or that were still
 /// waiting when `finish` stopped waiting for it. None if it lacks nothing. Throttled bytes
 /// are not counted: the table says so itself.
-fn logs_table_shortfall(
+pub(super) fn logs_table_shortfall(
     dropped_at_queue: u64,
     report: &LogsTableReport,
     waited: Duration,
@@ -1001,16 +1021,40 @@ mod tests {
             "the saved collection has it"
         );
         assert_eq!(echoed.text(), format!("{UUID} {ts} hello\n"));
-        assert_eq!(s.store.texts("crunch-run"), [format!("{ts} hello\n")]);
         let mut late = last.confirm();
         assert_eq!(
             echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} Complete\n")
         );
-        assert_eq!(s.store.texts("crunch-run")[1], format!("{ts} Complete\n"));
         late.line("after");
-        assert_eq!(s.store.texts("crunch-run")[2], format!("{ts} after\n"));
         assert!(echoed.text().ends_with(&format!("{UUID} {ts} after\n")));
+        // Posted by the logs table's thread, in order, without the caller waiting.
+        late.close();
+        assert_eq!(
+            s.store.texts("crunch-run").concat(),
+            format!("{ts} hello\n{ts} Complete\n{ts} after\n")
+        );
+    }
+
+    #[test]
+    fn the_logs_table_is_not_waited_for_before_the_save_nor_after_the_last_line() {
+        let s = Setup::new({
+            let mut store = MemoryStore::new();
+            store.hang_logs = Some(Duration::from_millis(400));
+            store
+        });
+        let (p, _echoed) = echoing(&s, true);
+        p.crunch_log().line("hello");
+        let started = Instant::now();
+        let (_done, last) = p.finish_with_last_line("Complete");
+        let late = last.confirm();
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        late.close();
+        assert_eq!(s.store.texts("crunch-run").concat().lines().count(), 2);
     }
 
     #[test]
@@ -1019,12 +1063,15 @@ mod tests {
         let (p, echoed) = echoing(&s, true);
         p.crunch_log().line("hello");
         let (done, last) = p.finish_with_last_line("Complete");
-        last.correct("the save failed\nCancelled");
+        last.correct("the save failed\nCancelled").close();
         let ts = ts();
         let true_lines = format!("{ts} the save failed\n{ts} Cancelled\n");
         let kept = std::fs::read_to_string(done.spool_dir.join("crunch-run.txt")).unwrap();
         assert_eq!(kept, format!("{ts} hello\n{true_lines}"));
-        assert_eq!(s.store.texts("crunch-run")[1], true_lines);
+        assert_eq!(
+            s.store.texts("crunch-run").concat(),
+            format!("{ts} hello\n{true_lines}")
+        );
         assert_eq!(
             echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} the save failed\n{UUID} {ts} Cancelled\n")
@@ -1036,7 +1083,9 @@ mod tests {
         let s = Setup::new(MemoryStore::new());
         let (p, echoed) = echoing(&s, false);
         let (_, last) = p.finish_with_last_line("Complete");
-        last.confirm().line("removing failed");
+        let mut late = last.confirm();
+        late.line("removing failed");
+        late.close();
         assert!(s.store.logs.lock().unwrap().is_empty());
         let ts = ts();
         assert_eq!(

@@ -127,6 +127,8 @@ impl ContainerRun<'_> {
         for problem in problems {
             late.line(&self.secrets.redact(&problem));
         }
+        // Only now wait (boundedly) for the logs table's last POSTs: the record never does.
+        late.close();
         status
     }
 

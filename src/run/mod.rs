@@ -74,7 +74,9 @@ fn open_store(config: &Config, secrets: &mut Secrets) -> Result<Stores, StoreErr
                     ..Default::default()
                 },
             };
-            let store = Arc::new(crate::arvados::store::ArvadosStore::connect(
+            // Keep services not listed are discovered beside the first requests; `prepare`
+            // waits for them (`BlockStore::ready`) before the record goes Running.
+            let store = Arc::new(crate::arvados::store::ArvadosStore::start(
                 settings,
                 env.keep_services.as_deref(),
             )?);
@@ -133,6 +135,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         secrets,
         cgroups,
     } = wiring;
+    let early_access = prepare::AccessFetch::start(Arc::clone(&api), uuid);
     let Some((record, initial)) = prepare::fetch_record(&*api, uuid, &secrets) else {
         return 1;
     };
@@ -162,6 +165,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         run_dir,
         progress,
         access: None,
+        early_access: Some(early_access),
         staged: None,
         guard: None,
         cgroup_parent: None,
@@ -232,6 +236,8 @@ struct ContainerRun<'a> {
     progress: RecordProgress,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
+    /// The token and secret mounts, asked for beside the record.
+    early_access: Option<prepare::AccessFetch>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,
     /// Removes the docker container if crunch-run dies; started early so that its

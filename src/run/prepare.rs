@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 
 use serde_json::{Value, json};
 
@@ -13,7 +14,7 @@ use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::mounts::{self, MountPlan};
 use crate::redact::Secrets;
-use crate::store::{ApiStore, BlockStore, ContainerAccess};
+use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
 use super::outcome::Outcome;
 use super::spec::usable_cgroup_parent;
@@ -48,6 +49,75 @@ pub(super) fn fetch_record(
             None
         }
     }
+}
+
+/// The container's token, then its secret mounts, fetched on a thread of their own. They
+/// need only the container's UUID, so `run` starts them beside the record's fetch: the
+/// record, the token, and then the secret mounts beside the image collection, cost two
+/// round trips rather than four. Nothing is said or used until the record was checked
+/// (`join`): a record crunch-run does not run leaves the answers unread.
+pub(super) struct AccessFetch {
+    thread: Option<JoinHandle<AccessAnswers>>,
+    /// Where to ask again if no thread could be started.
+    api: Arc<dyn ApiStore>,
+    uuid: String,
+}
+
+type AccessAnswers = (
+    Result<Option<ContainerAccess>, StoreError>,
+    Option<Result<Value, StoreError>>,
+);
+
+impl AccessFetch {
+    pub(super) fn start(api: Arc<dyn ApiStore>, uuid: &str) -> AccessFetch {
+        let (asker, id) = (api.clone(), uuid.to_string());
+        let thread = std::thread::Builder::new()
+            .name("container-token".into())
+            .spawn(move || fetch_access(&*asker, &id))
+            .ok();
+        AccessFetch {
+            thread,
+            api,
+            uuid: uuid.to_string(),
+        }
+    }
+
+    /// The token and the secret mounts. The 2016 API (a Queued record, `legacy`) had no
+    /// container tokens, whatever the request answered; without a token (that, or the
+    /// local store) there are no secret mounts.
+    fn join(self, legacy: bool) -> Step<(Option<ContainerAccess>, Value)> {
+        if legacy {
+            return Ok((None, json!({})));
+        }
+        let answers = match self.thread.map(JoinHandle::join) {
+            Some(Ok(answers)) => answers,
+            Some(Err(_)) => {
+                return Err(Outcome::failed(
+                    "getting the container's token failed unexpectedly",
+                ));
+            }
+            None => fetch_access(&*self.api, &self.uuid),
+        };
+        let access = answers
+            .0
+            .map_err(|e| Outcome::failed(format!("cannot get the container's token: {e}")))?;
+        let secret_mounts = match answers.1 {
+            Some(answer) => answer
+                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
+            None => json!({}),
+        };
+        Ok((access, secret_mounts))
+    }
+}
+
+/// The container's token, then (with one) its secret mounts, read as the container.
+fn fetch_access(api: &dyn ApiStore, uuid: &str) -> AccessAnswers {
+    let access = api.container_access(uuid);
+    let secret_mounts = match &access {
+        Ok(Some(access)) => Some(access.api.secret_mounts(uuid)),
+        _ => None,
+    };
+    (access, secret_mounts)
 }
 
 /// What the run goes on with once prepared.
@@ -86,6 +156,10 @@ impl ContainerRun<'_> {
             self.stage_mounts(&plan)?;
         }
         self.check_cancel()?;
+        // Keep must work before the record goes Running: the logs are saved there.
+        self.blocks
+            .ready()
+            .map_err(|e| Outcome::failed(format!("cannot reach Keep: {e}")))?;
         Ok(Prepared {
             container,
             image: tar.id,
@@ -93,14 +167,19 @@ impl ContainerRun<'_> {
     }
 
     /// The requests that need only the record, side by side: the container's token and
-    /// then its secret mounts (API calls) on one thread, the engine's cgroup driver when a
+    /// then its secret mounts (API calls, begun beside the record's fetch: `AccessFetch`), the engine's cgroup driver when a
     /// cgroup parent is wanted on another, the image (its collection, then the engine) on
     /// this one. The token's failure is reported first, the image's only after the mount
     /// plan's (by `prepare`).
     fn gather(&mut self, container: &Container) -> Step<Gathered> {
         let parent = self.config.container.cgroup_parent.as_deref();
+        let early = self.early_access.take();
+        let legacy = self.progress.legacy_api;
         let (access, image, driver) = std::thread::scope(|s| {
-            let access = s.spawn(|| self.fetch_access());
+            let access = s.spawn(|| match early {
+                Some(fetch) => fetch.join(legacy),
+                None => AccessFetch::start(self.api.clone(), &self.uuid).join(legacy),
+            });
             let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
             let image = self.find_image(&container.container_image);
             (access.join(), image, driver.map(|d| d.join()))
@@ -129,27 +208,6 @@ impl ContainerRun<'_> {
             secret_mounts,
             image,
         })
-    }
-
-    /// The container's token and its secret mounts. The 2016 API (a Queued record) had no
-    /// container tokens; without a token (that, or the local store) there are no secret
-    /// mounts.
-    fn fetch_access(&self) -> Step<(Option<ContainerAccess>, Value)> {
-        let access = match self.progress.legacy_api {
-            true => None,
-            false => self
-                .api
-                .container_access(&self.uuid)
-                .map_err(|e| Outcome::failed(format!("cannot get the container's token: {e}")))?,
-        };
-        let secret_mounts = match &access {
-            Some(access) => access
-                .api
-                .secret_mounts(&self.uuid)
-                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
-            None => json!({}),
-        };
-        Ok((access, secret_mounts))
     }
 
     /// Check the record's mounts and secret mounts. A record without any mounts (as in

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::timestamp::Clock;
 use crate::store::ApiStore;
-pub use sink::{Chunk, LogsTableReport, LogsTableSink};
+pub use sink::{Chunk, ClosingSink, LogsTableReport, LogsTableSink};
 use splitter::{LineSplitter, Piece};
 use throttle::Throttle;
 
@@ -190,6 +190,29 @@ impl LogsTable {
         }
         for text in full {
             self.post(i, &text, now);
+        }
+    }
+
+    /// Whole timestamped lines that the throttle must not drop (progress lines, the final
+    /// state): into the stream's batch as they are, posted with it.
+    pub fn write_kept(&mut self, event_type: &'static str, data: &[u8]) {
+        let i = self.stream_index(event_type);
+        let now = self.clock.now();
+        let batch = &mut self.streams[i].batch;
+        batch.extend_from_slice(data);
+        if !data.ends_with(b"\n") {
+            batch.push(b'\n');
+        }
+        if batch.len() >= self.cfg.bytes_per_event {
+            self.flush(i, now);
+        }
+    }
+
+    /// POST every batch now.
+    pub fn flush_all(&mut self) {
+        let now = self.clock.now();
+        for i in 0..self.streams.len() {
+            self.flush(i, now);
         }
     }
 
