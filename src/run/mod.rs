@@ -26,6 +26,7 @@ use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::mounts::StagedMounts;
+use crate::progress::Progress;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -272,6 +273,14 @@ impl ContainerRun<'_> {
     fn sayer(&self) -> impl Fn(&str) + Send + 'static {
         let (log, secrets) = (self.log.clone(), self.secrets.clone());
         move |text: &str| log.line(&secrets.redact(text))
+    }
+
+    /// Progress lines for a step moving `total` bytes, at the configured cadence, into
+    /// crunch-run.txt and the logs table (whose queue and throttle never drop them).
+    fn progress_of(&self, what: &str, total: Option<u64>) -> Progress<'static> {
+        let (log, secrets) = (self.log.clone(), self.secrets.clone());
+        let say = move |text: &str| log.line_kept(&secrets.redact(text));
+        Progress::new(what, total, self.config.progress, say)
     }
 
     /// In a Slurm job, move the guard out of the job's cgroups: Slurm's kill of every

@@ -60,7 +60,10 @@ impl ContainerRun<'_> {
         let spec = OutputSpec::from_staged(staged, &container.output_path, &container.output_glob);
         let (api, blocks) = self.container_stores();
         let say = |line: &str| self.say(line);
-        let manifest = match output::capture_output(&spec, &*blocks, &say) {
+        let progress = self.progress_of("Capturing the output", None);
+        let captured = output::capture_output_with_progress(&spec, &*blocks, &say, &progress);
+        progress.finish();
+        let manifest = match captured {
             Ok(m) => m,
             Err(e) => return failed(format!("capturing the output failed: {e}")),
         };

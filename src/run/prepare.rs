@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::mounts::{self, MountPlan};
+use crate::progress::CountingWriter;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -278,8 +279,14 @@ impl ContainerRun<'_> {
             None => Ok(()),
         };
         let blocks = self.blocks.clone();
-        let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
-        let loaded = self.engine.load_image(&mut feed).map_err(|e| {
+        let progress = self.progress_of("Loading the image", Some(tar.file.size));
+        let mut feed = |stdin: &mut dyn Write| {
+            let mut counted = CountingWriter::new(stdin, &progress);
+            stream_image(&*blocks, tar, &mut counted, &keep_going)
+        };
+        let loaded = self.engine.load_image(&mut feed);
+        progress.finish();
+        let loaded = loaded.map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
                     reason,
