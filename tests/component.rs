@@ -1399,6 +1399,17 @@ fn running_comes_before_user_code_and_the_final_update_last_naming_saved_collect
     for saved in &collections {
         assert!(saved.end <= last.start, "{saved:?} before {last:?}");
     }
+    // The output collection is saved beside the log's blocks, not before them.
+    let waited = common::fake_timing::summarize(&waited_for(&timeline));
+    let beside = waited
+        .stretches
+        .iter()
+        .find(|s| s.iter().any(|r| r == "POST api /arvados/v1/collections"))
+        .unwrap();
+    assert!(
+        beside.iter().any(|r| r.starts_with("PUT keep")),
+        "{beside:?}"
+    );
     let created = h.fake.collections_created();
     let pdhs: Vec<_> = created
         .iter()

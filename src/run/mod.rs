@@ -50,6 +50,7 @@ pub use outcome::{
     FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
     final_update,
 };
+use output::Output;
 use supervisor::ClientSlot;
 pub use supervisor::{Stop, Supervisor};
 
@@ -314,7 +315,7 @@ impl ContainerRun<'_> {
     }
 
     /// Everything from the record check to the output: prepare → start → wait → capture.
-    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Saved) {
+    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Output) {
         self.say(&format!("crunch-run {} started", env!("CARGO_PKG_VERSION")));
         self.say(&format!("Executing container: {}", self.uuid));
         if let Ok(host) = hostname() {
@@ -322,7 +323,7 @@ impl ContainerRun<'_> {
         }
         let prepared = match self.prepare(record) {
             Ok(prepared) => prepared,
-            Err(outcome) => return (outcome, Saved::Nothing),
+            Err(outcome) => return (outcome, Output::Settled(Saved::Nothing)),
         };
         let outcome = match self.start(&prepared) {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
