@@ -247,9 +247,28 @@ impl LogsTable {
             });
             throttle.report_skipped(now, batch);
         }
-        for i in 0..self.streams.len() {
-            self.flush(i, now);
-        }
+        // The streams' last batches at once, a thread each: at the end of a run they are
+        // several round trips otherwise, and the last line's POST queues behind them.
+        let batches: Vec<(&'static str, Vec<u8>)> = self
+            .streams
+            .iter_mut()
+            .filter(|s| !s.batch.is_empty())
+            .map(|s| {
+                s.last_post = now;
+                (s.event_type, std::mem::take(&mut s.batch))
+            })
+            .collect();
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for (event_type, text) in &batches {
+                let spawned = std::thread::Builder::new()
+                    .name("logs-table-post".into())
+                    .spawn_scoped(scope, move || this.send(event_type, text));
+                if spawned.is_err() {
+                    this.send(event_type, text);
+                }
+            }
+        });
     }
 
     fn flush(&mut self, i: usize, now: SystemTime) {
@@ -263,8 +282,12 @@ impl LogsTable {
     }
 
     fn post(&mut self, i: usize, text: &[u8], now: SystemTime) {
-        let s = &mut self.streams[i];
-        s.last_post = now;
+        self.streams[i].last_post = now;
+        self.send(self.streams[i].event_type, text);
+    }
+
+    /// POST `text` as one entry of `event_type`, unless past the deadline; counted.
+    fn send(&self, event_type: &str, text: &[u8]) {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.stats
                 .unposted_bytes
@@ -272,7 +295,7 @@ impl LogsTable {
             return;
         }
         let text = String::from_utf8_lossy(text);
-        match self.api.create_log(&self.object_uuid, s.event_type, &text) {
+        match self.api.create_log(&self.object_uuid, event_type, &text) {
             Ok(()) => {
                 self.stats.posts.fetch_add(1, Ordering::Relaxed);
             }
