@@ -131,7 +131,9 @@ impl<'a> Progress<'a> {
         match (finished, self.total()) {
             (true, _) => line.push_str(&format!(", done in {}", format_duration(elapsed))),
             (false, Some(total)) if rate >= 1.0 && total > done => {
-                let left = Duration::from_secs_f64((total - done) as f64 / rate);
+                // Never "about 0 s left" while bytes are left.
+                let left = Duration::from_secs_f64((total - done) as f64 / rate)
+                    .max(Duration::from_secs(1));
                 line.push_str(&format!(", about {} left", format_duration(left)));
             }
             _ => {}

@@ -38,6 +38,9 @@ use super::late::{LastLine, LateLog, LateTable};
 use super::logs_table::{LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
 use super::timestamp::{Clock, LinePrefixer};
+#[cfg(test)]
+use crate::progress::Cadence;
+use crate::progress::Progress;
 use crate::store::{ApiStore, BlockStore, FileBlocks};
 
 /// crunch-run's own stream; it is written line by line, never by a copier.
@@ -284,6 +287,22 @@ impl LogPipeline {
                     ))
                 }
             })
+    }
+
+    /// Wait until the full blocks written so far are stored (when Keep is slower than the
+    /// container wrote, that can be most of a big log): `start` makes the progress of
+    /// those bytes, which is only made when there are some. Writers may still write.
+    pub fn wait_for_uploads<'a>(&self, start: impl FnOnce(u64) -> Progress<'a>) {
+        let Some(uploader) = &self.spooler.uploader else {
+            return;
+        };
+        let outstanding = uploader.backlog().outstanding();
+        if outstanding == 0 {
+            return;
+        }
+        let progress = start(outstanding);
+        uploader.wait_drained(|bytes| progress.advance(bytes));
+        progress.finish();
     }
 
     /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`),
@@ -1034,6 +1053,46 @@ mod tests {
             s.store.texts("crunch-run").concat(),
             format!("{ts} hello\n{ts} Complete\n{ts} after\n")
         );
+    }
+
+    /// Issue 12: blocks the uploader has not stored yet (Keep slower than the container)
+    /// are waited for with progress lines in crunch-run.txt, before it closes; without a
+    /// backlog nothing is said.
+    #[test]
+    fn a_log_upload_backlog_is_waited_for_with_progress_lines() {
+        let s = Setup::new(MemoryStore::new());
+        *s.store.block_delay.lock().unwrap() = Some(Duration::from_millis(100));
+        let p = s.start();
+        let out = p.stream("stdout").unwrap();
+        out.line(&"x".repeat(64 * 10 - 32)); // ten full blocks, timestamps included
+        let fast = Cadence {
+            first: Duration::from_millis(250),
+            every: Duration::from_millis(300),
+        };
+        let crunch = p.crunch_log();
+        let say = move |line: &str| crunch.line_kept(line);
+        p.wait_for_uploads(|total| Progress::new("Saving the logs", Some(total), fast, say));
+        let done = p.finish();
+        let text = String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap();
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.contains("Saving the logs: "))
+            .collect();
+        assert!(lines.len() >= 2, "{text}");
+        assert!(lines[0].contains(" of 640 bytes ("), "{text}");
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .contains("640 bytes of 640 bytes (100%)"),
+            "{text}"
+        );
+        assert!(lines.last().unwrap().contains(", done in "), "{text}");
+        // Nothing queued: no progress made, nothing said.
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        p.wait_for_uploads(|_| panic!("no backlog, no progress"));
+        p.finish();
     }
 
     #[test]

@@ -105,6 +105,7 @@ impl ContainerRun<'_> {
         }
         self.say_how_it_ended(&outcome);
         self.stop_hoststat();
+        pipeline.wait_for_uploads(|total| self.progress_of("Saving the logs", Some(total)));
         let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
         let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {
