@@ -1337,6 +1337,13 @@ fn a_run_without_mounts_waits_for_at_most_six_requests_in_a_row() {
     eprintln!("without the logs table: {:#?}", waited.stretches);
     assert!(waited.critical_path <= 6, "{:#?}", waited.stretches);
     assert!(all.critical_path <= 6, "{:#?}", all.stretches);
+    // The engine's images were listed beside the image collection: no inspect after it.
+    let calls = h.docker_calls();
+    assert!(calls.iter().any(|c| c.starts_with("image ls")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("image inspect")),
+        "{calls:?}"
+    );
     // The record, the token and the discovery went out together.
     let first = &waited.stretches[0];
     for wanted in ["/containers/", "/auth", "/keep_services/accessible"] {

@@ -182,7 +182,9 @@ impl ContainerRun<'_> {
                 None => AccessFetch::start(self.api.clone(), &self.uuid).join(legacy),
             });
             let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
-            let image = self.find_image(&container.container_image);
+            let listed = s.spawn(|| self.engine.image_ids());
+            let image =
+                self.find_image(&container.container_image, || listed.join().ok().flatten());
             (access.join(), image, driver.map(|d| d.join()))
         });
         if let (Some(parent), Some(driver)) = (parent, driver) {
@@ -250,12 +252,24 @@ impl ContainerRun<'_> {
         self.run_dir.join("mounts")
     }
 
-    /// The image tar of the record's image collection, and whether the engine has it.
-    fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
+    /// The image tar of the record's image collection, and whether the engine has it: in
+    /// the engine's list of images (`listed`, asked beside the collection), or else as
+    /// `docker image inspect` answers.
+    fn find_image(
+        &self,
+        pdh: &str,
+        listed: impl FnOnce() -> Option<Vec<String>>,
+    ) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()))?;
-        self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked.store(true, Ordering::Relaxed);
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()));
+        let listed = listed();
+        let tar = tar?;
+        self.say(&format!("Using Docker image id '{}'", tar.id));
+        let bare = |id: &str| id.trim_start_matches("sha256:").to_string();
+        if listed.is_some_and(|ids| ids.iter().any(|id| bare(id) == bare(&tar.id))) {
+            return Ok((tar, true));
+        }
         match self.engine.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
             Err(e) if e.is_engine_down() => Err(Outcome::failed(format!(
