@@ -102,6 +102,7 @@ fn hello_world_runs_to_complete_with_logs_everywhere() {
         "{crunch}"
     );
     assert!(crunch.trim_end().ends_with("Complete"), "{crunch}");
+    assert_logs_table_complete(&h);
     assert_eq!(h.log_text(UUID, "stderr.txt"), "");
 
     // The log collection was named for the container, and the real Python SDK reads it.
@@ -186,6 +187,13 @@ fn cwd_dot_means_the_image_default_and_a_set_cwd_is_passed() {
     assert!(args.contains("-w\n/bin\n"), "{args}");
 }
 
+/// Regression: hoststat's first report, a chunk a line, overflowed the logs table's queue
+/// at the start of most runs ("the logs table lacks … it was too slow to keep up").
+fn assert_logs_table_complete(h: &Harness) {
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert!(!crunch.contains("the logs table lacks"), "{crunch}");
+}
+
 #[test]
 fn stdout_and_stderr_are_kept_apart() {
     let (h, pdh) = setup();
@@ -206,6 +214,7 @@ fn stdout_and_stderr_are_kept_apart() {
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hello\n");
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stderr.txt")), "world\n");
     assert!(h.logs_table("stderr").contains(" world\n"));
+    assert_logs_table_complete(&h);
 }
 
 #[test]
@@ -223,6 +232,7 @@ fn binary_output_and_a_last_line_without_newline_are_kept_byte_exact() {
     assert_eq!(&first[31..], b"\x01\xff\xfebin\x00ary\n");
     assert_eq!(&second[31..], b"last");
     assert_timestamped(&String::from_utf8_lossy(&raw));
+    assert_logs_table_complete(&h);
 }
 
 #[test]
