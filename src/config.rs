@@ -19,9 +19,12 @@ use clap::Parser;
 use crate::arvados::ids::is_container_uuid;
 use crate::cgroup::Roots;
 use crate::docker::GUARD_DOCKER_ENV;
+use crate::progress::Cadence;
 use crate::slurm::{ContainerCgroups, SlurmJob};
+use progress::progress_cadence;
 
 mod flags;
+mod progress;
 mod wrap_up;
 pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
 pub use wrap_up::{WrapUpFlags, WrapUpLimits};
@@ -177,6 +180,9 @@ pub struct Config {
     pub container: ContainerSetup,
     /// The Slurm job crunch-run runs in (`SLURM_JOB_ID`), if any.
     pub slurm_job: Option<SlurmJob>,
+    /// When steps that move many bytes say how far they are: after 5 s, then every 30 s;
+    /// `CRUNCH_RUN_PROGRESS_INTERVALS=FIRST,EVERY` (e.g. `1s,2s`) for tests.
+    pub progress: Cadence,
 }
 
 /// How crunch-run runs the docker CLI: the program, and the environment its clients (and
@@ -391,6 +397,7 @@ impl Config {
             },
             container: ContainerSetup::from_flags(&args.container)?,
             slurm_job: slurm_job(env),
+            progress: progress_cadence(env)?,
         })
     }
 }

@@ -8,9 +8,12 @@
 //! itself goes to whatever `say` the step was given (crunch-run.txt, in practice).
 
 use std::io::{self, Read, Write};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::store::{BlockSource, BlockStore, StoreError};
 
 /// When progress lines are due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +33,17 @@ impl Default for Cadence {
     }
 }
 
+/// `Progress::total` while the size is unknown.
+const NO_TOTAL: u64 = u64::MAX;
+
 /// Where "now" comes from, so that tests need not sleep.
 pub type Now = Box<dyn Fn() -> Instant + Send + Sync>;
 
 /// Counts the bytes of one step and says how far it is when a line is due.
 pub struct Progress<'a> {
     what: String,
-    total: Option<u64>,
+    /// The step's size; `NO_TOTAL` until known (`set_total`).
+    total: AtomicU64,
     cadence: Cadence,
     done: AtomicU64,
     started: Instant,
@@ -67,7 +74,7 @@ impl<'a> Progress<'a> {
         let started = now();
         Progress {
             what: what.to_string(),
-            total,
+            total: AtomicU64::new(total.unwrap_or(NO_TOTAL)),
             cadence,
             done: AtomicU64::new(0),
             started,
@@ -103,19 +110,30 @@ impl<'a> Progress<'a> {
         self.done.load(Ordering::Relaxed)
     }
 
+    /// The step's size, once known (after a walk of what it moves).
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total.min(NO_TOTAL - 1), Ordering::Relaxed);
+    }
+
+    fn total(&self) -> Option<u64> {
+        Some(self.total.load(Ordering::Relaxed)).filter(|&t| t != NO_TOTAL)
+    }
+
     fn line(&self, done: u64, now: Instant, finished: bool) -> String {
         let elapsed = now.saturating_duration_since(self.started);
         let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
         let mut line = format!("{}: {}", self.what, format_bytes(done));
-        if let Some(total) = self.total {
+        if let Some(total) = self.total() {
             let percent = (done as f64 * 100.0 / total.max(1) as f64).min(100.0);
             line.push_str(&format!(" of {} ({percent:.0}%)", format_bytes(total)));
         }
         line.push_str(&format!(", {}/s", format_bytes(rate as u64)));
-        match (finished, self.total) {
+        match (finished, self.total()) {
             (true, _) => line.push_str(&format!(", done in {}", format_duration(elapsed))),
             (false, Some(total)) if rate >= 1.0 && total > done => {
-                let left = Duration::from_secs_f64((total - done) as f64 / rate);
+                // Never "about 0 s left" while bytes are left.
+                let left = Duration::from_secs_f64((total - done) as f64 / rate)
+                    .max(Duration::from_secs(1));
                 line.push_str(&format!(", about {} left", format_duration(left)));
             }
             _ => {}
@@ -195,6 +213,53 @@ impl<R: Read> Read for CountingReader<'_, '_, R> {
         let n = self.inner.read(buf)?;
         self.progress.advance(n as u64);
         Ok(n)
+    }
+}
+
+/// A block store that counts the bytes of the blocks it stores and fetches.
+pub struct CountingBlocks<'p, 'a> {
+    inner: &'p dyn BlockStore,
+    progress: &'p Progress<'a>,
+}
+
+impl<'p, 'a> CountingBlocks<'p, 'a> {
+    pub fn new(inner: &'p dyn BlockStore, progress: &'p Progress<'a>) -> Self {
+        CountingBlocks { inner, progress }
+    }
+}
+
+impl BlockStore for CountingBlocks<'_, '_> {
+    fn put_block(
+        &self,
+        hash: &str,
+        size: u64,
+        body: &BlockSource<'_>,
+    ) -> Result<String, StoreError> {
+        let stored = self.inner.put_block(hash, size, body)?;
+        self.progress.advance(size);
+        Ok(stored)
+    }
+
+    fn put_block_from_file(
+        &self,
+        hash: &str,
+        size: u64,
+        path: &Path,
+        offset: u64,
+    ) -> Result<String, StoreError> {
+        let stored = self.inner.put_block_from_file(hash, size, path, offset)?;
+        self.progress.advance(size);
+        Ok(stored)
+    }
+
+    fn get_block(&self, locator: &str, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let n = self.inner.get_block(locator, out)?;
+        self.progress.advance(n);
+        Ok(n)
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready()
     }
 }
 
@@ -280,6 +345,25 @@ mod tests {
         let mut r = CountingReader::new(&[0u8; 24][..], &p);
         io::copy(&mut r, &mut io::sink()).unwrap();
         assert_eq!(p.done(), 1024);
+    }
+
+    #[test]
+    fn a_total_known_later_is_used_and_counting_blocks_count_what_is_stored() {
+        let (t, lines, p) = setup(None);
+        p.set_total(8 * MIB);
+        let store = crate::store::memory::MemoryStore::new();
+        let counted = CountingBlocks::new(&store, &p);
+        let data = vec![7u8; (2 * MIB) as usize];
+        let hash = crate::arvados::manifest::md5_hex(&data);
+        let open = || -> io::Result<Box<dyn Read + Send>> { Ok(Box::new(&data[..])) };
+        wait(&t, 5);
+        let loc = counted.put_block(&hash, data.len() as u64, &open).unwrap();
+        counted.get_block(&loc, &mut io::sink()).unwrap();
+        assert_eq!(p.done(), 4 * MIB);
+        assert_eq!(
+            lines.lock().unwrap()[0],
+            "Loading the image: 2.0 MiB of 8.0 MiB (25%), 410 KiB/s, about 15 s left"
+        );
     }
 
     #[test]

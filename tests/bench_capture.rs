@@ -92,7 +92,7 @@ fn crunch_run_captures(tree: &Path) -> (f64, f64, usize, usize) {
         "{rec}\n{crunch}"
     );
     let at = |what: &str| seconds_of(crunch.lines().find(|l| l.contains(what)).unwrap());
-    let capture = at("Output collection saved") - at("Capturing the output");
+    let capture = at("Saving the output collection") - at("Capturing the output");
     let manifest = h.fake.collection_manifest(rec["output"].as_str().unwrap());
     let blocks = block_hashes(&manifest.unwrap());
     let puts = h.fake.keep_requests().into_iter();
@@ -148,7 +148,7 @@ fn capture_many_small_files() {
         "(f) capturing {files} files of {bytes} bytes in 10 directories (fake API + 2 Keep services, HTTPS):"
     );
     println!(
-        "    crunch-run: capture {capture:.2} s (its log: \"Capturing the output\" to \"Output collection saved\"); whole run {whole:.2} s, {:.2} s over a one-file run; {puts} Keep PUTs, {blocks} blocks",
+        "    crunch-run: capture {capture:.2} s (its log: \"Capturing the output\" to \"Saving the output collection\"); whole run {whole:.2} s, {:.2} s over a one-file run; {puts} Keep PUTs, {blocks} blocks",
         whole - base
     );
     println!(

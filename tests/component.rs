@@ -102,6 +102,7 @@ fn hello_world_runs_to_complete_with_logs_everywhere() {
         "{crunch}"
     );
     assert!(crunch.trim_end().ends_with("Complete"), "{crunch}");
+    assert_logs_table_complete(&h);
     assert_eq!(h.log_text(UUID, "stderr.txt"), "");
 
     // The log collection was named for the container, and the real Python SDK reads it.
@@ -186,6 +187,13 @@ fn cwd_dot_means_the_image_default_and_a_set_cwd_is_passed() {
     assert!(args.contains("-w\n/bin\n"), "{args}");
 }
 
+/// Regression: hoststat's first report, a chunk a line, overflowed the logs table's queue
+/// at the start of most runs ("the logs table lacks … it was too slow to keep up").
+fn assert_logs_table_complete(h: &Harness) {
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert!(!crunch.contains("the logs table lacks"), "{crunch}");
+}
+
 #[test]
 fn stdout_and_stderr_are_kept_apart() {
     let (h, pdh) = setup();
@@ -206,6 +214,7 @@ fn stdout_and_stderr_are_kept_apart() {
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stdout.txt")), "hello\n");
     assert_eq!(strip_timestamps(&h.log_text(UUID, "stderr.txt")), "world\n");
     assert!(h.logs_table("stderr").contains(" world\n"));
+    assert_logs_table_complete(&h);
 }
 
 #[test]
@@ -223,6 +232,7 @@ fn binary_output_and_a_last_line_without_newline_are_kept_byte_exact() {
     assert_eq!(&first[31..], b"\x01\xff\xfebin\x00ary\n");
     assert_eq!(&second[31..], b"last");
     assert_timestamped(&String::from_utf8_lossy(&raw));
+    assert_logs_table_complete(&h);
 }
 
 #[test]
@@ -1317,6 +1327,246 @@ fn without_keep_services_given_they_are_discovered_once_and_connections_still_re
         .collect();
     assert_eq!(discovery.len(), 1, "{discovery:?}");
     assert_connections_reused(&h);
+}
+
+/// The requests a run waits for: every one but the logs-table POSTs, which nothing waits
+/// for (the run never does: asserted by the stretches of the whole log staying within
+/// the bound too).
+fn waited_for(log: &[common::fake_timing::Timed]) -> Vec<common::fake_timing::Timed> {
+    let logs_post =
+        |t: &&common::fake_timing::Timed| t.method == "POST" && t.path.ends_with("/logs");
+    log.iter().filter(|t| !logs_post(t)).cloned().collect()
+}
+
+/// Issue 11: a run with no mounts waits for at most 6 requests one after another (the
+/// record beside the token and Keep discovery; the image collection beside the secret
+/// mounts; Running; the log blocks; the log collection; the final update). Each costs the
+/// fake's whole latency, so a chain shows as one stretch per request.
+#[test]
+fn a_run_without_mounts_waits_for_at_most_six_requests_in_a_row() {
+    let (h, pdh) = setup();
+    h.fake.set_latency(LATENCY);
+    hello_without_mounts(&h, &pdh, &[("ARVADOS_KEEP_SERVICES", "")]);
+    let all = show_timeline(&h);
+    let waited = common::fake_timing::summarize(&waited_for(&h.fake.timeline()));
+    eprintln!("without the logs table: {:#?}", waited.stretches);
+    assert!(waited.critical_path <= 6, "{:#?}", waited.stretches);
+    assert!(all.critical_path <= 6, "{:#?}", all.stretches);
+    // The engine's images were listed beside the image collection: no inspect after it.
+    let calls = h.docker_calls();
+    assert!(calls.iter().any(|c| c.starts_with("image ls")), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("image inspect")),
+        "{calls:?}"
+    );
+    // The record, the token and the discovery went out together.
+    let first = &waited.stretches[0];
+    for wanted in ["/containers/", "/auth", "/keep_services/accessible"] {
+        assert!(
+            first.iter().any(|r| r.contains(wanted)),
+            "{wanted}: {first:?}"
+        );
+    }
+    // One pooled connection per host and request in flight: the API gets one per request
+    // of its widest moment (the logs table's last batch of each stream, posted at once:
+    // 4 here), each keepstore one per log file.
+    assert_connections_reused(&h);
+    let api = h.fake.connections().into_iter().find(|(s, _)| s == "api");
+    assert!(
+        api.is_some_and(|(_, n)| n <= 4),
+        "{:?}",
+        h.fake.connections()
+    );
+}
+
+/// The API's order rules, seen from the API: the record is Running when the user's
+/// command starts (the fake container asks the API itself); the final update is the last
+/// request that changes anything, after both the output and the log collection were
+/// saved, and names those two.
+#[test]
+fn running_comes_before_user_code_and_the_final_update_last_naming_saved_collections() {
+    let (h, pdh) = setup();
+    h.fake.set_latency(std::time::Duration::from_millis(20));
+    h.fake.add_container(record_with_output(&pdh, json!({})));
+    let seen = h.tmp.path().join("seen-by-the-container.json");
+    let ask = format!(
+        "curl -s --cacert {} -o {} -H 'Authorization: Bearer {}' https://{}/arvados/v1/containers/{UUID}; \
+         echo out > \"$(host_of /out)/result.txt\"",
+        h.fake.ca_file().display(),
+        seen.display(),
+        h.fake.token(),
+        h.fake.api_host(),
+    );
+    let out = run_with(&h, &[("FAKE_DOCKER_RUN_SH", &ask)]);
+    assert!(out.status.success());
+    let rec = completed(&h);
+    let seen: Value = serde_json::from_slice(&std::fs::read(&seen).unwrap()).unwrap();
+    assert_eq!(seen["state"], "Running", "what the container saw: {seen}");
+
+    show_timeline(&h);
+    let timeline = h.fake.timeline();
+    let writes: Vec<_> = timeline
+        .iter()
+        .filter(|t| t.server == "api" && t.method != "GET" && !t.path.ends_with("/logs"))
+        .collect();
+    let last = writes.iter().max_by_key(|t| t.start).unwrap();
+    assert!(
+        last.method == "PUT" && last.path.ends_with(UUID),
+        "{last:?}"
+    );
+    let collections: Vec<_> = writes
+        .iter()
+        .filter(|t| t.method == "POST" && t.path.ends_with("/collections"))
+        .collect();
+    assert_eq!(collections.len(), 2, "output and log: {collections:?}");
+    for saved in &collections {
+        assert!(saved.end <= last.start, "{saved:?} before {last:?}");
+    }
+    // The output collection is saved beside the log's blocks, not before them.
+    let waited = common::fake_timing::summarize(&waited_for(&timeline));
+    let beside = waited
+        .stretches
+        .iter()
+        .find(|s| s.iter().any(|r| r == "POST api /arvados/v1/collections"))
+        .unwrap();
+    assert!(
+        beside.iter().any(|r| r.starts_with("PUT keep")),
+        "{beside:?}"
+    );
+    let created = h.fake.collections_created();
+    let pdhs: Vec<_> = created
+        .iter()
+        .map(|c| c["portable_data_hash"].clone())
+        .collect();
+    assert!(
+        pdhs.contains(&rec["log"]) && pdhs.contains(&rec["output"]),
+        "{rec} {pdhs:?}"
+    );
+}
+
+// ------------------------------------------------------------ progress lines (issue 12)
+
+/// The progress lines of `what` in `text` (crunch-run.txt or the logs table), without
+/// their timestamps.
+fn progress_lines(text: &str, what: &str) -> Vec<String> {
+    strip_timestamps(text)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{what}: ")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An image collection whose tar is `blocks` blocks of 100 KB: with the fake's latency,
+/// each one a round trip. Returns its PDH and the tar's size.
+fn image_in_blocks(h: &Harness, blocks: u32) -> (String, u64) {
+    let mut locators = Vec::new();
+    for n in 0..blocks {
+        let data: Vec<u8> = (0..100_000u32).map(|i| ((i + n) % 251) as u8).collect();
+        locators.push(h.fake.add_block(&data));
+    }
+    let size = u64::from(blocks) * 100_000;
+    let manifest = format!(". {} 0:{size}:{}.tar\n", locators.join(" "), image_id());
+    (h.fake.add_manifest(&manifest), size)
+}
+
+/// A slow Keep: the image load says how far it is, first after the first interval, then
+/// at each next one, and once at the end, with numbers that add up; every line is in
+/// crunch-run.txt and in the logs table.
+#[test]
+fn a_slow_image_load_says_how_far_it_is() {
+    let h = Harness::with_fake_docker();
+    let (pdh, size) = image_in_blocks(&h, 16);
+    h.fake.set_latency(std::time::Duration::from_millis(100));
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let out = run_with(&h, &[("CRUNCH_RUN_PROGRESS_INTERVALS", "400ms,500ms")]);
+    assert!(out.status.success());
+    assert_eq!(final_record(&h)["state"], "Complete");
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    let lines = progress_lines(&crunch, "Loading the image");
+    // 16 round trips of 100 ms at least: lines at about 0.4, 0.9, 1.4 s, and the end.
+    assert!(lines.len() >= 3, "{crunch}");
+    let total = format!("of {}", crunch_run::progress::format_bytes(size));
+    let mut last_percent = 0;
+    for line in &lines[..lines.len() - 1] {
+        assert!(
+            line.contains(&total) && line.contains("/s, about "),
+            "{line}"
+        );
+        let percent: u32 = line
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .split('%')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(percent > last_percent && percent < 100, "{lines:?}");
+        last_percent = percent;
+    }
+    let end = lines.last().unwrap();
+    assert!(
+        end.contains(&format!("{total} (100%)")) && end.contains(", done in "),
+        "{end}"
+    );
+    // The rate is plausible: 1.6 MB in no less than 1.6 s, so at most 1000 KiB/s.
+    let rate = end.split(", ").nth(1).unwrap();
+    assert!(rate.ends_with("KiB/s"), "{end}");
+    let kib: f64 = rate.trim_end_matches(" KiB/s").parse().unwrap();
+    assert!((200.0..=1000.0).contains(&kib), "{end}");
+    assert_eq!(
+        progress_lines(&h.logs_table("crunch-run"), "Loading the image"),
+        lines
+    );
+}
+
+/// A fast step prints no progress line: at the default intervals, an image load of a
+/// fraction of a second says only that it loads.
+#[test]
+fn a_fast_image_load_prints_no_progress_line() {
+    let h = Harness::with_fake_docker();
+    let (pdh, _) = image_in_blocks(&h, 4);
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    assert!(run_with(&h, &[]).status.success());
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    assert!(
+        crunch.contains("Loading Docker image from keep"),
+        "{crunch}"
+    );
+    assert!(
+        progress_lines(&crunch, "Loading the image").is_empty(),
+        "{crunch}"
+    );
+}
+
+/// The output's capture says how far it is, its total the files to upload; Keep being
+/// slow (one 100 KB file, PUT with the fake's latency).
+#[test]
+fn a_slow_output_capture_says_how_far_it_is() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record_with_output(&pdh, json!({})));
+    h.fake.set_latency(std::time::Duration::from_millis(400));
+    let out = run_with(
+        &h,
+        &[
+            ("CRUNCH_RUN_PROGRESS_INTERVALS", "200ms,10s"),
+            ("FAKE_DOCKER_IMAGES", &image_id()),
+            (
+                "FAKE_DOCKER_RUN_SH",
+                "head -c 100000 /dev/zero > \"$(host_of /out)/zeros\"",
+            ),
+        ],
+    );
+    assert!(out.status.success());
+    completed(&h);
+    let crunch = h.log_text(UUID, "crunch-run.txt");
+    let lines = progress_lines(&crunch, "Capturing the output");
+    assert_eq!(lines.len(), 2, "{crunch}");
+    assert!(
+        lines[0].starts_with("Capturing the output: 98 KiB of 98 KiB (100%), "),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains(", done in "), "{lines:?}");
 }
 
 /// The API server's own self-signed certificate (CA:TRUE, as `openssl req -x509` makes it),

@@ -170,6 +170,15 @@ fn image_id_present_and_absent() {
 }
 
 #[test]
+fn image_ids_lists_every_image_and_fails_with_the_engine() {
+    let fake = Fake::new().with("FAKE_DOCKER_IMAGES", &format!("{IMAGE} busybox:latest"));
+    assert_eq!(fake.docker.image_ids().unwrap(), [IMAGE]);
+    assert!(fake.calls().contains("image ls --all --quiet --no-trunc"));
+    let down = Fake::new().with("FAKE_DOCKER_ENGINE_DOWN", "1");
+    assert!(down.docker.image_ids().unwrap_err().is_engine_down());
+}
+
+#[test]
 fn docker_never_sees_crunch_runs_arvados_variables() {
     let fake = Fake::new().with("FAKE_DOCKER_IMAGES", IMAGE);
     fake.docker.server_version().unwrap();

@@ -574,7 +574,8 @@ fn crunchstat_samples_a_real_containers_cgroup() {
     let (l, a) = (Arc::clone(&lines), Arc::clone(&alerts));
     let sampler = Sampler::start(
         config,
-        move |s: &str| l.lock().unwrap().push(s.to_string()),
+        // A report is one call of several lines, as a log stream takes it.
+        move |s: &str| l.lock().unwrap().extend(s.split('\n').map(String::from)),
         move |s: &str| a.lock().unwrap().push(s.to_string()),
     )
     .unwrap();

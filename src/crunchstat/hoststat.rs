@@ -95,7 +95,7 @@ mod tests {
             let config = host_config(Roots::host(), scope, Duration::from_millis(30), None);
             let lines = Arc::new(Mutex::new(Vec::<String>::new()));
             let sink = Arc::clone(&lines);
-            let push = move |l: &str| sink.lock().unwrap().push(l.to_string());
+            let push = move |l: &str| sink.lock().unwrap().extend(l.split('\n').map(String::from));
             let sampler = start(config.unwrap(), push).unwrap();
             thread::sleep(Duration::from_millis(100));
             let totals = sampler.stop();

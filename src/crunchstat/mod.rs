@@ -32,7 +32,7 @@ pub use report::{Reporter, Thresholds, Totals};
 pub use sampler::{Pacer, RealPacer, Sampler, SamplerConfig};
 
 /// Where a stream of lines goes (a log stream that timestamps them). Each call is one line,
-/// without its `\n`.
+/// or several joined by `\n` (a whole report), without the last `\n`.
 pub trait LineSink: Send {
     fn line(&mut self, line: &str);
 }

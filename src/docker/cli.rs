@@ -134,6 +134,18 @@ impl Docker {
         }
     }
 
+    /// The ids of every image the engine has (`docker image ls --all --quiet --no-trunc`):
+    /// asked beside the image collection's fetch, so that a cached image costs no
+    /// `docker image inspect` after it.
+    pub fn image_ids(&self) -> Result<Vec<String>, DockerError> {
+        let op = "image ls";
+        let out = self.run(op, &["image", "ls", "--all", "--quiet", "--no-trunc"])?;
+        DockerError::check(op, &out)?;
+        let listed = String::from_utf8_lossy(&out.stdout);
+        let ids = listed.lines().map(str::trim).filter(|l| !l.is_empty());
+        Ok(ids.map(str::to_string).collect())
+    }
+
     /// `docker load --quiet`, with the image tar written into its stdin by `feed`, so the tar
     /// is streamed (from Keep, a file…) and never held in memory.
     ///

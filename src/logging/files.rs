@@ -134,6 +134,12 @@ impl Shared {
     /// Spool `data` (timestamped bytes) to its stream, echo it, offer it to the logs table.
     /// False if the pipeline has finished (the data is dropped).
     pub fn write(&self, file: &LogFile, data: Vec<u8>) -> bool {
+        self.write_as(file, data, false)
+    }
+
+    /// `write`; `kept`: whole lines the logs table must have (neither its queue nor its
+    /// throttle drops them).
+    fn write_as(&self, file: &LogFile, data: Vec<u8>, kept: bool) -> bool {
         let mut state = lock(&file.state);
         let Some(open) = state.as_mut() else {
             return false;
@@ -144,6 +150,15 @@ impl Shared {
             recycle(&self.pool_tx, data);
             return true;
         };
+        if kept {
+            sink.send_kept(Chunk {
+                event_type,
+                data,
+                dropped_before: 0,
+                at_line_start,
+            });
+            return true;
+        }
         let len = data.len() as u64;
         let chunk = Chunk {
             event_type,
@@ -239,6 +254,17 @@ impl LogStream {
         let mut buf = self.shared.buffer();
         stamp_lines(self.shared.clock.now(), text, &mut buf);
         self.shared.write(&self.file, buf);
+    }
+
+    /// `line`, for lines the logs table must show even when it throttles or drops the
+    /// rest (progress lines): they bypass its queue and throttle.
+    pub fn line_kept(&self, text: &str) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buf = Vec::new();
+        stamp_lines(self.shared.clock.now(), text, &mut buf);
+        self.shared.write_as(&self.file, buf, true);
     }
 
     /// Copy `reader` into this stream until EOF, timestamping line starts; after the

@@ -19,36 +19,44 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use std::time::Duration;
+
 use super::files::{Echo, stamp_lines};
+use super::logs_table::{Chunk, ClosingSink, LogsTableReport};
+use super::pipeline::logs_table_shortfall;
 use super::timestamp::Clock;
-use crate::store::ApiStore;
 
 /// crunch-run's lines after the pipeline closed: to stderr (if the pipeline echoed) and to
-/// the logs table (if it had one).
+/// the logs table (if it had one). The logs table's thread posts them, after what the
+/// streams left, never throttled; nothing here waits for it until `close`.
 pub struct LateLog {
-    container_uuid: String,
     echo: Option<Echo>,
-    logs_table: Option<Arc<dyn ApiStore>>,
+    logs_table: Option<LateTable>,
     clock: Arc<dyn Clock>,
+}
+
+/// The logs table as the streams closed: its thread, how long the close may take in
+/// all, and what it lacked then (already said in crunch-run.txt).
+pub(super) struct LateTable {
+    pub sink: ClosingSink,
+    pub waited: Duration,
+    pub said: LogsTableReport,
 }
 
 impl LateLog {
     pub(super) fn new(
-        container_uuid: String,
         echo: Option<Echo>,
-        logs_table: Option<Arc<dyn ApiStore>>,
+        logs_table: Option<LateTable>,
         clock: Arc<dyn Clock>,
     ) -> LateLog {
         LateLog {
-            container_uuid,
             echo,
             logs_table,
             clock,
         }
     }
 
-    /// Say `text`, each line timestamped now. Never fails: a logs-table post that fails
-    /// is said on stderr.
+    /// Say `text`, each line timestamped now. Never fails, never waits for the logs table.
     pub fn line(&mut self, text: &str) {
         let mut stamped = Vec::new();
         stamp_lines(self.clock.now(), text, &mut stamped);
@@ -58,15 +66,31 @@ impl LateLog {
     /// Say lines already stamped.
     fn say(&mut self, stamped: &[u8]) {
         self.echo(stamped);
-        let Some(table) = &self.logs_table else {
+        if let Some(table) = &self.logs_table {
+            table.sink.send_kept(Chunk {
+                event_type: "crunch-run",
+                data: stamped.to_vec(),
+                dropped_before: 0,
+                at_line_start: true,
+            });
+        }
+    }
+
+    /// Wait (until the logs table's deadline) for the lines to be posted; say on stderr
+    /// what the logs table lacks beyond what crunch-run.txt already said.
+    pub fn close(mut self) {
+        let Some(table) = self.logs_table.take() else {
             return;
         };
-        let text = String::from_utf8_lossy(stamped);
-        if let Err(e) = table.create_log(&self.container_uuid, "crunch-run", &text) {
-            let mut failed = Vec::new();
-            let msg = format!("cannot post to the logs table: {e}");
-            stamp_lines(self.clock.now(), &msg, &mut failed);
-            self.echo(&failed);
+        let mut report = table.sink.wait();
+        report.unposted_bytes = report
+            .unposted_bytes
+            .saturating_sub(table.said.unposted_bytes);
+        report.failed_posts = report.failed_posts.saturating_sub(table.said.failed_posts);
+        if let Some(note) = logs_table_shortfall(0, &report, table.waited) {
+            let mut stamped = Vec::new();
+            stamp_lines(self.clock.now(), &note, &mut stamped);
+            self.echo(&stamped);
         }
     }
 

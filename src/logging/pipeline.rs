@@ -34,10 +34,13 @@ use super::files::{
     Closed, Echo, LogFile, OpenFile, POOL_SIZE, Shared, check_file_name, lock, stamp_lines,
 };
 pub use super::files::{CrunchLog, LogSnapshots, LogStream};
-use super::late::{LastLine, LateLog};
+use super::late::{LastLine, LateLog, LateTable};
 use super::logs_table::{LogsTable, LogsTableConfig, LogsTableReport, LogsTableSink};
 use super::spool::{DEFAULT_BLOCK_SIZE, SpoolFile, Uploader};
 use super::timestamp::{Clock, LinePrefixer};
+#[cfg(test)]
+use crate::progress::Cadence;
+use crate::progress::Progress;
 use crate::store::{ApiStore, BlockStore, FileBlocks};
 
 /// crunch-run's own stream; it is written line by line, never by a copier.
@@ -82,9 +85,6 @@ pub struct LogPipeline {
     shared: Arc<Shared>,
     crunch_run: Arc<LogFile>,
     spooler: Spooler,
-    container_uuid: String,
-    /// For the lines said after the pipeline closed (late.rs).
-    logs_table: Option<Arc<dyn ApiStore>>,
 }
 
 /// Creates the spool files of the log collection; their full blocks go to `uploader`.
@@ -201,8 +201,6 @@ impl LogPipeline {
             }),
             crunch_run,
             spooler,
-            container_uuid: cfg.container_uuid,
-            logs_table: cfg.logs_table,
         })
     }
 
@@ -294,6 +292,22 @@ impl LogPipeline {
             })
     }
 
+    /// Wait until the full blocks written so far are stored (when Keep is slower than the
+    /// container wrote, that can be most of a big log): `start` makes the progress of
+    /// those bytes, which is only made when there are some. Writers may still write.
+    pub fn wait_for_uploads<'a>(&self, start: impl FnOnce(u64) -> Progress<'a>) {
+        let Some(uploader) = &self.spooler.uploader else {
+            return;
+        };
+        let outstanding = uploader.backlog().outstanding();
+        if outstanding == 0 {
+            return;
+        }
+        let progress = start(outstanding);
+        uploader.wait_drained(|bytes| progress.advance(bytes));
+        progress.finish();
+    }
+
     /// Close the streams, flush the logs table (waiting at most `DEFAULT_LOGS_TABLE_WAIT`),
     /// say in crunch-run.txt what the logs table lacks if anything, and finish the uploads.
     pub fn finish(self) -> LogsFinished {
@@ -309,8 +323,10 @@ impl LogPipeline {
     /// `finish`, with `line` (the final state) as the last line of crunch-run.txt: spooled,
     /// so the saved log collection has it, but held back from stderr and the logs table
     /// until the returned `LastLine` is confirmed or corrected (see late.rs).
+    /// The logs table is not waited for: it posts what the streams left while the files
+    /// are finished and saved, and the lines said after (`LateLog::close` waits for it).
     pub fn finish_with_last_line(mut self, line: &str) -> (LogsFinished, LastLine) {
-        let mut files = self.close_streams(DEFAULT_LOGS_TABLE_WAIT);
+        let (mut files, table) = self.begin_closing(DEFAULT_LOGS_TABLE_WAIT);
         let now = self.shared.clock.now();
         let crunch_run = files
             .iter_mut()
@@ -328,12 +344,7 @@ impl LogPipeline {
                 (0, stamped, None)
             }
         };
-        let late = LateLog::new(
-            self.container_uuid.clone(),
-            echo,
-            self.logs_table.take(),
-            Arc::clone(&self.shared.clock),
-        );
+        let late = LateLog::new(echo, table, Arc::clone(&self.shared.clock));
         let path = self.spooler.dir.join(CRUNCH_RUN_FILE);
         let finished = self.finish_files(files);
         (finished, LastLine::new(late, path, offset, stamped))
@@ -355,6 +366,34 @@ impl LogPipeline {
             }
         }
         files
+    }
+
+    /// Close the streams, and the logs table without waiting for it; say in crunch-run.txt
+    /// what it lacks so far, if anything.
+    fn begin_closing(
+        &mut self,
+        logs_table_wait: Duration,
+    ) -> (Vec<(String, Option<OpenFile>)>, Option<LateTable>) {
+        let Closed { mut files, sink } = self.shared.close();
+        let Some(sink) = sink else {
+            return (files, None);
+        };
+        let sink = sink.begin_close(Instant::now() + logs_table_wait);
+        let said = sink.so_far();
+        let dropped = self.shared.dropped_total.load(Ordering::Relaxed);
+        let crunch_run = files.iter_mut().find(|(name, _)| name == CRUNCH_RUN_FILE);
+        if let (Some(note), Some((_, Some(file)))) = (
+            logs_table_shortfall(dropped, &said, logs_table_wait),
+            crunch_run,
+        ) {
+            file.write_line(self.shared.clock.now(), &note);
+        }
+        let table = LateTable {
+            sink,
+            waited: logs_table_wait,
+            said,
+        };
+        (files, Some(table))
     }
 
     /// Finish every spool file, then the uploads.
@@ -428,7 +467,7 @@ fn finish_spools(
 /// dropped at its queue because it was too slow, that failed to post, or that were still
 /// waiting when `finish` stopped waiting for it. None if it lacks nothing. Throttled bytes
 /// are not counted: the table says so itself.
-fn logs_table_shortfall(
+pub(super) fn logs_table_shortfall(
     dropped_at_queue: u64,
     report: &LogsTableReport,
     waited: Duration,
@@ -1004,16 +1043,80 @@ mod tests {
             "the saved collection has it"
         );
         assert_eq!(echoed.text(), format!("{UUID} {ts} hello\n"));
-        assert_eq!(s.store.texts("crunch-run"), [format!("{ts} hello\n")]);
         let mut late = last.confirm();
         assert_eq!(
             echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} Complete\n")
         );
-        assert_eq!(s.store.texts("crunch-run")[1], format!("{ts} Complete\n"));
         late.line("after");
-        assert_eq!(s.store.texts("crunch-run")[2], format!("{ts} after\n"));
         assert!(echoed.text().ends_with(&format!("{UUID} {ts} after\n")));
+        // Posted by the logs table's thread, in order, without the caller waiting.
+        late.close();
+        assert_eq!(
+            s.store.texts("crunch-run").concat(),
+            format!("{ts} hello\n{ts} Complete\n{ts} after\n")
+        );
+    }
+
+    /// Issue 12: blocks the uploader has not stored yet (Keep slower than the container)
+    /// are waited for with progress lines in crunch-run.txt, before it closes; without a
+    /// backlog nothing is said.
+    #[test]
+    fn a_log_upload_backlog_is_waited_for_with_progress_lines() {
+        let s = Setup::new(MemoryStore::new());
+        *s.store.block_delay.lock().unwrap() = Some(Duration::from_millis(100));
+        let p = s.start();
+        let out = p.stream("stdout").unwrap();
+        out.line(&"x".repeat(64 * 10 - 32)); // ten full blocks, timestamps included
+        let fast = Cadence {
+            first: Duration::from_millis(250),
+            every: Duration::from_millis(300),
+        };
+        let crunch = p.crunch_log();
+        let say = move |line: &str| crunch.line_kept(line);
+        p.wait_for_uploads(|total| Progress::new("Saving the logs", Some(total), fast, say));
+        let done = p.finish();
+        let text = String::from_utf8(s.keep_file(&done.files, "crunch-run.txt")).unwrap();
+        let lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.contains("Saving the logs: "))
+            .collect();
+        assert!(lines.len() >= 2, "{text}");
+        assert!(lines[0].contains(" of 640 bytes ("), "{text}");
+        assert!(
+            lines
+                .last()
+                .unwrap()
+                .contains("640 bytes of 640 bytes (100%)"),
+            "{text}"
+        );
+        assert!(lines.last().unwrap().contains(", done in "), "{text}");
+        // Nothing queued: no progress made, nothing said.
+        let s = Setup::new(MemoryStore::new());
+        let p = s.start();
+        p.wait_for_uploads(|_| panic!("no backlog, no progress"));
+        p.finish();
+    }
+
+    #[test]
+    fn the_logs_table_is_not_waited_for_before_the_save_nor_after_the_last_line() {
+        let s = Setup::new({
+            let mut store = MemoryStore::new();
+            store.hang_logs = Some(Duration::from_millis(400));
+            store
+        });
+        let (p, _echoed) = echoing(&s, true);
+        p.crunch_log().line("hello");
+        let started = Instant::now();
+        let (_done, last) = p.finish_with_last_line("Complete");
+        let late = last.confirm();
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        late.close();
+        assert_eq!(s.store.texts("crunch-run").concat().lines().count(), 2);
     }
 
     #[test]
@@ -1022,12 +1125,15 @@ mod tests {
         let (p, echoed) = echoing(&s, true);
         p.crunch_log().line("hello");
         let (done, last) = p.finish_with_last_line("Complete");
-        last.correct("the save failed\nCancelled");
+        last.correct("the save failed\nCancelled").close();
         let ts = ts();
         let true_lines = format!("{ts} the save failed\n{ts} Cancelled\n");
         let kept = std::fs::read_to_string(done.spool_dir.join("crunch-run.txt")).unwrap();
         assert_eq!(kept, format!("{ts} hello\n{true_lines}"));
-        assert_eq!(s.store.texts("crunch-run")[1], true_lines);
+        assert_eq!(
+            s.store.texts("crunch-run").concat(),
+            format!("{ts} hello\n{true_lines}")
+        );
         assert_eq!(
             echoed.text(),
             format!("{UUID} {ts} hello\n{UUID} {ts} the save failed\n{UUID} {ts} Cancelled\n")
@@ -1039,7 +1145,9 @@ mod tests {
         let s = Setup::new(MemoryStore::new());
         let (p, echoed) = echoing(&s, false);
         let (_, last) = p.finish_with_last_line("Complete");
-        last.confirm().line("removing failed");
+        let mut late = last.confirm();
+        late.line("removing failed");
+        late.close();
         assert!(s.store.logs.lock().unwrap().is_empty());
         let ts = ts();
         assert_eq!(

@@ -9,8 +9,9 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use md5::{Digest, Md5};
@@ -48,22 +49,75 @@ fn put_from_file(
     blocks.put_block_from_file(&block.hash, block.len, path, block.offset)
 }
 
+/// Bytes queued for the uploader, and bytes it has done with (stored or failed).
+#[derive(Default)]
+pub struct Backlog {
+    counts: Mutex<(u64, u64)>,
+    changed: Condvar,
+}
+
+impl Backlog {
+    fn counts(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self, bytes: u64) {
+        self.counts().0 += bytes;
+    }
+
+    fn done(&self, bytes: u64) {
+        self.counts().1 += bytes;
+        self.changed.notify_all();
+    }
+
+    /// Bytes queued and not yet done with.
+    pub fn outstanding(&self) -> u64 {
+        let (queued, done) = *self.counts();
+        queued.saturating_sub(done)
+    }
+
+    /// Wait until the uploader has done with everything queued so far (not what is queued
+    /// meanwhile), telling `step` the bytes done as they are; gives up once `alive` says
+    /// the uploader is gone.
+    fn wait_drained(&self, alive: impl Fn() -> bool, mut step: impl FnMut(u64)) {
+        let mut counts = self.counts();
+        let (target, mut seen) = *counts;
+        while target > counts.1 && alive() {
+            counts = match self.changed.wait_timeout(counts, Duration::from_secs(1)) {
+                Ok((c, _)) => c,
+                Err(e) => e.into_inner().0,
+            };
+            if counts.1 > seen {
+                let delta = counts.1 - seen;
+                seen = counts.1;
+                drop(counts);
+                step(delta);
+                counts = self.counts();
+            }
+        }
+    }
+}
+
 /// A thread that uploads blocks of spool files, one at a time, in the order submitted.
 pub struct Uploader {
     blocks: Arc<dyn BlockStore>,
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    backlog: Arc<Backlog>,
 }
 
 impl Uploader {
     pub fn start(blocks: Arc<dyn BlockStore>) -> io::Result<Uploader> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let store = Arc::clone(&blocks);
+        let backlog = Arc::new(Backlog::default());
+        let counted = Arc::clone(&backlog);
         let thread = thread::Builder::new()
             .name("log-uploader".into())
             .spawn(move || {
                 for job in rx {
                     let result = put_from_file(store.as_ref(), &job.path, &job.block);
+                    counted.done(job.block.len);
                     // The file may have given up waiting; nothing to do then.
                     let _ = job.reply.send((job.block.index, result));
                 }
@@ -72,7 +126,19 @@ impl Uploader {
             blocks,
             jobs: Some(tx),
             thread: Some(thread),
+            backlog,
         })
+    }
+
+    /// What is queued and not yet uploaded.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
+    /// Wait until the queued blocks are uploaded, telling `step` the bytes as they go.
+    pub fn wait_drained(&self, step: impl FnMut(u64)) {
+        let alive = || self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        self.backlog.wait_drained(alive, step);
     }
 
     /// Wait for the queued uploads to end and stop the thread. Files still open must be
@@ -124,6 +190,7 @@ pub struct SpoolFile {
     blocks: Vec<Block>,
     store: Arc<dyn BlockStore>,
     jobs: Option<Sender<Job>>,
+    backlog: Arc<Backlog>,
     reply_tx: Option<Sender<(usize, Result<String, StoreError>)>>,
     reply_rx: Receiver<(usize, Result<String, StoreError>)>,
     /// The uploader's answers so far, by block index.
@@ -160,6 +227,7 @@ impl SpoolFile {
             blocks: Vec::new(),
             store: Arc::clone(&uploader.blocks),
             jobs: uploader.jobs.clone(),
+            backlog: Arc::clone(&uploader.backlog),
             reply_tx: Some(reply_tx),
             reply_rx,
             answers: Vec::new(),
@@ -228,7 +296,10 @@ impl SpoolFile {
                 reply: reply.clone(),
             };
             // A job the uploader cannot take stays unanswered: finish() uploads it.
-            let _ = jobs.send(job);
+            let len = job.block.len;
+            if jobs.send(job).is_ok() {
+                self.backlog.queued(len);
+            }
         }
     }
 

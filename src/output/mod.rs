@@ -48,6 +48,7 @@ use std::time::SystemTime;
 use crate::arvados::manifest::{BlockRange, normalized_manifest, shown};
 use crate::collection::Selection;
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
+use crate::progress::{CountingBlocks, Progress};
 use crate::store::{BlockStore, StoreError};
 use upload::Packer;
 use walk::Source;
@@ -168,6 +169,17 @@ pub fn capture(
     capture_with_block_size(spec, blocks, say, DEFAULT_BLOCK_SIZE)
 }
 
+/// [`capture_output`], counting the bytes uploaded in `progress` (its total: the host
+/// files' sizes, once the walk found them).
+pub fn capture_output_with_progress(
+    spec: &OutputSpec,
+    blocks: &dyn BlockStore,
+    say: &dyn Fn(&str),
+    progress: &Progress<'_>,
+) -> Result<String, OutputError> {
+    capture_counted(spec, blocks, say, DEFAULT_BLOCK_SIZE, Some(progress)).map(|c| c.manifest_text)
+}
+
 /// [`capture`] with a chosen block size (tests use tiny ones).
 fn capture_with_block_size(
     spec: &OutputSpec,
@@ -175,7 +187,30 @@ fn capture_with_block_size(
     say: &dyn Fn(&str),
     block_size: u64,
 ) -> Result<Captured, OutputError> {
+    capture_counted(spec, blocks, say, block_size, None)
+}
+
+fn capture_counted(
+    spec: &OutputSpec,
+    blocks: &dyn BlockStore,
+    say: &dyn Fn(&str),
+    block_size: u64,
+    progress: Option<&Progress<'_>>,
+) -> Result<Captured, OutputError> {
     let plan = walk::plan(spec, say)?;
+    let counted;
+    let blocks = match progress {
+        Some(progress) => {
+            let host = |f: &walk::Planned| match f.source {
+                Source::Host { size, .. } => size,
+                Source::Stored(_) => 0,
+            };
+            progress.set_total(plan.files.iter().map(host).sum());
+            counted = CountingBlocks::new(blocks, progress);
+            &counted as &dyn BlockStore
+        }
+        None => blocks,
+    };
     // Host files go through the packer, in order; their ranges come back by number.
     let mut packer = Packer::new(blocks, block_size);
     for file in &plan.files {

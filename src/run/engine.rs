@@ -18,6 +18,11 @@ pub trait Engine: Send + Sync {
     fn server_version(&self) -> Result<String, DockerError>;
     /// The id of `image` if the engine has it.
     fn image_id(&self, image: &str) -> Result<Option<String>, DockerError>;
+    /// The ids of every image the engine has, if it can list them (else `image_id` is
+    /// asked).
+    fn image_ids(&self) -> Option<Vec<String>> {
+        None
+    }
     /// Load an image tar, which `feed` writes.
     fn load_image(
         &self,
@@ -72,6 +77,10 @@ impl Engine for Docker {
 
     fn image_id(&self, image: &str) -> Result<Option<String>, DockerError> {
         Docker::image_id(self, image)
+    }
+
+    fn image_ids(&self) -> Option<Vec<String>> {
+        Docker::image_ids(self).ok()
     }
 
     fn load_image(

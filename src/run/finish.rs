@@ -16,6 +16,8 @@ use crate::store::ApiStore;
 use super::ContainerRun;
 use super::engine::Engine;
 use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, final_state, final_update};
+use super::output::Output;
+use crate::arvados::manifest::portable_data_hash;
 
 /// When not even the log pipeline could start: cancel with the reason, no log.
 pub(super) fn finish_without_logs(
@@ -98,7 +100,7 @@ impl ContainerRun<'_> {
     /// The wrap-up, in order: say how the run ended, save the log collection (its last
     /// line the final state), send the final update, wait for the cleanup. Returns the
     /// process exit status: 0 when the record reached its final state.
-    pub(super) fn finish(mut self, outcome: Outcome, output: Saved, pipeline: LogPipeline) -> i32 {
+    pub(super) fn finish(mut self, outcome: Outcome, output: Output, pipeline: LogPipeline) -> i32 {
         self.begin_wrap_up();
         let cleanup = self.cleanup_done.take();
         // No container was run: the guard has nothing to watch.
@@ -107,6 +109,7 @@ impl ContainerRun<'_> {
         }
         self.say_how_it_ended(&outcome);
         self.stop_hoststat();
+        pipeline.wait_for_uploads(|total| self.progress_of("Saving the logs", Some(total)));
         let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
         let fields = final_update(&outcome, self.progress, &wrapup);
         let status = match self.api.update_container(&self.uuid, &fields) {
@@ -127,6 +130,8 @@ impl ContainerRun<'_> {
         for problem in problems {
             late.line(&self.secrets.redact(&problem));
         }
+        // Only now wait (boundedly) for the logs table's last POSTs: the record never does.
+        late.close();
         status
     }
 
@@ -149,37 +154,68 @@ impl ContainerRun<'_> {
         }
     }
 
-    /// Close the logs and save the log collection. Its last line is the final state as it
-    /// would be if the save works; it is said (stderr, logs table) only once the save's
-    /// result is known, and replaced (in the spool kept on disk, and in what is said) when
-    /// the state turned out otherwise. Returns the wrap-up's results, and what says the
-    /// lines that come after.
+    /// Close the logs and save the log collection, and beside it the output collection.
+    /// The log's last line is the final state as it would be if both saves work; it is
+    /// said (stderr, logs table) only once their results are known, and replaced (in the
+    /// spool kept on disk, and in what is said) when the state turned out otherwise.
+    /// Returns the wrap-up's results, and what says the lines that come after.
     fn save_logs(
         &self,
         outcome: &Outcome,
-        output: Saved,
+        output: Output,
         pipeline: LogPipeline,
     ) -> (WrapUp, LateLog) {
+        let (output, to_save) = match output {
+            Output::Settled(saved) => (saved, None),
+            Output::ToSave { manifest } => {
+                let pdh = portable_data_hash(&manifest);
+                self.say(&format!("Saving the output collection {pdh}"));
+                (Saved::As(pdh), Some(manifest))
+            }
+        };
         let mut wrapup = WrapUp {
             output,
             log: Saved::Nothing,
         };
         let provisional = final_state(outcome, self.progress, &wrapup).state;
-        let (finished, last_line) = pipeline.finish_with_last_line(provisional.as_str());
-        wrapup.log = match self
-            .log_collection
-            .save_final_logs(&finished, &self.secrets)
-        {
-            Ok(c) => Saved::As(c.portable_data_hash),
-            Err(why) => Saved::Failed(why),
-        };
+        let (log, output, last_line) = std::thread::scope(|s| {
+            let saving = to_save.map(|m| s.spawn(move || self.save_output_collection(&m)));
+            let (finished, last_line) = pipeline.finish_with_last_line(provisional.as_str());
+            let log = match self
+                .log_collection
+                .save_final_logs(&finished, &self.secrets)
+            {
+                Ok(c) => Saved::As(c.portable_data_hash),
+                Err(why) => Saved::Failed(why),
+            };
+            let output = saving.map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Saved::Failed("saving the output collection failed unexpectedly".into())
+                })
+            });
+            (log, output, last_line)
+        });
+        wrapup.log = log;
+        if let Some(output) = output {
+            wrapup.output = output;
+        }
         let state = final_state(outcome, self.progress, &wrapup).state;
-        let late = match &wrapup.log {
-            Saved::Failed(why) => {
-                last_line.correct_after(&self.retries_said_late(), &format!("{why}\n{state}"))
-            }
-            _ if state != provisional => last_line.correct(state.as_str()),
-            _ => last_line.confirm(),
+        let why: Vec<&str> = [&wrapup.output, &wrapup.log]
+            .into_iter()
+            .filter_map(|saved| match saved {
+                Saved::Failed(why) => Some(why.as_str()),
+                _ => None,
+            })
+            .collect();
+        let late = match why.as_slice() {
+            [] if state == provisional => last_line.confirm(),
+            [] => last_line.correct(state.as_str()),
+            // Retries said after crunch-run.txt closed go into its kept copy.
+            why if matches!(wrapup.log, Saved::Failed(_)) => last_line.correct_after(
+                &self.retries_said_late(),
+                &format!("{}\n{state}", why.join("\n")),
+            ),
+            why => last_line.correct(&format!("{}\n{state}", why.join("\n"))),
         };
         (wrapup, late)
     }

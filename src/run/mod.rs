@@ -27,6 +27,7 @@ use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::mounts::StagedMounts;
+use crate::progress::Progress;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -51,6 +52,7 @@ pub use outcome::{
     FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
     final_update,
 };
+use output::Output;
 use supervisor::ClientSlot;
 pub use supervisor::{Stop, Supervisor};
 
@@ -81,7 +83,9 @@ fn open_store(
                     ..Default::default()
                 },
             };
-            let store = Arc::new(crate::arvados::store::ArvadosStore::connect(
+            // Keep services not listed are discovered beside the first requests; `prepare`
+            // waits for them (`BlockStore::ready`) before the record goes Running.
+            let store = Arc::new(crate::arvados::store::ArvadosStore::start(
                 settings,
                 env.keep_services.as_deref(),
             )?);
@@ -145,6 +149,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         cgroups,
         retry_limit,
     } = wiring;
+    let early_access = prepare::AccessFetch::start(Arc::clone(&api), uuid);
     let (record, initial) = match prepare::fetch_record(&*api, uuid, &secrets) {
         prepare::Fetched::Run(record, state) => (record, state),
         prepare::Fetched::Close(state, reason) => {
@@ -183,6 +188,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         run_dir,
         progress,
         access: None,
+        early_access: Some(early_access),
         staged: None,
         guard: None,
         cgroup_parent: None,
@@ -269,6 +275,8 @@ struct ContainerRun<'a> {
     progress: RecordProgress,
     /// The container's own token and stores, once fetched.
     access: Option<ContainerAccess>,
+    /// The token and secret mounts, asked for beside the record.
+    early_access: Option<prepare::AccessFetch>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,
     /// Removes the docker container if crunch-run dies; started early so that its
@@ -309,6 +317,14 @@ impl ContainerRun<'_> {
         move |text: &str| log.line(&secrets.redact(text))
     }
 
+    /// Progress lines for a step moving `total` bytes, at the configured cadence, into
+    /// crunch-run.txt and the logs table (whose queue and throttle never drop them).
+    fn progress_of(&self, what: &str, total: Option<u64>) -> Progress<'static> {
+        let (log, secrets) = (self.log.clone(), self.secrets.clone());
+        let say = move |text: &str| log.line_kept(&secrets.redact(text));
+        Progress::new(what, total, self.config.progress, say)
+    }
+
     /// In a Slurm job, move the guard out of the job's cgroups: Slurm's kill of every
     /// process in the job then spares it, and it removes the container (slurm.rs).
     fn free_the_guard(&self) {
@@ -340,7 +356,7 @@ impl ContainerRun<'_> {
     }
 
     /// Everything from the record check to the output: prepare → start → wait → capture.
-    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Saved) {
+    fn execute(&mut self, record: &Value, pipeline: &LogPipeline) -> (Outcome, Output) {
         self.say(&format!("crunch-run {} started", env!("CARGO_PKG_VERSION")));
         self.say(&format!("Executing container: {}", self.uuid));
         if let Ok(host) = hostname() {
@@ -348,7 +364,7 @@ impl ContainerRun<'_> {
         }
         let prepared = match self.prepare(record) {
             Ok(prepared) => prepared,
-            Err(outcome) => return (outcome, Saved::Nothing),
+            Err(outcome) => return (outcome, Output::Settled(Saved::Nothing)),
         };
         let outcome = match self.start(&prepared) {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),

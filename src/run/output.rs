@@ -9,11 +9,19 @@ use crate::output::{self, OutputSpec};
 use super::ContainerRun;
 use super::outcome::{Outcome, Saved, exit_code_update};
 
+/// The output as `capture` leaves it: settled, or a manifest whose collection `finish`
+/// saves beside the log collection (two requests the final update waits for, side by
+/// side rather than one after the other).
+pub(super) enum Output {
+    Settled(Saved),
+    ToSave { manifest: String },
+}
+
 impl ContainerRun<'_> {
     /// The output of a container that exited, its exit code recorded meanwhile (capturing
     /// can take long, and the code must survive crunch-run dying before the final update,
     /// as in Go crunch-run); then the staged mounts go.
-    pub(super) fn capture(&self, container: &Container, outcome: &Outcome) -> Saved {
+    pub(super) fn capture(&self, container: &Container, outcome: &Outcome) -> Output {
         let output = std::thread::scope(|s| {
             if let Some(fields) = exit_code_update(outcome, self.progress)
                 && self.staged.is_some()
@@ -32,47 +40,50 @@ impl ContainerRun<'_> {
         output
     }
 
-    /// For a container that exited: its output collection (or the one it saved itself),
-    /// or why it could not be saved (said in crunch-run.txt).
-    fn save_output(&self, container: &Container, outcome: &Outcome) -> Saved {
+    /// For a container that exited: its output manifest (or the collection it saved
+    /// itself), or why it could not be captured (said in crunch-run.txt).
+    fn save_output(&self, container: &Container, outcome: &Outcome) -> Output {
         if !matches!(outcome, Outcome::Exited { .. }) {
-            return Saved::Nothing;
+            return Output::Settled(Saved::Nothing);
         }
-        let failed = |reason: String| {
-            self.say(&reason);
-            Saved::Failed(reason)
-        };
         if container.runtime_constraints.api {
             match self.api.get_container(&self.uuid) {
                 Ok(record) => {
                     if let Some(pdh) = record["output"].as_str().filter(|p| !p.is_empty()) {
                         self.say(&format!("The container set its own output: {pdh}"));
-                        return Saved::As(pdh.to_string());
+                        return Output::Settled(Saved::As(pdh.to_string()));
                     }
                 }
                 Err(e) => self.say(&format!("Warning: cannot re-read the record's output: {e}")),
             }
         }
         let Some(staged) = &self.staged else {
-            return Saved::Nothing;
+            return Output::Settled(Saved::Nothing);
         };
         self.say("Capturing the output");
         let spec = OutputSpec::from_staged(staged, &container.output_path, &container.output_glob);
-        let (api, blocks) = self.container_stores();
+        let (_, blocks) = self.container_stores();
         let say = |line: &str| self.say(line);
-        let manifest = match output::capture_output(&spec, &*blocks, &say) {
-            Ok(m) => m,
-            Err(e) => return failed(format!("capturing the output failed: {e}")),
-        };
-        match api.create_output_collection(&format!("output for {}", self.uuid), &manifest) {
-            Ok(saved) => {
-                self.say(&format!(
-                    "Output collection saved: {}",
-                    saved.portable_data_hash
-                ));
-                Saved::As(saved.portable_data_hash)
+        let progress = self.progress_of("Capturing the output", None);
+        let captured = output::capture_output_with_progress(&spec, &*blocks, &say, &progress);
+        progress.finish();
+        match captured {
+            Ok(manifest) => Output::ToSave { manifest },
+            Err(e) => {
+                let reason = format!("capturing the output failed: {e}");
+                self.say(&reason);
+                Output::Settled(Saved::Failed(reason))
             }
-            Err(e) => failed(format!("saving the output collection failed: {e}")),
+        }
+    }
+
+    /// Save the output collection, as the container. Says nothing: crunch-run.txt is
+    /// being closed meanwhile (a failure is said by the log's corrected last line).
+    pub(super) fn save_output_collection(&self, manifest: &str) -> Saved {
+        let (api, _) = self.container_stores();
+        match api.create_output_collection(&format!("output for {}", self.uuid), manifest) {
+            Ok(saved) => Saved::As(saved.portable_data_hash),
+            Err(e) => Saved::Failed(format!("saving the output collection failed: {e}")),
         }
     }
 }

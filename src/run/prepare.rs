@@ -6,12 +6,14 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 
 use serde_json::{Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
 use crate::mounts::{self, MountPlan};
+use crate::progress::CountingWriter;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -76,6 +78,75 @@ fn unreadable_state(err: &StoreError) -> Option<State> {
     }
 }
 
+/// The container's token, then its secret mounts, fetched on a thread of their own. They
+/// need only the container's UUID, so `run` starts them beside the record's fetch: the
+/// record, the token, and then the secret mounts beside the image collection, cost two
+/// round trips rather than four. Nothing is said or used until the record was checked
+/// (`join`): a record crunch-run does not run leaves the answers unread.
+pub(super) struct AccessFetch {
+    thread: Option<JoinHandle<AccessAnswers>>,
+    /// Where to ask again if no thread could be started.
+    api: Arc<dyn ApiStore>,
+    uuid: String,
+}
+
+type AccessAnswers = (
+    Result<Option<ContainerAccess>, StoreError>,
+    Option<Result<Value, StoreError>>,
+);
+
+impl AccessFetch {
+    pub(super) fn start(api: Arc<dyn ApiStore>, uuid: &str) -> AccessFetch {
+        let (asker, id) = (api.clone(), uuid.to_string());
+        let thread = std::thread::Builder::new()
+            .name("container-token".into())
+            .spawn(move || fetch_access(&*asker, &id))
+            .ok();
+        AccessFetch {
+            thread,
+            api,
+            uuid: uuid.to_string(),
+        }
+    }
+
+    /// The token and the secret mounts. The 2016 API (a Queued record, `legacy`) had no
+    /// container tokens, whatever the request answered; without a token (that, or the
+    /// local store) there are no secret mounts.
+    fn join(self, legacy: bool) -> Step<(Option<ContainerAccess>, Value)> {
+        if legacy {
+            return Ok((None, json!({})));
+        }
+        let answers = match self.thread.map(JoinHandle::join) {
+            Some(Ok(answers)) => answers,
+            Some(Err(_)) => {
+                return Err(Outcome::failed(
+                    "getting the container's token failed unexpectedly",
+                ));
+            }
+            None => fetch_access(&*self.api, &self.uuid),
+        };
+        let access = answers
+            .0
+            .map_err(|e| Outcome::failed(format!("cannot get the container's token: {e}")))?;
+        let secret_mounts = match answers.1 {
+            Some(answer) => answer
+                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
+            None => json!({}),
+        };
+        Ok((access, secret_mounts))
+    }
+}
+
+/// The container's token, then (with one) its secret mounts, read as the container.
+fn fetch_access(api: &dyn ApiStore, uuid: &str) -> AccessAnswers {
+    let access = api.container_access(uuid);
+    let secret_mounts = match &access {
+        Ok(Some(access)) => Some(access.api.secret_mounts(uuid)),
+        _ => None,
+    };
+    (access, secret_mounts)
+}
+
 /// What the run goes on with once prepared.
 pub(super) struct Prepared {
     pub container: Container,
@@ -112,6 +183,10 @@ impl ContainerRun<'_> {
             self.stage_mounts(&plan)?;
         }
         self.check_cancel()?;
+        // Keep must work before the record goes Running: the logs are saved there.
+        self.blocks
+            .ready()
+            .map_err(|e| Outcome::failed(format!("cannot reach Keep: {e}")))?;
         Ok(Prepared {
             container,
             image: tar.id,
@@ -119,16 +194,23 @@ impl ContainerRun<'_> {
     }
 
     /// The requests that need only the record, side by side: the container's token and
-    /// then its secret mounts (API calls) on one thread, the engine's cgroup driver when a
+    /// then its secret mounts (API calls, begun beside the record's fetch: `AccessFetch`), the engine's cgroup driver when a
     /// cgroup parent is wanted on another, the image (its collection, then the engine) on
     /// this one. The token's failure is reported first, the image's only after the mount
     /// plan's (by `prepare`).
     fn gather(&mut self, container: &Container) -> Step<Gathered> {
         let parent = self.config.container.cgroup_parent.as_deref();
+        let early = self.early_access.take();
+        let legacy = self.progress.legacy_api;
         let (access, image, driver) = std::thread::scope(|s| {
-            let access = s.spawn(|| self.fetch_access());
+            let access = s.spawn(|| match early {
+                Some(fetch) => fetch.join(legacy),
+                None => AccessFetch::start(self.api.clone(), &self.uuid).join(legacy),
+            });
             let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
-            let image = self.find_image(&container.container_image);
+            let listed = s.spawn(|| self.engine.image_ids());
+            let image =
+                self.find_image(&container.container_image, || listed.join().ok().flatten());
             (access.join(), image, driver.map(|d| d.join()))
         });
         if let (Some(parent), Some(driver)) = (parent, driver) {
@@ -155,27 +237,6 @@ impl ContainerRun<'_> {
             secret_mounts,
             image,
         })
-    }
-
-    /// The container's token and its secret mounts. The 2016 API (a Queued record) had no
-    /// container tokens; without a token (that, or the local store) there are no secret
-    /// mounts.
-    fn fetch_access(&self) -> Step<(Option<ContainerAccess>, Value)> {
-        let access = match self.progress.legacy_api {
-            true => None,
-            false => self
-                .api
-                .container_access(&self.uuid)
-                .map_err(|e| Outcome::failed(format!("cannot get the container's token: {e}")))?,
-        };
-        let secret_mounts = match &access {
-            Some(access) => access
-                .api
-                .secret_mounts(&self.uuid)
-                .map_err(|e| Outcome::failed(format!("cannot fetch the secret mounts: {e}")))?,
-            None => json!({}),
-        };
-        Ok((access, secret_mounts))
     }
 
     /// Check the record's mounts and secret mounts. A record without any mounts (as in
@@ -217,12 +278,24 @@ impl ContainerRun<'_> {
         self.run_dir.join("mounts")
     }
 
-    /// The image tar of the record's image collection, and whether the engine has it.
-    fn find_image(&self, pdh: &str) -> Step<(ImageTar, bool)> {
+    /// The image tar of the record's image collection, and whether the engine has it: in
+    /// the engine's list of images (`listed`, asked beside the collection), or else as
+    /// `docker image inspect` answers.
+    fn find_image(
+        &self,
+        pdh: &str,
+        listed: impl FnOnce() -> Option<Vec<String>>,
+    ) -> Step<(ImageTar, bool)> {
         self.say(&format!("Fetching Docker image from collection '{pdh}'"));
-        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()))?;
-        self.say(&format!("Using Docker image id '{}'", tar.id));
         self.engine_asked.store(true, Ordering::Relaxed);
+        let tar = find_image_tar(&*self.api, pdh).map_err(|e| Outcome::failed(e.to_string()));
+        let listed = listed();
+        let tar = tar?;
+        self.say(&format!("Using Docker image id '{}'", tar.id));
+        let bare = |id: &str| id.trim_start_matches("sha256:").to_string();
+        if listed.is_some_and(|ids| ids.iter().any(|id| bare(id) == bare(&tar.id))) {
+            return Ok((tar, true));
+        }
         match self.engine.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
             Err(e) if e.is_engine_down() => Err(Outcome::failed(format!(
@@ -246,8 +319,14 @@ impl ContainerRun<'_> {
             None => Ok(()),
         };
         let blocks = self.blocks.clone();
-        let mut feed = |stdin: &mut dyn Write| stream_image(&*blocks, tar, stdin, &keep_going);
-        let loaded = self.engine.load_image(&mut feed).map_err(|e| {
+        let progress = self.progress_of("Loading the image", Some(tar.file.size));
+        let mut feed = |stdin: &mut dyn Write| {
+            let mut counted = CountingWriter::new(stdin, &progress);
+            stream_image(&*blocks, tar, &mut counted, &keep_going)
+        };
+        let loaded = self.engine.load_image(&mut feed);
+        progress.finish();
+        let loaded = loaded.map_err(|e| {
             if let Some(reason) = self.cancel.reason() {
                 Outcome::Cancelled {
                     reason,

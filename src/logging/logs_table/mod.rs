@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::timestamp::Clock;
 use crate::store::ApiStore;
-pub use sink::{Chunk, LogsTableReport, LogsTableSink};
+pub use sink::{Chunk, ClosingSink, LogsTableReport, LogsTableSink};
 use splitter::{LineSplitter, Piece};
 use throttle::Throttle;
 
@@ -193,6 +193,29 @@ impl LogsTable {
         }
     }
 
+    /// Whole timestamped lines that the throttle must not drop (progress lines, the final
+    /// state): into the stream's batch as they are, posted with it.
+    pub fn write_kept(&mut self, event_type: &'static str, data: &[u8]) {
+        let i = self.stream_index(event_type);
+        let now = self.clock.now();
+        let batch = &mut self.streams[i].batch;
+        batch.extend_from_slice(data);
+        if !data.ends_with(b"\n") {
+            batch.push(b'\n');
+        }
+        if batch.len() >= self.cfg.bytes_per_event {
+            self.flush(i, now);
+        }
+    }
+
+    /// POST every batch now.
+    pub fn flush_all(&mut self) {
+        let now = self.clock.now();
+        for i in 0..self.streams.len() {
+            self.flush(i, now);
+        }
+    }
+
     /// POST what waits in streams whose last POST is `seconds_between_events` ago.
     pub fn tick(&mut self) {
         let now = self.clock.now();
@@ -224,9 +247,28 @@ impl LogsTable {
             });
             throttle.report_skipped(now, batch);
         }
-        for i in 0..self.streams.len() {
-            self.flush(i, now);
-        }
+        // The streams' last batches at once, a thread each: at the end of a run they are
+        // several round trips otherwise, and the last line's POST queues behind them.
+        let batches: Vec<(&'static str, Vec<u8>)> = self
+            .streams
+            .iter_mut()
+            .filter(|s| !s.batch.is_empty())
+            .map(|s| {
+                s.last_post = now;
+                (s.event_type, std::mem::take(&mut s.batch))
+            })
+            .collect();
+        let this = &*self;
+        std::thread::scope(|scope| {
+            for (event_type, text) in &batches {
+                let spawned = std::thread::Builder::new()
+                    .name("logs-table-post".into())
+                    .spawn_scoped(scope, move || this.send(event_type, text));
+                if spawned.is_err() {
+                    this.send(event_type, text);
+                }
+            }
+        });
     }
 
     fn flush(&mut self, i: usize, now: SystemTime) {
@@ -240,8 +282,12 @@ impl LogsTable {
     }
 
     fn post(&mut self, i: usize, text: &[u8], now: SystemTime) {
-        let s = &mut self.streams[i];
-        s.last_post = now;
+        self.streams[i].last_post = now;
+        self.send(self.streams[i].event_type, text);
+    }
+
+    /// POST `text` as one entry of `event_type`, unless past the deadline; counted.
+    fn send(&self, event_type: &str, text: &[u8]) {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.stats
                 .unposted_bytes
@@ -249,7 +295,7 @@ impl LogsTable {
             return;
         }
         let text = String::from_utf8_lossy(text);
-        match self.api.create_log(&self.object_uuid, s.event_type, &text) {
+        match self.api.create_log(&self.object_uuid, event_type, &text) {
             Ok(()) => {
                 self.stats.posts.fetch_add(1, Ordering::Relaxed);
             }

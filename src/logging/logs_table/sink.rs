@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{LogsTable, LogsTableStats};
 
@@ -37,11 +37,23 @@ pub struct LogsTableReport {
 /// Poll interval of the sink thread for time-based POSTs.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A `LogsTable` on its own thread, fed with `try_send`.
+/// A `LogsTable` on its own thread, fed with `try_send`, and with `send_kept` for the few
+/// lines that must not be lost (progress, the final state): those wait in a queue of
+/// their own, with no bound, and pass the throttle (`LogsTable::write_kept`).
 pub struct LogsTableSink {
     tx: Sender<Chunk>,
+    kept: Sender<Chunk>,
     done: Receiver<()>,
     deadline: Arc<Mutex<Option<Instant>>>,
+    stats: Arc<LogsTableStats>,
+}
+
+/// A sink whose streams are closed: it posts what they left, and then the kept lines
+/// still sent to it (crunch-run's lines after the log closed), until `wait`.
+pub struct ClosingSink {
+    kept: Sender<Chunk>,
+    done: Receiver<()>,
+    deadline: Instant,
     stats: Arc<LogsTableStats>,
 }
 
@@ -49,11 +61,12 @@ impl LogsTableSink {
     /// Start the thread. At most `queue` chunks wait for it; used chunk buffers are given
     /// back through `recycle` when there is one.
     pub fn start(
-        mut table: LogsTable,
+        table: LogsTable,
         queue: usize,
         recycle: Option<Sender<Vec<u8>>>,
     ) -> io::Result<LogsTableSink> {
         let (tx, rx) = crossbeam_channel::bounded::<Chunk>(queue.max(1));
+        let (kept, kept_rx) = crossbeam_channel::unbounded::<Chunk>();
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let deadline = Arc::new(Mutex::new(None::<Instant>));
         let stats = table.stats();
@@ -61,41 +74,12 @@ impl LogsTableSink {
         thread::Builder::new()
             .name("logs-table".into())
             .spawn(move || {
-                loop {
-                    match rx.recv_timeout(TICK) {
-                        Ok(chunk) => {
-                            if let Some(d) =
-                                *shared_deadline.lock().unwrap_or_else(|e| e.into_inner())
-                            {
-                                table.set_deadline(d);
-                            }
-                            if chunk.dropped_before > 0 {
-                                table.gap(
-                                    chunk.event_type,
-                                    chunk.dropped_before,
-                                    chunk.at_line_start,
-                                );
-                            }
-                            table.write(chunk.event_type, &chunk.data);
-                            if let Some(r) = &recycle {
-                                let mut data = chunk.data;
-                                data.clear();
-                                let _ = r.try_send(data);
-                            }
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                    table.tick();
-                }
-                if let Some(d) = *shared_deadline.lock().unwrap_or_else(|e| e.into_inner()) {
-                    table.set_deadline(d);
-                }
-                table.close();
+                serve(table, &rx, &kept_rx, &shared_deadline, recycle);
                 let _ = done_tx.send(());
             })?;
         Ok(LogsTableSink {
             tx,
+            kept,
             done,
             deadline,
             stats,
@@ -110,18 +94,120 @@ impl LogsTableSink {
         })
     }
 
+    /// Hand over whole lines that neither the queue nor the throttle may drop.
+    pub fn send_kept(&self, chunk: Chunk) {
+        let _ = self.kept.send(chunk);
+    }
+
     /// Post what is queued and buffered, but start no POST after `deadline`, and wait for
     /// the thread no longer than that.
     pub fn close(self, deadline: Instant) -> LogsTableReport {
+        self.begin_close(deadline).wait()
+    }
+
+    /// Close the streams without waiting: what is queued and buffered is posted meanwhile,
+    /// no POST starting after `deadline`.
+    pub fn begin_close(self, deadline: Instant) -> ClosingSink {
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
         drop(self.tx);
-        let finished = self.done.recv_deadline(deadline).is_ok();
+        ClosingSink {
+            kept: self.kept,
+            done: self.done,
+            deadline,
+            stats: self.stats,
+        }
+    }
+}
+
+impl ClosingSink {
+    /// Post these lines after what the streams left (never throttled).
+    pub fn send_kept(&self, chunk: Chunk) {
+        let _ = self.kept.send(chunk);
+    }
+
+    /// What became of the logs table, waiting for its thread until the deadline.
+    pub fn wait(self) -> LogsTableReport {
+        let ClosingSink {
+            kept,
+            done,
+            deadline,
+            stats,
+        } = self;
+        drop(kept);
+        let finished = done.recv_deadline(deadline).is_ok();
+        LogsTableReport {
+            posts: stats.posts.load(Ordering::Relaxed),
+            failed_posts: stats.failed_posts.load(Ordering::Relaxed),
+            unposted_bytes: stats.unposted_bytes.load(Ordering::Relaxed),
+            finished,
+        }
+    }
+
+    /// What the logs table lacks so far (as if it had finished).
+    pub fn so_far(&self) -> LogsTableReport {
         LogsTableReport {
             posts: self.stats.posts.load(Ordering::Relaxed),
             failed_posts: self.stats.failed_posts.load(Ordering::Relaxed),
             unposted_bytes: self.stats.unposted_bytes.load(Ordering::Relaxed),
-            finished,
+            finished: true,
         }
+    }
+}
+
+/// The sink's thread: chunks until the streams close, then what they left, then the kept
+/// lines sent after, until those close too.
+fn serve(
+    mut table: LogsTable,
+    rx: &Receiver<Chunk>,
+    kept_rx: &Receiver<Chunk>,
+    deadline: &Mutex<Option<Instant>>,
+    recycle: Option<Sender<Vec<u8>>>,
+) {
+    let set_deadline = |table: &mut LogsTable| {
+        if let Some(d) = *deadline.lock().unwrap_or_else(|e| e.into_inner()) {
+            table.set_deadline(d);
+        }
+    };
+    let never = crossbeam_channel::never();
+    let mut kept_open = true;
+    loop {
+        let mut streams_closed = false;
+        crossbeam_channel::select! {
+            recv(rx) -> chunk => match chunk {
+                Ok(chunk) => {
+                    set_deadline(&mut table);
+                    if chunk.dropped_before > 0 {
+                        table.gap(chunk.event_type, chunk.dropped_before, chunk.at_line_start);
+                    }
+                    table.write(chunk.event_type, &chunk.data);
+                    if let Some(r) = &recycle {
+                        let mut data = chunk.data;
+                        data.clear();
+                        let _ = r.try_send(data);
+                    }
+                }
+                Err(_) => streams_closed = true,
+            },
+            recv(if kept_open { kept_rx } else { &never }) -> chunk => match chunk {
+                Ok(chunk) => table.write_kept(chunk.event_type, &chunk.data),
+                Err(_) => kept_open = false,
+            },
+            default(TICK) => {}
+        }
+        if streams_closed {
+            break;
+        }
+        table.tick();
+    }
+    set_deadline(&mut table);
+    // Kept lines sent before the close go first, in order.
+    while let Ok(chunk) = kept_rx.try_recv() {
+        table.write_kept(chunk.event_type, &chunk.data);
+    }
+    table.close();
+    while let Ok(chunk) = kept_rx.recv() {
+        table.write_kept(chunk.event_type, &chunk.data);
+        table.flush_all();
     }
 }
 

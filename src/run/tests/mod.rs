@@ -49,6 +49,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
         docker: Default::default(),
         container: Default::default(),
         slurm_job: None,
+        progress: Default::default(),
     }
 }
 
