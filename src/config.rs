@@ -22,7 +22,9 @@ use crate::docker::GUARD_DOCKER_ENV;
 use crate::slurm::{ContainerCgroups, SlurmJob};
 
 mod flags;
+mod node;
 pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
+pub use node::{BROKEN_FILE, NodeFlags, NodeSetup, PRICES_FILE};
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
 /// accepted too: `normalize_go_flags` rewrites them before clap sees them.
@@ -81,6 +83,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub container: ContainerFlags,
+
+    #[command(flatten)]
+    pub node: NodeFlags,
 
     /// How often the container's and the host's resource usage is written to
     /// crunchstat.txt and hoststat.txt (Go's syntax: "10s", "1m30s"). "0s" turns both off.
@@ -170,6 +175,8 @@ pub struct Config {
     pub container: ContainerSetup,
     /// The Slurm job crunch-run runs in (`SLURM_JOB_ID`), if any.
     pub slurm_job: Option<SlurmJob>,
+    /// The broken-node hook, the node's marks, the instance type.
+    pub node: NodeSetup,
 }
 
 /// How crunch-run runs the docker CLI: the program, and the environment its clients (and
@@ -383,6 +390,7 @@ impl Config {
             },
             container: ContainerSetup::from_flags(&args.container)?,
             slurm_job: slurm_job(env),
+            node: NodeSetup::from_flags(&args.node, env),
         })
     }
 }

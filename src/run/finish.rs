@@ -14,7 +14,7 @@ use crate::store::ApiStore;
 
 use super::ContainerRun;
 use super::engine::Engine;
-use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, final_state, final_update};
+use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, add_cost, final_state, final_update};
 
 /// When not even the log pipeline could start: cancel with the reason, no log.
 pub(super) fn finish_without_logs(
@@ -104,8 +104,9 @@ impl ContainerRun<'_> {
         self.say_how_it_ended(&outcome);
         self.stop_hoststat();
         let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
-        let fields = final_update(&outcome, self.progress, &wrapup);
-        let status = match self.api.update_container(&self.uuid, &fields) {
+        let mut fields = final_update(&outcome, self.progress, &wrapup);
+        add_cost(&mut fields, self.progress, self.cost.so_far());
+        let status = match self.send_final(&fields) {
             Ok(()) => 0,
             Err(e) => {
                 let msg = format!("final update of the container record failed: {e}");
@@ -135,6 +136,10 @@ impl ContainerRun<'_> {
         match outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
+            Outcome::Requeue { reason } => {
+                self.say(reason);
+                self.say("This is not the container's fault: it goes back to the queue, for another worker to run");
+            }
             Outcome::Failed { reason, .. } => {
                 self.say(reason);
                 // For whoever diagnoses a failure that involved docker (not asked on
