@@ -210,8 +210,12 @@ pub enum Mode {
         /// What docker made for the container inside the Slurm job, to remove after it.
         cgroups: Option<ContainerCgroups>,
     },
-    /// `--list`: print the UUIDs of the live runs.
-    List { lock_dir: PathBuf },
+    /// `--list`: print the UUIDs of the live runs. `read_prices`: `--stdin-prices` (stdin is
+    /// read too whenever it is not a terminal, as Go's `--list` reads it).
+    List {
+        lock_dir: PathBuf,
+        read_prices: bool,
+    },
     /// `--kill SIGNAL UUID`: signal the run of UUID and wait for it to end.
     Kill {
         lock_dir: PathBuf,
@@ -433,7 +437,10 @@ impl Mode {
             });
         }
         if args.list {
-            return Ok(Mode::List { lock_dir });
+            return Ok(Mode::List {
+                lock_dir,
+                read_prices: args.node.stdin_prices,
+            });
         }
         if let Some(signal) = args.kill {
             let uuid = args.container_uuid.as_deref().unwrap_or_default();
@@ -721,7 +728,7 @@ mod tests {
         let locks = [("CRUNCH_RUN_LOCK_DIR", "/run/locks")];
         // Unreadable JSON on stdin would be an error if it were read.
         match mode(&["--list", "--stdin-config"], &locks, "not json").unwrap() {
-            Mode::List { lock_dir } => assert_eq!(lock_dir, PathBuf::from("/run/locks")),
+            Mode::List { lock_dir, .. } => assert_eq!(lock_dir, PathBuf::from("/run/locks")),
             other => panic!("unexpected {other:?}"),
         }
         match mode(&["--kill", "15", UUID], &[], "").unwrap() {

@@ -24,6 +24,7 @@ pub mod image;
 pub mod local_store;
 pub mod logging;
 pub mod mounts;
+pub mod node_info;
 pub mod output;
 pub mod prices;
 pub mod process;

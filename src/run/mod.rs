@@ -35,6 +35,7 @@ mod crunchstat;
 mod engine;
 mod exit;
 mod finish;
+mod node_files;
 mod node_signals;
 mod outcome;
 mod output;
@@ -323,11 +324,15 @@ impl ContainerRun<'_> {
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
+        let node_info = self.gather_node_info();
         let prepared = match self.prepare(record) {
             Ok(prepared) => prepared,
             Err(outcome) => return (outcome, Saved::Nothing),
         };
-        let outcome = match self.start(&prepared) {
+        let started = self
+            .log_node_files(record, node_info, pipeline)
+            .and_then(|()| self.start(&prepared));
+        let outcome = match started {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
             Err(outcome) => outcome,
         };
