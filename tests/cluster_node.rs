@@ -321,3 +321,18 @@ fn sigusr1_saves_the_logs_so_far_at_once() {
     assert!(child.wait().unwrap().success());
     assert_eq!(h.fake.container(UUID)["state"], "Cancelled");
 }
+
+#[test]
+fn logs_that_cannot_start_requeue() {
+    let h = harness(&["true"]);
+    let mut cmd = h.command(UUID);
+    // Not a directory anyone can create: the log pipeline cannot start.
+    cmd.arg("--spool-dir=/proc/no-such-spool");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(h.fake.container(UUID)["state"], "Queued");
+    assert!(unlocked(&h));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot create spool directory"), "{said}");
+    assert!(said.contains("goes back to the queue"), "{said}");
+}

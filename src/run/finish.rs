@@ -16,22 +16,24 @@ use super::ContainerRun;
 use super::engine::Engine;
 use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, add_cost, final_state, final_update};
 
-/// When not even the log pipeline could start: cancel with the reason, no log.
+/// When not even the log pipeline could start (the spool directory, a thread): not the
+/// container's fault, so it goes back to the queue (the API's unlock; nothing for the 2016
+/// API, whose record is Queued already), with the reason on stderr only.
 pub(super) fn finish_without_logs(
     api: &dyn ApiStore,
     uuid: &str,
     progress: RecordProgress,
     reason: &str,
 ) -> i32 {
-    let nothing = WrapUp {
-        output: Saved::Nothing,
-        log: Saved::Nothing,
+    eprintln!("crunch-run: {uuid}: {reason}; the container goes back to the queue");
+    let unlocked = match progress.legacy_api {
+        true => Ok(()),
+        false => api.unlock_container(uuid),
     };
-    let fields = final_update(&Outcome::failed(reason), progress, &nothing);
-    match api.update_container(uuid, &fields) {
+    match unlocked {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("crunch-run: {uuid}: final update failed: {e}");
+            eprintln!("crunch-run: {uuid}: unlocking the container failed: {e}");
             1
         }
     }
