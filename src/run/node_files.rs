@@ -1,8 +1,9 @@
 //! The node's and the record's files in the log collection, as Go's crunch-run writes them
 //! just before the record goes Running: `node-info.txt` (node_info.rs, timestamped like the
-//! other logs), `container.json` (the record as fetched, indented by four spaces) and, when
-//! arvados-dispatch-cloud passed one, `node.json` (its `InstanceType`, as given). Failing
-//! to write them is not the container's fault: the run goes back to the queue.
+//! other logs, but not in the logs table), `container.json` (the record as fetched,
+//! indented by four spaces) and, when arvados-dispatch-cloud passed one, `node.json` (its
+//! `InstanceType`, as given). Failing to write them is not the container's fault: the run
+//! goes back to the queue.
 
 use std::thread::JoinHandle;
 
@@ -36,12 +37,13 @@ impl ContainerRun<'_> {
         let lines = gathering
             .and_then(|gathering| gathering.join().ok())
             .unwrap_or_else(|| node_info(&self.config.spool_dir));
-        let stream = pipeline
-            .stream("node-info")
+        // Timestamped like the other logs, but kept out of the logs table: /proc/cpuinfo
+        // alone is hundreds of lines, which would crowd the container's own out of it.
+        let now = crate::rfc3339::format_timestamp(std::time::SystemTime::now());
+        let text: String = lines.iter().map(|l| format!("{now} {l}\n")).collect();
+        pipeline
+            .write_file("node-info.txt", text.as_bytes())
             .map_err(|e| failed("node-info.txt", &e))?;
-        for line in &lines {
-            stream.line(line);
-        }
         let mut json = Vec::new();
         let indent = serde_json::ser::PrettyFormatter::with_indent(b"    ");
         let mut ser = serde_json::Serializer::with_formatter(&mut json, indent);
