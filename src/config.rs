@@ -24,9 +24,11 @@ use crate::slurm::{ContainerCgroups, SlurmJob};
 use progress::progress_cadence;
 
 mod flags;
+mod node;
 mod progress;
 mod wrap_up;
 pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
+pub use node::{BROKEN_FILE, NodeFlags, NodeSetup, PRICES_FILE};
 pub use wrap_up::{WrapUpFlags, WrapUpLimits};
 
 /// The raw command line. Go-style single-dash long flags (`-runtime-engine=docker`) are
@@ -89,6 +91,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub container: ContainerFlags,
+
+    #[command(flatten)]
+    pub node: NodeFlags,
 
     /// How often the container's and the host's resource usage is written to
     /// crunchstat.txt and hoststat.txt (Go's syntax: "10s", "1m30s"). "0s" turns both off.
@@ -183,6 +188,8 @@ pub struct Config {
     /// When steps that move many bytes say how far they are: after 5 s, then every 30 s;
     /// `CRUNCH_RUN_PROGRESS_INTERVALS=FIRST,EVERY` (e.g. `1s,2s`) for tests.
     pub progress: Cadence,
+    /// The broken-node hook, the node's marks, the instance type.
+    pub node: NodeSetup,
 }
 
 /// How crunch-run runs the docker CLI: the program, and the environment its clients (and
@@ -216,8 +223,12 @@ pub enum Mode {
         /// What docker made for the container inside the Slurm job, to remove after it.
         cgroups: Option<ContainerCgroups>,
     },
-    /// `--list`: print the UUIDs of the live runs.
-    List { lock_dir: PathBuf },
+    /// `--list`: print the UUIDs of the live runs. `read_prices`: `--stdin-prices` (stdin is
+    /// read too whenever it is not a terminal, as Go's `--list` reads it).
+    List {
+        lock_dir: PathBuf,
+        read_prices: bool,
+    },
     /// `--kill SIGNAL UUID`: signal the run of UUID and wait for it to end.
     Kill {
         lock_dir: PathBuf,
@@ -398,6 +409,7 @@ impl Config {
             container: ContainerSetup::from_flags(&args.container)?,
             slurm_job: slurm_job(env),
             progress: progress_cadence(env)?,
+            node: NodeSetup::from_flags(&args.node, env),
         })
     }
 }
@@ -440,7 +452,10 @@ impl Mode {
             });
         }
         if args.list {
-            return Ok(Mode::List { lock_dir });
+            return Ok(Mode::List {
+                lock_dir,
+                read_prices: args.node.stdin_prices,
+            });
         }
         if let Some(signal) = args.kill {
             let uuid = args.container_uuid.as_deref().unwrap_or_default();
@@ -728,7 +743,7 @@ mod tests {
         let locks = [("CRUNCH_RUN_LOCK_DIR", "/run/locks")];
         // Unreadable JSON on stdin would be an error if it were read.
         match mode(&["--list", "--stdin-config"], &locks, "not json").unwrap() {
-            Mode::List { lock_dir } => assert_eq!(lock_dir, PathBuf::from("/run/locks")),
+            Mode::List { lock_dir, .. } => assert_eq!(lock_dir, PathBuf::from("/run/locks")),
             other => panic!("unexpected {other:?}"),
         }
         match mode(&["--kill", "15", UUID], &[], "").unwrap() {

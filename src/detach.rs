@@ -1,6 +1,8 @@
 //! What arvados-dispatch-cloud needs around a run: `--detach` (start the run in the
 //! background and say its PID), the lock file each run holds while it lives, `--list`
-//! (the UUIDs of live runs) and `--kill N UUID` (signal a run, and check that it went).
+//! (the UUIDs of live runs, and `broken` while the node is marked broken; the price
+//! history on its stdin kept for the runs, which are told with SIGUSR2) and `--kill N UUID`
+//! (signal a run, and check that it went).
 //!
 //! The lock file is `<lock dir>/crunch-run-<uuid>.lock` (`/var/lock` unless
 //! `CRUNCH_RUN_LOCK_DIR` says otherwise: config.rs decides, every function here is told),
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{BROKEN_FILE, Config, PRICES_FILE};
 
 const PREFIX: &str = "crunch-run-";
 const SUFFIX: &str = ".lock";
@@ -80,12 +82,42 @@ fn inspect_lock(path: &Path) -> io::Result<(Option<u32>, bool)> {
     Ok((pid, held))
 }
 
-/// `--list`: the UUIDs of live runs with a lock in `lock_dir`, one per line. Lock files
-/// nobody holds are left by runs that ended without cleaning up: removed.
+/// `--list`: `broken` while the node is marked so (broken_node.rs), then the UUIDs of live
+/// runs with a lock in `lock_dir`, one per line, as arvados-dispatch-cloud reads them. Lock
+/// files nobody holds are left by runs that ended without cleaning up: removed.
 pub fn list(lock_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
+    if lock_dir.join(BROKEN_FILE).exists() {
+        writeln!(out, "broken")?;
+    }
+    let mut live = Vec::new();
+    for (uuid, _) in live_runs(lock_dir)? {
+        live.push(uuid);
+    }
+    live.sort();
+    for uuid in live {
+        writeln!(out, "{uuid}")?;
+    }
+    Ok(())
+}
+
+/// `--list` given a price history on stdin: keep it for the runs on this host (prices.rs),
+/// and tell each live run to reload it (SIGUSR2, as Go's `--list` does).
+pub fn tell_prices(lock_dir: &Path, text: &[u8]) -> io::Result<()> {
+    crate::prices::keep_prices(&lock_dir.join(PRICES_FILE), text)?;
+    for (_, pid) in live_runs(lock_dir)? {
+        if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill(2) with a PID and a signal number touches no memory.
+            unsafe { libc::kill(pid, libc::SIGUSR2) };
+        }
+    }
+    Ok(())
+}
+
+/// The runs alive in `lock_dir` and their PIDs; lock files nobody holds are removed.
+fn live_runs(lock_dir: &Path) -> io::Result<Vec<(String, Option<u32>)>> {
     let entries = match fs::read_dir(lock_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut live = Vec::new();
@@ -98,18 +130,14 @@ pub fn list(lock_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
             continue;
         };
         match inspect_lock(&entry.path()) {
-            Ok((_, true)) => live.push(uuid.to_string()),
+            Ok((pid, true)) => live.push((uuid.to_string(), pid)),
             Ok((_, false)) => {
                 let _ = fs::remove_file(entry.path());
             }
             Err(_) => {}
         }
     }
-    live.sort();
-    for uuid in live {
-        writeln!(out, "{uuid}")?;
-    }
-    Ok(())
+    Ok(live)
 }
 
 /// `--kill N UUID`: send signal `signal` to the run of `uuid`, and wait (up to 10 s: it
@@ -245,6 +273,34 @@ mod tests {
         let mut out = Vec::new();
         list(dir, &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_broken_node_is_listed_first_and_prices_are_kept_for_the_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let uuid = "zzzzz-dz642-000000000000001";
+        let _held = hold_lock(dir, uuid).unwrap();
+        fs::write(dir.join(BROKEN_FILE), "").unwrap();
+        let mut out = Vec::new();
+        list(dir, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("broken\n{uuid}\n"));
+        assert!(tell_prices(dir, b"not prices").is_err());
+        assert!(!dir.join(PRICES_FILE).exists());
+        // The live run is this process: ignore the SIGUSR2 it is sent.
+        let got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(libc::SIGUSR2, got.clone()).unwrap();
+        let prices = br#"[{"StartTime":"2026-01-01T00:00:00Z","Price":0.5}]"#;
+        tell_prices(dir, prices).unwrap();
+        assert_eq!(fs::read(dir.join(PRICES_FILE)).unwrap(), prices);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !got.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            got.load(std::sync::atomic::Ordering::SeqCst),
+            "SIGUSR2 sent"
+        );
     }
 
     #[test]

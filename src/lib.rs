@@ -13,6 +13,7 @@
 //! dirty in the page cache. docs/architecture.md is the map.
 
 pub mod arvados;
+pub mod broken_node;
 pub mod cgroup;
 pub mod collection;
 pub mod config;
@@ -23,7 +24,9 @@ pub mod image;
 pub mod local_store;
 pub mod logging;
 pub mod mounts;
+pub mod node_info;
 pub mod output;
+pub mod prices;
 pub mod process;
 pub mod progress;
 pub mod redact;

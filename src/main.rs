@@ -2,7 +2,7 @@
 //! crunch-run stopped and picks the exit status; what each mode does lives in the library.
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -54,9 +54,24 @@ fn dispatch(mode: Mode, argv: &[OsString]) -> Result<u8, Failure> {
             };
             Ok(run_guard(&container, &docker, &remove_cgroups) as u8)
         }
-        Mode::List { lock_dir } => detach::list(&lock_dir, &mut io::stdout().lock())
-            .map(|()| 0)
-            .map_err(|e| (1, format!("--list: {e}"))),
+        Mode::List {
+            lock_dir,
+            read_prices,
+        } => {
+            // arvados-dispatch-cloud sends the instance's price history on stdin.
+            let mut prices = Vec::new();
+            if read_prices || !io::stdin().is_terminal() {
+                let _ = io::stdin().lock().read_to_end(&mut prices);
+            }
+            if !prices.iter().all(u8::is_ascii_whitespace)
+                && let Err(e) = detach::tell_prices(&lock_dir, &prices)
+            {
+                eprintln!("crunch-run: --list: cannot keep the prices given on stdin: {e}");
+            }
+            detach::list(&lock_dir, &mut io::stdout().lock())
+                .map(|()| 0)
+                .map_err(|e| (1, format!("--list: {e}")))
+        }
         Mode::Kill {
             lock_dir,
             uuid,

@@ -394,16 +394,22 @@ fn docker_load_failure_and_wrong_image_are_logged() {
 }
 
 #[test]
-fn engine_down_is_logged_and_cancels() {
+fn engine_down_is_logged_and_requeues() {
+    // Not the container's fault: back to the queue (tests/cluster_node.rs has the rest).
     let (h, pdh) = setup();
     h.fake.add_container(record(UUID, &pdh, &["true"]));
-    let (rec, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_ENGINE_DOWN", "1")]);
+    let out = run_with(&h, &[("FAKE_DOCKER_ENGINE_DOWN", "1")]);
+    assert!(out.status.success());
+    let rec = final_record(&h);
+    assert_eq!(rec["state"], "Queued", "{rec}");
+    assert!(rec["exit_code"].is_null());
+    assert_no_rejections(&h);
+    let crunch = h.logs_table("crunch-run");
     assert!(crunch.contains("docker engine is unreachable"), "{crunch}");
     assert!(
         crunch.contains("Cannot connect to the Docker daemon"),
         "{crunch}"
     );
-    assert!(rec["exit_code"].is_null());
 }
 
 #[test]

@@ -205,6 +205,12 @@ impl ApiStore for ArvadosStore {
         Ok(())
     }
 
+    fn unlock_container(&self, uuid: &str) -> Result<(), StoreError> {
+        let path = format!("/arvados/v1/containers/{}/unlock", path_segment(uuid));
+        self.api.post(&path, &json!({"select": ["uuid"]}))?;
+        Ok(())
+    }
+
     fn get_collection_manifest(&self, pdh_or_uuid: &str) -> Result<String, StoreError> {
         let path = format!("/arvados/v1/collections/{}", path_segment(pdh_or_uuid));
         let v = self.api.get(&path, &[])?;

@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use serde_json::{Map, json};
 
 use super::pipeline::{LogSnapshots, LogsFinished};
@@ -106,24 +106,39 @@ impl LogCollection {
 
 /// Make the interim saves, until `stop` disconnects (the lifecycle runs this on a helper
 /// thread of its own): save when `updates.bytes` more were logged since the last save, or
-/// `updates.period` passed and anything was. A failure is said once (through `say`), and so
-/// is the recovery; the next save is tried at the next such point.
+/// `updates.period` passed and anything was, or at once when `save_now` says so (SIGUSR1,
+/// as in Go) and anything was. A failure is said once (through `say`), and so is the
+/// recovery; the next save is tried at the next such point.
 pub fn save_while_running(
     updates: LogUpdates,
     snapshots: &LogSnapshots,
     collection: &LogCollection,
     say: impl Fn(&str),
     stop: &Receiver<()>,
+    save_now: &Receiver<()>,
 ) {
     // As often as Go crunch-run looks (period / 360), within reason.
     let look = (updates.period / 360).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let (mut saved_at, mut saved_bytes) = (Instant::now(), 0);
     let mut failing = false;
-    while stop.recv_timeout(look) == Err(RecvTimeoutError::Timeout) {
+    let mut save_now = save_now.clone();
+    loop {
+        let asked = crossbeam_channel::select! {
+            recv(stop) -> _ => break,
+            recv(save_now) -> msg => Some(msg.is_ok()),
+            default(look) => None,
+        };
+        if asked == Some(false) {
+            // No one can ask any more: stop listening, so that the select does not spin.
+            save_now = crossbeam_channel::never();
+            continue;
+        }
+        let asked = asked == Some(true);
         let bytes = snapshots.bytes();
         let grown = bytes.saturating_sub(saved_bytes);
         let due = grown > 0
-            && ((updates.bytes > 0 && grown >= updates.bytes)
+            && (asked
+                || (updates.bytes > 0 && grown >= updates.bytes)
                 || (!updates.period.is_zero() && saved_at.elapsed() >= updates.period));
         if !due {
             continue;

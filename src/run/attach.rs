@@ -62,7 +62,7 @@ impl ContainerRun<'_> {
         self.api
             .update_container(&self.uuid, &running)
             .map_err(|e| {
-                Outcome::failed(format!("cannot set the container record to Running: {e}"))
+                self.not_its_fault(format!("cannot set the container record to Running: {e}"))
             })?;
         self.progress.running = true;
         self.stats.ram = prepared.container.runtime_constraints.ram;
@@ -130,6 +130,9 @@ impl ContainerRun<'_> {
         for note in &judged.notes {
             self.say(note);
         }
+        if let Outcome::Failed { reason, .. } = &judged.outcome {
+            self.check_broken_node(reason);
+        }
         self.say_container_totals();
         judged.outcome
     }
@@ -141,7 +144,7 @@ impl ContainerRun<'_> {
         let mut client = self
             .engine
             .run_attached(spec, &self.run_dir)
-            .map_err(|e| Outcome::failed(format!("cannot run docker: {e}")))?;
+            .map_err(|e| self.engine_failure("cannot run docker", &e))?;
         let (copiers, client_tail) = self.wire_output(&mut *client, pipeline);
         let feeder = self.feed_stdin(&mut *client);
         self.client.set(client.killer());

@@ -15,26 +15,28 @@ use crate::store::ApiStore;
 
 use super::ContainerRun;
 use super::engine::Engine;
-use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, final_state, final_update};
+use super::outcome::{Outcome, RecordProgress, Saved, WrapUp, add_cost, final_state, final_update};
 use super::output::Output;
 use crate::arvados::manifest::portable_data_hash;
 
-/// When not even the log pipeline could start: cancel with the reason, no log.
+/// When not even the log pipeline could start (the spool directory, a thread): not the
+/// container's fault, so it goes back to the queue (the API's unlock; nothing for the 2016
+/// API, whose record is Queued already), with the reason on stderr only.
 pub(super) fn finish_without_logs(
     api: &dyn ApiStore,
     uuid: &str,
     progress: RecordProgress,
     reason: &str,
 ) -> i32 {
-    let nothing = WrapUp {
-        output: Saved::Nothing,
-        log: Saved::Nothing,
+    eprintln!("crunch-run: {uuid}: {reason}; the container goes back to the queue");
+    let unlocked = match progress.legacy_api {
+        true => Ok(()),
+        false => api.unlock_container(uuid),
     };
-    let fields = final_update(&Outcome::failed(reason), progress, &nothing);
-    match api.update_container(uuid, &fields) {
+    match unlocked {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("crunch-run: {uuid}: final update failed: {e}");
+            eprintln!("crunch-run: {uuid}: unlocking the container failed: {e}");
             1
         }
     }
@@ -111,8 +113,9 @@ impl ContainerRun<'_> {
         self.stop_hoststat();
         pipeline.wait_for_uploads(|total| self.progress_of("Saving the logs", Some(total)));
         let (wrapup, mut late) = self.save_logs(&outcome, output, pipeline);
-        let fields = final_update(&outcome, self.progress, &wrapup);
-        let status = match self.api.update_container(&self.uuid, &fields) {
+        let mut fields = final_update(&outcome, self.progress, &wrapup);
+        add_cost(&mut fields, self.progress, self.cost.so_far());
+        let status = match self.send_final(&fields) {
             Ok(()) => 0,
             Err(e) => {
                 let msg = format!("final update of the container record failed: {e}");
@@ -140,6 +143,10 @@ impl ContainerRun<'_> {
         match outcome {
             Outcome::Exited { .. } => {}
             Outcome::Cancelled { reason, .. } => self.say(&format!("Cancelled: {reason}")),
+            Outcome::Requeue { reason } => {
+                self.say(reason);
+                self.say("This is not the container's fault: it goes back to the queue, for another worker to run");
+            }
             Outcome::Failed { reason, .. } => {
                 self.say(reason);
                 // For whoever diagnoses a failure that involved docker (not asked on

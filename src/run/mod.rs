@@ -38,9 +38,12 @@ mod deadline;
 mod engine;
 mod exit;
 mod finish;
+mod node_files;
+mod node_signals;
 mod outcome;
 mod output;
 mod prepare;
+mod requeue;
 mod spec;
 mod supervisor;
 
@@ -48,9 +51,10 @@ pub use cancel::{CancelAction, CancelFlag, watch_signals};
 use crunchstat::ResourceStats;
 pub use engine::{Client, Engine, KillClient};
 use finish::{Cleanup, finish_without_logs};
+use node_signals::{NodeSignals, RunCost};
 pub use outcome::{
-    FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, exit_code_update, final_state,
-    final_update,
+    FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, add_cost, exit_code_update,
+    final_state, final_update,
 };
 use output::Output;
 use supervisor::ClientSlot;
@@ -202,7 +206,10 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         retry_limit,
         late_retries,
         wrap_up: None,
+        cost: RunCost::new(&config.node),
+        node_signals: NodeSignals::none(),
     };
+    run.start_node_signals();
     run.guard = match run
         .engine
         .guard(uuid, config.container.cgroup_parent.as_deref())
@@ -301,6 +308,10 @@ struct ContainerRun<'a> {
     wrap_up: Option<deadline::WrapUpDeadline>,
     /// crunchstat and hoststat.
     stats: ResourceStats,
+    /// The instance's prices, for the cost of the run.
+    cost: RunCost,
+    /// SIGUSR1 (save the logs now) and SIGUSR2 (reload the prices).
+    node_signals: NodeSignals,
 }
 
 /// A failure before or around the user's command, already worded for crunch-run.txt.
@@ -345,12 +356,20 @@ impl ContainerRun<'_> {
         }
     }
 
+    /// Load the prices kept on this host, and listen for SIGUSR1 and SIGUSR2.
+    fn start_node_signals(&mut self) {
+        self.cost.reload(&|line| self.say(line));
+        match NodeSignals::start(self.cost.clone(), self.sayer()) {
+            Ok(signals) => self.node_signals = signals,
+            Err(e) => self.say(&format!(
+                "Warning: cannot listen for SIGUSR1 and SIGUSR2 ({e}): a dispatcher's price update or log save request kills crunch-run"
+            )),
+        }
+    }
+
     fn check_cancel(&self) -> Step<()> {
         match self.cancel.reason() {
-            Some(reason) => Err(Outcome::Cancelled {
-                reason,
-                exit_code: None,
-            }),
+            Some(reason) => Err(self.cancelled(reason)),
             None => Ok(()),
         }
     }
@@ -362,11 +381,15 @@ impl ContainerRun<'_> {
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
+        let node_info = self.gather_node_info();
         let prepared = match self.prepare(record) {
             Ok(prepared) => prepared,
             Err(outcome) => return (outcome, Output::Settled(Saved::Nothing)),
         };
-        let outcome = match self.start(&prepared) {
+        let started = self
+            .log_node_files(record, node_info, pipeline)
+            .and_then(|()| self.start(&prepared));
+        let outcome = match started {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
             Err(outcome) => outcome,
         };

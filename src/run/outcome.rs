@@ -27,6 +27,10 @@ pub enum Outcome {
         reason: String,
         exit_code: Option<i64>,
     },
+    /// Before Running, something that is not the container's fault stopped the run (the
+    /// engine, this node, the API, a signal): the record goes back to the queue (the
+    /// API's unlock) so that another worker runs it (reference §5.2a).
+    Requeue { reason: String },
 }
 
 impl Outcome {
@@ -89,6 +93,8 @@ pub struct Permitted {
     pub exit_code: bool,
     pub output: bool,
     pub runtime_status: bool,
+    /// The instance's price × run time (reference §5.2: Go sends it with every end).
+    pub cost: bool,
 }
 
 impl RecordProgress {
@@ -98,6 +104,8 @@ impl RecordProgress {
     pub fn permits(self, state: State) -> Permitted {
         let complete = state == State::Complete;
         match (self.legacy_api, self.running, state) {
+            // Back to the queue: the API's unlock, which takes no fields.
+            (_, _, State::Queued) => Permitted::default(),
             // 2016 API: Queued→Cancelled takes nothing else, nor may a Running record
             // change; Running→Cancelled takes log, Running→Complete log, exit code, output.
             (true, false, _) | (true, true, State::Running) => Permitted::default(),
@@ -106,12 +114,14 @@ impl RecordProgress {
                 exit_code: complete,
                 output: complete,
                 runtime_status: false,
+                cost: false,
             },
             // Current API: Locked→Cancelled takes log and runtime_status; a Running record
             // takes log and exit_code, and on its way out runtime_status and output too.
             (false, false, _) => Permitted {
                 log: true,
                 runtime_status: true,
+                cost: true,
                 ..Permitted::default()
             },
             (false, true, State::Running) => Permitted {
@@ -124,6 +134,7 @@ impl RecordProgress {
                 exit_code: true,
                 output: complete,
                 runtime_status: true,
+                cost: true,
             },
         }
     }
@@ -173,6 +184,16 @@ pub fn final_state(outcome: &Outcome, progress: RecordProgress, wrapup: &WrapUp)
             state: State::Cancelled,
             status: status("error", reason),
         },
+        // Back to the queue only from before Running: the API lets a Running record end
+        // only Complete or Cancelled.
+        Outcome::Requeue { .. } if !progress.running => FinalState {
+            state: State::Queued,
+            status: None,
+        },
+        Outcome::Requeue { reason } => FinalState {
+            state: State::Cancelled,
+            status: status("error", reason),
+        },
     }
 }
 
@@ -180,6 +201,7 @@ fn exit_code(outcome: &Outcome) -> Option<i64> {
     match outcome {
         Outcome::Exited { code } => Some(*code),
         Outcome::Cancelled { exit_code, .. } | Outcome::Failed { exit_code, .. } => *exit_code,
+        Outcome::Requeue { .. } => None,
     }
 }
 
@@ -206,6 +228,21 @@ pub fn final_update(
         fields.insert("runtime_status".into(), runtime_status(key, &reason));
     }
     fields
+}
+
+/// Add the run's `cost` (the instance's price × run time, run/prices.rs) to a final update,
+/// when it is known and the update may carry it: not the unlock, not the 2016 API.
+pub fn add_cost(fields: &mut Map<String, Value>, progress: RecordProgress, cost: Option<f64>) {
+    let state = fields
+        .get("state")
+        .and_then(Value::as_str)
+        .and_then(State::parse);
+    if let (Some(state), Some(cost)) = (state, cost)
+        && progress.permits(state).cost
+        && cost.is_finite()
+    {
+        fields.insert("cost".into(), json!(cost));
+    }
 }
 
 /// The exit code of a container that exited, sent while the record is still Running so
@@ -424,6 +461,55 @@ mod tests {
         // The logs so far may be saved while it runs under the current API only.
         assert!(progress(false, true).permits(State::Running).log);
         assert!(!progress(true, true).permits(State::Running).log);
+    }
+
+    #[test]
+    fn a_requeue_before_running_is_queued_with_nothing_else_and_after_it_cancels() {
+        let requeue = Outcome::Requeue {
+            reason: "docker engine is unreachable".into(),
+        };
+        for legacy in [false, true] {
+            let f = final_update(&requeue, progress(legacy, false), &saved("x+1"));
+            assert_eq!(keys(&f), ["state"], "{f:?}");
+            assert_eq!(f["state"], "Queued");
+        }
+        // A Running record can only end Cancelled: the reason is an error then.
+        let f = final_update(&requeue, progress(false, true), &saved("x+1"));
+        assert_eq!(f["state"], "Cancelled");
+        assert_eq!(f["exit_code"], Value::Null);
+        assert_eq!(f["runtime_status"]["error"], "docker engine is unreachable");
+    }
+
+    #[test]
+    fn the_cost_goes_where_the_api_takes_it() {
+        let mut f = final_update(
+            &Outcome::Exited { code: 0 },
+            progress(false, true),
+            &saved("x+1"),
+        );
+        add_cost(&mut f, progress(false, true), Some(0.25));
+        assert_eq!(f["cost"], 0.25);
+        let mut f = final_update(&Outcome::failed("x"), progress(false, false), &saved("x+1"));
+        add_cost(&mut f, progress(false, false), Some(0.5));
+        assert_eq!(f["cost"], 0.5, "Locked→Cancelled takes it");
+        let requeue = Outcome::Requeue { reason: "x".into() };
+        let mut f = final_update(&requeue, progress(false, false), &saved("x+1"));
+        add_cost(&mut f, progress(false, false), Some(0.5));
+        assert!(!f.contains_key("cost"), "the unlock takes nothing");
+        let mut f = final_update(
+            &Outcome::Exited { code: 0 },
+            progress(true, true),
+            &saved("x+1"),
+        );
+        add_cost(&mut f, progress(true, true), Some(0.5));
+        assert!(!f.contains_key("cost"), "the 2016 API had no cost");
+        let mut f = final_update(
+            &Outcome::Exited { code: 0 },
+            progress(false, true),
+            &saved("x+1"),
+        );
+        add_cost(&mut f, progress(false, true), None);
+        assert!(!f.contains_key("cost"), "an unknown price sends none");
     }
 
     #[test]

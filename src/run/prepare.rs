@@ -298,13 +298,13 @@ impl ContainerRun<'_> {
         }
         match self.engine.image_id(&tar.id) {
             Ok(found) => Ok((tar, found.is_some())),
-            Err(e) if e.is_engine_down() => Err(Outcome::failed(format!(
-                "docker engine is unreachable: {e}"
-            ))),
-            Err(e) => Err(Outcome::failed(format!(
-                "cannot inspect docker image {}: {e}",
-                tar.id
-            ))),
+            Err(e) if e.is_engine_down() => {
+                Err(self.engine_failure("docker engine is unreachable", &e))
+            }
+            Err(e) => {
+                let what = format!("cannot inspect docker image {}", tar.id);
+                Err(self.engine_failure(&what, &e))
+            }
         }
     }
 
@@ -326,15 +326,9 @@ impl ContainerRun<'_> {
         };
         let loaded = self.engine.load_image(&mut feed);
         progress.finish();
-        let loaded = loaded.map_err(|e| {
-            if let Some(reason) = self.cancel.reason() {
-                Outcome::Cancelled {
-                    reason,
-                    exit_code: None,
-                }
-            } else {
-                Outcome::failed(format!("failed to load container image: {e}"))
-            }
+        let loaded = loaded.map_err(|e| match self.cancel.reason() {
+            Some(reason) => self.cancelled(reason),
+            None => self.engine_failure("failed to load container image", &e),
         })?;
         for line in loaded.output.lines() {
             self.say(&format!("docker load: {line}"));

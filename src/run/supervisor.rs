@@ -208,11 +208,20 @@ impl ContainerRun<'_> {
         }
         // Not with the 2016 API, which does not let a Running record's `log` change.
         let updates = self.config.log_updates;
-        if self.progress.permits(State::Running).log && !updates.is_off() {
+        // With saves on schedule off, SIGUSR1 still asks for one.
+        if self.progress.permits(State::Running).log {
             let (snapshots, collection) = (pipeline.snapshots(), self.log_collection.clone());
             let say = self.sayer();
+            let save_now = self.node_signals.save_now.clone();
             supervisor.spawn("log-updates", move |stop| {
-                save_while_running(updates, &snapshots, &collection, say, stop.channel())
+                save_while_running(
+                    updates,
+                    &snapshots,
+                    &collection,
+                    say,
+                    stop.channel(),
+                    &save_now,
+                )
             });
         }
         self.watch_container(&mut supervisor, pipeline);

@@ -55,6 +55,8 @@ pub struct MemoryStore {
     pub block_delay: Mutex<Option<Duration>>,
     /// Saving a collection whose name starts with one of these fails.
     pub fail_collections: Mutex<Vec<String>>,
+    /// A container update to one of these states fails.
+    pub fail_container_states: Mutex<Vec<String>>,
     next_uuid: AtomicUsize,
 }
 
@@ -125,6 +127,14 @@ impl MemoryStore {
         self.gets.load(Ordering::SeqCst)
     }
 
+    /// Make every container update to `state` fail.
+    pub fn fail_container_updates_to(&self, state: &str) {
+        self.fail_container_states
+            .lock()
+            .unwrap()
+            .push(state.into());
+    }
+
     /// The injected failure for saving collection `name`, if armed.
     fn refuse(&self, name: &str) -> Result<(), StoreError> {
         let fail = self.fail_collections.lock().unwrap();
@@ -169,6 +179,17 @@ impl ApiStore for MemoryStore {
     }
 
     fn update_container(&self, uuid: &str, fields: &Map<String, Value>) -> Result<(), StoreError> {
+        let refused = self.fail_container_states.lock().unwrap();
+        if let Some(state) = fields.get("state").and_then(Value::as_str)
+            && refused.iter().any(|s| s == state)
+        {
+            return Err(StoreError::Rejected {
+                what: format!("PUT containers/{uuid}"),
+                status: 500,
+                message: "injected".into(),
+            });
+        }
+        drop(refused);
         self.updates
             .lock()
             .unwrap()

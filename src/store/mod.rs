@@ -82,6 +82,13 @@ pub trait ApiStore: Send + Sync {
     fn create_log(&self, object_uuid: &str, event_type: &str, text: &str)
     -> Result<(), StoreError>;
 
+    /// Put a Locked container back in the queue (`POST containers/{uuid}/unlock`), for
+    /// another worker to run: what a failure that is not the container's fault ends in.
+    fn unlock_container(&self, uuid: &str) -> Result<(), StoreError> {
+        let queued = Map::from_iter([("state".to_string(), json!("Queued"))]);
+        self.update_container(uuid, &queued)
+    }
+
     /// The container's own token, and the store acting with it: secret mounts and the
     /// output collection are read and written as the container (reference §2.3).
     /// `None` for a store without tokens (the local store).

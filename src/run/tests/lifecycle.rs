@@ -1,6 +1,7 @@
 //! The whole lifecycle, one scenario per test: what the record goes through, what the log
 //! collection, the logs table and stderr say, and what the engine was asked.
 
+use crate::store::ApiStore;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -39,8 +40,10 @@ fn exit_0_completes_with_stdout_and_stderr_in_the_log_collection() {
         f.stderr()
             .contains("Executing container: zzzzz-dz642-000000000000001")
     );
-    // Nothing of the run is left in the spool directory.
-    assert_eq!(std::fs::read_dir(f.spool.path()).unwrap().count(), 0);
+    // Nothing of the run is left in the spool directory (the test's lock directory is
+    // there too).
+    let left = std::fs::read_dir(f.spool.path()).unwrap().flatten();
+    assert_eq!(left.filter(|e| e.file_name() != "locks").count(), 0);
 }
 
 #[test]
@@ -104,21 +107,18 @@ fn an_image_the_engine_has_is_not_loaded() {
 }
 
 #[test]
-fn a_cancel_before_running_sends_no_running_update() {
+fn a_cancel_before_running_requeues_the_container() {
     let f = Fixture::new(Script::default());
     f.cancel.cancel("caught signal SIGTERM");
     assert_eq!(f.run(), 0);
     let updates = f.updates();
-    assert_eq!(updates.len(), 1, "only the final update: {updates:?}");
-    let last = &updates[0];
-    assert_eq!(last["state"], "Cancelled");
-    assert_eq!(last["runtime_status"]["warning"], "caught signal SIGTERM");
-    assert!(!last.contains_key("exit_code"), "never ran: {last:?}");
+    assert_eq!(updates.len(), 1, "only the unlock: {updates:?}");
+    assert_eq!(keys(&updates[0]), ["state"], "the unlock carries nothing");
+    assert_eq!(f.store.get_container(UUID).unwrap()["state"], "Queued");
     assert!(!f.engine.calls().iter().any(|c| c.starts_with("run ")));
-    assert!(
-        f.log("crunch-run.txt")
-            .ends_with("Cancelled: caught signal SIGTERM\nCancelled\n")
-    );
+    assert!(f.log("crunch-run.txt").ends_with(
+        "caught signal SIGTERM\nThis is not the container's fault: it goes back to the queue, for another worker to run\nQueued\n"
+    ));
 }
 
 #[test]
@@ -209,7 +209,7 @@ fn a_command_that_never_started_cancels_with_advice() {
 }
 
 #[test]
-fn an_engine_down_at_image_inspect_cancels_before_running() {
+fn an_engine_down_at_image_inspect_requeues_and_marks_the_node_broken() {
     let f = Fixture::new(Script {
         engine_down: true,
         ..Default::default()
@@ -217,18 +217,37 @@ fn an_engine_down_at_image_inspect_cancels_before_running() {
     assert_eq!(f.run(), 0);
     let updates = f.updates();
     assert_eq!(updates.len(), 1, "{updates:?}");
-    let last = &updates[0];
-    assert_eq!(last["state"], "Cancelled");
-    let error = last["runtime_status"]["error"].as_str().unwrap();
-    assert!(
-        error.starts_with("docker engine is unreachable: "),
-        "{error}"
-    );
-    assert!(last.contains_key("log"), "the log is saved: {last:?}");
+    assert_eq!(keys(&updates[0]), ["state"]);
+    assert_eq!(f.store.get_container(UUID).unwrap()["state"], "Queued");
     let crunch = f.log("crunch-run.txt");
+    assert!(
+        crunch.contains("Error suggests node is unable to run containers: "),
+        "{crunch}"
+    );
     assert!(crunch.contains("docker engine is unreachable"), "{crunch}");
+    assert!(
+        f.config.node.broken_mark().exists(),
+        "the node is marked broken"
+    );
     // Asked for its version, to diagnose: that fails too, and says so.
-    assert!(crunch.contains("docker version: "), "{crunch}");
+    assert!(crunch.contains("\nQueued\n"), "{crunch}");
+}
+
+#[test]
+fn a_failed_running_update_requeues() {
+    let f = Fixture::new(Script::default());
+    f.store.fail_container_updates_to("Running");
+    assert_eq!(f.run(), 0);
+    assert_eq!(f.store.get_container(UUID).unwrap()["state"], "Queued");
+    let crunch = f.log("crunch-run.txt");
+    assert!(
+        crunch.contains("cannot set the container record to Running"),
+        "{crunch}"
+    );
+    assert!(
+        !f.config.node.broken_mark().exists(),
+        "the node is not broken"
+    );
 }
 
 #[test]
