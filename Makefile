@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release engine slurm pyenv demo test lint bench clean
+.PHONY: all build release engine slurm fuse pyenv demo test lint bench clean
 
 all: build
 
@@ -20,6 +20,11 @@ engine:
 # A one-node Slurm (slurmctld + slurmd + munge) for tests/slurm.rs (installs and starts it if needed).
 slurm:
 	sh tests/scripts/ensure-slurm.sh
+
+# FUSE for arv-mount: Debian's fuse3 and the headers arvados-llfuse builds against, and a
+# usable /dev/fuse (installs the packages if needed).
+fuse:
+	sh tests/scripts/ensure-fuse.sh
 
 # The real Arvados Python SDK, used by tests to read our log collections back, and the real
 # crunchstat-summary, which must read our crunchstat.txt. The stamp depends on this Makefile,
@@ -40,7 +45,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Everything: unit, component (fake docker + fake API/Keep), real-engine and Slurm tests.
-test: engine slurm pyenv lint
+test: engine slurm fuse pyenv lint
 	$(CARGO) test -- --test-threads=4
 
 bench: engine release
