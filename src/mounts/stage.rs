@@ -34,6 +34,19 @@ pub fn stage(
     run_dir: &Path,
     say: &dyn Fn(&str),
 ) -> Result<StagedMounts, MountError> {
+    stage_with(plan, api, blocks, run_dir, None, say)
+}
+
+/// [`stage`], with read-only collections (and a stdin collection file) served from the
+/// arv-mount at `fuse` (its `by_id/<id>/<path>`) instead of copied.
+pub fn stage_with(
+    plan: &MountPlan,
+    api: &dyn ApiStore,
+    blocks: &dyn BlockStore,
+    run_dir: &Path,
+    fuse: Option<&Path>,
+    say: &dyn Fn(&str),
+) -> Result<StagedMounts, MountError> {
     fs::create_dir_all(run_dir).map_err(io_err(format!("create {}", run_dir.display())))?;
     let free = free_bytes(run_dir).map_err(io_err(format!(
         "free space of the filesystem of {}",
@@ -42,6 +55,7 @@ pub fn stage(
     let mut stager = Stager {
         reader: CollectionReader::new(api, blocks),
         run_dir,
+        fuse,
         say,
         counter: 0,
         free,
@@ -79,16 +93,26 @@ pub fn stage(
 struct Stager<'a> {
     reader: CollectionReader<'a>,
     run_dir: &'a Path,
+    /// The arv-mount serving read-only collections, if any.
+    fuse: Option<&'a Path>,
     say: &'a dyn Fn(&str),
     counter: usize,
     free: u64,
-    /// Capacity promised to tmp mounts so far.
+    /// Capacity promised to tmp mounts, and bytes of collections copied, so far.
     reserved: u64,
     output_dir: Option<PathBuf>,
     binds: Vec<Bind>,
     output_refs: Vec<OutputRef>,
     secrets: Vec<String>,
     warnings: Vec<String>,
+}
+
+/// Bytes in GiB/MiB, for the numbers of a staging refusal.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
 }
 
 fn serialize_json(target: &str, content: &Value) -> Result<Vec<u8>, MountError> {
@@ -383,6 +407,18 @@ impl Stager<'_> {
         sub: Option<&str>,
         sel: &Selection,
     ) -> Result<PathBuf, MountError> {
+        if let Some(fuse) = self.fuse {
+            let mut host = fuse.join("by_id").join(id);
+            if let Some(p) = sub.filter(|p| !p.is_empty() && *p != ".") {
+                host.push(p);
+            }
+            (self.say)(&format!(
+                "mount {target}: collection {id} through arv-mount ({} files, {} bytes)",
+                sel.files.len(),
+                sel.bytes()
+            ));
+            return Ok(host);
+        }
         let root = self.new_dir(prefix)?;
         let dest = match (sel.is_file, sub) {
             (true, Some(p)) => root.join(p.rsplit('/').next().unwrap_or(p)),
@@ -408,6 +444,17 @@ impl Stager<'_> {
         sel: &Selection,
         dest: &Path,
     ) -> Result<Vec<PathBuf>, MountError> {
+        let need = sel.bytes();
+        let left = self.free.saturating_sub(self.reserved);
+        if need > left {
+            return Err(invalid(format!(
+                "mount {target:?}: collection {id} needs {need} bytes ({}) on the staging disk but only {left} bytes ({}) are free on the filesystem of {}",
+                human(need),
+                human(left),
+                self.run_dir.display()
+            )));
+        }
+        self.reserved += need;
         let written = self
             .reader
             .write_selection(sel, dest)

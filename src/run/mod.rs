@@ -26,6 +26,7 @@ use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::mounts::StagedMounts;
+use crate::mounts::arv_mount::ArvMount;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
@@ -35,6 +36,7 @@ mod crunchstat;
 mod engine;
 mod exit;
 mod finish;
+mod keep_mount;
 mod outcome;
 mod output;
 mod prepare;
@@ -163,6 +165,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         progress,
         access: None,
         staged: None,
+        arv_mount: None,
         guard: None,
         cgroup_parent: None,
         cleanup: None,
@@ -234,6 +237,8 @@ struct ContainerRun<'a> {
     access: Option<ContainerAccess>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,
+    /// The arv-mount serving the collection mounts (FUSE path), if any.
+    arv_mount: Option<ArvMount>,
     /// Removes the docker container if crunch-run dies; started early so that its
     /// start-up does not compete with the container's.
     guard: Option<Guard>,
@@ -305,7 +310,7 @@ impl ContainerRun<'_> {
         if let Ok(host) = hostname() {
             self.say(&format!("Executing on host '{host}'"));
         }
-        let prepared = match self.prepare(record) {
+        let prepared = match self.prepare(record, pipeline) {
             Ok(prepared) => prepared,
             Err(outcome) => return (outcome, Saved::Nothing),
         };

@@ -1,0 +1,317 @@
+// Collection mounts through both paths (issue 9), against the real engine, the real
+// arv-mount (arvados-fuse in .venv: `make pyenv`) and the fake API + Keep: the mount cases
+// (read-only, subpath, a file, writable under the output path, stdin from a collection
+// file, output referencing input blocks) through FUSE and through staging; FUSE reads only
+// the blocks the container reads; staging refuses a collection larger than the disk;
+// arv-mount dying while the container runs cancels the run. Fails, never skips, without
+// an engine, arv-mount or FUSE (`make test` sets them up).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::engine;
+use common::harness::{Harness, crate_dir, record, strip_timestamps};
+use serde_json::{Value, json};
+
+fn uuid(n: u32) -> String {
+    format!("zzzzz-dz642-km{n:013}")
+}
+
+fn venv_bin() -> PathBuf {
+    let bin = crate_dir().join(".venv/bin");
+    assert!(
+        bin.join("arv-mount").is_file(),
+        "no arv-mount in {} (run `make pyenv`)",
+        bin.display()
+    );
+    bin
+}
+
+struct Case {
+    h: Harness,
+    uuid: String,
+}
+
+impl Case {
+    fn new(n: u32, command: &[&str]) -> Case {
+        engine::require_engine();
+        let h = Harness::new(common::fake_arvados::FakeArvados::start(), false);
+        let image = engine::shared_image();
+        let pdh = h.fake.add_collection(&[(&image.tar_name(), &image.tar)]);
+        let uuid = uuid(n);
+        engine::force_remove(&uuid);
+        h.fake.add_container(record(&uuid, &pdh, command));
+        Case { h, uuid }
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut rec = self.h.fake.container(&self.uuid);
+        f(&mut rec);
+        self.h.fake.add_container(rec);
+    }
+
+    /// Run with `--keep-mount=how`, arv-mount on PATH.
+    fn run(&self, how: &str) -> Value {
+        let mut cmd = self.h.command(&self.uuid);
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.arg(format!("--keep-mount={how}"))
+            .env("PATH", format!("{}:{path}", venv_bin().display()));
+        let out = cmd.output().expect("run crunch-run");
+        eprintln!(
+            "--- crunch-run exited {}; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "crunch-run exited {}", out.status);
+        assert!(engine::containers_named(&self.uuid).is_empty());
+        let spool = self.h.spool_dir().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&spool),
+            "a mount left under {spool}:\n{mounts}"
+        );
+        self.h.fake.container(&self.uuid)
+    }
+
+    fn crunch_log(&self) -> String {
+        strip_timestamps(&self.h.log_text(&self.uuid, "crunch-run.txt"))
+    }
+
+    /// Keep GETs of the blocks of `locators` (hash+size…).
+    fn gets_of(&self, locators: &[&str]) -> usize {
+        self.h
+            .fake
+            .keep_requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .filter(|r| locators.iter().any(|l| r.path.contains(&l[..32])))
+            .count()
+    }
+}
+
+/// Every mount case, through `how`.
+fn mount_cases(n: u32, how: &str) {
+    let c = Case::new(
+        n,
+        &[
+            "sh",
+            "-c",
+            "cat /in/a.txt /in/dir/b.txt > /out/cat && cat /sub/b.txt > /out/sub && \
+             cat /one.txt > /out/one && cat > /out/stdin && \
+             ! touch /in/nope 2>/dev/null && ! touch /out/ref/nope 2>/dev/null && \
+             echo more >> /out/w/a.txt",
+        ],
+    );
+    let input = c.h.fake.add_collection(&[
+        ("a.txt", b"alpha\n".as_slice()),
+        ("dir/b.txt", b"bravo\n".as_slice()),
+    ]);
+    let refd =
+        c.h.fake
+            .add_collection(&[("r.txt", b"referenced input\n".as_slice())]);
+    c.edit(|r| {
+        r["output_path"] = json!("/out");
+        r["mounts"] = json!({
+            "/out": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": input},
+            "/sub": {"kind": "collection", "portable_data_hash": format!("{input}/dir")},
+            "/one.txt": {"kind": "collection", "portable_data_hash": input, "path": "a.txt"},
+            "/out/ref": {"kind": "collection", "portable_data_hash": refd},
+            "/out/w": {"kind": "collection", "portable_data_hash": input, "writable": true},
+            "stdin": {"kind": "collection", "portable_data_hash": input, "path": "dir/b.txt"},
+        });
+    });
+    let puts_before = c.h.fake.keep_puts();
+    let rec = c.run(how);
+    let log = c.crunch_log();
+    assert_eq!(rec["state"], "Complete", "{log}");
+    assert_eq!(rec["exit_code"], 0, "{log}");
+    let out = rec["output"].as_str().unwrap();
+    let fake = &c.h.fake;
+    let file = |p: &str| String::from_utf8(fake.read_file(out, p).unwrap_or_default()).unwrap();
+    assert_eq!(file("cat"), "alpha\nbravo\n");
+    assert_eq!(file("sub"), "bravo\n");
+    assert_eq!(file("one"), "alpha\n");
+    assert_eq!(file("stdin"), "bravo\n");
+    assert_eq!(file("ref/r.txt"), "referenced input\n");
+    assert_eq!(file("w/a.txt"), "alpha\nmore\n");
+    assert_eq!(file("w/dir/b.txt"), "bravo\n");
+    // The referenced input is in the output by its block, never uploaded again.
+    let manifest = fake.collection_manifest(out).unwrap();
+    let ref_block = fake.collection_manifest(&refd).unwrap();
+    let ref_block = ref_block.split(' ').nth(1).unwrap();
+    assert!(manifest.contains(&ref_block[..32]), "{manifest}");
+    let uploaded: Vec<_> = fake
+        .keep_requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .collect();
+    assert!(
+        !uploaded.iter().any(|r| r.path.contains(&ref_block[..32])),
+        "the referenced input was uploaded again"
+    );
+    assert!(fake.keep_puts() > puts_before);
+    match how {
+        "fuse" => {
+            assert!(log.contains("Collection mounts: FUSE through "), "{log}");
+            assert!(log.contains("through arv-mount"), "{log}");
+            let arv = c.h.log_text(&c.uuid, "arv-mount.txt");
+            common::harness::assert_timestamped(&arv);
+        }
+        _ => {
+            assert!(
+                log.contains("Collection mounts: staging (--keep-mount=stage)"),
+                "{log}"
+            );
+            assert!(log.contains("mount /in: copied 2 files"), "{log}");
+        }
+    }
+}
+
+#[test]
+fn mount_cases_through_fuse() {
+    mount_cases(1, "fuse");
+}
+
+#[test]
+fn mount_cases_through_staging() {
+    mount_cases(2, "stage");
+}
+
+#[test]
+fn fuse_fetches_only_the_blocks_the_container_reads() {
+    let c = Case::new(3, &["cat", "/in/small.txt"]);
+    // 8 MiB of big file in several blocks beside one small file in a stream of its own.
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let input = c.h.fake.add_collection(&[
+        ("big/data.bin", big.as_slice()),
+        ("small.txt", b"just this\n".as_slice()),
+    ]);
+    let manifest = c.h.fake.collection_manifest(&input).unwrap();
+    let big_blocks: Vec<&str> = manifest
+        .lines()
+        .find(|l| l.starts_with("./big "))
+        .unwrap()
+        .split(' ')
+        .filter(|w| w.len() > 33 && w.as_bytes()[32] == b'+')
+        .collect();
+    assert!(!big_blocks.is_empty(), "{manifest}");
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": input},
+        });
+    });
+    let rec = c.run("fuse");
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    let stdout = strip_timestamps(&c.h.log_text(&c.uuid, "stdout.txt"));
+    assert_eq!(stdout, "just this\n");
+    assert_eq!(
+        c.gets_of(&big_blocks),
+        0,
+        "the big file's blocks were fetched"
+    );
+}
+
+#[test]
+fn staging_refuses_a_collection_larger_than_the_disk() {
+    let c = Case::new(4, &["true"]);
+    // More than the spool disk holds, in blocks that do not exist: nothing may be fetched.
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(c.h.spool_dir())
+        .output()
+        .unwrap();
+    let free: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let count = free / (64 << 20) + 2;
+    let size = count * (64 << 20);
+    let block = format!("{}+{}", "a".repeat(32), 64u64 << 20);
+    let blocks = vec![block.as_str(); count as usize].join(" ");
+    let huge =
+        c.h.fake
+            .add_manifest_unchecked(&format!(". {blocks} 0:{size}:huge.bin\n"));
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": huge},
+        });
+    });
+    let rec = c.run("stage");
+    let log = c.crunch_log();
+    assert_eq!(rec["state"], "Cancelled", "{log}");
+    assert!(log.contains(&format!("needs {size} bytes (")), "{log}");
+    assert!(log.contains("on the staging disk but only"), "{log}");
+    assert_eq!(c.gets_of(&[&block]), 0);
+}
+
+#[test]
+fn arv_mount_dying_while_the_container_runs_cancels_it() {
+    let c = Case::new(5, &["sh", "-c", "cat /in/a.txt; sleep 60"]);
+    let input = c.h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": input},
+        });
+    });
+    let spool = c.h.spool_dir().display().to_string();
+    let killer = std::thread::spawn(move || {
+        // arv-mount's argv ends with its mount point, under this test's spool directory.
+        for _ in 0..600 {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Some(pid) = arv_mount_under(&spool)
+                && engine::containers_named(&uuid(5)).len() == 1
+            {
+                std::thread::sleep(Duration::from_millis(500));
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return true;
+            }
+        }
+        false
+    });
+    let started = std::time::Instant::now();
+    let rec = c.run("fuse");
+    assert!(killer.join().unwrap(), "arv-mount never seen");
+    let log = c.crunch_log();
+    assert_eq!(rec["state"], "Cancelled", "{log}");
+    assert!(
+        log.contains(
+            "arv-mount exited while the container was running (killed by signal 9 (SIGKILL))"
+        ),
+        "{log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The pid of an arv-mount whose mount point is under `dir`.
+fn arv_mount_under(dir: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a.ends_with("arv-mount")) && args.iter().any(|a| a.starts_with(dir))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
