@@ -21,6 +21,7 @@ use super::{
 };
 use crate::collection::select::join_rel;
 use crate::collection::{CollectionReader, Selection};
+use crate::progress::{Cadence, Progress};
 use crate::store::{ApiStore, BlockStore};
 
 /// Lay the plan out under `run_dir` (created if missing; expected to be fresh for this
@@ -32,7 +33,7 @@ pub fn stage(
     api: &dyn ApiStore,
     blocks: &dyn BlockStore,
     run_dir: &Path,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<StagedMounts, MountError> {
     stage_with(plan, api, blocks, run_dir, None, say)
 }
@@ -45,7 +46,7 @@ pub fn stage_with(
     blocks: &dyn BlockStore,
     run_dir: &Path,
     fuse: Option<&Path>,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<StagedMounts, MountError> {
     fs::create_dir_all(run_dir).map_err(io_err(format!("create {}", run_dir.display())))?;
     let free = free_bytes(run_dir).map_err(io_err(format!(
@@ -95,7 +96,7 @@ struct Stager<'a> {
     run_dir: &'a Path,
     /// The arv-mount serving read-only collections, if any.
     fuse: Option<&'a Path>,
-    say: &'a dyn Fn(&str),
+    say: &'a (dyn Fn(&str) + Sync),
     counter: usize,
     free: u64,
     /// Capacity promised to tmp mounts, and bytes of collections copied, so far.
@@ -455,10 +456,18 @@ impl Stager<'_> {
             )));
         }
         self.reserved += need;
+        let say = self.say;
+        let progress = Progress::new(
+            &format!("mount {target}: staging"),
+            Some(need),
+            Cadence::default(),
+            say,
+        );
         let written = self
             .reader
-            .write_selection(sel, dest)
+            .write_selection_counted(sel, dest, Some(&progress))
             .map_err(in_mount(target))?;
+        progress.finish();
         (self.say)(&format!(
             "mount {target}: copied {} files, {} bytes in {} blocks from collection {id}",
             sel.files.len(),

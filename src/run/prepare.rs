@@ -172,7 +172,7 @@ impl ContainerRun<'_> {
     /// Read-only collections come from the arv-mount at `fuse`, if there is one.
     fn stage_mounts(&mut self, plan: &MountPlan, fuse: Option<&Path>) -> Step<()> {
         let (api, blocks) = self.container_stores();
-        let say = |line: &str| self.say(line);
+        let say = self.sayer();
         let staged = mounts::stage_with(plan, &*api, &*blocks, &self.mounts_dir(), fuse, &say)
             .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
         for secret in &staged.secrets {
