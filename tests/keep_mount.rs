@@ -315,3 +315,41 @@ fn arv_mount_under(dir: &str) -> Option<i32> {
     }
     None
 }
+
+#[test]
+fn a_known_arv_mount_warning_reaches_runtime_status() {
+    let c = Case::new(6, &["sh", "-c", "cat /in/gone.txt; true"]);
+    // A block Keep does not have.
+    let gone = format!("{}+5", "b".repeat(32));
+    let input = c.h.fake.add_manifest(&format!(". {gone} 0:5:gone.txt\n"));
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": input},
+        });
+    });
+    let rec = c.run("fuse");
+    assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
+    let warned =
+        c.h.fake
+            .container_updates(&c.uuid)
+            .into_iter()
+            .find(|u| u["runtime_status"]["warning"].is_string())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no warning; arv-mount.txt:\n{}",
+                    c.h.log_text(&c.uuid, "arv-mount.txt")
+                )
+            });
+    assert_eq!(
+        warned["runtime_status"]["warning"],
+        "arv-mount: Block not found error"
+    );
+    assert!(
+        warned["runtime_status"]["warningDetail"]
+            .as_str()
+            .unwrap()
+            .contains("Block not found error"),
+        "{warned}"
+    );
+}

@@ -140,13 +140,15 @@ impl Settings {
             argv.extend(["--ram-cache", "--file-cache"].map(OsString::from));
             argv.push(bytes.to_string().into());
         }
-        argv.push("--disable-event-listening".into());
-        let by_id = if self.pdh_only {
-            "--mount-by-pdh"
+        // Event listening (websocket) only matters for collections named by UUID.
+        if self.pdh_only {
+            argv.extend(
+                ["--mount-by-pdh", "by_id", "--disable-event-listening"].map(OsString::from),
+            );
         } else {
-            "--mount-by-id"
-        };
-        argv.extend([by_id, "by_id", "--mount-by-id", "by_uuid"].map(OsString::from));
+            argv.extend(["--mount-by-id", "by_id"].map(OsString::from));
+        }
+        argv.extend(["--mount-by-id", "by_uuid"].map(OsString::from));
         argv.push(mount_point.into());
         argv
     }
@@ -168,6 +170,61 @@ impl Settings {
             env.push(("SSL_CERT_FILE".into(), ca.into()));
         }
         env
+    }
+}
+
+/// What in arv-mount's output the user must hear of (Go's logScanner patterns).
+pub const WARNING_PATTERNS: [&str; 3] = [
+    "Keep write error",
+    "Block not found error",
+    "Unhandled exception during FUSE operation",
+];
+
+/// Passes arv-mount's output through, and calls `report(pattern, line)` for the first line
+/// that holds one of [`WARNING_PATTERNS`], once (as Go's logScanner does).
+pub struct WarningScan<R, F> {
+    inner: R,
+    line: Vec<u8>,
+    report: Option<F>,
+}
+
+impl<R: Read, F: FnOnce(&str, &str)> WarningScan<R, F> {
+    pub fn new(inner: R, report: F) -> WarningScan<R, F> {
+        WarningScan {
+            inner,
+            line: Vec::new(),
+            report: Some(report),
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.report.is_none() {
+                return;
+            }
+            if b != b'\n' {
+                // A line longer than this is cut; the patterns are near its start.
+                if self.line.len() < 8192 {
+                    self.line.push(b);
+                }
+                continue;
+            }
+            let line = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if let Some(pattern) = WARNING_PATTERNS.iter().find(|p| line.contains(*p))
+                && let Some(report) = self.report.take()
+            {
+                report(pattern, &line);
+            }
+        }
+    }
+}
+
+impl<R: Read, F: FnOnce(&str, &str)> Read for WarningScan<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.scan(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -418,8 +475,8 @@ mod tests {
         assert_eq!(
             argv.join(" "),
             "--foreground --allow-other --storage-classes default --crunchstat-interval=10 \
-             --ram-cache --file-cache 1048576 --disable-event-listening \
-             --mount-by-pdh by_id --mount-by-id by_uuid /run/keep"
+             --ram-cache --file-cache 1048576 --mount-by-pdh by_id --disable-event-listening \
+             --mount-by-id by_uuid /run/keep"
         );
         assert!(!argv.iter().any(|a| a.contains("secret")));
     }
@@ -458,6 +515,26 @@ mod tests {
                 .any(|(k, v)| k == "ARVADOS_API_HOST_INSECURE" && v == "1")
         );
         assert!(env.iter().any(|(k, _)| k == "PATH"));
+    }
+
+    #[test]
+    fn the_first_known_warning_is_reported_once() {
+        let text = "ok\n2026 arv-mount ERROR: Block not found error: abc\nKeep write error: x\n";
+        let mut said = Vec::new();
+        let mut out = Vec::new();
+        WarningScan::new(text.as_bytes(), |p: &str, l: &str| {
+            said.push((p.to_string(), l.to_string()))
+        })
+        .read_to_end(&mut out)
+        .unwrap();
+        assert_eq!(out, text.as_bytes());
+        assert_eq!(
+            said,
+            [(
+                "Block not found error".to_string(),
+                "2026 arv-mount ERROR: Block not found error: abc".to_string()
+            )]
+        );
     }
 
     #[test]

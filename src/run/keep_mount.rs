@@ -7,10 +7,12 @@
 
 use std::path::PathBuf;
 
+use serde_json::json;
+
 use crate::arvados::container::Container;
 use crate::config::Backend;
 use crate::logging::pipeline::LogPipeline;
-use crate::mounts::arv_mount::{self, ArvMount, Choice, Settings};
+use crate::mounts::arv_mount::{self, ArvMount, Choice, Settings, WarningScan};
 use crate::mounts::{MountKind, MountPlan};
 
 use super::outcome::Outcome;
@@ -65,8 +67,20 @@ impl ContainerRun<'_> {
             return Ok(None);
         };
         let settings = self.arv_mount_settings(program, container, !by_uuid)?;
+        let (api, uuid, say) = (self.api.clone(), self.uuid.clone(), self.sayer());
+        let report = move |pattern: &str, line: &str| {
+            let status = json!({"warning": format!("arv-mount: {pattern}"), "warningDetail": line});
+            let mut fields = serde_json::Map::new();
+            fields.insert("runtime_status".into(), status);
+            if let Err(e) = api.update_container(&uuid, &fields) {
+                say(&format!(
+                    "Warning: cannot record arv-mount's warning in runtime_status: {e}"
+                ));
+            }
+        };
         let output = |stderr| {
-            if let Err(e) = pipeline.spawn_copier("arv-mount", stderr) {
+            let scanned = Box::new(WarningScan::new(stderr, report));
+            if let Err(e) = pipeline.spawn_copier("arv-mount", scanned) {
                 self.say(&format!("Warning: arv-mount's output is not logged: {e}"));
             }
         };
