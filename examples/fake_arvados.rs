@@ -27,6 +27,8 @@ mod fake_arvados;
 mod fake_support;
 #[path = "../tests/common/fake_timing.rs"]
 mod fake_timing;
+#[path = "../tests/common/http_server.rs"]
+mod http_server;
 
 use std::io::{self, BufRead, Write};
 use std::time::Duration;

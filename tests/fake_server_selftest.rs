@@ -1296,3 +1296,36 @@ fn the_critical_path_counts_stretches_of_requests_in_flight() {
     let s = summarize(&with_background);
     assert_eq!((s.critical_path, s.longest_chain), (1, 5));
 }
+
+/// Many keep-alive connections left open must not keep new ones from being served: a
+/// thread pool that queued the new connection's TLS handshake behind idle ones made runs
+/// wait out a 30 s connect timeout.
+#[test]
+fn new_connections_are_served_while_many_stay_open() {
+    let fake = FakeArvados::start();
+    fake.add_container(json!({"uuid": CUUID}));
+    let tok = bearer(fake.token());
+    let idle: Vec<Client> = (0..12).map(|_| Client::new(&fake)).collect();
+    for c in &idle {
+        assert_eq!(
+            c.call("GET", &container_path(CUUID), Some(&tok), Body::None)
+                .status,
+            200
+        );
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..12 {
+        let (client, tok, tx) = (Client::new(&fake), tok.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let r = client.try_call("GET", &container_path(CUUID), Some(&tok), Body::None);
+            let _ = tx.send(r.map(|r| r.status).map_err(|e| e.to_string()));
+        });
+    }
+    for _ in 0..12 {
+        // A liveness bound, not a speed figure: the starved connections never finished.
+        let status = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(status, Ok(Ok(200)));
+    }
+    assert_eq!(fake.connections(), [("api".to_string(), 24)]);
+    drop(idle);
+}

@@ -108,6 +108,7 @@ use super::fake_support::{
     ruby_inspect, sign_locator, sign_manifest, strip_signatures,
 };
 use super::fake_timing::{ConnNumbers, Timed, Timing};
+use super::http_server::{Request, Response, Server};
 
 /// The container token's uuid/secret (`containers/{uuid}/auth`).
 pub const AUTH_UUID: &str = "zzzzz-gj3su-55pqoyepgi2glem";
@@ -321,28 +322,18 @@ fn make_self_signed_tls() -> Tls {
     }
 }
 
-fn start_https(tls: &Tls) -> (Arc<tiny_http::Server>, SocketAddr) {
+fn start_https(tls: &Tls) -> (Arc<Server>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind https server");
-    super::fake_timing::no_delay_when_accepted(&listener);
-    let server = tiny_http::Server::from_listener(
-        listener,
-        Some(tiny_http::SslConfig {
-            certificate: tls.cert_chain_pem.clone().into_bytes(),
-            private_key: tls.key_pem.clone().into_bytes(),
-        }),
-    )
-    .expect("start https server");
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .expect("server listens on an IP address");
+    let server =
+        Server::https(listener, &tls.cert_chain_pem, &tls.key_pem).expect("start https server");
+    let addr = server.server_addr();
     (Arc::new(server), addr)
 }
 
 /// Hand each request to its own thread so a slow one never blocks others.
-fn serve<F>(server: Arc<tiny_http::Server>, stop: Arc<AtomicBool>, handler: F)
+fn serve<F>(server: Arc<Server>, stop: Arc<AtomicBool>, handler: F)
 where
-    F: Fn(tiny_http::Request) + Send + Sync + 'static,
+    F: Fn(Request) + Send + Sync + 'static,
 {
     let handler = Arc::new(handler);
     thread::spawn(move || {
@@ -973,7 +964,7 @@ struct Counted {
 }
 
 impl Counted {
-    fn serve_one(&self, rq: tiny_http::Request, handle: impl FnOnce(tiny_http::Request)) {
+    fn serve_one(&self, rq: Request, handle: impl FnOnce(Request)) {
         let conn = self.numbers.number(&rq);
         self.timing.serve_one(&self.server, conn, rq, handle);
     }
@@ -1005,9 +996,9 @@ impl FakeArvados {
 
 // -------------------------------------------------------------- TCP front
 
-/// A TCP relay in front of each tiny_http server. It lets the fake refuse
+/// A TCP relay in front of each HTTPS server. It lets the fake refuse
 /// connections (listener closed) and reset open keep-alive connections,
-/// which tiny_http alone cannot do.
+/// which the server alone does not do.
 struct Front {
     addr: SocketAddr,
     listener: Arc<Mutex<Option<TcpListener>>>,
@@ -1169,33 +1160,26 @@ impl Reply {
     }
 }
 
-fn send(rq: tiny_http::Request, reply: Reply) {
+fn send(rq: Request, reply: Reply) {
     // Like keepstore and the API server: a Content-Length, never chunked encoding.
-    let mut resp = tiny_http::Response::from_data(reply.body)
-        .with_status_code(tiny_http::StatusCode(reply.status))
-        .with_chunked_threshold(usize::MAX);
-    if let Ok(h) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
-    {
-        resp.add_header(h);
-    }
-    for (k, v) in reply.headers {
-        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-            resp.add_header(h);
-        }
-    }
+    let mut headers = vec![("Content-Type".to_string(), reply.content_type.to_string())];
+    headers.extend(reply.headers);
     super::fake_timing::responding();
-    let _ = rq.respond(resp);
+    let _ = rq.respond(Response {
+        status: reply.status,
+        headers,
+        body: reply.body,
+    });
 }
 
-fn header(rq: &tiny_http::Request, name: &str) -> Option<String> {
+fn header(rq: &Request, name: &str) -> Option<String> {
     rq.headers()
         .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str().to_string())
+        .find(|h| h.field.eq_ignore_ascii_case(name))
+        .map(|h| h.value.clone())
 }
 
-fn bearer(rq: &tiny_http::Request) -> Option<String> {
+fn bearer(rq: &Request) -> Option<String> {
     let v = header(rq, "Authorization")?;
     let v = v.trim();
     v.strip_prefix("Bearer ")
@@ -1245,7 +1229,7 @@ fn identify(st: &State, token: Option<&str>) -> Option<Caller> {
 
 // --------------------------------------------------------------- the API
 
-fn handle_api(sh: &Shared, mut rq: tiny_http::Request) {
+fn handle_api(sh: &Shared, mut rq: Request) {
     let method = rq.method().to_string().to_ascii_uppercase();
     let url = rq.url().to_string();
     let (path, query) = match url.split_once('?') {
@@ -2165,7 +2149,7 @@ fn keep_services(sh: &Shared) -> Reply {
 
 // ------------------------------------------------------------------ keep
 
-fn handle_keep(sh: &Shared, svc: usize, mut rq: tiny_http::Request) {
+fn handle_keep(sh: &Shared, svc: usize, mut rq: Request) {
     let method = rq.method().to_string().to_ascii_uppercase();
     let path = rq.url().split('?').next().unwrap_or("").to_string();
     let token = bearer(&rq);

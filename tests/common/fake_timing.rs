@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::http_server::Request;
+
 /// The request this thread handles, logged when its answer starts.
 struct Pending {
     log: Arc<Mutex<Vec<Timed>>>,
@@ -150,13 +152,7 @@ impl Timing {
 
     /// Handle one request of `server` with `handle`, after the latency, and log it.
     /// `conn` is the connection's number, from its peer address (see `ConnNumbers`).
-    pub fn serve_one(
-        &self,
-        server: &str,
-        conn: u64,
-        rq: tiny_http::Request,
-        handle: impl FnOnce(tiny_http::Request),
-    ) {
+    pub fn serve_one(&self, server: &str, conn: u64, rq: Request, handle: impl FnOnce(Request)) {
         let start = self.now();
         let method = rq.method().to_string().to_ascii_uppercase();
         let url = rq.url();
@@ -221,7 +217,7 @@ impl Timing {
     }
 }
 
-/// Numbers for the relay connections to one tiny_http server: the fake's front accepts a
+/// Numbers for the relay connections to one HTTPS server: the fake's front accepts a
 /// client and opens one backend connection for it, whose local port the handler sees as
 /// the request's peer. The front registers each backend port with its client's number.
 #[derive(Default, Clone)]
@@ -234,7 +230,7 @@ impl ConnNumbers {
         v.push((backend_port, number));
     }
 
-    pub fn number(&self, rq: &tiny_http::Request) -> u64 {
+    pub fn number(&self, rq: &Request) -> u64 {
         let port = rq.remote_addr().map(|a| a.port()).unwrap_or(0);
         let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
         v.iter()
@@ -242,25 +238,6 @@ impl ConnNumbers {
             .find(|(p, _)| *p == port)
             .map(|(_, n)| *n)
             .unwrap_or(u64::MAX)
-    }
-}
-
-/// Make the connections `listener` accepts send at once (TCP_NODELAY; Linux copies it
-/// from the listener). tiny_http does not set it: an answer written in two parts then
-/// waited for the client's delayed ACK, 40 ms, now and then, which a latency of 0 ms
-/// cannot afford.
-pub fn no_delay_when_accepted(listener: &std::net::TcpListener) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int of ours, for a socket `listener` owns.
-    unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 

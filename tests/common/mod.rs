@@ -11,6 +11,7 @@
 pub mod fake_arvados;
 pub mod fake_support;
 pub mod fake_timing;
+pub mod http_server;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
