@@ -353,3 +353,57 @@ fn a_known_arv_mount_warning_reaches_runtime_status() {
         "{warned}"
     );
 }
+
+/// Slurm's SIGKILL of a job kills crunch-run and arv-mount alike, and leaves the mount
+/// point dead; the Epilog (contrib/slurm-epilog.sh) unmounts it.
+#[test]
+fn the_slurm_epilog_unmounts_what_a_killed_run_left() {
+    let c = Case::new(7, &["sh", "-c", "cat /in/a.txt; sleep 60"]);
+    let input = c.h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "portable_data_hash": input},
+        });
+    });
+    let mut cmd = c.h.command(&c.uuid);
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.arg("--keep-mount=fuse")
+        .env("PATH", format!("{}:{path}", venv_bin().display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut crunch_run = cmd.spawn().unwrap();
+    let spool = c.h.spool_dir().display().to_string();
+    let uuid = c.uuid.clone();
+    let seen = common::harness::wait_for(60, || {
+        arv_mount_under(&spool).is_some() && engine::containers_named(&uuid).len() == 1
+    });
+    assert!(seen, "the container never ran");
+    let arv = arv_mount_under(&spool).unwrap();
+    unsafe {
+        libc::kill(crunch_run.id() as i32, libc::SIGKILL);
+        libc::kill(arv, libc::SIGKILL);
+    }
+    crunch_run.wait().unwrap();
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&spool)
+    };
+    assert!(common::harness::wait_for(5, || !arv_mount_alive(arv)));
+    assert!(mounted(), "the killed arv-mount left no mount: nothing to show");
+    let out = std::process::Command::new("sh")
+        .arg(crate_dir().join("contrib/slurm-epilog.sh"))
+        .env("SLURM_JOB_ID", "1")
+        .env("SLURM_JOB_NAME", &c.uuid)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!mounted(), "the epilog left the dead mount under {spool}");
+    engine::force_remove(&c.uuid);
+}
+
+fn arv_mount_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+}
