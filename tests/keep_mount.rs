@@ -391,7 +391,10 @@ fn the_slurm_epilog_unmounts_what_a_killed_run_left() {
             .contains(&spool)
     };
     assert!(common::harness::wait_for(5, || !arv_mount_alive(arv)));
-    assert!(mounted(), "the killed arv-mount left no mount: nothing to show");
+    assert!(
+        mounted(),
+        "the killed arv-mount left no mount: nothing to show"
+    );
     let out = std::process::Command::new("sh")
         .arg(crate_dir().join("contrib/slurm-epilog.sh"))
         .env("SLURM_JOB_ID", "1")

@@ -41,6 +41,43 @@ pub enum Choice {
     Stage,
 }
 
+/// What FUSE needs of the host.
+pub struct FuseHost<'a> {
+    pub dev_fuse: &'a Path,
+    /// Where `user_allow_other` is set for a user other than root.
+    pub fuse_conf: &'a Path,
+    pub root: bool,
+}
+
+impl FuseHost<'static> {
+    pub fn this_host() -> FuseHost<'static> {
+        FuseHost {
+            dev_fuse: Path::new("/dev/fuse"),
+            fuse_conf: Path::new("/etc/fuse.conf"),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            root: unsafe { libc::geteuid() } == 0,
+        }
+    }
+}
+
+impl FuseHost<'_> {
+    /// Why arv-mount cannot work here, if it cannot.
+    fn check(&self) -> Result<(), String> {
+        usable(self.dev_fuse)
+            .map_err(|e| format!("{} is not usable: {e}", self.dev_fuse.display()))?;
+        let allowed = self.root
+            || fs::read_to_string(self.fuse_conf)
+                .is_ok_and(|conf| conf.lines().any(|l| l.trim() == "user_allow_other"));
+        match allowed {
+            true => Ok(()),
+            false => Err(format!(
+                "not root, and {} lacks user_allow_other, which --allow-other needs (docker must read the mount)",
+                self.fuse_conf.display()
+            )),
+        }
+    }
+}
+
 /// FUSE or staging, and why (one line for crunch-run.txt); an error when FUSE was asked
 /// for and cannot work here. `path` is the PATH crunch-run was given; `local_store` says
 /// the collections live in a local directory, which arv-mount cannot serve.
@@ -48,7 +85,7 @@ pub fn choose(
     how: KeepMount,
     local_store: bool,
     path: Option<&OsStr>,
-    dev_fuse: &Path,
+    host: &FuseHost,
 ) -> Result<(Choice, String), String> {
     if how == KeepMount::Stage {
         return Ok((Choice::Stage, "staging (--keep-mount=stage)".into()));
@@ -58,10 +95,7 @@ pub fn choose(
     } else {
         find_program("arv-mount", path)
             .ok_or_else(|| "no arv-mount on PATH".to_string())
-            .and_then(|program| match usable(dev_fuse) {
-                Ok(()) => Ok(program),
-                Err(e) => Err(format!("{} is not usable: {e}", dev_fuse.display())),
-            })
+            .and_then(|program| host.check().map(|()| program))
     };
     match (how, fuse) {
         (_, Ok(program)) => {
@@ -547,7 +581,14 @@ mod tests {
         let path = Some(dir.path().as_os_str());
         let fuse_dev = dir.path().join("fuse");
         fs::write(&fuse_dev, "").unwrap();
-        let missing = dir.path().join("nofuse");
+        let conf = dir.path().join("fuse.conf");
+        let nofuse = dir.path().join("nofuse");
+        let host = |dev_fuse, root| FuseHost {
+            dev_fuse,
+            fuse_conf: &conf,
+            root,
+        };
+        let (fuse_dev, missing) = (host(&fuse_dev, true), host(&nofuse, true));
 
         let (c, why) = choose(KeepMount::Auto, false, path, &fuse_dev).unwrap();
         assert_eq!(c, Choice::Fuse(prog.clone()));
@@ -570,5 +611,13 @@ mod tests {
         assert!(why.contains("nofuse is not usable"), "{why}");
         let err = choose(KeepMount::Fuse, false, path, &missing).unwrap_err();
         assert!(err.starts_with("--keep-mount=fuse, but "), "{err}");
+        // Not root: --allow-other needs user_allow_other.
+        let user = host(fuse_dev.dev_fuse, false);
+        let (c, why) = choose(KeepMount::Auto, false, path, &user).unwrap();
+        assert_eq!(c, Choice::Stage);
+        assert!(why.contains("lacks user_allow_other"), "{why}");
+        fs::write(&conf, "# user_allow_other\nuser_allow_other\n").unwrap();
+        let (c, _) = choose(KeepMount::Auto, false, path, &user).unwrap();
+        assert_eq!(c, Choice::Fuse(prog.clone()));
     }
 }

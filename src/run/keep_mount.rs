@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::arvados::container::Container;
 use crate::config::Backend;
 use crate::logging::pipeline::LogPipeline;
-use crate::mounts::arv_mount::{self, ArvMount, Choice, Settings, WarningScan};
+use crate::mounts::arv_mount::{self, ArvMount, Choice, FuseHost, Settings, WarningScan};
 use crate::mounts::{MountKind, MountPlan};
 
 use super::outcome::Outcome;
@@ -59,8 +59,8 @@ impl ContainerRun<'_> {
             .find(|(k, _)| k == "PATH")
             .map(|(_, v)| v.as_os_str());
         let local = matches!(self.config.backend, Backend::Local(_));
-        let dev_fuse = std::path::Path::new("/dev/fuse");
-        let (choice, why) = arv_mount::choose(self.config.keep_mount, local, path, dev_fuse)
+        let host = FuseHost::this_host();
+        let (choice, why) = arv_mount::choose(self.config.keep_mount, local, path, &host)
             .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
         self.say(&format!("Collection mounts: {why}"));
         let Choice::Fuse(program) = choice else {
