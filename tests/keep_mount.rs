@@ -408,5 +408,5 @@ fn the_slurm_epilog_unmounts_what_a_killed_run_left() {
 
 fn arv_mount_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+        .is_ok_and(|s| s.split(' ').nth(2).is_none_or(|st| st != "Z"))
 }
