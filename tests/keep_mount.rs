@@ -123,6 +123,9 @@ fn mount_cases(n: u32, how: &str) {
             "stdin": {"kind": "collection", "portable_data_hash": input, "path": "dir/b.txt"},
         });
     });
+    if how == "fuse" {
+        c.edit(|r| r["runtime_constraints"]["keep_cache_disk"] = json!(64 << 20));
+    }
     let puts_before = c.h.fake.keep_puts();
     let rec = c.run(how);
     let log = c.crunch_log();
@@ -157,6 +160,8 @@ fn mount_cases(n: u32, how: &str) {
         "fuse" => {
             assert!(log.contains("Collection mounts: FUSE through "), "{log}");
             assert!(log.contains("through arv-mount"), "{log}");
+            assert!(log.contains(" --disk-cache --disk-cache-dir "), "{log}");
+            assert!(log.contains(" --file-cache 67108864 "), "{log}");
             let arv = c.h.log_text(&c.uuid, "arv-mount.txt");
             common::harness::assert_timestamped(&arv);
         }
@@ -409,4 +414,35 @@ fn the_slurm_epilog_unmounts_what_a_killed_run_left() {
 fn arv_mount_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.split(' ').nth(2).is_none_or(|st| st != "Z"))
+}
+
+#[test]
+fn a_collection_named_by_uuid_through_fuse() {
+    let c = Case::new(8, &["cat", "/in/a.txt", "/one.txt"]);
+    let pdh = c.h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
+    let uuid = c.h.fake.collection(&pdh).unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.edit(|r| {
+        r["mounts"] = json!({
+            "/tmp": {"kind": "tmp"},
+            "/in": {"kind": "collection", "uuid": uuid},
+            "/one.txt": {"kind": "collection", "uuid": uuid, "path": "a.txt"},
+        });
+        r["runtime_constraints"]["keep_cache_ram"] = json!(32 << 20);
+    });
+    let rec = c.run("fuse");
+    let log = c.crunch_log();
+    assert_eq!(rec["state"], "Complete", "{log}");
+    let stdout = strip_timestamps(&c.h.log_text(&c.uuid, "stdout.txt"));
+    assert_eq!(stdout, "alpha\nalpha\n");
+    assert!(
+        log.contains(&format!("collection {uuid} through arv-mount")),
+        "{log}"
+    );
+    assert!(
+        log.contains(" --ram-cache --file-cache 33554432 --mount-by-id by_id "),
+        "{log}"
+    );
 }

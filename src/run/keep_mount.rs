@@ -85,6 +85,12 @@ impl ContainerRun<'_> {
             }
         };
         let mount_point = self.run_dir.join("keep");
+        let argv: Vec<String> = settings
+            .argv(&mount_point)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        self.say(&format!("Starting arv-mount {}", argv.join(" ")));
         let mount = ArvMount::start(&settings, &mount_point, output, arv_mount::READY_TIMEOUT)
             .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
         self.say(&format!("arv-mount is ready at {}", mount_point.display()));
