@@ -26,12 +26,15 @@ slurm:
 fuse:
 	sh tests/scripts/ensure-fuse.sh
 
-# The real Arvados Python SDK, used by tests to read our log collections back, and the real
-# crunchstat-summary, which must read our crunchstat.txt. The stamp depends on this Makefile,
-# so adding a package here installs it into an existing venv.
-PYENV_PACKAGES = arvados-python-client crunchstat-summary
+# The real Arvados Python SDK, used by tests to read our log collections back, the real
+# crunchstat-summary, which must read our crunchstat.txt, and arv-mount (arvados-fuse: the
+# FUSE path of collection mounts; its version pinned with the SDK's, and its arvados-llfuse
+# built against the FUSE headers `fuse` installs). The stamp depends on this Makefile, so
+# adding a package here installs it into an existing venv.
+PYENV_PACKAGES = arvados-python-client==3.2.1 arvados-fuse==3.2.1 crunchstat-summary
 pyenv: .venv/.installed
 .venv/.installed: Makefile
+	sh tests/scripts/ensure-fuse.sh
 	test -x .venv/bin/python || $(PYTHON) -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check $(PYENV_PACKAGES)
 	touch $@
