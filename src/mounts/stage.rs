@@ -2,12 +2,12 @@
 //! directory (`tmp1`, `coll2`, `json3`, `secret4`, …), the binds for docker, the output
 //! directory, the stdio files, and what output capture must know ([`OutputRef`]).
 //!
-//! Collections: without a FUSE mount (arv-mount), a collection's content is *copied* from
-//! Keep onto the host (`collection::fetch`), and read-only mounts are made read-only on the
-//! host as well. Where a read-only collection mount's content comes from is decided in one
-//! place, `Stager::collection_host_path`: the seam where arv-mount will answer with a path
-//! in its mount instead of a copy. Writable collections are copied into the output
-//! directory, or are empty scratch directories.
+//! Collections: where a read-only collection mount's content comes from is decided in one
+//! place, `Stager::collection_host_path`: with an arv-mount ([`stage_with`]'s `fuse`), a
+//! path in its mount (`by_id/<id>/<path>`); without one, a copy from Keep onto the host
+//! (`collection::fetch`, 4 blocks at a time, with progress lines), made read-only, after
+//! checking that it fits on the disk. Writable collections are copied into the output
+//! directory either way (checked the same), or are empty scratch directories.
 
 use std::fs;
 use std::path::{Path, PathBuf};
