@@ -68,14 +68,25 @@ impl ContainerRun<'_> {
         };
         let settings = self.arv_mount_settings(program, container, !by_uuid)?;
         let (api, uuid, say) = (self.api.clone(), self.uuid.clone(), self.sayer());
+        // On a thread of its own: the copier must keep draining arv-mount's stderr (a full
+        // pipe would stall arv-mount, and the container's reads with it) while the API
+        // retries.
         let report = move |pattern: &str, line: &str| {
             let status = json!({"warning": format!("arv-mount: {pattern}"), "warningDetail": line});
             let mut fields = serde_json::Map::new();
             fields.insert("runtime_status".into(), status);
-            if let Err(e) = api.update_container(&uuid, &fields) {
-                say(&format!(
-                    "Warning: cannot record arv-mount's warning in runtime_status: {e}"
-                ));
+            let update = move || {
+                if let Err(e) = api.update_container(&uuid, &fields) {
+                    say(&format!(
+                        "Warning: cannot record arv-mount's warning in runtime_status: {e}"
+                    ));
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("arv-mount-warning".into())
+                .spawn(update)
+            {
+                eprintln!("crunch-run: cannot record arv-mount's warning: {e}");
             }
         };
         let output = |stderr| {
