@@ -446,3 +446,102 @@ fn a_collection_named_by_uuid_through_fuse() {
         "{log}"
     );
 }
+
+// ----- arv-mount's failures, with a stub arv-mount and the fake docker of binstubs/ -----
+
+const STUB_IMAGE: &str = "sha256:d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
+
+/// A fake-docker harness whose PATH has an `arv-mount` running `script`, and a record
+/// with a collection mount.
+fn with_stub_arv_mount(script: &str) -> (Harness, tempfile::TempDir) {
+    let h = Harness::with_fake_docker();
+    let tar: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let pdh = h
+        .fake
+        .add_collection(&[(&format!("{STUB_IMAGE}.tar"), &tar)]);
+    let input = h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
+    let mut rec = record(common::harness::UUID, &pdh, &["true"]);
+    rec["mounts"] = json!({
+        "/tmp": {"kind": "tmp"},
+        "/in": {"kind": "collection", "portable_data_hash": input},
+    });
+    h.fake.add_container(rec);
+    let bin = tempfile::tempdir().unwrap();
+    let stub = bin.path().join("arv-mount");
+    std::fs::write(&stub, format!("#!/bin/sh\n{script}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (h, bin)
+}
+
+fn stub_command(h: &Harness, bin: &tempfile::TempDir) -> std::process::Command {
+    let mut cmd = h.command(common::harness::UUID);
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.arg("--keep-mount=auto")
+        .env("FAKE_DOCKER_LOAD_ID", STUB_IMAGE)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}:{path}",
+                crate_dir().join("binstubs").display(),
+                bin.path().display()
+            ),
+        );
+    cmd
+}
+
+#[test]
+fn an_arv_mount_that_exits_at_start_fails_the_run_with_its_output_logged() {
+    let (h, bin) = with_stub_arv_mount("echo 'fuse: device not found, boom' >&2; exit 3");
+    let out = stub_command(&h, &bin).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = h.fake.container(common::harness::UUID);
+    let log = strip_timestamps(&h.log_text(common::harness::UUID, "crunch-run.txt"));
+    assert_eq!(rec["state"], "Cancelled", "{log}");
+    assert!(
+        log.contains("While setting up mounts: arv-mount exited before its mount was ready (exit status 3); see arv-mount.txt"),
+        "{log}"
+    );
+    let arv = h.log_text(common::harness::UUID, "arv-mount.txt");
+    assert!(arv.contains("fuse: device not found, boom"), "{arv}");
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("run")));
+}
+
+#[test]
+fn a_cancel_while_arv_mount_starts_ends_the_run_at_once_and_kills_it() {
+    let (h, bin) = with_stub_arv_mount("echo $$ > \"$0.pid\"; exec sleep 600");
+    let mut child = stub_command(&h, &bin)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = bin.path().join("arv-mount.pid");
+    assert!(
+        common::harness::wait_for(30, || pid_file.exists()),
+        "arv-mount never started"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let rec = h.fake.container(common::harness::UUID);
+    assert_eq!(rec["state"], "Cancelled");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        common::harness::wait_for(5, || !arv_mount_alive(pid)),
+        "the stub arv-mount outlived the run"
+    );
+}

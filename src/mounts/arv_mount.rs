@@ -293,12 +293,14 @@ impl ExitNote {
 
 impl ArvMount {
     /// Start arv-mount at `mount_point` (created if missing), give its stderr to
-    /// `output`, and wait (at most `timeout`) until the mount answers.
+    /// `output`, and wait (at most `timeout`, and while `cancelled` gives no reason) until
+    /// the mount answers. On failure it is gone (killed if need be) before this returns.
     pub fn start(
         settings: &Settings,
         mount_point: &Path,
         output: impl FnOnce(Box<dyn Read + Send>),
         timeout: Duration,
+        cancelled: &dyn Fn() -> Option<String>,
     ) -> Result<ArvMount, String> {
         fs::create_dir_all(mount_point)
             .map_err(|e| format!("cannot create {}: {e}", mount_point.display()))?;
@@ -342,7 +344,7 @@ impl ArvMount {
             status,
             stopped: AtomicBool::new(false),
         };
-        if let Err(e) = mount.wait_ready(timeout) {
+        if let Err(e) = mount.wait_ready(timeout, cancelled) {
             mount.stop();
             return Err(e);
         }
@@ -350,7 +352,11 @@ impl ArvMount {
     }
 
     /// Poll until the mount point is a mount with `by_id` in it.
-    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+    fn wait_ready(
+        &self,
+        timeout: Duration,
+        cancelled: &dyn Fn() -> Option<String>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let parent_dev = self
             .mount_point
@@ -371,6 +377,9 @@ impl ArvMount {
                         self.exit_description()
                     ));
                 }
+            }
+            if let Some(reason) = cancelled() {
+                return Err(format!("cancelled while arv-mount was starting: {reason}"));
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -413,7 +422,12 @@ impl ArvMount {
             return Vec::new();
         }
         let mut problems = Vec::new();
-        if self.exited.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected) {
+        let running = self.exited.try_recv() != Err(crossbeam_channel::TryRecvError::Disconnected);
+        if running && !is_mounted(&self.mount_point) {
+            // It never mounted (a failed or cancelled start): nothing to wait for.
+            self.killer.kill();
+            let _ = self.exited.recv_timeout(EXIT_PATIENCE);
+        } else if running {
             if let Err(e) = unmount(&self.mount_point) {
                 problems.push(format!(
                     "unmounting {} failed: {e}",

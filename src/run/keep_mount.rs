@@ -102,8 +102,22 @@ impl ContainerRun<'_> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         self.say(&format!("Starting arv-mount {}", argv.join(" ")));
-        let mount = ArvMount::start(&settings, &mount_point, output, arv_mount::READY_TIMEOUT)
-            .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
+        let cancel = self.cancel.clone();
+        let cancelled = move || cancel.reason();
+        let started = ArvMount::start(
+            &settings,
+            &mount_point,
+            output,
+            arv_mount::READY_TIMEOUT,
+            &cancelled,
+        );
+        let mount = started.map_err(|e| match self.cancel.reason() {
+            Some(reason) => Outcome::Cancelled {
+                reason,
+                exit_code: None,
+            },
+            None => Outcome::failed(format!("While setting up mounts: {e}")),
+        })?;
         self.say(&format!("arv-mount is ready at {}", mount_point.display()));
         self.report_process("arv-mount", mount.pid());
         self.arv_mount = Some(mount);
