@@ -67,28 +67,7 @@ impl ContainerRun<'_> {
             return Ok(None);
         };
         let settings = self.arv_mount_settings(program, container, !by_uuid)?;
-        let (api, uuid, say) = (self.api.clone(), self.uuid.clone(), self.sayer());
-        // On a thread of its own: the copier must keep draining arv-mount's stderr (a full
-        // pipe would stall arv-mount, and the container's reads with it) while the API
-        // retries.
-        let report = move |pattern: &str, line: &str| {
-            let status = json!({"warning": format!("arv-mount: {pattern}"), "warningDetail": line});
-            let mut fields = serde_json::Map::new();
-            fields.insert("runtime_status".into(), status);
-            let update = move || {
-                if let Err(e) = api.update_container(&uuid, &fields) {
-                    say(&format!(
-                        "Warning: cannot record arv-mount's warning in runtime_status: {e}"
-                    ));
-                }
-            };
-            if let Err(e) = std::thread::Builder::new()
-                .name("arv-mount-warning".into())
-                .spawn(update)
-            {
-                eprintln!("crunch-run: cannot record arv-mount's warning: {e}");
-            }
-        };
+        let report = self.warning_reporter();
         let output = |stderr| {
             let scanned = Box::new(WarningScan::new(stderr, report));
             if let Err(e) = pipeline.spawn_copier("arv-mount", scanned) {
@@ -122,6 +101,32 @@ impl ContainerRun<'_> {
         self.report_process("arv-mount", mount.pid());
         self.arv_mount = Some(mount);
         Ok(Some(mount_point))
+    }
+
+    /// What records arv-mount's first known warning in `runtime_status`.
+    fn warning_reporter(&self) -> impl FnOnce(&str, &str) + Send + 'static {
+        let (api, uuid, say) = (self.api.clone(), self.uuid.clone(), self.sayer());
+        // On a thread of its own: the copier must keep draining arv-mount's stderr (a full
+        // pipe would stall arv-mount, and the container's reads with it) while the API
+        // retries.
+        move |pattern: &str, line: &str| {
+            let status = json!({"warning": format!("arv-mount: {pattern}"), "warningDetail": line});
+            let mut fields = serde_json::Map::new();
+            fields.insert("runtime_status".into(), status);
+            let update = move || {
+                if let Err(e) = api.update_container(&uuid, &fields) {
+                    say(&format!(
+                        "Warning: cannot record arv-mount's warning in runtime_status: {e}"
+                    ));
+                }
+            };
+            if let Err(e) = std::thread::Builder::new()
+                .name("arv-mount-warning".into())
+                .spawn(update)
+            {
+                eprintln!("crunch-run: cannot record arv-mount's warning: {e}");
+            }
+        }
     }
 
     fn arv_mount_settings(
