@@ -3,7 +3,7 @@
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release engine slurm pyenv demo test lint bench clean
+.PHONY: all build release engine slurm fuse pyenv demo test lint bench clean
 
 all: build
 
@@ -21,12 +21,20 @@ engine:
 slurm:
 	sh tests/scripts/ensure-slurm.sh
 
-# The real Arvados Python SDK, used by tests to read our log collections back, and the real
-# crunchstat-summary, which must read our crunchstat.txt. The stamp depends on this Makefile,
-# so adding a package here installs it into an existing venv.
-PYENV_PACKAGES = arvados-python-client crunchstat-summary
+# FUSE for arv-mount: Debian's fuse3 and the headers arvados-llfuse builds against, and a
+# usable /dev/fuse (installs the packages if needed).
+fuse:
+	sh tests/scripts/ensure-fuse.sh
+
+# The real Arvados Python SDK, used by tests to read our log collections back, the real
+# crunchstat-summary, which must read our crunchstat.txt, and arv-mount (arvados-fuse: the
+# FUSE path of collection mounts; its version pinned with the SDK's, and its arvados-llfuse
+# built against the FUSE headers `fuse` installs). The stamp depends on this Makefile, so
+# adding a package here installs it into an existing venv.
+PYENV_PACKAGES = arvados-python-client==3.2.1 arvados-fuse==3.2.1 crunchstat-summary
 pyenv: .venv/.installed
 .venv/.installed: Makefile
+	sh tests/scripts/ensure-fuse.sh
 	test -x .venv/bin/python || $(PYTHON) -m venv .venv
 	.venv/bin/pip install --quiet --disable-pip-version-check $(PYENV_PACKAGES)
 	touch $@
@@ -40,7 +48,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Everything: unit, component (fake docker + fake API/Keep), real-engine and Slurm tests.
-test: engine slurm pyenv lint
+test: engine slurm fuse pyenv lint
 	$(CARGO) test -- --test-threads=4
 
 bench: engine release

@@ -17,14 +17,21 @@
 (h) loading a 150 MB image into the engine: crunch-run streaming it from Keep (the fake,
     over HTTPS, and the local store) into `docker load`, against `docker load -i` of the
     same tar on local disk;
+(j) inputs: a 1 GB input collection from the fake API + Keep, through arv-mount (FUSE)
+    against staging: time from the record going Running (and from crunch-run's start:
+    staging comes before Running) to the container's first instruction, and with an empty
+    collection mounted through FUSE, for scale; reading it all in the
+    container, against `cp` of the same bytes on the host; crunch-run's and arv-mount's
+    peak RSS (BENCH_INPUT_MB, default 1000; BENCH_INPUT_ROUNDS, default 3).
 (i) crunchstat: the CPU cost of one sample of a container's, crunch-run's own and the
     host's cgroups (bench/crunchstat_cost.rs), and `echo hello` with crunchstat and
     hoststat on (the default 10s interval) against off (-crunchstat-interval=0).
 
 Sections can run alone: `bench.py api image`, or BENCH_SECTIONS=api,image (BENCH_ONLY is
-the same), names: hello, floods, mounts, capture, api, image, crunchstat; capture needs no Docker
+the same), names: hello, floods, mounts, capture, api, image, crunchstat, inputs; capture needs no Docker
 engine. Figures are printed, never asserted: the machines are shared and noisy.
 """
+import calendar
 import json
 import os
 import resource
@@ -43,7 +50,7 @@ UUID = "zzzzz-dz642-0000000000bench"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "11"))
 IMAGE_ROUNDS = int(os.environ.get("BENCH_IMAGE_ROUNDS", "3"))
 IMAGE_MB = int(os.environ.get("BENCH_IMAGE_MB", "150"))
-SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image", "crunchstat")
+SECTIONS = ("hello", "floods", "mounts", "capture", "api", "image", "crunchstat", "inputs")
 # Another build to measure (e.g. the one before a change), instead of target/release's.
 CRUNCH_RUN = os.environ.get("BENCH_CRUNCH_RUN") or os.path.join(BIN, "crunch-run")
 FLOOD_ROUNDS = int(os.environ.get("BENCH_FLOOD_ROUNDS", "3"))
@@ -180,13 +187,15 @@ def main():
         crunchstat_bench(store, spool, pdh, image)
     if "capture" in sections:
         capture_bench()
-    if "api" in sections or "image" in sections:
+    if "api" in sections or "image" in sections or "inputs" in sections:
         fake = FakeArvados()
         try:
             if "api" in sections:
                 api_bench(fake, image, spool, work)
             if "image" in sections:
                 image_bench(fake, store, spool, work)
+            if "inputs" in sections:
+                inputs_bench(fake, image, spool, work)
         finally:
             fake.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -567,6 +576,116 @@ def image_bench(fake, store, spool, work):
         t = statistics.median(times)
         print("    crunch-run streaming it from %s into docker load: %.2f s (%.0f MB/s), throughput ratio %.2f (target >= 0.95)"
               % (what, t, size / t, p / t))
+
+
+def uptime():
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def rfc3339(stamp):
+    """Seconds since the epoch of `2026-12-03T20:31:19.898357849Z`."""
+    secs, _, frac = stamp.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(secs, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+
+
+def inputs_run(fake, spool, env, uuid, pdh, input_pdh, how, command, work):
+    """One run with `input_pdh` at /in through `how` (fuse, stage); the container prints
+    /proc/uptime (host-wide, not namespaced) before and after `command`. Returns (start:
+    Running → first instruction, s; command's time in the container, s; staging's time,
+    s; crunch-run's peak RSS; arv-mount's peak RSS; crunch-run's start → first instruction, s)."""
+    script = "cat /proc/uptime; %s; cat /proc/uptime" % command
+    fake.call("add_container", record={
+        "uuid": uuid, "state": "Locked", "command": ["sh", "-c", script], "container_image": pdh,
+        "cwd": ".", "environment": {}, "output_path": "/out", "priority": 1,
+        "mounts": {"/out": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": input_pdh}},
+        "runtime_constraints": {"ram": 512 << 20, "vcpus": 1}})
+    offset = time.time() - uptime()
+    err_path = os.path.join(work, "crunch-run.stderr")
+    arv_peak, done = [0], threading.Event()
+
+    def sample_arv_mount():
+        while not done.wait(0.05):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        argv = f.read().split(b"\0")
+                    if not any(a.endswith(b"arv-mount") for a in argv) or not any(spool.encode() in a for a in argv):
+                        continue
+                    with open("/proc/%s/status" % pid) as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                arv_peak[0] = max(arv_peak[0], int(line.split()[1]) * 1024)
+                except (FileNotFoundError, ProcessLookupError, ValueError):
+                    pass
+
+    sampler = threading.Thread(target=sample_arv_mount)
+    sampler.start()
+    launched = time.time()
+    with open(err_path, "w") as err:
+        _, peak, rc = run_crunch(None, spool, env, uuid, stderr=err, flags=["--keep-mount=" + how])
+    done.set()
+    sampler.join()
+    fake.check_complete(uuid, rc, "the inputs bench (%s)" % how)
+    rec = fake.call("container", uuid=uuid)
+    stdout = fake.call("read_file", id=rec["log"], path="stdout.txt")["text"].splitlines()
+    marks = [float(l.split(" ", 1)[1].split()[0]) + offset for l in stdout]
+    start = marks[0] - rfc3339(rec["started_at"])
+    with open(err_path) as f:
+        lines = f.read().splitlines()
+    chose = [log_time(l) for l in lines if "Collection mounts: " in l]
+    copied = [log_time(l) for l in lines if "mount /in: copied" in l]
+    staging = copied[0] - chose[0] if chose and copied else 0.0
+    return start, marks[1] - marks[0], staging, peak, arv_peak[0], marks[0] - launched
+
+
+def inputs_bench(fake, image, spool, work):
+    """(j) a 1 GB input through FUSE and through staging (see the module's docstring)."""
+    mb = int(os.environ.get("BENCH_INPUT_MB", "1000"))
+    rounds = int(os.environ.get("BENCH_INPUT_ROUNDS", "3"))
+    tar = os.path.join(work, "inputs-image.tar")
+    sh("docker", "save", "-o", tar, image)
+    pdh = fake.call("add_collection", files=[[image + ".tar", tar]])["pdh"]
+    os.unlink(tar)
+    big = os.path.join(work, "input.bin")
+    with open(big, "wb") as f:
+        for _ in range(mb):
+            f.write(os.urandom(1000 * 1000))
+    input_pdh = fake.call("add_collection", files=[["input.bin", big]])["pdh"]
+    empty = os.path.join(work, "empty")
+    open(empty, "w").close()
+    empty_pdh = fake.call("add_collection", files=[["empty", empty]])["pdh"]
+    venv = os.path.join(TOP, ".venv", "bin")
+    if not os.path.exists(os.path.join(venv, "arv-mount")):
+        sys.exit("no arv-mount in %s: run `make pyenv`" % venv)
+    env = dict(fake.env(), PATH=venv + ":" + os.environ["PATH"])
+    cp = statistics.median(timed_cp(big, big + ".copy") for _ in range(rounds))
+    fig = {k: [] for k in ("empty", "fuse_start", "stage_start", "fuse_read", "stage_read",
+                           "staging", "fuse_rss", "stage_rss", "arv_rss", "empty_all", "fuse_all", "stage_all")}
+    for n in range(rounds):
+        u = lambda k: "zzzzz-dz642-in%d%012d" % (k, n)
+        s, _, _, _, _, a = inputs_run(fake, spool, env, u(1), pdh, empty_pdh, "fuse", "true", work)
+        fig["empty"].append(s); fig["empty_all"].append(a)
+        s, r, _, peak, arv, a = inputs_run(fake, spool, env, u(2), pdh, input_pdh, "fuse", "cat /in/input.bin >/dev/null", work)
+        fig["fuse_start"].append(s); fig["fuse_read"].append(r); fig["fuse_rss"].append(peak); fig["arv_rss"].append(arv)
+        fig["fuse_all"].append(a)
+        s, r, st, peak, _, a = inputs_run(fake, spool, env, u(3), pdh, input_pdh, "stage", "cat /in/input.bin >/dev/null", work)
+        fig["stage_start"].append(s); fig["stage_read"].append(r); fig["staging"].append(st); fig["stage_rss"].append(peak)
+        fig["stage_all"].append(a)
+    m = {k: statistics.median(v) for k, v in fig.items()}
+    size = mb / 1000.0
+    stage_total = m["staging"] + m["stage_read"]
+    print("(j) a %.1f GB input collection from the fake Keep, median of %d:" % (size, rounds))
+    print("    Running -> first instruction: FUSE %.2f s, an empty collection through FUSE %.2f s (difference %+.2f s, target <= 0.2 s); staging %.2f s (staging alone %.2f s)"
+          % (m["fuse_start"], m["empty"], m["fuse_start"] - m["empty"], m["stage_start"], m["staging"]))
+    print("    (staging happens before the Running update, as in Go) crunch-run's start -> first instruction: FUSE %.2f s, empty collection %.2f s, staging %.2f s"
+          % (m["fuse_all"], m["empty_all"], m["stage_all"]))
+    print("    reading it all: through FUSE %.2f s (%.0f MB/s); staged: copy %.2f s + read %.2f s = %.2f s (%.0f MB/s); FUSE/staging speed %.2f (target >= 0.5)"
+          % (m["fuse_read"], mb / m["fuse_read"], m["staging"], m["stage_read"], stage_total, mb / stage_total, stage_total / m["fuse_read"]))
+    print("    staging's copy against cp of the same bytes on the host (%.2f s): %.2fx (target <= 1.5x)" % (cp, m["staging"] / cp))
+    print("    peak RSS: crunch-run %.1f MiB with FUSE (arv-mount %.1f MiB), %.1f MiB staging"
+          % (m["fuse_rss"] / 2**20, m["arv_rss"] / 2**20, m["stage_rss"] / 2**20))
+    os.unlink(big)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 //!   {"op": "add_collection", "files": [[name, host path], …]}   → {"pdh": …}
 //!   {"op": "add_container", "record": {…}}         (defaults as the tests')
 //!   {"op": "container", "uuid": …}                 → the record
+//!   {"op": "read_file", "id": pdh, "path": …}      → {"text": …} (lossy UTF-8)
 //!   {"op": "timeline"}   → the requests since the last one, with their times, the
 //!                          connections, the critical path (fake_timing.rs); then forgets
 //!
@@ -95,6 +96,15 @@ fn run(fake: &FakeArvados, command: &Value) -> Result<Value, String> {
         "container" => {
             let uuid = command["uuid"].as_str().ok_or("container needs uuid")?;
             Ok(fake.container(uuid))
+        }
+        "read_file" => {
+            let (Some(id), Some(path)) = (command["id"].as_str(), command["path"].as_str()) else {
+                return Err("read_file needs id and path".into());
+            };
+            let data = fake
+                .read_file(id, path)
+                .ok_or(format!("no {path} in {id}"))?;
+            Ok(json!({"text": String::from_utf8_lossy(&data)}))
         }
         "timeline" => {
             let log = fake.timeline();

@@ -27,7 +27,7 @@ mod flags;
 mod node;
 mod progress;
 mod wrap_up;
-pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags};
+pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags, KeepMount};
 pub use node::{BROKEN_FILE, NodeFlags, NodeSetup, PRICES_FILE};
 pub use wrap_up::{WrapUpFlags, WrapUpLimits};
 
@@ -99,6 +99,13 @@ pub struct Args {
     /// crunchstat.txt and hoststat.txt (Go's syntax: "10s", "1m30s"). "0s" turns both off.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub crunchstat_interval: std::time::Duration,
+
+    /// How collection mounts reach the container: "fuse" through one arv-mount per run
+    /// (read lazily), "stage" copied from Keep onto the host before the start, "auto"
+    /// FUSE when arv-mount is on PATH and /dev/fuse can be opened, else staging.
+    #[arg(long, value_enum, default_value_t = KeepMount::Auto, value_name = "HOW")]
+    pub keep_mount: KeepMount,
+
     /// CA bundle to trust in addition to the system roots (same as SSL_CERT_FILE).
     #[arg(long, value_name = "FILE")]
     pub ca_certs: Option<PathBuf>,
@@ -176,6 +183,8 @@ pub struct Config {
     pub log_updates: LogUpdates,
     /// How often crunchstat and hoststat report; None: neither runs.
     pub crunchstat_interval: Option<std::time::Duration>,
+    /// How collection mounts reach the container (`--keep-mount`).
+    pub keep_mount: KeepMount,
     /// The GPUs a scheduler assigned to this run (CUDA_VISIBLE_DEVICES), when it did; else
     /// the engine picks as many as the record asks for.
     pub gpu_devices: Option<Vec<String>>,
@@ -401,6 +410,7 @@ impl Config {
             },
             crunchstat_interval: Some(args.crunchstat_interval)
                 .filter(|interval| !interval.is_zero()),
+            keep_mount: args.keep_mount,
             gpu_devices: gpu_devices(env),
             docker: DockerCli {
                 program: "docker".into(),
@@ -637,6 +647,19 @@ mod tests {
             config(&[&local[..], &["--docker-watchdog-interval", "0s", UUID]].concat()),
             None
         );
+    }
+
+    #[test]
+    fn keep_mount_defaults_to_auto() {
+        let keep_mount = |args: &[&str]| {
+            let local = ["--local-store", "/tmp/x", UUID];
+            Config::from_args(&parse(&[args, &local[..]].concat()), &env(&[]))
+                .unwrap()
+                .keep_mount
+        };
+        assert_eq!(keep_mount(&[]), KeepMount::Auto);
+        assert_eq!(keep_mount(&["--keep-mount", "stage"]), KeepMount::Stage);
+        assert_eq!(keep_mount(&["-keep-mount=fuse"]), KeepMount::Fuse);
     }
 
     #[test]

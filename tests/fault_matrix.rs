@@ -69,11 +69,7 @@ fn expected(row: Row, fault: Fault) -> Expect {
         Row::KeepGets => ("Cancelled", true, "image"),
         // Not the container's fault (issue 8): back to the queue through the unlock, which
         // is another endpoint than the failing PUT.
-        Row::RunningUpdate => (
-            "Queued",
-            true,
-            "cannot set the container record to Running",
-        ),
+        Row::RunningUpdate => ("Queued", true, "cannot set the container record to Running"),
         Row::LogsPosts => ("Complete", true, ""),
         Row::BlockPuts => ("Cancelled", true, "capturing the output failed"),
         Row::CollectionCreate => ("Cancelled", true, "saving the output collection failed"),

@@ -56,6 +56,10 @@ pub struct RuntimeConstraints {
     pub vcpus: Option<f64>,
     /// GPUs asked for: `gpu.device_count`, or the legacy `cuda.device_count`.
     pub gpu_count: u32,
+    /// arv-mount's block cache in RAM (`--ram-cache --file-cache`), bytes.
+    pub keep_cache_ram: Option<u64>,
+    /// arv-mount's block cache on disk (`--disk-cache --file-cache`), bytes; wins over RAM.
+    pub keep_cache_disk: Option<u64>,
 }
 
 /// A validated container record.
@@ -216,6 +220,14 @@ fn runtime_constraints(value: Option<&Value>) -> Result<RuntimeConstraints, Reco
             .filter_map(|k| rc.get(*k)?.get("device_count")?.as_u64())
             .find(|n| *n > 0)
             .map_or(0, |n| n.min(u32::MAX as u64) as u32),
+        keep_cache_ram: rc
+            .get("keep_cache_ram")
+            .and_then(Value::as_u64)
+            .filter(|b| *b > 0),
+        keep_cache_disk: rc
+            .get("keep_cache_disk")
+            .and_then(Value::as_u64)
+            .filter(|b| *b > 0),
     })
 }
 

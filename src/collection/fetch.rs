@@ -2,7 +2,7 @@
 //! ([`CollectionReader::write_selection`], for staging mounts). One file into a stream is
 //! `stream.rs`'s.
 //!
-//! Each distinct block is fetched once and its byte ranges written straight into every file
+//! Each distinct block is fetched once (up to [`FETCH_PARALLEL`] at a time) and its byte ranges written straight into every file
 //! that uses it, never a whole block in memory; each block's size and md5 are checked
 //! against its locator on the way. Which files to read is `select.rs`'s job,
 //! and what the files are for (modes, binds, output) is the caller's.
@@ -16,13 +16,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use md5::{Digest, Md5};
 
 use super::CollectionError;
 use super::select::{Selection, select};
 use crate::arvados::manifest::{Locator, Manifest, ManifestFile, hex};
+use crate::progress::Progress;
 use crate::store::{ApiStore, BlockStore};
 use crate::writeback::start_writeback;
+
+/// How many blocks a staging fetches at once.
+pub const FETCH_PARALLEL: usize = 4;
 
 /// Fetch and parse the manifest of collection `id` (a PDH or a UUID).
 pub fn read_manifest(api: &dyn ApiStore, id: &str) -> Result<Manifest, CollectionError> {
@@ -78,6 +85,17 @@ impl<'a> CollectionReader<'a> {
         sel: &Selection,
         dest: &Path,
     ) -> Result<Written, CollectionError> {
+        self.write_selection_counted(sel, dest, None)
+    }
+
+    /// [`write_selection`](Self::write_selection), fetching up to `FETCH_PARALLEL` blocks
+    /// at once and counting the bytes in `progress`.
+    pub fn write_selection_counted(
+        &self,
+        sel: &Selection,
+        dest: &Path,
+        progress: Option<&Progress>,
+    ) -> Result<Written, CollectionError> {
         let dirs = sel
             .dirs
             .iter()
@@ -103,17 +121,56 @@ impl<'a> CollectionReader<'a> {
             File::create(host).map_err(io_err(format!("create {}", host.display())))?;
         }
         let jobs = block_jobs(&sel.files)?;
-        for job in &jobs {
-            self.fetch_block(job, &hosts)?;
-        }
+        self.fetch_blocks(&jobs, &hosts, progress)?;
         Ok(Written {
             hosts,
             blocks: jobs.len(),
         })
     }
 
+    /// Fetch every block, `FETCH_PARALLEL` at a time; the first error stops the others
+    /// from starting another block, and is returned.
+    fn fetch_blocks(
+        &self,
+        jobs: &[BlockJob],
+        hosts: &[PathBuf],
+        progress: Option<&Progress>,
+    ) -> Result<(), CollectionError> {
+        let next = AtomicUsize::new(0);
+        let failed: Mutex<Option<CollectionError>> = Mutex::new(None);
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { return };
+                if let Err(e) = self.fetch_block(job, hosts, progress) {
+                    next.store(jobs.len(), Ordering::Relaxed);
+                    failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                    return;
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..FETCH_PARALLEL.min(jobs.len()) {
+                s.spawn(work);
+            }
+            work();
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Fetch one block once and write each of its pieces into its file.
-    fn fetch_block(&self, job: &BlockJob, hosts: &[PathBuf]) -> Result<(), CollectionError> {
+    fn fetch_block(
+        &self,
+        job: &BlockJob,
+        hosts: &[PathBuf],
+        progress: Option<&Progress>,
+    ) -> Result<(), CollectionError> {
         let mut files: HashMap<usize, File> = HashMap::new();
         for piece in &job.pieces {
             if let Entry::Vacant(slot) = files.entry(piece.file) {
@@ -130,6 +187,7 @@ impl<'a> CollectionReader<'a> {
             files: &files,
             pos: 0,
             md5: Md5::new(),
+            progress,
         };
         self.blocks
             .get_block(&job.token, &mut out)
@@ -249,6 +307,7 @@ struct FanOut<'a> {
     /// Position in the block of the next byte.
     pos: u64,
     md5: Md5,
+    progress: Option<&'a Progress<'a>>,
 }
 
 impl Write for FanOut<'_> {
@@ -268,6 +327,9 @@ impl Write for FanOut<'_> {
         }
         self.md5.update(buf);
         self.pos = end;
+        if let Some(progress) = self.progress {
+            progress.advance(buf.len() as u64);
+        }
         Ok(buf.len())
     }
 
@@ -309,5 +371,90 @@ mod tests {
             assert!(matches!(err, CollectionError::BadPath { .. }), "{err}");
             assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
         }
+    }
+
+    /// Counts the fetches under way, and the most at once.
+    struct Slow {
+        inner: MemoryStore,
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl BlockStore for Slow {
+        fn put_block(
+            &self,
+            hash: &str,
+            size: u64,
+            body: &crate::store::BlockSource<'_>,
+        ) -> Result<String, crate::store::StoreError> {
+            self.inner.put_block(hash, size, body)
+        }
+
+        fn get_block(
+            &self,
+            locator: &str,
+            out: &mut dyn Write,
+        ) -> Result<u64, crate::store::StoreError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let got = self.inner.get_block(locator, out);
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            got
+        }
+    }
+
+    #[test]
+    fn blocks_are_fetched_four_at_a_time_and_counted() {
+        let inner = MemoryStore::new();
+        let mut files = Vec::new();
+        for i in 0..10u8 {
+            let data = vec![i; 1000];
+            let loc = inner.put(&data);
+            files.push(ManifestFile {
+                path: format!("f{i}").into_bytes(),
+                size: 1000,
+                ranges: vec![crate::arvados::manifest::BlockRange {
+                    locator: loc,
+                    offset: 0,
+                    len: 1000,
+                }],
+            });
+        }
+        let sel = Selection {
+            files,
+            ..Selection::default()
+        };
+        let slow = Slow {
+            inner,
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let said = Mutex::new(Vec::new());
+        let cadence = crate::progress::Cadence {
+            first: std::time::Duration::ZERO,
+            every: std::time::Duration::from_secs(3600),
+        };
+        let progress = Progress::new("staging", Some(10_000), cadence, |l: &str| {
+            said.lock().unwrap().push(l.to_string())
+        });
+        let reader = CollectionReader::new(&slow.inner, &slow);
+        let written = reader
+            .write_selection_counted(&sel, &tmp.path().join("d"), Some(&progress))
+            .unwrap();
+        assert_eq!(written.blocks, 10);
+        assert_eq!(slow.most.load(Ordering::SeqCst), FETCH_PARALLEL);
+        assert_eq!(progress.done(), 10_000);
+        assert_eq!(fs::read(tmp.path().join("d/f7")).unwrap(), vec![7u8; 1000]);
+        progress.finish();
+        drop(progress);
+        let said = said.into_inner().unwrap();
+        assert!(
+            said.last()
+                .unwrap()
+                .starts_with("staging: 9.8 KiB of 9.8 KiB (100%)"),
+            "{said:?}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! output (capture by reference): which part of a collection a path names (`select.rs`), and
 //! getting its bytes out of the block store ([`fetch`]).
 //!
-//! Writing collections is output capture's and the log pipeline's job. A later arv-mount
-//! (FUSE) path will serve the same selections from a mount instead of copying them.
+//! Writing collections is output capture's and the log pipeline's job. With arv-mount (FUSE,
+//! mounts/arv_mount.rs) the same selections are served from its mount, not copied.
 
 pub mod fetch;
 pub mod select;

@@ -122,6 +122,14 @@ impl ContainerSetup {
     }
 }
 
+/// `--keep-mount`: how collection mounts reach the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeepMount {
+    Auto,
+    Fuse,
+    Stage,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,13 +18,14 @@
 //! §5.2); where we are stricter (unknown kinds, `keep`, `file` outside stdout/stderr,
 //! read-only collections without an id) the message says what is wrong and with which mount.
 
+pub mod arv_mount;
 mod files;
 mod parse;
 mod stage;
 
 pub use files::remove_staged;
 pub use parse::parse_mounts;
-pub use stage::stage;
+pub use stage::{stage, stage_with};
 
 use std::io;
 use std::path::PathBuf;

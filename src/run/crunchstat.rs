@@ -100,7 +100,6 @@ impl ContainerRun<'_> {
 
     /// Report `name`'s resident set in hoststat's `procmem` lines from now on (Go's
     /// `ReportPID`): for arv-mount, or any helper process crunch-run starts.
-    #[allow(dead_code)] // arv-mount (issue 9) is its first caller
     pub(super) fn report_process(&self, name: &str, pid: u32) {
         if let Some(hoststat) = &self.stats.hoststat {
             hoststat.report_process(name, pid);

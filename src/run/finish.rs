@@ -105,6 +105,8 @@ impl ContainerRun<'_> {
     pub(super) fn finish(mut self, outcome: Outcome, output: Output, pipeline: LogPipeline) -> i32 {
         self.begin_wrap_up();
         let cleanup = self.cleanup_done.take();
+        // Whatever happened, no FUSE mount outlives the run (nor blocks the spool's removal).
+        self.stop_arv_mount();
         // No container was run: the guard has nothing to watch.
         if let Some(Err(e)) = self.guard.take().map(Guard::release) {
             self.say(&format!("Warning: releasing the guard process failed: {e}"));

@@ -27,6 +27,7 @@ use crate::logging::pipeline::{CrunchLog, LogPipeline, LogPipelineConfig};
 use crate::logging::spool::DEFAULT_BLOCK_SIZE;
 use crate::logging::timestamp::SystemClock;
 use crate::mounts::StagedMounts;
+use crate::mounts::arv_mount::ArvMount;
 use crate::progress::Progress;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
@@ -38,6 +39,7 @@ mod deadline;
 mod engine;
 mod exit;
 mod finish;
+mod keep_mount;
 mod node_files;
 mod node_signals;
 mod outcome;
@@ -194,6 +196,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         access: None,
         early_access: Some(early_access),
         staged: None,
+        arv_mount: None,
         guard: None,
         cgroup_parent: None,
         cleanup: None,
@@ -286,6 +289,8 @@ struct ContainerRun<'a> {
     early_access: Option<prepare::AccessFetch>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,
+    /// The arv-mount serving the collection mounts (FUSE path), if any.
+    arv_mount: Option<ArvMount>,
     /// Removes the docker container if crunch-run dies; started early so that its
     /// start-up does not compete with the container's.
     guard: Option<Guard>,
@@ -382,7 +387,7 @@ impl ContainerRun<'_> {
             self.say(&format!("Executing on host '{host}'"));
         }
         let node_info = self.gather_node_info();
-        let prepared = match self.prepare(record) {
+        let prepared = match self.prepare(record, pipeline) {
             Ok(prepared) => prepared,
             Err(outcome) => return (outcome, Output::Settled(Saved::Nothing)),
         };

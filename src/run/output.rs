@@ -34,6 +34,7 @@ impl ContainerRun<'_> {
             }
             self.save_output(container, outcome)
         });
+        self.stop_arv_mount();
         if let Err(e) = mounts::remove_staged(&self.mounts_dir()) {
             self.say(&format!("Warning: removing the staged mounts failed: {e}"));
         }

@@ -3,7 +3,7 @@
 //! on the host. A failure here ends the run before any user code ran, with its reason.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::arvados::container::{Container, State, raw_state};
 use crate::image::{ImageTar, find_image_tar, stream_image};
+use crate::logging::pipeline::LogPipeline;
 use crate::mounts::{self, MountPlan};
 use crate::progress::CountingWriter;
 use crate::redact::Secrets;
@@ -167,7 +168,7 @@ impl ContainerRun<'_> {
     /// The steps before Running, in order: check the record; gather what it names (token,
     /// secret mounts, image); plan the mounts; get the image into the engine; stage the
     /// mounts. A cancel is looked for between the steps that take long.
-    pub(super) fn prepare(&mut self, record: &Value) -> Step<Prepared> {
+    pub(super) fn prepare(&mut self, record: &Value, pipeline: &LogPipeline) -> Step<Prepared> {
         let container = Container::from_json(record).map_err(|e| Outcome::failed(e.to_string()))?;
         let gathered = self.gather(&container)?;
         let plan = self.plan_mounts(&container, &gathered.secret_mounts)?;
@@ -180,7 +181,8 @@ impl ContainerRun<'_> {
         }
         self.check_cancel()?;
         if let Some(plan) = plan {
-            self.stage_mounts(&plan)?;
+            let fuse = self.start_keep_mount(&container, &plan, pipeline)?;
+            self.stage_mounts(&plan, fuse.as_deref())?;
         }
         self.check_cancel()?;
         // Keep must work before the record goes Running: the logs are saved there.
@@ -254,10 +256,11 @@ impl ContainerRun<'_> {
     }
 
     /// Lay the planned mounts out on the host, read as the container.
-    fn stage_mounts(&mut self, plan: &MountPlan) -> Step<()> {
+    /// Read-only collections come from the arv-mount at `fuse`, if there is one.
+    fn stage_mounts(&mut self, plan: &MountPlan, fuse: Option<&Path>) -> Step<()> {
         let (api, blocks) = self.container_stores();
-        let say = |line: &str| self.say(line);
-        let staged = mounts::stage(plan, &*api, &*blocks, &self.mounts_dir(), &say)
+        let say = self.sayer();
+        let staged = mounts::stage_with(plan, &*api, &*blocks, &self.mounts_dir(), fuse, &say)
             .map_err(|e| Outcome::failed(format!("While setting up mounts: {e}")))?;
         for secret in &staged.secrets {
             self.secrets.add(secret);

@@ -225,6 +225,7 @@ impl ContainerRun<'_> {
             });
         }
         self.watch_container(&mut supervisor, pipeline);
+        self.watch_arv_mount(&mut supervisor);
         supervisor
     }
 }

@@ -46,6 +46,7 @@ pub(super) fn config(spool_dir: &Path) -> Config {
             bytes: 0,
         },
         crunchstat_interval: None,
+        keep_mount: crate::config::KeepMount::Stage,
         gpu_devices: None,
         docker: Default::default(),
         container: Default::default(),
