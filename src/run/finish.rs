@@ -42,6 +42,28 @@ pub(super) fn finish_without_logs(
     }
 }
 
+/// A record crunch-run cannot read (issue 10) is the record's own fault: cancel it with
+/// the reason, before any log exists.
+pub(super) fn cancel_unreadable(
+    api: &dyn ApiStore,
+    uuid: &str,
+    progress: RecordProgress,
+    reason: &str,
+) -> i32 {
+    let nothing = WrapUp {
+        output: Saved::Nothing,
+        log: Saved::Nothing,
+    };
+    let fields = final_update(&Outcome::failed(reason), progress, &nothing);
+    match api.update_container(uuid, &fields) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("crunch-run: {uuid}: final update failed: {e}");
+            1
+        }
+    }
+}
+
 /// Removing the docker container (and in a Slurm job the cgroups docker made for it) and
 /// releasing the guard: done on a thread of its own while the logs are saved, and waited
 /// for before crunch-run exits.

@@ -52,7 +52,7 @@ mod supervisor;
 pub use cancel::{CancelAction, CancelFlag, watch_signals};
 use crunchstat::ResourceStats;
 pub use engine::{Client, Engine, KillClient};
-use finish::{Cleanup, finish_without_logs};
+use finish::{Cleanup, cancel_unreadable, finish_without_logs};
 use node_signals::{NodeSignals, RunCost};
 pub use outcome::{
     FinalState, Outcome, Permitted, RecordProgress, Saved, WrapUp, add_cost, exit_code_update,
@@ -163,7 +163,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
                 legacy_api: state == State::Queued,
                 running: false,
             };
-            return finish_without_logs(&*api, uuid, progress, &reason);
+            return cancel_unreadable(&*api, uuid, progress, &reason);
         }
         prepare::Fetched::Leave => return 1,
     };
