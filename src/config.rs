@@ -24,10 +24,12 @@ use crate::slurm::{ContainerCgroups, SlurmJob};
 use progress::progress_cadence;
 
 mod flags;
+mod go_flags;
 mod node;
 mod progress;
 mod wrap_up;
 pub use flags::{ContainerFlags, ContainerSetup, IgnoredFlags, KeepMount};
+pub use go_flags::normalize_go_flags;
 pub use node::{BROKEN_FILE, NodeFlags, NodeSetup, PRICES_FILE};
 pub use wrap_up::{WrapUpFlags, WrapUpLimits};
 
@@ -272,37 +274,6 @@ impl LogUpdates {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
-
-/// Rewrite Go-style `-long-flag[=v]` into `--long-flag[=v]`. Single letters (`-h`, `-V`)
-/// and anything after `--` are left alone.
-pub fn normalize_go_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut rest_positional = false;
-    for arg in args {
-        let rewritten = match arg.to_str() {
-            Some("--") => {
-                rest_positional = true;
-                None
-            }
-            Some(s) if !rest_positional && is_go_long_flag(s) => {
-                Some(OsString::from(format!("-{s}")))
-            }
-            _ => None,
-        };
-        out.push(rewritten.unwrap_or(arg));
-    }
-    out
-}
-
-fn is_go_long_flag(s: &str) -> bool {
-    let name = s.strip_prefix('-').unwrap_or("");
-    !s.starts_with("--")
-        && name.len() >= 2
-        && name
-            .split('=')
-            .next()
-            .is_some_and(|n| n.len() >= 2 && n.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
-}
 
 /// The process environment. A variable whose name or value is not UTF-8 is left out:
 /// none of ours can be, and `std::env::vars` would panic on it.

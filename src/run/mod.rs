@@ -213,20 +213,26 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         node_signals: NodeSignals::none(),
     };
     run.start_node_signals();
-    run.guard = match run
-        .engine
-        .guard(uuid, config.container.cgroup_parent.as_deref())
-    {
-        Ok(guard) => guard,
-        Err(e) => {
-            run.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
-            None
-        }
-    };
-    run.free_the_guard();
+    run.start_guard();
     run.start_hoststat(&pipeline);
     let (outcome, output) = run.execute(&record, &pipeline);
     run.finish(outcome, output, pipeline)
+}
+
+impl ContainerRun<'_> {
+    /// The guard process, started early so that its start-up does not compete with the
+    /// container's; without one, the run goes on unprotected and says so.
+    fn start_guard(&mut self) {
+        let cgroup_parent = self.config.container.cgroup_parent.as_deref();
+        self.guard = match self.engine.guard(&self.uuid, cgroup_parent) {
+            Ok(guard) => guard,
+            Err(e) => {
+                self.say(&format!("Warning: cannot start the guard process ({e}); the container is not protected against crunch-run being killed"));
+                None
+            }
+        };
+        self.free_the_guard();
+    }
 }
 
 /// The run's spool directory, and the log pipeline spooling into it.
