@@ -52,6 +52,16 @@ impl Case {
         self.h.fake.add_container(rec);
     }
 
+    /// Mounts: a tmp at /tmp and the collection `input` at /in.
+    fn mount_input(&self, input: &str) {
+        self.edit(|r| {
+            r["mounts"] = json!({
+                "/tmp": {"kind": "tmp"},
+                "/in": {"kind": "collection", "portable_data_hash": input},
+            });
+        });
+    }
+
     /// Run with `--keep-mount=how`, arv-mount on PATH.
     fn run(&self, how: &str) -> Value {
         let mut cmd = self.h.command(&self.uuid);
@@ -203,12 +213,7 @@ fn fuse_fetches_only_the_blocks_the_container_reads() {
         .filter(|w| w.len() > 33 && w.as_bytes()[32] == b'+')
         .collect();
     assert!(!big_blocks.is_empty(), "{manifest}");
-    c.edit(|r| {
-        r["mounts"] = json!({
-            "/tmp": {"kind": "tmp"},
-            "/in": {"kind": "collection", "portable_data_hash": input},
-        });
-    });
+    c.mount_input(&input);
     let rec = c.run("fuse");
     assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
     let stdout = strip_timestamps(&c.h.log_text(&c.uuid, "stdout.txt"));
@@ -261,12 +266,7 @@ fn staging_refuses_a_collection_larger_than_the_disk() {
 fn arv_mount_dying_while_the_container_runs_cancels_it() {
     let c = Case::new(5, &["sh", "-c", "cat /in/a.txt; sleep 60"]);
     let input = c.h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
-    c.edit(|r| {
-        r["mounts"] = json!({
-            "/tmp": {"kind": "tmp"},
-            "/in": {"kind": "collection", "portable_data_hash": input},
-        });
-    });
+    c.mount_input(&input);
     let spool = c.h.spool_dir().display().to_string();
     let killer = std::thread::spawn(move || {
         // arv-mount's argv ends with its mount point, under this test's spool directory.
@@ -327,12 +327,7 @@ fn a_known_arv_mount_warning_reaches_runtime_status() {
     // A block Keep does not have.
     let gone = format!("{}+5", "b".repeat(32));
     let input = c.h.fake.add_manifest(&format!(". {gone} 0:5:gone.txt\n"));
-    c.edit(|r| {
-        r["mounts"] = json!({
-            "/tmp": {"kind": "tmp"},
-            "/in": {"kind": "collection", "portable_data_hash": input},
-        });
-    });
+    c.mount_input(&input);
     let rec = c.run("fuse");
     assert_eq!(rec["state"], "Complete", "{}", c.crunch_log());
     let warned =
@@ -365,12 +360,7 @@ fn a_known_arv_mount_warning_reaches_runtime_status() {
 fn the_slurm_epilog_unmounts_what_a_killed_run_left() {
     let c = Case::new(7, &["sh", "-c", "cat /in/a.txt; sleep 60"]);
     let input = c.h.fake.add_collection(&[("a.txt", b"alpha\n".as_slice())]);
-    c.edit(|r| {
-        r["mounts"] = json!({
-            "/tmp": {"kind": "tmp"},
-            "/in": {"kind": "collection", "portable_data_hash": input},
-        });
-    });
+    c.mount_input(&input);
     let mut cmd = c.h.command(&c.uuid);
     let path = std::env::var("PATH").unwrap_or_default();
     cmd.arg("--keep-mount=fuse")

@@ -8,16 +8,8 @@ need_packages=""
 command -v dockerd >/dev/null 2>&1 || need_packages="$need_packages docker.io"
 dpkg -s busybox-static >/dev/null 2>&1 || need_packages="$need_packages busybox-static"
 
-if [ -n "$need_packages" ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "ensure-docker: need$need_packages; run as root or install them" >&2
-        exit 1
-    fi
-    echo "ensure-docker: installing$need_packages" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq $need_packages >/dev/null
-fi
+# shellcheck disable=SC2086 # the list is split on purpose
+sh "$(dirname "$0")/install-packages.sh" ensure-docker $need_packages
 
 if docker info >/dev/null 2>&1; then
     exit 0

@@ -13,16 +13,8 @@ command -v pkg-config >/dev/null 2>&1 || need_packages="$need_packages pkg-confi
 command -v cc >/dev/null 2>&1 || need_packages="$need_packages gcc"
 dpkg -s python3-dev >/dev/null 2>&1 || need_packages="$need_packages python3-dev"
 
-if [ -n "$need_packages" ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "ensure-fuse: need$need_packages; run as root or install them" >&2
-        exit 1
-    fi
-    echo "ensure-fuse: installing$need_packages" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq $need_packages >/dev/null
-fi
+# shellcheck disable=SC2086 # the list is split on purpose
+sh "$(dirname "$0")/install-packages.sh" ensure-fuse $need_packages
 
 if [ ! -c /dev/fuse ]; then
     if [ "$(id -u)" = 0 ]; then
