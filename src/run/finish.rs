@@ -241,12 +241,14 @@ impl ContainerRun<'_> {
         let late = match why.as_slice() {
             [] if state == provisional => last_line.confirm(),
             [] => last_line.correct(state.as_str()),
-            // Retries said after crunch-run.txt closed go into its kept copy.
-            why if matches!(wrapup.log, Saved::Failed(_)) => last_line.correct_after(
-                &self.retries_said_late(),
-                &format!("{}\n{state}", why.join("\n")),
-            ),
-            why => last_line.correct(&format!("{}\n{state}", why.join("\n"))),
+            why => {
+                // Retries said after crunch-run.txt closed go into its kept copy.
+                let before = match wrapup.log {
+                    Saved::Failed(_) => self.retries_said_late(),
+                    _ => Vec::new(),
+                };
+                last_line.correct_after(&before, &format!("{}\n{state}", why.join("\n")))
+            }
         };
         (wrapup, late)
     }
