@@ -202,8 +202,10 @@ impl Docker {
             None => None,
         };
         let mut cmd = self.command(&args.argv(&env_path));
+        // GOMAXPROCS, which `run_command` sets, is never one of these: argv.rs passes the
+        // variables the CLI reads itself through the env file.
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
-        let out = finish(op, self.spawn(op, cmd, Stdio::null())?, Some(self.timeout))?;
+        let out = self.run_command(op, cmd)?;
         DockerError::check(op, &out)
     }
 
@@ -332,9 +334,13 @@ impl Docker {
 
     /// Run a short docker command to completion, bounded by the timeout.
     fn run(&self, op: &'static str, args: &[&str]) -> Result<Output, DockerError> {
-        let mut cmd = self.command(args);
+        self.run_command(op, self.command(args))
+    }
+
+    /// `run`, for a command already built.
+    fn run_command(&self, op: &'static str, mut cmd: Command) -> Result<Output, DockerError> {
         // A one-request client starts faster on one Go processor (9.6 → 8.1 ms for an
-        // inspect on 2 cores): two such clients frame every run. Not for `run` or `load`,
+        // inspect on 2 cores): two such clients frame every run. Not for `start` or `load`,
         // which move data.
         if !self.env.iter().any(|(k, _)| k == "GOMAXPROCS") {
             cmd.env("GOMAXPROCS", "1");
