@@ -302,11 +302,11 @@ fn kept_prices_give_the_cost_and_sigusr2_reloads_them() {
     assert_eq!(rec["state"], "Complete", "SIGUSR2 did not kill it: {rec}");
     let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
     assert!(
-        crunch.contains("Instance price changed to 3600.000"),
+        crunch.contains("Instance price changed to 3.60e+03"),
         "{crunch}"
     );
     assert!(
-        crunch.contains("Instance price changed to 7200.000"),
+        crunch.contains("Instance price changed to 7.20e+03"),
         "{crunch}"
     );
     // About 3 s at 1 a second and then 2 a second.
