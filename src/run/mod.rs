@@ -5,11 +5,10 @@
 //! The steps live beside this file: `prepare` (record, token, mounts, image, staging),
 //! `spec` (the container spec), `attach` (`docker create`, the Running update, the
 //! attached `docker start`, supervised by `supervisor`'s helpers, cancelled through
-//! `cancel`), `exit` (how the container ended:
-//! the one judgement of the outcome), `output` (the output collection) and `finish` (the
-//! log collection, the final update, the cleanup). `outcome` is the one place that turns
-//! the outcome and the wrap-up's results into the record's final state and fields
-//! (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
+//! `cancel`), `exit` (how the container ended: the one judgement of the outcome), `output`
+//! (the output collection) and `finish` (the log collection, the final update, the
+//! cleanup). `outcome` is the one place that turns the outcome and the wrap-up's results
+//! into the record's final state and fields (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
