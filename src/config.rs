@@ -71,7 +71,7 @@ pub struct Args {
     #[command(flatten)]
     pub wrap_up: WrapUpFlags,
 
-    /// How often the engine is asked whether the container still runs while `docker run`
+    /// How often the engine is asked whether the container still runs while `docker start`
     /// is attached; after 5 failed checks in a row the run is cancelled. "0s" turns the
     /// watchdog off.
     #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]

@@ -83,19 +83,25 @@ fn inspect_lock(path: &Path) -> io::Result<(Option<u32>, bool)> {
 }
 
 /// `--list`: `broken` while the node is marked so (broken_node.rs), then the UUIDs of live
-/// runs with a lock in `lock_dir`, one per line, as arvados-dispatch-cloud reads them. Lock
-/// files nobody holds are left by runs that ended without cleaning up: removed.
+/// runs with a lock in `lock_dir`, one per line, as arvados-dispatch-cloud reads them. A
+/// lock still held when the crunch-run that took it has died (a child, such as a stuck
+/// arv-mount, inherited it) is listed `<uuid> stale`, as Go's: the dispatcher then knows
+/// the run is gone but the node is not clean. Lock files nobody holds are left by runs
+/// that ended without cleaning up: removed.
 pub fn list(lock_dir: &Path, out: &mut dyn Write) -> io::Result<()> {
     if lock_dir.join(BROKEN_FILE).exists() {
         writeln!(out, "broken")?;
     }
-    let mut live = Vec::new();
-    for (uuid, _) in live_runs(lock_dir)? {
-        live.push(uuid);
-    }
+    let mut live = live_runs(lock_dir)?;
     live.sort();
-    for uuid in live {
-        writeln!(out, "{uuid}")?;
+    for (uuid, pid) in live {
+        let dead = pid
+            .and_then(|p| libc::pid_t::try_from(p).ok())
+            .is_some_and(|p| !alive(p));
+        match dead {
+            true => writeln!(out, "{uuid} stale")?,
+            false => writeln!(out, "{uuid}")?,
+        }
     }
     Ok(())
 }
@@ -273,6 +279,30 @@ mod tests {
         let mut out = Vec::new();
         list(dir, &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    /// As Go's `--list`: the lock is held, but not by the crunch-run it names, which died.
+    #[test]
+    fn a_lock_held_after_its_crunch_run_died_is_listed_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let uuid = "zzzzz-dz642-000000000000003";
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = gone.id();
+        gone.wait().unwrap();
+        let path = lock_path(dir, uuid);
+        fs::write(
+            &path,
+            format!("{{\"UUID\":\"{uuid}\",\"PID\":{dead_pid}}}\n"),
+        )
+        .unwrap();
+        // The holder is this process, standing in for an arv-mount that inherited it.
+        let holder = File::open(&path).unwrap();
+        assert!(try_lock(&holder).unwrap());
+        let mut out = Vec::new();
+        list(dir, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{uuid} stale\n"));
+        assert!(path.exists(), "a held lock is not removed");
     }
 
     #[test]

@@ -106,6 +106,33 @@ pub fn load_prices(file: &Path) -> Result<Vec<InstancePrice>, String> {
     }
 }
 
+/// `price` as Go's `%#.3g` prints it (crunch-run.txt's `Instance price changed to …`):
+/// three significant digits, trailing zeros kept, exponent form below 1e-4 and from 1000.
+pub fn price_text(price: f64) -> String {
+    if price == 0.0 || !price.is_finite() {
+        return match price == 0.0 {
+            true => "0.00".into(),
+            false => price.to_string(),
+        };
+    }
+    // The exponent after rounding to three digits (9.9951 is 10.0, not 9.99…).
+    let exponent = format!("{price:.2e}")
+        .rsplit_once('e')
+        .and_then(|(_, e)| e.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !(-4..3).contains(&exponent) {
+        let text = format!("{price:.2e}");
+        let (mantissa, _) = text.split_once('e').unwrap_or((&text, ""));
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exponent.abs());
+    }
+    let decimals = (2 - exponent) as usize;
+    match decimals {
+        0 => format!("{price:.0}."),
+        _ => format!("{price:.decimals$}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +205,23 @@ mod tests {
         assert!(keep_prices(&file, b"nonsense").is_err());
         assert_eq!(load_prices(&file).unwrap()[0].price, 0.5, "left as it was");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn prices_print_as_go_s_sharp_3g() {
+        for (price, go) in [
+            (0.5, "0.500"),
+            (1.234, "1.23"),
+            (12.5, "12.5"),
+            (123.4, "123."),
+            (9.9951, "10.0"),
+            (999.6, "1.00e+03"),
+            (3600.0, "3.60e+03"),
+            (0.0001234, "0.000123"),
+            (0.00001234, "1.23e-05"),
+            (0.0, "0.00"),
+        ] {
+            assert_eq!(price_text(price), go, "{price}");
+        }
     }
 }

@@ -84,7 +84,7 @@ fn requeued(h: &Harness, env: &[(&str, &str)]) -> String {
         "{:?}",
         h.fake.container_updates(UUID)
     );
-    assert!(!h.docker_calls().iter().any(|c| c.starts_with("run ")));
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("start ")));
     let crunch = last_log(h, "crunch-run.txt");
     assert!(
         crunch.contains("This is not the container's fault: it goes back to the queue"),
@@ -153,6 +153,27 @@ fn no_docker_cli_on_the_path_requeues() {
     std::fs::create_dir_all(&empty).unwrap();
     let crunch = requeued(&h, &[("PATH", empty.to_str().unwrap())]);
     assert!(crunch.contains("could not run"), "{crunch}");
+    assert_eq!(list(&h), "broken\n");
+}
+
+/// Issue 8, point 2: `docker create` failing for a host reason sends the container back to
+/// the queue (it is created before Running); one on the broken-node list marks the node.
+#[test]
+fn a_container_the_host_cannot_create_goes_back_to_the_queue() {
+    let h = harness(&["true"]);
+    let error = "invalid mount config for type \"bind\": bind source path does not exist";
+    let crunch = requeued(&h, &[("FAKE_DOCKER_CREATE_FAIL", error)]);
+    assert!(crunch.contains("cannot create the container: "), "{crunch}");
+    assert!(crunch.contains(error), "{crunch}");
+    assert_eq!(list(&h), "", "not a broken node");
+
+    let h = harness(&["true"]);
+    let error = "mkdir /var/lib/docker/overlay2/0123-init: no space left on device";
+    let crunch = requeued(&h, &[("FAKE_DOCKER_CREATE_FAIL", error)]);
+    assert!(
+        crunch.contains("Error suggests node is unable to run containers: "),
+        "{crunch}"
+    );
     assert_eq!(list(&h), "broken\n");
 }
 
@@ -281,11 +302,11 @@ fn kept_prices_give_the_cost_and_sigusr2_reloads_them() {
     assert_eq!(rec["state"], "Complete", "SIGUSR2 did not kill it: {rec}");
     let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
     assert!(
-        crunch.contains("Instance price changed to 3600.000"),
+        crunch.contains("Instance price changed to 3.60e+03"),
         "{crunch}"
     );
     assert!(
-        crunch.contains("Instance price changed to 7200.000"),
+        crunch.contains("Instance price changed to 7.20e+03"),
         "{crunch}"
     );
     // About 3 s at 1 a second and then 2 a second.

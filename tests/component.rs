@@ -82,7 +82,11 @@ fn hello_world_runs_to_complete_with_logs_everywhere() {
     assert!(
         calls
             .iter()
-            .any(|c| c.starts_with(&format!("run --name {UUID} "))),
+            .any(|c| c.starts_with(&format!("create --name {UUID} "))),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&format!("start --attach -- {UUID}")),
         "{calls:?}"
     );
 
@@ -243,7 +247,7 @@ fn environment_values_never_appear_in_argv() {
     h.fake.add_container(rec);
     run_with(&h, &[]);
     let calls = h.docker_calls();
-    let create = calls.iter().find(|c| c.starts_with("run")).unwrap();
+    let create = calls.iter().find(|c| c.starts_with("create")).unwrap();
     assert!(
         !create.contains("bilbo") && !create.contains("/home/x"),
         "{create}"
@@ -334,7 +338,7 @@ fn missing_image_collection_is_logged_and_cancels() {
             .contains("was not found")
     );
     assert!(h.logs_table("crunch-run").contains("was not found"));
-    assert!(!h.docker_calls().iter().any(|c| c.starts_with("run")));
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("create")));
 }
 
 #[test]
@@ -429,17 +433,6 @@ fn a_command_that_cannot_start_is_logged_with_advice() {
     );
     // It had been set Running; the docker CLI's status was not taken for the container's.
     assert_eq!(h.fake.container_updates(UUID)[0]["state"], "Running");
-    assert!(rec["exit_code"].is_null());
-}
-
-#[test]
-fn a_container_the_engine_refuses_to_create_is_explained() {
-    let (h, pdh) = setup();
-    h.fake.add_container(record(UUID, &pdh, &["true"]));
-    let (rec, crunch) = cancelled_case(&h, &[("FAKE_DOCKER_CREATE_FAIL", "invalid mount config")]);
-    // The docker client's own message, not just its exit status, says why.
-    assert!(crunch.contains("was not created"), "{crunch}");
-    assert!(crunch.contains("invalid mount config"), "{crunch}");
     assert!(rec["exit_code"].is_null());
 }
 
@@ -1026,8 +1019,10 @@ fn detach_list_and_kill_as_the_cloud_dispatcher_uses_them() {
     assert_no_rejections(&h);
 }
 
+/// A signal while `docker create` runs: the record is not Running yet, so it goes back to
+/// the queue, and the container created after the signal is removed all the same.
 #[test]
-fn a_signal_while_docker_run_is_still_creating_the_container_still_stops_it() {
+fn a_signal_while_docker_creates_the_container_requeues_and_removes_it() {
     let (h, pdh) = setup();
     h.fake
         .add_container(record(UUID, &pdh, &["sh", "-c", "sleep 60"]));
@@ -1036,22 +1031,25 @@ fn a_signal_while_docker_run_is_still_creating_the_container_still_stops_it() {
         UUID,
         &[
             ("FAKE_DOCKER_LOAD_ID", &image),
-            ("FAKE_DOCKER_CREATE_DELAY", "1"),
+            ("FAKE_DOCKER_CREATE_DELAY", "2"),
             ("FAKE_DOCKER_SLEEP", "60"),
         ],
     );
-    // Running is set just before docker run: the signal lands while it creates.
-    assert!(wait_for(20, || h.fake.container(UUID)["state"] == "Running"));
-    let t0 = std::time::Instant::now();
+    let creating = || h.docker_calls().iter().any(|c| c.starts_with("create "));
+    assert!(wait_for(20, creating));
+    std::thread::sleep(std::time::Duration::from_millis(300));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    assert!(child.wait().unwrap().success());
+    let rec = h.fake.container(UUID);
+    assert_eq!(rec["state"], "Queued", "{rec}");
     assert!(
-        t0.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
+        !h.fake
+            .container_updates(UUID)
+            .iter()
+            .any(|u| u["state"] == "Running"),
+        "never Running"
     );
-    assert!(status.success());
-    assert_eq!(final_record(&h)["state"], "Cancelled");
+    assert!(!h.docker_calls().iter().any(|c| c.starts_with("start ")));
     assert!(!h.docker_state().join("containers").join(UUID).exists());
 }
 
@@ -1076,12 +1074,12 @@ fn a_docker_run_that_hangs_after_its_container_stopped_is_given_up_by_the_watchd
     assert_eq!(rec["state"], "Cancelled", "{rec}");
     let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
     assert!(
-        crunch.contains("docker watchdog: the container is exited but docker run has not returned (failed check 1 of 5)"),
+        crunch.contains("docker watchdog: the container is exited but docker start has not returned (failed check 1 of 5)"),
         "{crunch}"
     );
     assert!(crunch.contains("5 checks in a row failed"), "{crunch}");
     assert!(
-        crunch.contains("the docker watchdog gave up on docker run: killing the docker client"),
+        crunch.contains("the docker watchdog gave up on docker start: killing the docker client"),
         "{crunch}"
     );
     assert!(
@@ -1115,8 +1113,9 @@ fn a_docker_run_that_outlives_a_cancel_is_killed_after_a_grace_period() {
     assert_eq!(final_record(&h)["state"], "Cancelled");
     let crunch = strip_timestamps(&h.log_text(UUID, "crunch-run.txt"));
     assert!(
-        crunch
-            .contains("docker run did not end within 10s of the cancel: killing the docker client"),
+        crunch.contains(
+            "docker start did not end within 10s of the cancel: killing the docker client"
+        ),
         "{crunch}"
     );
     assert!(!crunch.contains("docker watchdog"), "{crunch}");
@@ -1202,7 +1201,7 @@ fn run_for_two_seconds(flags: &[&str]) -> Harness {
     h
 }
 
-/// The fake container is the fake `docker run` process itself (it gives its own PID to
+/// The fake container is the fake `docker start` process itself (it gives its own PID to
 /// `docker inspect`), so crunchstat samples a real cgroup: this test's.
 #[test]
 fn crunchstat_and_hoststat_are_in_the_log_collection_unless_turned_off() {
@@ -1793,7 +1792,7 @@ fn hostile_input_manifests_are_refused_and_nothing_is_written() {
             !std::path::Path::new("/").join(escape).exists(),
             "{manifest}"
         );
-        assert!(h.docker_calls().iter().all(|c| !c.starts_with("run ")));
+        assert!(h.docker_calls().iter().all(|c| !c.starts_with("create ")));
     }
 }
 

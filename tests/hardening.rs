@@ -225,7 +225,7 @@ fn hostile_mount_paths_and_names_inside_the_output_are_refused() {
         eprintln!("{label}: {reason}");
         assert!(!outside.exists(), "{label}: wrote {}", outside.display());
         assert!(
-            h.docker_calls().iter().all(|c| !c.starts_with("run ")),
+            h.docker_calls().iter().all(|c| !c.starts_with("create ")),
             "{label}"
         );
     }
@@ -256,7 +256,7 @@ fn hostile_mount_paths_and_names_inside_the_output_are_refused() {
         eprintln!("{name}: {reason}");
         assert!(rec["output"].is_null(), "{name}: {rec}");
         assert!(
-            h.docker_calls().iter().all(|c| !c.starts_with("run ")),
+            h.docker_calls().iter().all(|c| !c.starts_with("create ")),
             "{name}"
         );
     }

@@ -18,7 +18,7 @@ pub struct ContainerFlags {
     #[arg(long, default_value = "default", value_name = "WHEN", value_parser = ["default", "always"])]
     pub container_enable_networking: String,
 
-    /// The docker network mode (`docker run --network`) of a container that has a network,
+    /// The docker network mode (`docker create --network`) of a container that has a network,
     /// e.g. "host" or the name of a docker network.
     #[arg(long, default_value = "default", value_name = "MODE")]
     pub container_network_mode: String,

@@ -2,8 +2,8 @@
 //!
 //! Nothing here starts a process: `create_argv` turns a [`ContainerSpec`] into the words that
 //! follow `docker` for `docker create`, plus the environment the docker CLI child must be given
-//! and, when needed, the content of an `--env-file`; [`run_argv`] makes them `docker run`
-//! words, which is how crunch-run starts a container. `cli.rs` runs them.
+//! and, when needed, the content of an `--env-file`. `cli.rs` runs them, then starts the
+//! created container attached.
 //!
 //! The invariant kept here: **environment values never appear in argv** (argv is visible to every
 //! user of the host through `/proc/*/cmdline`, and we log it). A variable is passed as `-e NAME`
@@ -306,15 +306,6 @@ pub fn docker_cli_reads(name: &str) -> bool {
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// `docker create …` arguments turned into `docker run …` ones: the options are the same.
-pub fn run_argv(create_argv: &[String]) -> Vec<String> {
-    let mut argv = create_argv.to_vec();
-    if let Some(first) = argv.first_mut() {
-        *first = "run".to_string();
-    }
-    argv
-}
-
 /// `args` as one line a shell would split back into the same words, for logs.
 pub fn display_argv(args: &[String]) -> String {
     args.iter()
@@ -564,16 +555,6 @@ mod tests {
             ..spec()
         };
         assert!(matches!(create_argv(&s), Err(ArgvError::BadImage(_))));
-    }
-
-    #[test]
-    fn run_argv_keeps_every_option_of_create() {
-        let create = argv(&spec());
-        let run = run_argv(&create);
-        assert_eq!(run[0], "run");
-        assert_eq!(create[0], "create");
-        assert_eq!(run[1..], create[1..]);
-        assert!(run_argv(&[]).is_empty());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The handle of a running `docker run` client, attached to its container's streams, and the
-//! env file that client reads when it starts.
+//! The handle of a `docker start --attach` client, attached to its container's streams, and
+//! the env file `docker create` reads.
 //!
 //! The handle owns the client process only: killing or dropping it never touches the
 //! container (that takes `docker rm -f`), and the client's exit status is not the container's
@@ -14,7 +14,7 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, ExitStatus};
 use super::error::DockerError;
 use crate::process::{ChildKiller, OwnedChild, widen_pipe};
 
-/// `docker run`, running. Dropping it without waiting kills the client (never the container)
+/// `docker start --attach`, running. Dropping it without waiting kills the client (never the container)
 /// and reaps it.
 #[derive(Debug)]
 pub struct Attached {
@@ -22,14 +22,12 @@ pub struct Attached {
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
-    /// Removed once the client has exited (it reads the file when it starts).
-    env_file: Option<EnvFile>,
 }
 
 impl Attached {
     /// A spawned client, its pipes taken from it. stdout and stderr are widened: every
     /// attached run gets the 1 MiB pipes, whichever method spawned it.
-    pub(super) fn new(mut child: Child, env_file: Option<EnvFile>) -> Attached {
+    pub(super) fn new(mut child: Child) -> Attached {
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         stdout.iter().for_each(widen_pipe);
@@ -39,7 +37,6 @@ impl Attached {
             stdout,
             stderr,
             client: OwnedChild::new(child),
-            env_file,
         }
     }
 
@@ -61,9 +58,7 @@ impl Attached {
 
     /// Wait for the client to exit. Its status is the client's, not the container's.
     pub fn wait(&mut self) -> Result<ExitStatus, DockerError> {
-        let status = self.client.wait().map_err(wait_failed)?;
-        self.env_file = None;
-        Ok(status)
+        self.client.wait().map_err(wait_failed)
     }
 
     /// What kills the client from another thread, while this one waits (for when the
@@ -74,7 +69,10 @@ impl Attached {
 }
 
 fn wait_failed(source: io::Error) -> DockerError {
-    DockerError::Io { op: "run", source }
+    DockerError::Io {
+        op: "start",
+        source,
+    }
 }
 
 /// An env file with mode 0600, for the variables the docker CLI must not see in its own
@@ -140,12 +138,12 @@ fn file_safe(name: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Regression (issue 7, review §5.5): the handle's errors said `op: "start"`, so a failed
-    /// wait on `docker run` read "`docker start`: …".
+    /// Regression (issue 7, review §5.5): the handle's errors named another command than the
+    /// one it runs.
     #[test]
-    fn a_failed_wait_names_docker_run() {
+    fn a_failed_wait_names_docker_start() {
         let err = wait_failed(io::Error::other("interrupted"));
-        assert_eq!(err.to_string(), "`docker run`: interrupted");
+        assert_eq!(err.to_string(), "`docker start`: interrupted");
     }
 
     #[test]

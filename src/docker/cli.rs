@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::argv::{ContainerSpec, create_argv, run_argv};
+use super::argv::{ContainerSpec, create_argv};
 use super::attached::{Attached, EnvFile};
 use super::error::DockerError;
 use super::exit::ContainerState;
@@ -190,48 +190,45 @@ impl Docker {
         parse_load_output(&String::from_utf8_lossy(&out.stdout))
     }
 
-    /// The `docker run` command for `spec`, with the environment values in the child's
-    /// environment or in an env file written into `scratch_dir` (mode 0600), which is
-    /// deleted when the returned guard drops.
-    fn run_command(
-        &self,
-        spec: &ContainerSpec,
-        scratch_dir: &Path,
-    ) -> Result<(Command, Option<EnvFile>), DockerError> {
+    /// `docker create` for `spec`, bounded by the timeout. The environment values travel in
+    /// the client's own environment, or in an env file written into `scratch_dir` (mode
+    /// 0600) that is gone when this returns: the engine has copied them by then.
+    pub fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError> {
+        let op = "create";
         let args = create_argv(spec)?;
         let env_path = EnvFile::path(scratch_dir, &spec.name);
-        let env_file = match &args.env_file {
+        let _env_file = match &args.env_file {
             Some(content) => Some(EnvFile::write(&env_path, content)?),
             None => None,
         };
-        let mut cmd = self.command(&run_argv(&args.argv(&env_path)));
+        let mut cmd = self.command(&args.argv(&env_path));
+        // GOMAXPROCS, which `run_command` sets, is never one of these: argv.rs passes the
+        // variables the CLI reads itself through the env file.
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
-        Ok((cmd, env_file))
+        let out = self.run_command(op, cmd)?;
+        DockerError::check(op, &out)
     }
 
-    /// Spawn `docker run` for `spec`: create, attach and start in one client (one client
-    /// start-up less than create + start), the container's stdout and stderr piped. The
-    /// caller takes both for its reader threads and must drain them. The env file, if
-    /// any, lives until the client exits. The CLI's exit status is not the container's:
-    /// ask [`Docker::inspect_state`].
-    pub fn run_attached(
-        &self,
-        spec: &ContainerSpec,
-        scratch_dir: &Path,
-    ) -> Result<Attached, DockerError> {
-        let op = "run";
-        let (mut cmd, env_file) = self.run_command(spec, scratch_dir)?;
-        cmd.stdin(if spec.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    /// `docker start --attach [--interactive] <name>`: start the created container, its
+    /// stdout and stderr piped (and its stdin, when it was created with one). The caller
+    /// takes both outputs for its reader threads and must drain them. The client exits with
+    /// the container's status, or non-zero when it fails itself: ask
+    /// [`Docker::inspect_state`].
+    pub fn start_attached(&self, name: &str, stdin: bool) -> Result<Attached, DockerError> {
+        let op = "start";
+        let mut args = vec!["start", "--attach"];
+        if stdin {
+            args.push("--interactive");
+        }
+        args.extend(["--", name]);
+        let mut cmd = self.command(&args);
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let child = cmd
             .spawn()
             .map_err(|source| DockerError::spawn(op, &self.program, source))?;
-        Ok(Attached::new(child, env_file))
+        Ok(Attached::new(child))
     }
 
     /// `docker wait <name>`: blocks until the container stops, returns its exit code.
@@ -337,9 +334,13 @@ impl Docker {
 
     /// Run a short docker command to completion, bounded by the timeout.
     fn run(&self, op: &'static str, args: &[&str]) -> Result<Output, DockerError> {
-        let mut cmd = self.command(args);
+        self.run_command(op, self.command(args))
+    }
+
+    /// `run`, for a command already built.
+    fn run_command(&self, op: &'static str, mut cmd: Command) -> Result<Output, DockerError> {
         // A one-request client starts faster on one Go processor (9.6 → 8.1 ms for an
-        // inspect on 2 cores): two such clients frame every run. Not for `run` or `load`,
+        // inspect on 2 cores): two such clients frame every run. Not for `start` or `load`,
         // which move data.
         if !self.env.iter().any(|(k, _)| k == "GOMAXPROCS") {
             cmd.env("GOMAXPROCS", "1");

@@ -59,7 +59,7 @@ pub enum DockerError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot build the `docker run` command: {0}")]
+    #[error("cannot build the `docker create` command: {0}")]
     Argv(#[from] ArgvError),
 }
 
@@ -184,7 +184,7 @@ fn contains_in_order(text: &str, parts: &[&str]) -> bool {
 }
 
 /// Advice for a container whose command could not be started, judged from docker's start
-/// error (stderr of `docker run`, or `.State.Error`). `None` when the text is not a
+/// error (stderr of `docker start`, or `.State.Error`). `None` when the text is not a
 /// command-start failure, or is a node problem rather than the user's.
 pub fn classify_start_error(text: &str) -> Option<&'static str> {
     if suggests_broken_node(text) {

@@ -1,9 +1,9 @@
 //! The docker CLI, and nothing else talks to it. This is the facade the rest of crunch-run
 //! uses; the submodules split it by job:
 //!
-//! - `argv`: pure builders of `docker run` words from a [`ContainerSpec`] (no env values);
+//! - `argv`: pure builders of `docker create` words from a [`ContainerSpec`] (no env values);
 //! - `cli`: [`Docker`], one method per docker command crunch-run runs;
-//! - `attached`: [`Attached`], the handle of a running `docker run` client;
+//! - `attached`: [`Attached`], the handle of an attached `docker start` client;
 //! - `error`: [`DockerError`] and what a failure suggests (engine down, broken node, advice);
 //! - `exit`: how a container ended ([`ContainerState`], [`ContainerExit`]);
 //! - `guard`: the process that removes the container if crunch-run dies;
@@ -22,7 +22,6 @@ mod watchdog;
 
 pub use argv::{
     ArgvError, Bind, ContainerSpec, CreateArgs, Gpus, MIN_MEMORY_BYTES, create_argv, display_argv,
-    run_argv,
 };
 pub use attached::Attached;
 pub use cli::{DEFAULT_TIMEOUT, Docker, LoadOutput};

@@ -1,4 +1,4 @@
-//! The docker watchdog: while `docker run` is attached, ask the engine every so often
+//! The docker watchdog: while `docker start` is attached, ask the engine every so often
 //! whether the container is still there and running. A hung engine, or a client that hangs
 //! on after its container stopped, would otherwise keep crunch-run waiting for ever; after
 //! `STRIKES_TO_GIVE_UP` failed checks in a row the watchdog gives up, and the lifecycle cancels
@@ -28,16 +28,16 @@ pub enum Verdict {
 pub struct Strikes(u32);
 
 impl Strikes {
-    /// Judge one `docker inspect` of the container, made while `docker run` is attached.
+    /// Judge one `docker inspect` of the container, made while `docker start` is attached.
     pub fn judge(&mut self, check: Result<ContainerState, DockerError>) -> Verdict {
         let problem = match check {
-            // "created": docker run may still be starting it.
+            // "created": docker start may still be starting it.
             Ok(state) if state.running || state.status == "created" => {
                 self.0 = 0;
                 return Verdict::Fine;
             }
             Ok(state) => format!(
-                "the container is {} but docker run has not returned",
+                "the container is {} but docker start has not returned",
                 state.status
             ),
             Err(e) => format!("cannot inspect the container: {e}"),
@@ -116,7 +116,7 @@ mod tests {
             let Verdict::Strike(line) = strikes.judge(state("exited")) else {
                 panic!("check {n} gave up too early");
             };
-            assert!(line.contains("the container is exited but docker run has not returned"));
+            assert!(line.contains("the container is exited but docker start has not returned"));
             assert!(
                 line.ends_with(&format!("(failed check {n} of 5)")),
                 "{line}"

@@ -1,5 +1,5 @@
 //! The container's mounts: read and check the record's `mounts` (and `secret_mounts`), then
-//! lay them out on the host so `docker run --mount type=bind,…` can bind them.
+//! lay them out on the host so `docker create --mount type=bind,…` can bind them.
 //!
 //! Two steps, so that every mistake in a record is reported before anything touches disk:
 //!

@@ -1,10 +1,15 @@
-//! Starting and running the container: the spec, the Running update (from then on the
-//! container may exist, and the cleanup removes it), then the attached `docker run`, its
-//! stdout and stderr wired to the log pipeline (or, for a `stdout`/`stderr` mount, copied
-//! as they are into the output), the tail of the client's stderr kept (its own errors land
-//! there), its stdin fed from a file, and the wait for the client to exit. The wait sleeps
-//! on the client's exit (a pidfd), nothing polls: the supervisor's helpers end it by
-//! killing the client when they must. What the client's end means is exit.rs's to judge.
+//! Creating and running the container: the spec, `docker create` (from then on the
+//! container may exist, and the cleanup removes it), the Running update, then the attached
+//! `docker start`, its stdout and stderr wired to the log pipeline (or, for a
+//! `stdout`/`stderr` mount, copied as they are into the output), the tail of the client's
+//! stderr kept (its own errors land there), its stdin fed from a file, and the wait for the
+//! client to exit. The wait sleeps on the client's exit (a pidfd), nothing polls: the
+//! supervisor's helpers end it by killing the client when they must. What the client's end
+//! means is exit.rs's to judge.
+//!
+//! Creating before Running is what lets a container the host cannot create go back to the
+//! queue (a Running record can only end Cancelled); the engine also copies the environment
+//! at create, so the env file is gone before the container starts.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Map, json};
 
-use crate::docker::{ContainerSpec, create_argv, display_argv, run_argv};
+use crate::docker::{ContainerSpec, create_argv, display_argv};
 use crate::logging::pipeline::LogPipeline;
 use crate::process::{Tail, TailReader, read_on};
 use crate::slurm::ContainerCgroups;
@@ -38,9 +43,12 @@ const RAW_COPY_SIZE: usize = 64 * 1024;
 type Copier = JoinHandle<io::Result<u64>>;
 
 impl ContainerRun<'_> {
-    /// Build the container's spec and mark the record Running: from here on, the
-    /// container may exist, and the cleanup removes it.
-    pub(super) fn start(&mut self, prepared: &Prepared) -> Step<ContainerSpec> {
+    /// Build the container's spec and create the container, not started: from here on it
+    /// may exist, and the cleanup removes it. The record is not Running yet, so a failure
+    /// to create it (the engine's, the host's) sends it back to the queue. A container of
+    /// the same name, left by an earlier crunch-run that was killed before its guard could
+    /// act, is removed and the creation tried once more.
+    pub(super) fn create(&mut self, prepared: &Prepared) -> Step<ContainerSpec> {
         let (spec, warning) = spec::container_spec(
             &prepared.container,
             &SpecInputs {
@@ -58,14 +66,6 @@ impl ContainerRun<'_> {
         let args = create_argv(&spec)
             .map_err(|e| Outcome::failed(format!("cannot build the docker command: {e}")))?;
         self.check_cancel()?;
-        let running = Map::from_iter([("state".to_string(), json!("Running"))]);
-        self.api
-            .update_container(&self.uuid, &running)
-            .map_err(|e| {
-                self.not_its_fault(format!("cannot set the container record to Running: {e}"))
-            })?;
-        self.progress.running = true;
-        self.stats.ram = prepared.container.runtime_constraints.ram;
         self.cleanup = Some(Cleanup {
             engine: self.engine.clone(),
             name: self.uuid.clone(),
@@ -79,14 +79,40 @@ impl ContainerRun<'_> {
             limit: self.retry_limit.clone(),
         });
         // Environment values travel in the docker CLI's own environment, never in argv.
-        let argv = run_argv(&args.argv(Path::new("<env-file>")));
-        self.say(&format!("Running: docker {}", display_argv(&argv)));
+        let argv = args.argv(Path::new("<env-file>"));
+        self.say(&format!("Creating: docker {}", display_argv(&argv)));
+        let created = match self.engine.create(&spec, &self.run_dir) {
+            Err(e) if e.to_string().contains("is already in use by container") => {
+                self.say(&format!("Removing leftover docker container {}", self.uuid));
+                self.engine.remove(&self.uuid).map_err(|e| {
+                    self.not_its_fault(format!(
+                        "cannot remove leftover container {}: {e}",
+                        self.uuid
+                    ))
+                })?;
+                self.engine.create(&spec, &self.run_dir)
+            }
+            created => created,
+        };
+        created.map_err(|e| self.create_failed(&e))?;
         Ok(spec)
     }
 
-    /// Run the container attached, its helpers watching, and judge how it ended. A
-    /// container of the same name left by an earlier crunch-run that was killed before its
-    /// guard could act is removed, and the run tried once more.
+    /// Mark the record Running, the last step before the container starts.
+    pub(super) fn set_running(&mut self, prepared: &Prepared) -> Step<()> {
+        self.check_cancel()?;
+        let running = Map::from_iter([("state".to_string(), json!("Running"))]);
+        self.api
+            .update_container(&self.uuid, &running)
+            .map_err(|e| {
+                self.not_its_fault(format!("cannot set the container record to Running: {e}"))
+            })?;
+        self.progress.running = true;
+        self.stats.ram = prepared.container.runtime_constraints.ram;
+        Ok(())
+    }
+
+    /// Start the container attached, its helpers watching, and judge how it ended.
     pub(super) fn attach(
         &self,
         spec: &ContainerSpec,
@@ -94,23 +120,7 @@ impl ContainerRun<'_> {
         pipeline: &LogPipeline,
     ) -> Outcome {
         let supervisor = self.supervise(max_run_time, pipeline);
-        let mut ran = self.run_once(spec, pipeline);
-        if let Ok(client) = &ran
-            && client.said.contains("is already in use by container")
-        {
-            self.say(&format!("Removing leftover docker container {}", self.uuid));
-            ran = self
-                .check_cancel()
-                .and_then(|()| {
-                    self.engine.remove(&self.uuid).map_err(|e| {
-                        Outcome::failed(format!(
-                            "cannot remove leftover container {}: {e}",
-                            self.uuid
-                        ))
-                    })
-                })
-                .and_then(|()| self.run_once(spec, pipeline));
-        }
+        let ran = self.run_once(spec, pipeline);
         supervisor.stop();
         let client = match ran {
             Ok(client) => client,
@@ -137,22 +147,22 @@ impl ContainerRun<'_> {
         judged.outcome
     }
 
-    /// One `docker run`, its streams wired and its stdin fed, until the client exits.
-    /// Returns how the client ended and the tail of what it wrote to stderr.
+    /// One `docker start --attach`, its streams wired and its stdin fed, until the client
+    /// exits. Returns how the client ended and the tail of what it wrote to stderr.
     fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
         let started = std::time::Instant::now();
         let mut client = self
             .engine
-            .run_attached(spec, &self.run_dir)
-            .map_err(|e| self.engine_failure("cannot run docker", &e))?;
+            .start_attached(&spec.name, spec.stdin)
+            .map_err(|e| self.engine_failure("cannot start docker", &e))?;
         let (copiers, client_tail) = self.wire_output(&mut *client, pipeline);
         let feeder = self.feed_stdin(&mut *client);
         self.client.set(client.killer());
         let waited = client.wait();
         self.client.clear();
         let (succeeded, text) = match waited {
-            Ok(status) => (status.success(), format!("docker run exited {status}")),
-            Err(e) => (false, format!("docker run failed: {e}")),
+            Ok(status) => (status.success(), format!("docker start exited {status}")),
+            Err(e) => (false, format!("docker start failed: {e}")),
         };
         let ran_for = started.elapsed();
         let mut wrote_output = false;

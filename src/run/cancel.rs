@@ -166,19 +166,6 @@ fn cancelled_before(cancel: &CancelFlag, stop: &Stop) -> bool {
     }
 }
 
-/// Make a cancel stick, part one (a supervisor helper): the cancel removed the container at
-/// once, but one that came while `docker run` was still creating it found nothing to
-/// remove. So, while the client lives, a cancelled run keeps removing. A removal can hang
-/// with the engine: this helper alone waits for it.
-pub(super) fn keep_removing(cancel: &CancelFlag, engine: &dyn Engine, name: &str, stop: Stop) {
-    if !cancelled_before(cancel, &stop) {
-        return;
-    }
-    while !stop.wait(TICK) {
-        let _ = engine.remove(name);
-    }
-}
-
 /// What kills a docker client that outlives a cancel.
 pub(super) struct ClientReaper {
     pub cancel: CancelFlag,
@@ -191,7 +178,7 @@ pub(super) struct ClientReaper {
 }
 
 impl ClientReaper {
-    /// Make a cancel stick, part two (a supervisor helper): a client still there `grace`
+    /// Make a cancel stick (a supervisor helper): a client still there `grace`
     /// after the cancel, or one the watchdog gave up on, is killed. The
     /// engine is then stuck, and the container may stay on the host under its name until
     /// the engine recovers (the guard keeps trying after crunch-run exits).
@@ -202,12 +189,12 @@ impl ClientReaper {
         let since = Instant::now();
         let why = loop {
             if self.engine_stuck.load(Ordering::Acquire) {
-                break "the docker watchdog gave up on docker run".to_string();
+                break "the docker watchdog gave up on docker start".to_string();
             }
             let left = self.grace.saturating_sub(since.elapsed());
             if left.is_zero() {
                 break format!(
-                    "docker run did not end within {} of the cancel",
+                    "docker start did not end within {} of the cancel",
                     humantime::format_duration(self.grace)
                 );
             }
@@ -296,7 +283,7 @@ mod tests {
         assert_eq!(*killed.lock().unwrap(), 1);
         assert_eq!(
             *said.lock().unwrap(),
-            ["docker run did not end within 50ms of the cancel: killing the docker client"]
+            ["docker start did not end within 50ms of the cancel: killing the docker client"]
         );
     }
 
@@ -310,7 +297,7 @@ mod tests {
         assert_eq!(*killed.lock().unwrap(), 1);
         assert_eq!(
             *said.lock().unwrap(),
-            ["the docker watchdog gave up on docker run: killing the docker client"]
+            ["the docker watchdog gave up on docker start: killing the docker client"]
         );
     }
 

@@ -11,7 +11,7 @@
 //!   resident set into crunch-run.txt.
 //! - **crunchstat** samples the container's cgroup into crunchstat.txt. A supervisor helper
 //!   (`watch_container`) asks the engine for the container's PID on a thread of its own,
-//!   once a second from a second after `docker run` started (as often as the sampler
+//!   once a second from a second after `docker start` started (as often as the sampler
 //!   reads), so that a short container does not pay for docker clients it never needed,
 //!   and the helper's stop never waits for one. Once found, the sampler runs until the
 //!   client exits: memory warnings go to crunch-run.txt as they come, the totals after the
@@ -36,7 +36,7 @@ use super::engine::Engine;
 use super::supervisor::{Stop, Supervisor};
 
 /// How often the container's PID is asked for (never more often than the interval), the
-/// first time this long after `docker run` started. A container that ends sooner would
+/// first time this long after `docker start` started. A container that ends sooner would
 /// give the sampler nothing worth a docker client: each ask costs ~10 ms of CPU on the
 /// run's critical path (asking from 100 ms on made `echo hello` 1.07x slower in `make
 /// bench`, and never found the container running).

@@ -28,13 +28,12 @@ pub trait Engine: Send + Sync {
         &self,
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<LoadOutput, DockerError>;
-    /// Create and start the container of `spec`, attached: its streams come through the
-    /// returned client. Scratch files (an env file) may go into `scratch_dir`.
-    fn run_attached(
-        &self,
-        spec: &ContainerSpec,
-        scratch_dir: &Path,
-    ) -> Result<Box<dyn Client>, DockerError>;
+    /// Create the container of `spec`, not started. Scratch files (an env file) may go
+    /// into `scratch_dir`, and are gone when this returns.
+    fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError>;
+    /// Start the created container `name`, attached: its streams come through the returned
+    /// client, its stdin too when `stdin` (it was created with one).
+    fn start_attached(&self, name: &str, stdin: bool) -> Result<Box<dyn Client>, DockerError>;
     /// The container's state.
     fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError>;
     /// The host PID of the container's first process while it runs; `None` while it does
@@ -90,12 +89,12 @@ impl Engine for Docker {
         Docker::load_image(self, feed)
     }
 
-    fn run_attached(
-        &self,
-        spec: &ContainerSpec,
-        scratch_dir: &Path,
-    ) -> Result<Box<dyn Client>, DockerError> {
-        Ok(Box::new(Docker::run_attached(self, spec, scratch_dir)?))
+    fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError> {
+        Docker::create(self, spec, scratch_dir)
+    }
+
+    fn start_attached(&self, name: &str, stdin: bool) -> Result<Box<dyn Client>, DockerError> {
+        Ok(Box::new(Docker::start_attached(self, name, stdin)?))
     }
 
     fn inspect_state(&self, name: &str) -> Result<ContainerState, DockerError> {

@@ -11,12 +11,12 @@ use super::engine::Engine;
 
 use super::outcome::Outcome;
 
-/// How the `docker run` client ended. Its status is not the container's, except that it
+/// How the `docker start` client ended. Its status is not the container's, except that it
 /// exits 0 only when the container did.
 #[derive(Debug, Clone)]
 pub(super) struct ClientEnd {
     pub succeeded: bool,
-    /// e.g. "docker run exited exit status 125", for messages.
+    /// e.g. "docker start exited exit status 125", for messages.
     pub text: String,
     /// The tail of what the client wrote to stderr: its own errors land there, after the
     /// container's.
@@ -68,7 +68,7 @@ pub(super) fn judge_exit(
         };
         return judged(outcome, vec![]);
     }
-    // docker run exits 0 only when the container did: nothing to ask the engine.
+    // docker start exits 0 only when the container did: nothing to ask the engine.
     // Any other status may be the client's own (125, 126, 127) or the container's.
     if facts.client.succeeded {
         let notes = vec![ContainerExit::new(0).to_string()];
@@ -101,7 +101,7 @@ fn lost(end: &ClientEnd, engine_said: &str) -> String {
     if end.wrote_output || end.ran_for >= LOST_AFTER {
         let started = match end.wrote_output {
             true => "the container started and ran",
-            false => "docker run ran",
+            false => "docker start ran",
         };
         format!(
             "{started} for {ran}, then the engine lost it ({client}; the engine cannot inspect \
@@ -173,7 +173,7 @@ mod tests {
         ClientEnd {
             succeeded,
             text: format!(
-                "docker run exited exit status {}",
+                "docker start exited exit status {}",
                 if succeeded { 0 } else { 1 }
             ),
             said: said.into(),
@@ -301,7 +301,7 @@ mod tests {
         assert_eq!(
             j.outcome,
             Outcome::failed(
-                "could not start container: docker run exited exit status 1: docker: invalid spec"
+                "could not start container: docker start exited exit status 1: docker: invalid spec"
             )
         );
     }
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(
             j.outcome,
             Outcome::failed(
-                "the container was not created or cannot be inspected (docker run exited exit \
+                "the container was not created or cannot be inspected (docker start exited exit \
                  status 1): No such container\ndocker: Error: name in use"
             )
         );
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(
             j.outcome,
             Outcome::failed(
-                "the container started and ran for 10s, then the engine lost it (docker run \
+                "the container started and ran for 10s, then the engine lost it (docker start \
                  exited exit status 1; the engine cannot inspect it, it may have restarted: \
                  Cannot connect to the Docker daemon)\nerror waiting for container: unexpected EOF"
             )
@@ -341,7 +341,7 @@ mod tests {
             panic!("not a failure");
         };
         assert!(
-            reason.starts_with("docker run ran for 10s, then the engine lost it"),
+            reason.starts_with("docker start ran for 10s, then the engine lost it"),
             "{reason}"
         );
     }

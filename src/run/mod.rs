@@ -1,14 +1,14 @@
 //! The lifecycle of one container, read top to bottom like Go's `Run`: open the stores,
-//! start the logs, then prepare → start → wait → capture → finish, with exactly one final
-//! update.
+//! start the logs, then prepare → create → Running → start → wait → capture → finish, with
+//! exactly one final update.
 //!
 //! The steps live beside this file: `prepare` (record, token, mounts, image, staging),
-//! `spec` (the container spec), `attach` (the attached `docker run`, supervised by
-//! `supervisor`'s helpers, cancelled through `cancel`), `exit` (how the container ended:
-//! the one judgement of the outcome), `output` (the output collection) and `finish` (the
-//! log collection, the final update, the cleanup). `outcome` is the one place that turns
-//! the outcome and the wrap-up's results into the record's final state and fields
-//! (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
+//! `spec` (the container spec), `attach` (`docker create`, the Running update, the
+//! attached `docker start`, supervised by `supervisor`'s helpers, cancelled through
+//! `cancel`), `exit` (how the container ended: the one judgement of the outcome), `output`
+//! (the output collection) and `finish` (the log collection, the final update, the
+//! cleanup). `outcome` is the one place that turns the outcome and the wrap-up's results
+//! into the record's final state and fields (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -398,8 +398,12 @@ impl ContainerRun<'_> {
             Err(outcome) => return (outcome, Output::Settled(Saved::Nothing)),
         };
         let started = self
-            .log_node_files(record, node_info, pipeline)
-            .and_then(|()| self.start(&prepared));
+            .create(&prepared)
+            .and_then(|spec| {
+                self.log_node_files(record, node_info, pipeline)
+                    .map(|()| spec)
+            })
+            .and_then(|spec| self.set_running(&prepared).map(|()| spec));
         let outcome = match started {
             Ok(spec) => self.attach(&spec, prepared.container.max_run_time, pipeline),
             Err(outcome) => outcome,

@@ -46,8 +46,8 @@ impl RunCost {
         for price in merged.iter().rev() {
             if known.is_none_or(|k| price.start > k) {
                 say(&format!(
-                    "Instance price changed to {:.3} at {}",
-                    price.price,
+                    "Instance price changed to {} at {}",
+                    crate::prices::price_text(price.price),
                     crate::rfc3339::format_timestamp(price.start)
                 ));
             }

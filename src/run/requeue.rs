@@ -1,7 +1,9 @@
 //! Which failures are not the container's fault, and what they end in (reference §5.2a):
 //! before Running, an engine that cannot be reached (or no docker CLI at all), an engine
-//! error on the broken-node list, the Running update or the node's files in the log failing,
-//! or a signal, give `Outcome::Requeue`; the final step is then the API's unlock, so that
+//! error on the broken-node list, `docker create` failing (the spec was checked before: what
+//! the engine refuses then is the host's trouble: no space, a lost image, a mount source
+//! gone), the Running update or the node's files in the log failing, or a signal, give
+//! `Outcome::Requeue`; the final step is then the API's unlock, so that
 //! another worker runs the container. An engine error on the broken-node list also marks
 //! the node broken (broken_node.rs), before or after Running. Everything else stays the
 //! failure it was: the container's own (bad mounts, a missing image, a bad tar, a command
@@ -56,6 +58,16 @@ impl ContainerRun<'_> {
             return self.not_its_fault(reason);
         }
         Outcome::failed(reason)
+    }
+
+    /// `docker create` failed: the host's trouble, never the container's (its spec was
+    /// checked), so it goes back to the queue; a node that cannot run containers is marked
+    /// broken too.
+    pub(super) fn create_failed(&self, e: &DockerError) -> Outcome {
+        if e.suggests_broken_node() || no_docker_cli(e) {
+            self.node_is_broken(&e.to_string());
+        }
+        self.not_its_fault(format!("cannot create the container: {e}"))
     }
 
     /// If `text` (an engine's error) is on the broken-node list, say so and mark the node.

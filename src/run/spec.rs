@@ -1,4 +1,4 @@
-//! The `ContainerSpec` for `docker run`, from the record, the staged mounts and the
+//! The `ContainerSpec` for `docker create`, from the record, the staged mounts and the
 //! configuration: a pure function, tested without an engine (as Go's docker_test does).
 //! Turning the spec into docker words is docker/argv.rs's job.
 

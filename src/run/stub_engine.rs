@@ -33,6 +33,8 @@ pub struct Script {
     pub stderr: Vec<u8>,
     pub exit_code: i64,
     pub oom_killed: bool,
+    /// `docker create` fails with this engine error text.
+    pub create_error: Option<String>,
     /// The command could not start: the engine's error text (the client exits 127).
     pub start_error: Option<String>,
     /// The container runs until it is removed (then it counts as killed, 137).
@@ -112,14 +114,15 @@ impl StubEngine {
         }
     }
 
-    /// Every call, in order: `image_id <image>`, `load`, `run <name>`, `inspect <name>`,
+    /// Every call, in order: `image_id <image>`, `load`, `create <name>`, `start <name>`,
+    /// `inspect <name>`,
     /// `pid <name>`, `wait <name>`, `remove <name>`, `version`, `kill-client <name>`,
     /// `cgroup_driver`.
     pub fn calls(&self) -> Vec<String> {
         self.world().calls.clone()
     }
 
-    /// The specs `run_attached` was given.
+    /// The specs `create` was given.
     pub fn specs(&self) -> Vec<ContainerSpec> {
         self.world().specs.clone()
     }
@@ -229,38 +232,66 @@ impl Engine for StubEngine {
         }
     }
 
-    fn run_attached(
-        &self,
-        spec: &ContainerSpec,
-        _scratch_dir: &Path,
-    ) -> Result<Box<dyn Client>, DockerError> {
-        self.call(format!("run {}", spec.name))?;
-        let io_error = |source| DockerError::Io { op: "run", source };
+    fn create(&self, spec: &ContainerSpec, _scratch_dir: &Path) -> Result<(), DockerError> {
+        self.call(format!("create {}", spec.name))?;
+        let mut world = self.world();
+        let failed = |stderr: String| DockerError::Failed {
+            op: "create",
+            status: "exit status 1".into(),
+            stderr,
+        };
+        if let Some(error) = &world.script.create_error {
+            return Err(failed(format!("Error response from daemon: {error}")));
+        }
+        if world.containers.contains_key(&spec.name) {
+            return Err(failed(format!(
+                "Error response from daemon: Conflict. The container name \"/{}\" is already in use by container \"0123\"",
+                spec.name
+            )));
+        }
+        world.specs.push(spec.clone());
+        let state = ContainerState {
+            status: "created".into(),
+            oom_killed: world.script.oom_killed,
+            started_at: NEVER.into(),
+            ..Default::default()
+        };
+        world.containers.insert(spec.name.clone(), state);
+        Ok(())
+    }
+
+    fn start_attached(&self, name: &str, stdin: bool) -> Result<Box<dyn Client>, DockerError> {
+        self.call(format!("start {name}"))?;
+        let io_error = |source| DockerError::Io {
+            op: "start",
+            source,
+        };
         let (out_r, out_w) = io::pipe().map_err(io_error)?;
         let (err_r, err_w) = io::pipe().map_err(io_error)?;
-        let stdin = match spec.stdin {
+        let stdin = match stdin {
             true => Some(self.feed_stdin().map_err(io_error)?),
             false => None,
         };
         {
             let mut world = self.world();
-            world.specs.push(spec.clone());
-            let started = world.script.start_error.is_none();
-            let state = ContainerState {
-                status: if started { "running" } else { "created" }.into(),
-                running: started,
-                oom_killed: world.script.oom_killed,
-                error: world.script.start_error.clone().unwrap_or_default(),
-                started_at: if started { STARTED_AT } else { NEVER }.into(),
-                ..Default::default()
+            let start_error = world.script.start_error.clone();
+            let Some(state) = world.containers.get_mut(name) else {
+                return Err(no_such_container("start", name));
             };
-            world.containers.insert(spec.name.clone(), state);
+            match start_error {
+                Some(error) => state.error = error,
+                None => {
+                    state.status = "running".into();
+                    state.running = true;
+                    state.started_at = STARTED_AT.into();
+                }
+            }
         }
-        let (engine, name) = (self.clone(), spec.name.clone());
-        std::thread::spawn(move || engine.live(name, out_w, err_w));
+        let (engine, owned) = (self.clone(), name.to_string());
+        std::thread::spawn(move || engine.live(owned, out_w, err_w));
         Ok(Box::new(StubClient {
             engine: self.clone(),
-            name: spec.name.clone(),
+            name: name.to_string(),
             stdin,
             stdout: Some(out_r),
             stderr: Some(err_r),

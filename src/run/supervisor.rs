@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::ContainerRun;
-use super::cancel::{CLIENT_GRACE, ClientReaper, keep_removing, limit_run_time};
+use super::cancel::{CLIENT_GRACE, ClientReaper, limit_run_time};
 use super::engine::KillClient;
 use crate::arvados::container::State;
 use crate::logging::log_collection::save_while_running;
@@ -182,10 +182,6 @@ impl ContainerRun<'_> {
                 limit_run_time(&cancel, limit, deadline, stop)
             });
         }
-        let (cancel, engine, name) = (self.cancel.clone(), self.engine.clone(), self.uuid.clone());
-        supervisor.spawn("cancel-removal", move |stop| {
-            keep_removing(&cancel, &*engine, &name, stop)
-        });
         let reaper = ClientReaper {
             cancel: self.cancel.clone(),
             client: self.client.clone(),

@@ -115,7 +115,7 @@ fn a_cancel_before_running_requeues_the_container() {
     assert_eq!(updates.len(), 1, "only the unlock: {updates:?}");
     assert_eq!(keys(&updates[0]), ["state"], "the unlock carries nothing");
     assert_eq!(f.store.get_container(UUID).unwrap()["state"], "Queued");
-    assert!(!f.engine.calls().iter().any(|c| c.starts_with("run ")));
+    assert!(!f.engine.calls().iter().any(|c| c.starts_with("create ")));
     assert!(f.log("crunch-run.txt").ends_with(
         "caught signal SIGTERM\nThis is not the container's fault: it goes back to the queue, for another worker to run\nQueued\n"
     ));
@@ -248,6 +248,48 @@ fn a_failed_running_update_requeues() {
         !f.config.node.broken_mark().exists(),
         "the node is not broken"
     );
+    // Created before Running, never started, and removed.
+    let calls = f.engine.calls();
+    assert!(calls.contains(&format!("create {UUID}")), "{calls:?}");
+    assert!(!calls.contains(&format!("start {UUID}")), "{calls:?}");
+    assert!(calls.contains(&format!("remove {UUID}")), "{calls:?}");
+}
+
+/// Issue 8, point 2: `docker create` failing is the host's trouble; the record is not
+/// Running yet, so it goes back to the queue. On the broken-node list, the node is marked.
+#[test]
+fn a_container_the_host_cannot_create_goes_back_to_the_queue() {
+    let cases = [
+        (
+            "invalid mount config for type \"bind\": bind source path does not exist: /tmp/gone",
+            false,
+        ),
+        (
+            "mkdir /var/lib/docker/overlay2/0123-init: no space left on device",
+            true,
+        ),
+    ];
+    for (error, broken) in cases {
+        let f = Fixture::new(Script {
+            create_error: Some(error.into()),
+            ..Default::default()
+        });
+        assert_eq!(f.run(), 0);
+        let updates = f.updates();
+        assert_eq!(updates.len(), 1, "only the unlock: {updates:?}");
+        assert_eq!(f.store.get_container(UUID).unwrap()["state"], "Queued");
+        let crunch = f.log("crunch-run.txt");
+        assert!(
+            crunch.contains("cannot create the container: ") && crunch.contains(error),
+            "{crunch}"
+        );
+        assert!(
+            crunch.contains("This is not the container's fault: it goes back to the queue"),
+            "{crunch}"
+        );
+        assert_eq!(f.config.node.broken_mark().exists(), broken, "{error}");
+        assert!(!f.engine.calls().contains(&format!("start {UUID}")));
+    }
 }
 
 #[test]
@@ -280,14 +322,14 @@ fn a_stuck_engine_is_given_up_by_the_watchdog() {
     let error = last["runtime_status"]["error"].as_str().unwrap();
     assert!(
         error.starts_with(
-            "docker watchdog: the container is exited but docker run has not returned"
+            "docker watchdog: the container is exited but docker start has not returned"
         ),
         "{error}"
     );
     assert!(f.engine.calls().contains(&format!("kill-client {UUID}")));
     let crunch = f.log("crunch-run.txt");
     assert!(
-        crunch.contains("the docker watchdog gave up on docker run: killing the docker client\n"),
+        crunch.contains("the docker watchdog gave up on docker start: killing the docker client\n"),
         "{crunch}"
     );
 }
@@ -315,7 +357,7 @@ fn a_bad_record_cancels_before_running_with_the_first_problem_found() {
         f.final_update()["runtime_status"]["error"],
         "image collection acbd18db4cc2f85cedef654fccc4a4d8+3 was not found"
     );
-    assert!(!f.engine.calls().iter().any(|c| c.starts_with("run ")));
+    assert!(!f.engine.calls().iter().any(|c| c.starts_with("create ")));
 }
 
 #[test]
