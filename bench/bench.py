@@ -21,8 +21,10 @@
     against staging: time from the record going Running (and from crunch-run's start:
     staging comes before Running) to the container's first instruction, and with an empty
     collection mounted through FUSE, for scale; reading it all in the
-    container, against `cp` of the same bytes on the host; crunch-run's and arv-mount's
-    peak RSS (BENCH_INPUT_MB, default 1000; BENCH_INPUT_ROUNDS, default 3).
+    container, against `cp` of the same bytes on the host, with the work staging cannot
+    skip done by plain tools for scale (curl GETs of the same blocks, 4 at a time, | md5sum,
+    and | tee file | md5sum); crunch-run's and arv-mount's peak RSS (BENCH_INPUT_MB,
+    default 1000; BENCH_INPUT_ROUNDS, default 3).
 (i) crunchstat: the CPU cost of one sample of a container's, crunch-run's own and the
     host's cgroups (bench/crunchstat_cost.rs), and `echo hello` with crunchstat and
     hoststat on (the default 10s interval) against off (-crunchstat-interval=0).
@@ -32,6 +34,7 @@ the same), names: hello, floods, mounts, capture, api, image, crunchstat, inputs
 engine. Figures are printed, never asserted: the machines are shared and noisy.
 """
 import calendar
+import concurrent.futures
 import json
 import os
 import resource
@@ -383,6 +386,12 @@ class FakeArvados:
             sys.exit("fake Arvados: %s: %s" % (op, answer["error"]))
         return answer
 
+    def cpu(self):
+        """CPU seconds the fake has used so far (user + system)."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def env(self):
         """crunch-run's environment for this API. Keep services are discovered, as on a
         compute node, unless BENCH_KEEP_SERVICES=1 lists them in ARVADOS_KEEP_SERVICES."""
@@ -639,6 +648,34 @@ def inputs_run(fake, spool, env, uuid, pdh, input_pdh, how, command, work):
     return start, marks[1] - marks[0], staging, peak, arv_peak[0], marks[0] - launched
 
 
+def plain_fetch(fake, locators, work, keep_file):
+    """The work staging cannot skip, done by plain tools: every block GET from the same
+    fake Keep over HTTPS by curl (a process and a TLS handshake per block, spread over the
+    services as crunch-run's are), 4 at a time as staging's fetches, each hashed once by
+    md5sum, and with `keep_file` also written to a file (tee; not synced, as staging's
+    copy is not). Seconds."""
+    roots = fake.info["keep_services"].split()
+    header = os.path.join(work, "auth-header")
+    with open(header, "w") as f:
+        f.write("Authorization: Bearer %s\n" % fake.info["token"])
+    out = os.path.join(work, "plain-fetch")
+    os.makedirs(out, exist_ok=True)
+
+    def get(i):
+        url = "%s/%s" % (roots[i % len(roots)], locators[i])
+        sink = "tee %s | " % shlex.quote(os.path.join(out, str(i))) if keep_file else ""
+        script = "set -o pipefail; curl -sf --cacert %s -H @%s %s | %smd5sum >/dev/null" % (
+            shlex.quote(fake.info["ca_file"]), shlex.quote(header), shlex.quote(url), sink)
+        subprocess.run(["bash", "-c", script], check=True)
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(get, range(len(locators))))
+    t = time.monotonic() - start
+    shutil.rmtree(out)
+    return t
+
+
 def inputs_bench(fake, image, spool, work):
     """(j) a 1 GB input through FUSE and through staging (see the module's docstring)."""
     mb = int(os.environ.get("BENCH_INPUT_MB", "1000"))
@@ -660,8 +697,10 @@ def inputs_bench(fake, image, spool, work):
         sys.exit("no arv-mount in %s: run `make pyenv`" % venv)
     env = dict(fake.env(), PATH=venv + ":" + os.environ["PATH"])
     cp = statistics.median(timed_cp(big, big + ".copy") for _ in range(rounds))
+    locators = fake.call("blocks", id=input_pdh)["locators"]
     fig = {k: [] for k in ("empty", "fuse_start", "stage_start", "fuse_read", "stage_read",
-                           "staging", "fuse_rss", "stage_rss", "arv_rss", "empty_all", "fuse_all", "stage_all")}
+                           "staging", "fuse_rss", "stage_rss", "arv_rss", "empty_all", "fuse_all", "stage_all",
+                           "hashed", "hashed_filed", "stage_cpu", "fake_cpu")}
     for n in range(rounds):
         u = lambda k: "zzzzz-dz642-in%d%012d" % (k, n)
         s, _, _, _, _, a = inputs_run(fake, spool, env, u(1), pdh, empty_pdh, "fuse", "true", work)
@@ -669,9 +708,15 @@ def inputs_bench(fake, image, spool, work):
         s, r, _, peak, arv, a = inputs_run(fake, spool, env, u(2), pdh, input_pdh, "fuse", "cat /in/input.bin >/dev/null", work)
         fig["fuse_start"].append(s); fig["fuse_read"].append(r); fig["fuse_rss"].append(peak); fig["arv_rss"].append(arv)
         fig["fuse_all"].append(a)
+        before, fake_before = resource.getrusage(resource.RUSAGE_CHILDREN), fake.cpu()
         s, r, st, peak, _, a = inputs_run(fake, spool, env, u(3), pdh, input_pdh, "stage", "cat /in/input.bin >/dev/null", work)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fig["stage_cpu"].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        fig["fake_cpu"].append(fake.cpu() - fake_before)
         fig["stage_start"].append(s); fig["stage_read"].append(r); fig["staging"].append(st); fig["stage_rss"].append(peak)
         fig["stage_all"].append(a)
+        fig["hashed"].append(plain_fetch(fake, locators, work, False))
+        fig["hashed_filed"].append(plain_fetch(fake, locators, work, True))
     m = {k: statistics.median(v) for k, v in fig.items()}
     size = mb / 1000.0
     stage_total = m["staging"] + m["stage_read"]
@@ -683,6 +728,10 @@ def inputs_bench(fake, image, spool, work):
     print("    reading it all: through FUSE %.2f s (%.0f MB/s); staged: copy %.2f s + read %.2f s = %.2f s (%.0f MB/s); FUSE/staging speed %.2f (target >= 0.5)"
           % (m["fuse_read"], mb / m["fuse_read"], m["staging"], m["stage_read"], stage_total, mb / stage_total, stage_total / m["fuse_read"]))
     print("    staging's copy against cp of the same bytes on the host (%.2f s): %.2fx (target <= 1.5x)" % (cp, m["staging"] / cp))
+    print("    CPU of the staged run: crunch-run and its children (the docker clients) %.2f s, the fake API + Keep %.2f s, on %d cores"
+          % (m["stage_cpu"], m["fake_cpu"], os.cpu_count()))
+    print("    (the work it cannot skip, by plain tools, 4 blocks at a time from the same fake Keep: curl | md5sum %.2f s, %.2fx cp; curl | tee file | md5sum %.2f s, %.2fx cp)"
+          % (m["hashed"], m["hashed"] / cp, m["hashed_filed"], m["hashed_filed"] / cp))
     print("    peak RSS: crunch-run %.1f MiB with FUSE (arv-mount %.1f MiB), %.1f MiB staging"
           % (m["fuse_rss"] / 2**20, m["arv_rss"] / 2**20, m["stage_rss"] / 2**20))
     os.unlink(big)

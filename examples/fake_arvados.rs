@@ -15,6 +15,8 @@
 //!   {"op": "add_container", "record": {…}}         (defaults as the tests')
 //!   {"op": "container", "uuid": …}                 → the record
 //!   {"op": "read_file", "id": pdh, "path": …}      → {"text": …} (lossy UTF-8)
+//!   {"op": "blocks", "id": pdh}   → {"locators": […]}, the collection's distinct blocks in
+//!                          order, signed for the token (for a plain client's GETs)
 //!   {"op": "timeline"}   → the requests since the last one, with their times, the
 //!                          connections, the critical path (fake_timing.rs); then forgets
 //!
@@ -106,6 +108,13 @@ fn run(fake: &FakeArvados, command: &Value) -> Result<Value, String> {
                 .ok_or(format!("no {path} in {id}"))?;
             Ok(json!({"text": String::from_utf8_lossy(&data)}))
         }
+        "blocks" => {
+            let id = command["id"].as_str().ok_or("blocks needs id")?;
+            let manifest = fake
+                .collection_manifest(id)
+                .ok_or(format!("no collection {id}"))?;
+            Ok(json!({"locators": signed_blocks(fake, &manifest)}))
+        }
         "timeline" => {
             let log = fake.timeline();
             let answer = fake_timing::timeline_json(&log, &fake.connections());
@@ -114,4 +123,22 @@ fn run(fake: &FakeArvados, command: &Value) -> Result<Value, String> {
         }
         other => Err(format!("unknown op {other:?}")),
     }
+}
+
+/// The distinct `hash+size` blocks of a manifest, in order, each signed for the fake's token.
+fn signed_blocks(fake: &FakeArvados, manifest: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for word in manifest.lines().flat_map(|l| l.split(' ').skip(1)) {
+        let mut parts = word.split('+');
+        let (Some(hash), Some(size)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let bare = format!("{hash}+{size}");
+        let is_block = hash.len() == 32 && size.parse::<u64>().is_ok() && !word.contains(':');
+        if is_block && seen.insert(bare.clone()) {
+            out.push(fake.sign_locator(&bare, fake.token()));
+        }
+    }
+    out
 }

@@ -3,8 +3,10 @@
 //! `stream.rs`'s.
 //!
 //! Each distinct block is fetched once (up to [`FETCH_PARALLEL`] at a time) and its byte ranges written straight into every file
-//! that uses it, never a whole block in memory; each block's size and md5 are checked
-//! against its locator on the way. Which files to read is `select.rs`'s job,
+//! that uses it, never a whole block in memory. The block store checks each block's md5
+//! against its locator (the [`BlockStore::get_block`] contract: the Keep client and the
+//! local store both hash what they deliver), so it is hashed once, there; here only its
+//! size is checked again, which costs nothing. Which files to read is `select.rs`'s job,
 //! and what the files are for (modes, binds, output) is the caller's.
 
 use std::collections::HashMap;
@@ -19,11 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use md5::{Digest, Md5};
-
 use super::CollectionError;
 use super::select::{Selection, select};
-use crate::arvados::manifest::{Locator, Manifest, ManifestFile, hex};
+use crate::arvados::manifest::{Locator, Manifest, ManifestFile};
 use crate::progress::Progress;
 use crate::store::{ApiStore, BlockStore};
 use crate::writeback::start_writeback;
@@ -186,7 +186,6 @@ impl<'a> CollectionReader<'a> {
             pieces: &job.pieces,
             files: &files,
             pos: 0,
-            md5: Md5::new(),
             progress,
         };
         self.blocks
@@ -195,12 +194,11 @@ impl<'a> CollectionReader<'a> {
                 block: job.portable(),
                 source,
             })?;
-        let md5 = hex(&out.md5.finalize());
-        if out.pos != job.size || md5 != job.hash {
+        // The store checked the md5 (a second hash here cost a CPU-second per GB).
+        if out.pos != job.size {
             return Err(CollectionError::BadBlock {
                 block: job.portable(),
                 bytes: out.pos,
-                md5,
             });
         }
         // Staged copies would otherwise stay dirty until the container's teardown syncs them.
@@ -300,13 +298,12 @@ fn block_jobs(files: &[ManifestFile]) -> Result<Vec<BlockJob>, CollectionError> 
 }
 
 /// The writer a block is streamed into: each chunk is written, at its place, into every
-/// file whose piece overlaps it, and hashed on the way.
+/// file whose piece overlaps it, and counted.
 struct FanOut<'a> {
     pieces: &'a [Piece],
     files: &'a HashMap<usize, File>,
     /// Position in the block of the next byte.
     pos: u64,
-    md5: Md5,
     progress: Option<&'a Progress<'a>>,
 }
 
@@ -325,7 +322,6 @@ impl Write for FanOut<'_> {
                 file.write_all_at(chunk, piece.file_off + (from - piece.block_off))?;
             }
         }
-        self.md5.update(buf);
         self.pos = end;
         if let Some(progress) = self.progress {
             progress.advance(buf.len() as u64);

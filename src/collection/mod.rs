@@ -50,15 +50,10 @@ pub enum CollectionError {
         #[source]
         source: StoreError,
     },
-    /// The block store gave other bytes than the locator names.
-    #[error(
-        "block {block} from Keep does not match its locator (got {bytes} bytes with md5 {md5})"
-    )]
-    BadBlock {
-        block: String,
-        bytes: u64,
-        md5: String,
-    },
+    /// The block store gave another number of bytes than the locator names (a store
+    /// checks the md5 itself: see `BlockStore::get_block`).
+    #[error("block {block} from Keep does not match its locator (got {bytes} bytes)")]
+    BadBlock { block: String, bytes: u64 },
     /// A block ended before the file's range in it did.
     #[error("block {block} ended {missing} bytes before the end of the file range")]
     ShortBlock { block: String, missing: u64 },

@@ -984,22 +984,78 @@ mod tests {
     }
 
     #[test]
-    fn wrong_bytes_from_a_careless_store_are_caught() {
+    fn a_block_of_the_wrong_size_from_a_careless_store_is_caught() {
         let store = MemoryStore::new();
         let loc = store.put(b"hello");
         store.add_collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
-        *store.lie.lock().unwrap() = Some(b"jello".to_vec());
+        *store.lie.lock().unwrap() = Some(b"hello!".to_vec());
         assert_eq!(
             stage_err(
                 &store,
                 json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}}),
                 "/tmp"
             ),
+            "mount \"/in\": block 5d41402abc4b2a76b9719d911017c592+5 from Keep does not match its locator (got 6 bytes)"
+        );
+    }
+
+    /// The real Keep client as the block store (ArvadosStore's, without its API).
+    struct Keep(crate::arvados::keep::KeepClient);
+
+    impl BlockStore for Keep {
+        fn put_block(
+            &self,
+            _: &str,
+            _: u64,
+            _: &crate::store::BlockSource<'_>,
+        ) -> Result<String, crate::store::StoreError> {
+            unreachable!("staging stores nothing")
+        }
+
+        fn get_block(
+            &self,
+            locator: &str,
+            out: &mut dyn std::io::Write,
+        ) -> Result<u64, crate::store::StoreError> {
+            self.0.get_block(locator, out)
+        }
+    }
+
+    /// Staging hashes each block once, in the Keep client: a block whose bytes Keep
+    /// corrupted (same size, other md5) is still refused, and the container never starts.
+    #[test]
+    fn a_corrupted_block_from_keep_is_refused() {
+        use crate::arvados::client::testserver::{response, start};
+        use crate::arvados::keep::{KeepClient, KeepService};
+        const HELLO: &str = "5d41402abc4b2a76b9719d911017c592+5";
+        let store = MemoryStore::new();
+        let loc = store.put(b"hello");
+        store.add_collection(PDH, &format!(". {loc} 0:5:hello.txt\n"));
+        let server = start(|_, _| response(200, &[], b"jello"));
+        let service = KeepService {
+            uuid: "zzzzz-bi6l4-000000000000000".into(),
+            root: server.url.clone(),
+            read_only: false,
+            disk: true,
+        };
+        let keep = Keep(KeepClient::new(
+            ureq::Agent::new_with_defaults(),
+            "token",
+            vec![service],
+            Default::default(),
+        ));
+        let dir = RunDir(tempfile::tempdir().unwrap());
+        let mounts = json!({"/tmp": {"kind": "tmp"}, "/in": {"kind": "collection", "portable_data_hash": PDH}});
+        let plan = parse_mounts(&mounts, &Value::Null, "/tmp").unwrap();
+        let err = stage(&plan, &store, &keep, &dir.path().join("run"), &|_| {}).unwrap_err();
+        assert_eq!(
+            err.to_string(),
             format!(
-                "mount \"/in\": block 5d41402abc4b2a76b9719d911017c592+5 from Keep does not match its locator (got 5 bytes with md5 {})",
+                "mount \"/in\": fetching block {HELLO}: GET Keep block {HELLO}: data received has md5 {}",
                 md5_hex(b"jello")
             )
         );
+        assert_eq!(server.requests.lock().unwrap().len(), 1, "not retried");
     }
 
     #[test]

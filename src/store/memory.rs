@@ -49,7 +49,9 @@ pub struct MemoryStore {
     pub fail_logs: bool,
     /// Every logs-table post first sleeps this long.
     pub hang_logs: Option<Duration>,
-    /// Block gets hand out these bytes instead of the block's, without complaint.
+    /// Block gets hand out these bytes instead of the block's, without complaint: a store
+    /// that breaks `BlockStore::get_block`'s promise to check the md5 (staging then catches
+    /// only a wrong size).
     pub lie: Mutex<Option<Vec<u8>>>,
     /// Every block put and get first sleeps this long (a store far away).
     pub block_delay: Mutex<Option<Duration>>,

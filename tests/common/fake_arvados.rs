@@ -1116,7 +1116,8 @@ fn relay(
 
 struct Reply {
     status: u16,
-    body: Vec<u8>,
+    /// Shared, so that a Keep GET hands out the stored block without copying it.
+    body: Arc<Vec<u8>>,
     content_type: &'static str,
     headers: Vec<(String, String)>,
     /// true for injected faults (not recorded as rejections)
@@ -1127,7 +1128,7 @@ impl Reply {
     fn json(status: u16, v: &Value) -> Reply {
         Reply {
             status,
-            body: serde_json::to_vec(v).unwrap_or_default(),
+            body: Arc::new(serde_json::to_vec(v).unwrap_or_default()),
             content_type: "application/json",
             headers: Vec::new(),
             injected: false,
@@ -1152,7 +1153,7 @@ impl Reply {
     fn text(status: u16, body: impl Into<Vec<u8>>) -> Reply {
         Reply {
             status,
-            body: body.into(),
+            body: Arc::new(body.into()),
             content_type: "text/plain",
             headers: Vec::new(),
             injected: false,
@@ -2316,7 +2317,8 @@ fn keep_route(
             }
             match st.blocks[svc].get(&loc.hash) {
                 Some(d) if d.len() as u64 == loc.size => {
-                    let mut r = Reply::text(200, d.to_vec());
+                    let mut r = Reply::text(200, Vec::new());
+                    r.body = d.clone();
                     r.content_type = "application/octet-stream";
                     r
                 }

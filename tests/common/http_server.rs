@@ -19,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 /// Largest request head (request line and headers) the server reads.
 const MAX_HEAD: usize = 64 * 1024;
+/// Answers up to this size go out in one write with their head.
+const SMALL_ANSWER: usize = 64 * 1024;
 
 /// One header of a request, as the client sent it.
 pub struct Header {
@@ -69,7 +71,8 @@ impl Request {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    /// Shared with whoever stored it (a Keep block), never copied here.
+    pub body: Arc<Vec<u8>>,
 }
 
 /// The listening side: requests arrive on a channel, in the order they were read.
@@ -306,12 +309,17 @@ fn write_response<W: Write>(
         }
     }
     head.push_str("\r\n");
-    // One write for head and body, so that a small answer is one TLS record and one segment.
+    // One write for head and body, so that a small answer is one TLS record and one segment;
+    // a big one (a Keep block) is written from where it lies, not copied behind the head.
     let mut out = head.into_bytes();
-    if !is_head {
-        out.extend_from_slice(&response.body);
+    let body: &[u8] = if is_head { &[] } else { &response.body };
+    if body.len() <= SMALL_ANSWER {
+        out.extend_from_slice(body);
+        w.write_all(&out)?;
+    } else {
+        w.write_all(&out)?;
+        w.write_all(body)?;
     }
-    w.write_all(&out)?;
     w.flush()
 }
 
