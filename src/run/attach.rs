@@ -150,6 +150,7 @@ impl ContainerRun<'_> {
     /// One `docker start --attach`, its streams wired and its stdin fed, until the client
     /// exits. Returns how the client ended and the tail of what it wrote to stderr.
     fn run_once(&self, spec: &ContainerSpec, pipeline: &LogPipeline) -> Step<ClientEnd> {
+        self.say("Starting the container");
         let started = std::time::Instant::now();
         let mut client = self
             .engine

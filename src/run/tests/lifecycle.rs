@@ -32,6 +32,16 @@ fn exit_0_completes_with_stdout_and_stderr_in_the_log_collection() {
         "{crunch}"
     );
     assert!(crunch.ends_with("Complete\n"), "{crunch}");
+    // Created, then started: Running comes between (one update before the final one).
+    let at = |text: &str| {
+        crunch
+            .find(text)
+            .unwrap_or_else(|| panic!("{text}: {crunch}"))
+    };
+    assert!(at("Creating: docker create --name ") < at("Starting the container\n"));
+    let calls = f.engine.calls();
+    let call = |c: String| calls.iter().position(|x| *x == c).unwrap();
+    assert!(call(format!("create {UUID}")) < call(format!("start {UUID}")));
     assert_eq!(f.logs_table("stdout"), "hello\n");
     assert_eq!(count_lines(&crunch, "Complete"), 1, "{crunch}");
     assert!(f.logs_table("crunch-run").ends_with("\nComplete\n"));
