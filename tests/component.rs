@@ -459,7 +459,9 @@ fn malformed_records_are_cancelled_with_the_reason() {
         h.fake.add_container(rec);
         let (_, crunch) = cancelled_case(&h, &[]);
         assert!(crunch.contains(want), "{field}: {crunch}");
-        assert!(h.docker_calls().is_empty(), "nothing reached docker");
+        // The engine may have been asked for its image list, nothing more.
+        let calls = h.docker_calls();
+        assert!(calls.iter().all(|c| c.starts_with("image ls")), "{calls:?}");
     }
 }
 

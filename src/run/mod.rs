@@ -167,6 +167,8 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         }
         prepare::Fetched::Leave => return 1,
     };
+    // A record to run (Locked): the engine may be asked from here on.
+    let early_images = prepare::list_images(Arc::clone(&engine));
     let progress = RecordProgress {
         legacy_api: initial == State::Queued,
         running: false,
@@ -195,6 +197,7 @@ pub(crate) fn run_with(config: &Config, cancel: CancelFlag, wiring: Wiring) -> i
         progress,
         access: None,
         early_access: Some(early_access),
+        early_images,
         staged: None,
         arv_mount: None,
         guard: None,
@@ -293,6 +296,8 @@ struct ContainerRun<'a> {
     access: Option<ContainerAccess>,
     /// The token and secret mounts, asked for beside the record.
     early_access: Option<prepare::AccessFetch>,
+    /// The engine's images, asked for beside the record.
+    early_images: Option<prepare::ImageList>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,
     /// The arv-mount serving the collection mounts (FUSE path), if any.

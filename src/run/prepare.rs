@@ -18,6 +18,7 @@ use crate::progress::CountingWriter;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
+use super::engine::Engine;
 use super::outcome::Outcome;
 use super::spec::usable_cgroup_parent;
 use super::{ContainerRun, Step};
@@ -148,6 +149,20 @@ fn fetch_access(api: &dyn ApiStore, uuid: &str) -> AccessAnswers {
     (access, secret_mounts)
 }
 
+/// The engine's list of images, asked for on a thread of its own.
+pub(super) type ImageList = JoinHandle<Option<Vec<String>>>;
+
+/// Ask the engine for its images at once, once the record is known to be one to run:
+/// nothing before the image check needs the engine, and with a fast API (or the local
+/// store) the list would otherwise be the one thing the image check waits for. `None` when no thread can be started (the list is then
+/// asked for in its turn).
+pub(super) fn list_images(engine: Arc<dyn Engine>) -> Option<ImageList> {
+    std::thread::Builder::new()
+        .name("image-list".into())
+        .spawn(move || engine.image_ids())
+        .ok()
+}
+
 /// What the run goes on with once prepared.
 pub(super) struct Prepared {
     pub container: Container,
@@ -210,7 +225,11 @@ impl ContainerRun<'_> {
                 None => AccessFetch::start(self.api.clone(), &self.uuid).join(legacy),
             });
             let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
-            let listed = s.spawn(|| self.engine.image_ids());
+            let early_images = self.early_images.take();
+            let listed = s.spawn(|| match early_images {
+                Some(list) => list.join().ok().flatten(),
+                None => self.engine.image_ids(),
+            });
             let image =
                 self.find_image(&container.container_image, || listed.join().ok().flatten());
             (access.join(), image, driver.map(|d| d.join()))
