@@ -1055,6 +1055,34 @@ fn a_signal_while_docker_creates_the_container_requeues_and_removes_it() {
     assert!(!h.docker_state().join("containers").join(UUID).exists());
 }
 
+/// A hung engine at `docker create` does not keep a cancelled run waiting for the
+/// command's timeout (180 s): the client is killed at once, and the record goes back to the
+/// queue.
+#[test]
+fn a_signal_during_a_hung_docker_create_ends_the_run_at_once() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let image = image_id();
+    let mut child = h.spawn(
+        UUID,
+        &[
+            ("FAKE_DOCKER_LOAD_ID", &image),
+            ("FAKE_DOCKER_HANG", "create"),
+        ],
+    );
+    let creating = || h.docker_calls().iter().any(|c| c.starts_with("create "));
+    assert!(wait_for(20, creating));
+    let t0 = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(h.fake.container(UUID)["state"], "Queued");
+}
+
 #[test]
 fn a_docker_run_that_hangs_after_its_container_stopped_is_given_up_by_the_watchdog() {
     let (h, pdh) = setup();

@@ -109,7 +109,7 @@ impl Client {
 
 /// `create` and `start_attached`.
 fn create_and_start(docker: &Docker, spec: &ContainerSpec, scratch: &Path) -> Attached {
-    docker.create(spec, scratch).unwrap();
+    docker.create(spec, scratch, &|_| {}).unwrap();
     docker.start_attached(&spec.name, spec.stdin).unwrap()
 }
 
@@ -344,7 +344,7 @@ fn create_failure_removes_the_env_file_too() {
         env: vec![("PATH".into(), "/usr/bin".into())],
         ..spec()
     };
-    let err = fake.docker.create(&s, scratch.path()).unwrap_err();
+    let err = fake.docker.create(&s, scratch.path(), &|_| {}).unwrap_err();
     assert!(err.to_string().contains("No such image"), "{err}");
     assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
@@ -355,14 +355,41 @@ fn create_name_conflict_and_create_failure() {
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with_container(&spec());
     let scratch = tempfile::tempdir().unwrap();
-    let err = fake.docker.create(&spec(), scratch.path()).unwrap_err();
+    let err = fake
+        .docker
+        .create(&spec(), scratch.path(), &|_| {})
+        .unwrap_err();
     assert!(err.to_string().contains("already in use"), "{err}");
 
     let fake = Fake::new()
         .with("FAKE_DOCKER_IMAGES", IMAGE)
         .with("FAKE_DOCKER_CREATE_FAIL", "invalid mount config");
-    let err = fake.docker.create(&spec(), scratch.path()).unwrap_err();
+    let err = fake
+        .docker
+        .create(&spec(), scratch.path(), &|_| {})
+        .unwrap_err();
     assert!(err.to_string().contains("invalid mount config"), "{err}");
+    assert!(!fake.docker.exists(NAME).unwrap());
+}
+
+/// A hung `docker create` is killed, its process group with it, by the killer it hands out.
+#[test]
+fn a_hung_create_is_killed_through_its_killer() {
+    let fake = Fake::new()
+        .with("FAKE_DOCKER_IMAGES", IMAGE)
+        .with("FAKE_DOCKER_HANG", "create");
+    let scratch = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = fake
+        .docker
+        .create(&spec(), scratch.path(), &|killer| {
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(300));
+                killer.kill();
+            });
+        })
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
     assert!(!fake.docker.exists(NAME).unwrap());
 }
 
@@ -384,7 +411,7 @@ fn create_refuses_an_env_file_value_with_a_newline_before_running_docker() {
         env: vec![("PATH".into(), "/bin\n/secret-part".into())],
         ..spec()
     };
-    let err = fake.docker.create(&s, scratch.path()).unwrap_err();
+    let err = fake.docker.create(&s, scratch.path(), &|_| {}).unwrap_err();
     assert!(matches!(err, DockerError::Argv(_)), "{err}");
     assert!(!err.to_string().contains("secret-part"));
     assert_eq!(fake.calls(), "");

@@ -28,7 +28,7 @@ use super::argv::{ContainerSpec, create_argv};
 use super::attached::{Attached, EnvFile};
 use super::error::DockerError;
 use super::exit::ContainerState;
-use crate::process::{Output, Running, widen_pipe};
+use crate::process::{ChildKiller, Output, Running, widen_pipe};
 
 /// Default bound on short docker commands (Jenkins' docker-workflow uses the same 180 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -192,8 +192,14 @@ impl Docker {
 
     /// `docker create` for `spec`, bounded by the timeout. The environment values travel in
     /// the client's own environment, or in an env file written into `scratch_dir` (mode
-    /// 0600) that is gone when this returns: the engine has copied them by then.
-    pub fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError> {
+    /// 0600) that is gone when this returns: the engine has copied them by then. `started`
+    /// is given what kills the client, once it runs (for a cancel that must not wait).
+    pub fn create(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+        started: &dyn Fn(ChildKiller),
+    ) -> Result<(), DockerError> {
         let op = "create";
         let args = create_argv(spec)?;
         let env_path = EnvFile::path(scratch_dir, &spec.name);
@@ -202,10 +208,12 @@ impl Docker {
             None => None,
         };
         let mut cmd = self.command(&args.argv(&env_path));
-        // GOMAXPROCS, which `run_command` sets, is never one of these: argv.rs passes the
+        // GOMAXPROCS, which `spawn_short` sets, is never one of these: argv.rs passes the
         // variables the CLI reads itself through the env file.
         cmd.envs(args.env.iter().map(|(k, v)| (k, v)));
-        let out = self.run_command(op, cmd)?;
+        let running = self.spawn_short(op, cmd)?;
+        started(running.killer());
+        let out = finish(op, running, Some(self.timeout))?;
         DockerError::check(op, &out)
     }
 
@@ -338,14 +346,19 @@ impl Docker {
     }
 
     /// `run`, for a command already built.
-    fn run_command(&self, op: &'static str, mut cmd: Command) -> Result<Output, DockerError> {
+    fn run_command(&self, op: &'static str, cmd: Command) -> Result<Output, DockerError> {
+        finish(op, self.spawn_short(op, cmd)?, Some(self.timeout))
+    }
+
+    /// Spawn a short command, its stdin closed.
+    fn spawn_short(&self, op: &'static str, mut cmd: Command) -> Result<Running, DockerError> {
         // A one-request client starts faster on one Go processor (9.6 → 8.1 ms for an
         // inspect on 2 cores): two such clients frame every run. Not for `start` or `load`,
         // which move data.
         if !self.env.iter().any(|(k, _)| k == "GOMAXPROCS") {
             cmd.env("GOMAXPROCS", "1");
         }
-        finish(op, self.spawn(op, cmd, Stdio::null())?, Some(self.timeout))
+        self.spawn(op, cmd, Stdio::null())
     }
 }
 

@@ -198,6 +198,11 @@ impl Running {
         self.child.kill();
     }
 
+    /// What kills the child from another thread while this one waits.
+    pub fn killer(&self) -> ChildKiller {
+        self.child.killer()
+    }
+
     /// Close stdin if still open, wait for exit (killing the child after `timeout`), then
     /// for both pipes to be drained.
     pub fn wait(mut self, timeout: Option<Duration>) -> Result<Output, WaitError> {

@@ -19,12 +19,12 @@ use std::time::Duration;
 
 use serde_json::{Map, json};
 
-use crate::docker::{ContainerSpec, create_argv, display_argv};
+use crate::docker::{ContainerSpec, DockerError, create_argv, display_argv};
 use crate::logging::pipeline::LogPipeline;
 use crate::process::{Tail, TailReader, read_on};
 use crate::slurm::ContainerCgroups;
 
-use super::engine::Client;
+use super::engine::{Client, KillClient};
 use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
 use super::finish::Cleanup;
 use super::outcome::Outcome;
@@ -81,7 +81,7 @@ impl ContainerRun<'_> {
         // Environment values travel in the docker CLI's own environment, never in argv.
         let argv = args.argv(Path::new("<env-file>"));
         self.say(&format!("Creating: docker {}", display_argv(&argv)));
-        let created = match self.engine.create(&spec, &self.run_dir) {
+        let created = match self.create_unless_cancelled(&spec) {
             Err(e) if e.to_string().contains("is already in use by container") => {
                 self.say(&format!("Removing leftover docker container {}", self.uuid));
                 self.engine.remove(&self.uuid).map_err(|e| {
@@ -90,12 +90,38 @@ impl ContainerRun<'_> {
                         self.uuid
                     ))
                 })?;
-                self.engine.create(&spec, &self.run_dir)
+                self.create_unless_cancelled(&spec)
             }
             created => created,
         };
-        created.map_err(|e| self.create_failed(&e))?;
+        if let Err(e) = created {
+            self.check_cancel()?;
+            return Err(self.create_failed(&e));
+        }
         Ok(spec)
+    }
+
+    /// `docker create`, its client killed at once by a cancel: a hung engine must not keep
+    /// a cancelled run waiting for the command's timeout. Nothing of the container's is lost
+    /// (the record is not Running), and the cleanup removes what the engine made of it.
+    fn create_unless_cancelled(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
+        let (killer_tx, killer_rx) = crossbeam_channel::bounded::<KillClient>(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let cancelled = self.cancel.cancelled();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let Ok(kill) = killer_rx.recv() else { return };
+                crossbeam_channel::select! {
+                    recv(cancelled) -> _ => kill(),
+                    recv(done_rx) -> _ => {}
+                }
+            });
+            let created = self.engine.create(spec, &self.run_dir, &|kill| {
+                let _ = killer_tx.try_send(kill);
+            });
+            drop((killer_tx, done_tx));
+            created
+        })
     }
 
     /// Mark the record Running, the last step before the container starts.

@@ -29,8 +29,14 @@ pub trait Engine: Send + Sync {
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<LoadOutput, DockerError>;
     /// Create the container of `spec`, not started. Scratch files (an env file) may go
-    /// into `scratch_dir`, and are gone when this returns.
-    fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError>;
+    /// into `scratch_dir`, and are gone when this returns. `started` is given what kills
+    /// the client, once there is one.
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+        started: &dyn Fn(KillClient),
+    ) -> Result<(), DockerError>;
     /// Start the created container `name`, attached: its streams come through the returned
     /// client, its stdin too when `stdin` (it was created with one).
     fn start_attached(&self, name: &str, stdin: bool) -> Result<Box<dyn Client>, DockerError>;
@@ -89,8 +95,15 @@ impl Engine for Docker {
         Docker::load_image(self, feed)
     }
 
-    fn create(&self, spec: &ContainerSpec, scratch_dir: &Path) -> Result<(), DockerError> {
-        Docker::create(self, spec, scratch_dir)
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+        scratch_dir: &Path,
+        started: &dyn Fn(KillClient),
+    ) -> Result<(), DockerError> {
+        Docker::create(self, spec, scratch_dir, &|killer| {
+            started(Arc::new(move || killer.kill()))
+        })
     }
 
     fn start_attached(&self, name: &str, stdin: bool) -> Result<Box<dyn Client>, DockerError> {

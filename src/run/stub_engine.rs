@@ -232,7 +232,12 @@ impl Engine for StubEngine {
         }
     }
 
-    fn create(&self, spec: &ContainerSpec, _scratch_dir: &Path) -> Result<(), DockerError> {
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+        _scratch_dir: &Path,
+        _started: &dyn Fn(KillClient),
+    ) -> Result<(), DockerError> {
         self.call(format!("create {}", spec.name))?;
         let mut world = self.world();
         let failed = |stderr: String| DockerError::Failed {
