@@ -202,8 +202,12 @@ impl<'a> CollectionReader<'a> {
             });
         }
         // Staged copies would otherwise stay dirty until the container's teardown syncs them.
-        for f in files.values() {
-            start_writeback(f, 0, 0);
+        // Only this block's ranges: the rest of a file may be being written by another
+        // fetch, whose pages must not go to disk half-written (and be waited for again).
+        for piece in job.pieces.iter().filter(|p| p.len > 0) {
+            if let Some(f) = files.get(&piece.file) {
+                start_writeback(f, piece.file_off, piece.len);
+            }
         }
         Ok(())
     }
