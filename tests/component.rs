@@ -1083,6 +1083,32 @@ fn a_signal_during_a_hung_docker_create_ends_the_run_at_once() {
     assert_eq!(h.fake.container(UUID)["state"], "Queued");
 }
 
+/// `docker load` has no time bound (a big image takes minutes): a hung engine's load is
+/// ended by a cancel, which kills the client, and the record goes back to the queue.
+#[test]
+fn a_signal_during_a_hung_docker_load_ends_the_run_at_once() {
+    let (h, pdh) = setup();
+    h.fake.add_container(record(UUID, &pdh, &["true"]));
+    let image = image_id();
+    let mut child = h.spawn(
+        UUID,
+        &[
+            ("FAKE_DOCKER_LOAD_ID", &image),
+            ("FAKE_DOCKER_HANG", "load"),
+        ],
+    );
+    let loading = || h.docker_calls().iter().any(|c| c.starts_with("load"));
+    assert!(wait_for(20, loading));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let ended = wait_for(10, || matches!(child.try_wait(), Ok(Some(_))));
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ended, "crunch-run still waits for the hung docker load");
+    assert_eq!(h.fake.container(UUID)["state"], "Queued");
+}
+
 #[test]
 fn a_docker_run_that_hangs_after_its_container_stopped_is_given_up_by_the_watchdog() {
     let (h, pdh) = setup();

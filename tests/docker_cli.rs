@@ -215,7 +215,10 @@ fn load_streams_the_tar_and_reports_the_id() {
     let fake = Fake::new()
         .with("FAKE_DOCKER_LOAD_ID", IMAGE)
         .with("FAKE_DOCKER_LOAD_NAME", "hello-world:latest");
-    let out = fake.docker.load_image(&mut feed_bytes(3 << 20)).unwrap();
+    let out = fake
+        .docker
+        .load_image(&mut feed_bytes(3 << 20), &|_| {})
+        .unwrap();
     assert_eq!(
         out.output,
         format!("Loaded image ID: {IMAGE}\nLoaded image: hello-world:latest")
@@ -231,7 +234,7 @@ fn load_failure_reports_dockers_error_not_the_broken_pipe() {
     // Far more than a pipe buffer, so the feed hits EPIPE when docker gives up.
     let err = fake
         .docker
-        .load_image(&mut feed_bytes(16 << 20))
+        .load_image(&mut feed_bytes(16 << 20), &|_| {})
         .unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -245,7 +248,10 @@ fn load_failure_reports_dockers_error_not_the_broken_pipe() {
 #[test]
 fn load_failure_with_a_small_tar() {
     let fake = Fake::new().with("FAKE_DOCKER_LOAD_FAIL", "1");
-    let err = fake.docker.load_image(&mut feed_bytes(100)).unwrap_err();
+    let err = fake
+        .docker
+        .load_image(&mut feed_bytes(100), &|_| {})
+        .unwrap_err();
     assert!(err.to_string().contains("invalid tar header"), "{err}");
 }
 
@@ -254,7 +260,7 @@ fn load_with_the_engine_down() {
     let fake = Fake::new().with("FAKE_DOCKER_ENGINE_DOWN", "1");
     let err = fake
         .docker
-        .load_image(&mut feed_bytes(16 << 20))
+        .load_image(&mut feed_bytes(16 << 20), &|_| {})
         .unwrap_err();
     assert!(err.is_engine_down(), "{err}");
 }
@@ -266,7 +272,7 @@ fn load_source_failure_is_a_feed_error() {
         w.write_all(b"partial tar")?;
         Err(io::Error::other("keep block read failed"))
     };
-    let err = fake.docker.load_image(&mut feed).unwrap_err();
+    let err = fake.docker.load_image(&mut feed, &|_| {}).unwrap_err();
     assert!(matches!(err, DockerError::Feed { .. }), "{err}");
     assert!(err.to_string().contains("keep block read failed"));
 }

@@ -153,13 +153,18 @@ impl Docker {
     /// own failure (its stderr), not as the pipe error. Any other error from `feed` is the
     /// source's fault: docker is killed so it cannot load a truncated image, and
     /// [`DockerError::Feed`] is returned.
+    ///
+    /// `started` is given what kills the client, once it runs: loading has no time bound
+    /// (a big image takes minutes), so only a kill ends a load a hung engine never finishes.
     pub fn load_image(
         &self,
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        started: &dyn Fn(ChildKiller),
     ) -> Result<LoadOutput, DockerError> {
         let op = "load";
         let cmd = self.command(&["load", "--quiet"]);
         let mut running = self.spawn(op, cmd, Stdio::piped())?;
+        started(running.killer());
         let fed = match running.take_stdin() {
             Some(mut stdin) => {
                 // Room to write ahead while the client is busy sending to the daemon.

@@ -24,7 +24,8 @@ use crate::logging::pipeline::LogPipeline;
 use crate::process::{Tail, TailReader, read_on};
 use crate::slurm::ContainerCgroups;
 
-use super::engine::{Client, KillClient};
+use super::cancel::killed_by_cancel;
+use super::engine::Client;
 use super::exit::{ClientEnd, ExitFacts, engine_state, judge_exit};
 use super::finish::Cleanup;
 use super::outcome::Outcome;
@@ -101,26 +102,12 @@ impl ContainerRun<'_> {
         Ok(spec)
     }
 
-    /// `docker create`, its client killed at once by a cancel: a hung engine must not keep
-    /// a cancelled run waiting for the command's timeout. Nothing of the container's is lost
-    /// (the record is not Running), and the cleanup removes what the engine made of it.
+    /// `docker create`, its client killed at once by a cancel: nothing of the container's
+    /// is lost (the record is not Running), and the cleanup removes what the engine made
+    /// of it.
     fn create_unless_cancelled(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
-        let (killer_tx, killer_rx) = crossbeam_channel::bounded::<KillClient>(1);
-        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let cancelled = self.cancel.cancelled();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let Ok(kill) = killer_rx.recv() else { return };
-                crossbeam_channel::select! {
-                    recv(cancelled) -> _ => kill(),
-                    recv(done_rx) -> _ => {}
-                }
-            });
-            let created = self.engine.create(spec, &self.run_dir, &|kill| {
-                let _ = killer_tx.try_send(kill);
-            });
-            drop((killer_tx, done_tx));
-            created
+        killed_by_cancel(&self.cancel, |started| {
+            self.engine.create(spec, &self.run_dir, started)
         })
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::engine::Engine;
+use super::engine::{Engine, KillClient};
 use super::supervisor::{ClientSlot, Stop};
 use crate::logging::pipeline::CrunchLog;
 
@@ -146,6 +146,32 @@ pub(super) fn remove_on_cancel(
             log.line(&format!("removing docker container {name} failed: {e}"));
         }
     }));
+}
+
+/// Run `step`, an engine command before Running, so that a cancel kills its client at
+/// once: a hung engine must not keep a cancelled run waiting for the command's timeout
+/// (or, for `docker load`, for ever). `step` hands what kills its client to `started`.
+pub(super) fn killed_by_cancel<T>(
+    cancel: &CancelFlag,
+    step: impl FnOnce(&dyn Fn(KillClient)) -> T,
+) -> T {
+    let (killer_tx, killer_rx) = crossbeam_channel::bounded::<KillClient>(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let cancelled = cancel.cancelled();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let Ok(kill) = killer_rx.recv() else { return };
+            crossbeam_channel::select! {
+                recv(cancelled) -> _ => kill(),
+                recv(done_rx) -> _ => {}
+            }
+        });
+        let out = step(&|kill| {
+            let _ = killer_tx.try_send(kill);
+        });
+        drop((killer_tx, done_tx));
+        out
+    })
 }
 
 /// The run-time limit (a supervisor helper): cancel the run when `deadline` passes first.

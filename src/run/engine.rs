@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::docker::{
     Attached, ContainerSpec, ContainerState, Docker, DockerError, Guard, LoadOutput,
 };
+use crate::process::ChildKiller;
 
 /// A container engine, shared by the threads of one run.
 pub trait Engine: Send + Sync {
@@ -23,10 +24,12 @@ pub trait Engine: Send + Sync {
     fn image_ids(&self) -> Option<Vec<String>> {
         None
     }
-    /// Load an image tar, which `feed` writes.
+    /// Load an image tar, which `feed` writes. `started` is given what kills the client,
+    /// once there is one.
     fn load_image(
         &self,
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        started: &dyn Fn(KillClient),
     ) -> Result<LoadOutput, DockerError>;
     /// Create the container of `spec`, not started. Scratch files (an env file) may go
     /// into `scratch_dir`, and are gone when this returns. `started` is given what kills
@@ -91,8 +94,9 @@ impl Engine for Docker {
     fn load_image(
         &self,
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        started: &dyn Fn(KillClient),
     ) -> Result<LoadOutput, DockerError> {
-        Docker::load_image(self, feed)
+        Docker::load_image(self, feed, &|killer| started(client_killer(killer)))
     }
 
     fn create(
@@ -102,7 +106,7 @@ impl Engine for Docker {
         started: &dyn Fn(KillClient),
     ) -> Result<(), DockerError> {
         Docker::create(self, spec, scratch_dir, &|killer| {
-            started(Arc::new(move || killer.kill()))
+            started(client_killer(killer))
         })
     }
 
@@ -136,6 +140,10 @@ impl Engine for Docker {
     }
 }
 
+fn client_killer(killer: ChildKiller) -> KillClient {
+    Arc::new(move || killer.kill())
+}
+
 impl Client for Attached {
     fn take_stdin(&mut self) -> Option<Box<dyn Write + Send>> {
         Attached::take_stdin(self).map(|w| Box::new(w) as _)
@@ -154,7 +162,6 @@ impl Client for Attached {
     }
 
     fn killer(&self) -> KillClient {
-        let killer = Attached::killer(self);
-        Arc::new(move || killer.kill())
+        client_killer(Attached::killer(self))
     }
 }

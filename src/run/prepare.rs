@@ -18,6 +18,7 @@ use crate::progress::CountingWriter;
 use crate::redact::Secrets;
 use crate::store::{ApiStore, BlockStore, ContainerAccess, StoreError};
 
+use super::cancel::killed_by_cancel;
 use super::engine::Engine;
 use super::outcome::Outcome;
 use super::spec::usable_cgroup_parent;
@@ -346,7 +347,9 @@ impl ContainerRun<'_> {
             let mut counted = CountingWriter::new(stdin, &progress);
             stream_image(&*blocks, tar, &mut counted, &keep_going)
         };
-        let loaded = self.engine.load_image(&mut feed);
+        let loaded = killed_by_cancel(&self.cancel, |started| {
+            self.engine.load_image(&mut feed, started)
+        });
         progress.finish();
         let loaded = loaded.map_err(|e| match self.cancel.reason() {
             Some(reason) => self.cancelled(reason),

@@ -207,6 +207,7 @@ impl Engine for StubEngine {
     fn load_image(
         &self,
         feed: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        _started: &dyn Fn(KillClient),
     ) -> Result<LoadOutput, DockerError> {
         self.call("load".into())?;
         let mut tar = Vec::new();
