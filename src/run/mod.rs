@@ -8,7 +8,8 @@
 //! `cancel`), `exit` (how the container ended: the one judgement of the outcome), `output`
 //! (the output collection) and `finish` (the log collection, the final update, the
 //! cleanup). `outcome` is the one place that turns the outcome and the wrap-up's results
-//! into the record's final state and fields (reference §2.5, §5.2a). The engine is reached only through `engine::Engine`.
+//! into the record's final state and fields (reference §2.5, §5.2a). The engine is
+//! reached only through `engine::Engine`.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -296,7 +297,7 @@ struct ContainerRun<'a> {
     access: Option<ContainerAccess>,
     /// The token and secret mounts, asked for beside the record.
     early_access: Option<prepare::AccessFetch>,
-    /// The engine's images, asked for beside the record.
+    /// The engine's images, asked for as soon as the record was found runnable.
     early_images: Option<prepare::ImageList>,
     /// What was staged on the host for the record's mounts.
     staged: Option<StagedMounts>,

@@ -155,8 +155,8 @@ pub(super) type ImageList = JoinHandle<Option<Vec<String>>>;
 
 /// Ask the engine for its images at once, once the record is known to be one to run:
 /// nothing before the image check needs the engine, and with a fast API (or the local
-/// store) the list would otherwise be the one thing the image check waits for. `None` when no thread can be started (the list is then
-/// asked for in its turn).
+/// store) the list would otherwise be the one thing the image check waits for. `None`
+/// when no thread can be started.
 pub(super) fn list_images(engine: Arc<dyn Engine>) -> Option<ImageList> {
     std::thread::Builder::new()
         .name("image-list".into())
@@ -212,10 +212,10 @@ impl ContainerRun<'_> {
     }
 
     /// The requests that need only the record, side by side: the container's token and
-    /// then its secret mounts (API calls, begun beside the record's fetch: `AccessFetch`), the engine's cgroup driver when a
-    /// cgroup parent is wanted on another, the image (its collection, then the engine) on
-    /// this one. The token's failure is reported first, the image's only after the mount
-    /// plan's (by `prepare`).
+    /// then its secret mounts (API calls, begun beside the record's fetch: `AccessFetch`),
+    /// the engine's cgroup driver when a cgroup parent is wanted on another, the image (its
+    /// collection, then the engine's list begun in `run_with`) on this one. The token's
+    /// failure is reported first, the image's only after the mount plan's (by `prepare`).
     fn gather(&mut self, container: &Container) -> Step<Gathered> {
         let parent = self.config.container.cgroup_parent.as_deref();
         let early = self.early_access.take();
@@ -226,13 +226,12 @@ impl ContainerRun<'_> {
                 None => AccessFetch::start(self.api.clone(), &self.uuid).join(legacy),
             });
             let driver = parent.map(|_| s.spawn(|| self.engine.cgroup_driver()));
-            let early_images = self.early_images.take();
-            let listed = s.spawn(|| match early_images {
-                Some(list) => list.join().ok().flatten(),
-                None => self.engine.image_ids(),
+            // Without the early list (no thread for it), `find_image` asks the engine
+            // about the one image instead.
+            let listed = self.early_images.take();
+            let image = self.find_image(&container.container_image, || {
+                listed.and_then(|list| list.join().ok().flatten())
             });
-            let image =
-                self.find_image(&container.container_image, || listed.join().ok().flatten());
             (access.join(), image, driver.map(|d| d.join()))
         });
         if let (Some(parent), Some(driver)) = (parent, driver) {
