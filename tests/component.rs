@@ -6,6 +6,7 @@ mod common;
 
 use common::harness::{Harness, UUID, assert_timestamped, record, strip_timestamps, wait_for};
 use serde_json::{Value, json};
+use std::process::ExitStatus;
 
 const IMAGE_HEX: &str = "d8309758b8fe2c81034ffc8a10c36460b77db7bc5e7b448c4e5b684f9d95a678";
 
@@ -1055,31 +1056,42 @@ fn a_signal_while_docker_creates_the_container_requeues_and_removes_it() {
     assert!(!h.docker_state().join("containers").join(UUID).exists());
 }
 
+/// Run a container whose engine hangs at `command` (e.g. `create`), send SIGTERM once
+/// crunch-run has begun it, and return crunch-run's exit status if it ended within 10 s
+/// (else it is killed and `None` returned).
+fn signal_while_docker_hangs(h: &Harness, pdh: &str, command: &str) -> Option<ExitStatus> {
+    h.fake.add_container(record(UUID, pdh, &["true"]));
+    let image = image_id();
+    let mut child = h.spawn(
+        UUID,
+        &[
+            ("FAKE_DOCKER_LOAD_ID", &image),
+            ("FAKE_DOCKER_HANG", command),
+        ],
+    );
+    let begun = || h.docker_calls().iter().any(|c| c.starts_with(command));
+    assert!(wait_for(20, begun));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    wait_for(10, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
 /// A hung engine at `docker create` does not keep a cancelled run waiting for the
 /// command's timeout (180 s): the client is killed at once, and the record goes back to the
 /// queue.
 #[test]
 fn a_signal_during_a_hung_docker_create_ends_the_run_at_once() {
     let (h, pdh) = setup();
-    h.fake.add_container(record(UUID, &pdh, &["true"]));
-    let image = image_id();
-    let mut child = h.spawn(
-        UUID,
-        &[
-            ("FAKE_DOCKER_LOAD_ID", &image),
-            ("FAKE_DOCKER_HANG", "create"),
-        ],
-    );
-    let creating = || h.docker_calls().iter().any(|c| c.starts_with("create "));
-    assert!(wait_for(20, creating));
-    let t0 = std::time::Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
-    assert!(
-        t0.elapsed() < std::time::Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
-    );
+    let status = signal_while_docker_hangs(&h, &pdh, "create");
+    assert!(status.expect("ended within 10 s").success());
     assert_eq!(h.fake.container(UUID)["state"], "Queued");
 }
 
@@ -1088,24 +1100,11 @@ fn a_signal_during_a_hung_docker_create_ends_the_run_at_once() {
 #[test]
 fn a_signal_during_a_hung_docker_load_ends_the_run_at_once() {
     let (h, pdh) = setup();
-    h.fake.add_container(record(UUID, &pdh, &["true"]));
-    let image = image_id();
-    let mut child = h.spawn(
-        UUID,
-        &[
-            ("FAKE_DOCKER_LOAD_ID", &image),
-            ("FAKE_DOCKER_HANG", "load"),
-        ],
+    let status = signal_while_docker_hangs(&h, &pdh, "load");
+    assert!(
+        status.is_some(),
+        "crunch-run still waits for the hung docker load"
     );
-    let loading = || h.docker_calls().iter().any(|c| c.starts_with("load"));
-    assert!(wait_for(20, loading));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let ended = wait_for(10, || matches!(child.try_wait(), Ok(Some(_))));
-    if !ended {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(ended, "crunch-run still waits for the hung docker load");
     assert_eq!(h.fake.container(UUID)["state"], "Queued");
 }
 
